@@ -1,0 +1,365 @@
+//! The local-directory target: objects are files under a root directory, at the path their
+//! name spells. The embedded default, so a newcomer needs no cloud account.
+//!
+//! Durability of `put`: write a temporary file `.{file}.{random}.tmp` beside the target,
+//! fsync it, rename it over the target, fsync the directory; directories created on the way
+//! are fsync'd into their parents. After `put` returns, a power loss keeps the new object;
+//! before, the old one (or none). Temporary files start with '.', which no valid object
+//! name segment may (see [`crate::validate_name`]), so listings never see them and a crash
+//! leaves at worst a stray temporary file, which [`LocalDirectory::remove_stray_temporaries`]
+//! cleans.
+//!
+//! Blocking file I/O runs on tokio's blocking pool. Listing walks the directory tree below
+//! the prefix and sorts; it holds the names below that prefix in memory.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::{
+    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind,
+    StorageError, LIST_PAGE_MAX,
+};
+
+#[derive(Clone, Debug)]
+pub struct LocalDirectory {
+    root: PathBuf,
+}
+
+impl LocalDirectory {
+    /// Opens `root`, creating it (mode 0700) when `create` is set. A missing root without
+    /// `create` is [`PermanentKind::ContainerMissing`].
+    pub fn open(root: impl Into<PathBuf>, create: bool) -> Result<Self, StorageError> {
+        let root = root.into();
+        let name = root.display().to_string();
+        if create {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(|e| map_io(Operation::CreateContainer, &name, e))?;
+        }
+        match fs::metadata(&root) {
+            Ok(meta) if meta.is_dir() => Ok(Self { root }),
+            Ok(_) => Err(StorageError::Permanent {
+                operation: Operation::CreateContainer,
+                name,
+                kind: PermanentKind::ContainerMissing,
+                message: "the target path is not a directory".into(),
+            }),
+            Err(e) => Err(map_io(Operation::CreateContainer, &name, e)),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, name: &str) -> Result<PathBuf, StorageError> {
+        validate_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    /// Whether the root still exists (to tell "object missing" from "target missing").
+    fn root_missing(&self) -> bool {
+        !self.root.is_dir()
+    }
+
+    fn not_found_or_missing_root(
+        &self,
+        operation: Operation,
+        name: &str,
+        e: io::Error,
+    ) -> StorageError {
+        if e.kind() == io::ErrorKind::NotFound && !self.root_missing() {
+            StorageError::NotFound {
+                name: name.to_string(),
+            }
+        } else {
+            map_io(operation, name, e)
+        }
+    }
+
+    /// Deletes temporary files a crash left behind; returns how many.
+    pub fn remove_stray_temporaries(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let file_name = entry.file_name();
+                let file_name = file_name.to_string_lossy();
+                if entry.file_type()?.is_dir() {
+                    stack.push(entry.path());
+                } else if file_name.starts_with('.') && file_name.ends_with(".tmp") {
+                    fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn map_io(operation: Operation, name: &str, e: io::Error) -> StorageError {
+    use io::ErrorKind::*;
+    let permanent = |kind| StorageError::Permanent {
+        operation,
+        name: name.to_string(),
+        kind,
+        message: e.to_string(),
+    };
+    match e.kind() {
+        NotFound => permanent(PermanentKind::ContainerMissing),
+        PermissionDenied | ReadOnlyFilesystem => permanent(PermanentKind::PermissionDenied),
+        StorageFull | QuotaExceeded => permanent(PermanentKind::NoSpace),
+        Interrupted | TimedOut | WouldBlock => StorageError::Transient {
+            operation,
+            name: name.to_string(),
+            message: e.to_string(),
+        },
+        _ => permanent(PermanentKind::Other),
+    }
+}
+
+fn fsync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates the missing directories between `root` and `dir` (mode 0700), fsyncing each new
+/// one into its parent so the object's path survives a power loss.
+fn create_directories_durably(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cursor = dir;
+    while !cursor.is_dir() {
+        missing.push(cursor.to_path_buf());
+        match cursor.parent() {
+            Some(parent) if cursor != root => cursor = parent,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "target directory is missing",
+                ))
+            }
+        }
+    }
+    for new_dir in missing.iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(new_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = new_dir.parent() {
+            fsync_directory(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn temporary_path(target: &Path) -> io::Result<PathBuf> {
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("random generator failed"))?;
+    let file_name = target
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(target.with_file_name(format!(".{file_name}.{}.tmp", hex::encode(random))))
+}
+
+fn put_blocking(root: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("object path has no parent"))?;
+    create_directories_durably(root, dir)?;
+    let temporary = temporary_path(path)?;
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(e);
+    }
+    fsync_directory(dir)
+}
+
+fn get_range_blocking(path: &Path, range: Range<u64>) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    if range.start > range.end || range.end > size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("range {range:?} is outside the object's {size} bytes"),
+        ));
+    }
+    file.seek(SeekFrom::Start(range.start))?;
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    file.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<ObjectMeta>> {
+    let start = root.join(prefix);
+    let mut found = Vec::new();
+    if !start.is_dir() {
+        return Ok(found);
+    }
+    let mut stack = vec![(start, prefix.to_string())];
+    while let Some((dir, dir_name)) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let Ok(file_name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if file_name.starts_with('.') {
+                continue; // temporary files of a put in progress or interrupted
+            }
+            let name = format!("{dir_name}{file_name}");
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                stack.push((entry.path(), format!("{name}/")));
+            } else if file_type.is_file() && validate_name(&name).is_ok() {
+                found.push(ObjectMeta {
+                    name,
+                    size_bytes: entry.metadata()?.len(),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+async fn blocking<T: Send + 'static>(
+    operation: Operation,
+    name: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, (io::Error, String)> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(|e| (e, name.to_string())),
+        Err(join) => Err((
+            io::Error::other(format!("{operation} task failed: {join}")),
+            name.to_string(),
+        )),
+    }
+}
+
+#[async_trait]
+impl ObjectStorage for LocalDirectory {
+    async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
+        let path = self.path_of(name)?;
+        let root = self.root.clone();
+        blocking(Operation::Put, name, move || {
+            put_blocking(&root, &path, &data)
+        })
+        .await
+        .map_err(|(e, n)| map_io(Operation::Put, &n, e))
+    }
+
+    async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
+        let path = self.path_of(name)?;
+        match blocking(Operation::Get, name, move || fs::read(&path)).await {
+            Ok(data) => Ok(Bytes::from(data)),
+            Err((e, n)) => Err(self.not_found_or_missing_root(Operation::Get, &n, e)),
+        }
+    }
+
+    async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let path = self.path_of(name)?;
+        match blocking(Operation::Get, name, move || {
+            get_range_blocking(&path, range)
+        })
+        .await
+        {
+            Ok(data) => Ok(Bytes::from(data)),
+            Err((e, n)) if e.kind() == io::ErrorKind::InvalidInput => {
+                Err(StorageError::Permanent {
+                    operation: Operation::Get,
+                    name: n,
+                    kind: PermanentKind::InvalidRequest,
+                    message: e.to_string(),
+                })
+            }
+            Err((e, n)) => Err(self.not_found_or_missing_root(Operation::Get, &n, e)),
+        }
+    }
+
+    async fn head(&self, name: &str) -> Result<ObjectMeta, StorageError> {
+        let path = self.path_of(name)?;
+        let owned = name.to_string();
+        match blocking(Operation::Head, name, move || fs::metadata(&path)).await {
+            Ok(meta) if meta.is_file() => Ok(ObjectMeta {
+                name: owned,
+                size_bytes: meta.len(),
+            }),
+            Ok(_) => Err(StorageError::NotFound { name: owned }),
+            Err((e, n)) => Err(self.not_found_or_missing_root(Operation::Head, &n, e)),
+        }
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_results: usize,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        validate_prefix(prefix)?;
+        if self.root_missing() {
+            return Err(map_io(
+                Operation::List,
+                prefix,
+                io::Error::new(io::ErrorKind::NotFound, "target directory is missing"),
+            ));
+        }
+        let root = self.root.clone();
+        let owned_prefix = prefix.to_string();
+        let all = blocking(Operation::List, prefix, move || {
+            list_blocking(&root, &owned_prefix)
+        })
+        .await
+        .map_err(|(e, n)| map_io(Operation::List, &n, e))?;
+        let limit = max_results.min(LIST_PAGE_MAX);
+        Ok(all
+            .into_iter()
+            .filter(|m| start_after.is_none_or(|after| m.name.as_str() > after))
+            .take(limit)
+            .collect())
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        let path = self.path_of(name)?;
+        let removed = blocking(Operation::Delete, name, move || {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            match path.parent() {
+                Some(dir) => fsync_directory(dir),
+                None => Ok(()),
+            }
+        })
+        .await;
+        match removed {
+            Ok(()) => Ok(()),
+            Err((e, n)) => Err(map_io(Operation::Delete, &n, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+}
