@@ -39,16 +39,16 @@ impl RetryPolicy {
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=100).contains(&self.max_attempts) {
             return Err(format!(
-                "retry.max_attempts must be 1..=100, got {}",
+                "max_attempts must be 1..=100, got {}",
                 self.max_attempts
             ));
         }
         if self.initial_backoff_ms == 0 || self.initial_backoff_ms > self.max_backoff_ms {
-            return Err("retry.initial_backoff_ms must be > 0 and <= retry.max_backoff_ms".into());
+            return Err("initial_backoff_ms must be > 0 and <= max_backoff_ms".into());
         }
         if self.max_backoff_ms > 600_000 {
             return Err(format!(
-                "retry.max_backoff_ms must be <= 600000, got {}",
+                "max_backoff_ms must be <= 600000, got {}",
                 self.max_backoff_ms
             ));
         }

@@ -1,0 +1,312 @@
+//! `ferryctl init DIR`: creates an appliance directory and creates or joins the vault.
+//!
+//! Order matters, so that a refusal changes nothing: the target is checked first (reachable,
+//! and either empty of vaults or holding this key's vault), the directory is assembled in a
+//! staging directory beside DIR, `vault.json` is written to the target only for a new vault,
+//! and the staging directory is renamed to DIR last.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ferry_config::layout::{self, ApplianceLayout};
+use ferry_config::{pki, ApplianceConfig};
+use ferry_format::names::VAULT_JSON;
+use ferry_format::{VaultDescriptor, VaultError, VaultKey};
+use ferry_storage::{open_target, RetryPolicy, StorageError, TargetConfig};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::files::{create_private_dir, fsync_dir, write_private_file};
+use crate::target_args::TargetArgs;
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// The appliance directory to create (must not exist, or be empty).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Join the vault of this existing key file instead of creating a new key.
+    #[arg(long, value_name = "FILE")]
+    pub vault_key_file: Option<PathBuf>,
+    /// DNS names or IP addresses agents use to reach this appliance (repeatable; default: this host's name, localhost, 127.0.0.1).
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_names: Vec<String>,
+    /// Data endpoint address (default 0.0.0.0:9443).
+    #[arg(long, value_name = "ADDR")]
+    pub data_listen: Option<String>,
+    /// Management endpoint address (default 0.0.0.0:443).
+    #[arg(long, value_name = "ADDR")]
+    pub management_listen: Option<String>,
+}
+
+#[derive(Serialize)]
+struct InitReport {
+    appliance_dir: PathBuf,
+    config_file: PathBuf,
+    vault_id: String,
+    joined_existing_vault: bool,
+    target: String,
+    vault_key_file: PathBuf,
+    passphrase_file: PathBuf,
+    ca_cert_file: PathBuf,
+    server_cert_sha256: String,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// 24 characters from an alphabet without look-alikes (~119 bits), in groups of four.
+fn generate_passphrase() -> Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut out = String::new();
+    let mut pool = [0u8; 64];
+    while out.len() < 24 + 5 {
+        aws_lc_rs::rand::fill(&mut pool)
+            .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        // Reject bytes >= 248 (8 * 31) so every character is equally likely.
+        for byte in pool.iter().filter(|b| **b < 248) {
+            if out.len() == 24 + 5 {
+                break;
+            }
+            if out.len() % 5 == 4 {
+                out.push('-');
+            }
+            out.push(ALPHABET[usize::from(*byte) % ALPHABET.len()] as char);
+        }
+    }
+    Ok(out)
+}
+
+fn refuse_existing(dir: &Path) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!("{} already exists and is not empty; refusing to overwrite (an appliance lives there?)", dir.display());
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+    }
+}
+
+fn load_or_generate_key(file: Option<&Path>) -> Result<VaultKey> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the vault key file {}", path.display()))?;
+            VaultKey::parse_text(&text)
+                .with_context(|| format!("{} does not hold a vault key", path.display()))
+        }
+        None => Ok(VaultKey::generate()?),
+    }
+}
+
+/// What the target says about vaults: none yet, or one this key opens. Another key's vault
+/// is an error.
+async fn existing_vault(
+    storage: &dyn ferry_storage::ObjectStorage,
+    key: &VaultKey,
+) -> Result<Option<VaultDescriptor>> {
+    match storage.get(VAULT_JSON).await {
+        Ok(bytes) => {
+            let vault = VaultDescriptor::parse(&bytes)
+                .with_context(|| format!("{VAULT_JSON} on the target is not readable"))?;
+            match vault.open(key) {
+                Ok(_) => Ok(Some(vault)),
+                Err(VaultError::WrongKey { vault_id }) => bail!(
+                    "wrong vault key: the target already holds vault {vault_id}, sealed with another key. \
+                     To add this appliance to that vault, pass --vault-key-file with its key. Nothing was written."
+                ),
+                Err(other) => Err(other.into()),
+            }
+        }
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e).context("cannot read the target"),
+    }
+}
+
+fn write_appliance_files(
+    staging: &ApplianceLayout,
+    config: &ApplianceConfig,
+    key: &VaultKey,
+    server_names: &[String],
+) -> Result<String> {
+    write_private_file(
+        &staging.vault_key_file(),
+        format!("{}\n", key.to_text()).as_bytes(),
+    )?;
+    write_private_file(
+        &staging.passphrase_file(),
+        format!("{}\n", generate_passphrase()?).as_bytes(),
+    )?;
+    create_private_dir(&staging.root().join("pki"))?;
+    let appliance_name = server_names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "ferry".into());
+    let (ca_pem, ca, ca_key) = pki::generate_ca(&appliance_name)?;
+    let server = pki::generate_server_cert(server_names, &ca, &ca_key)?;
+    write_private_file(&staging.ca_cert_file(), ca_pem.cert_pem.as_bytes())?;
+    write_private_file(&staging.ca_key_file(), ca_pem.key_pem.as_bytes())?;
+    write_private_file(&staging.server_cert_file(), server.cert_pem.as_bytes())?;
+    write_private_file(&staging.server_key_file(), server.key_pem.as_bytes())?;
+    fsync_dir(&staging.root().join("pki"))?;
+    write_private_file(
+        &staging.config_file(),
+        config.to_documented_toml().as_bytes(),
+    )?;
+    fsync_dir(staging.root())?;
+    Ok(pki::fingerprint_sha256(&server.cert_der))
+}
+
+pub async fn run(args: InitArgs, json: bool) -> Result<()> {
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("bad path {}", args.dir.display()))?;
+    refuse_existing(&dir)?;
+    let parent = dir
+        .parent()
+        .context("the appliance directory needs a parent directory")?
+        .to_path_buf();
+    let file_name = dir
+        .file_name()
+        .context("the appliance directory needs a name")?
+        .to_string_lossy()
+        .into_owned();
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+
+    let target = args
+        .target
+        .to_config(Some(PathBuf::from(layout::LOCAL_TARGET_DIR)), true)?;
+    let mut config = ApplianceConfig::with_target(target);
+    if let Some(listen) = &args.data_listen {
+        config.server.data_listen = listen.clone();
+    }
+    if let Some(listen) = &args.management_listen {
+        config.server.management_listen = listen.clone();
+    }
+    let mut server_names = args.server_names.clone();
+    if server_names.is_empty() {
+        server_names.extend(host_name());
+        server_names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    }
+    let data_port = config
+        .server
+        .data_listen
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| "9443".into());
+    config.server.advertised_data_endpoint = format!("{}:{data_port}", server_names[0]);
+    config
+        .validate()
+        .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
+    let key = load_or_generate_key(args.vault_key_file.as_deref())?;
+
+    // Assemble beside the final directory; relative target paths resolve inside it.
+    let staging_dir = parent.join(format!(".{file_name}.init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging_dir);
+    create_private_dir(&staging_dir)?;
+    let staging = ApplianceLayout::new(&staging_dir);
+    let result = async {
+        let storage = open_target(&config.resolved_target(&staging), RetryPolicy::default())
+            .await
+            .context("cannot open the target")?;
+        let existing = existing_vault(&*storage, &key).await?;
+        let fingerprint = write_appliance_files(&staging, &config, &key, &server_names)?;
+        let (vault, joined) = match existing {
+            Some(vault) => (vault, true),
+            None => {
+                let vault = VaultDescriptor::create(&key, now_unix_ms());
+                storage
+                    .put(VAULT_JSON, vault.to_json().into())
+                    .await
+                    .context("cannot write vault.json to the target")?;
+                (vault, false)
+            }
+        };
+        Ok::<_, anyhow::Error>((storage.describe(), fingerprint, vault, joined))
+    }
+    .await;
+    let (target_description, fingerprint, vault, joined) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging_dir);
+            return Err(e);
+        }
+    };
+    if dir.exists() {
+        std::fs::remove_dir(&dir)
+            .with_context(|| format!("{} appeared while initialising", dir.display()))?;
+    }
+    std::fs::rename(&staging_dir, &dir)
+        .with_context(|| format!("cannot move the new appliance into {}", dir.display()))?;
+    fsync_dir(&parent)?;
+
+    let layout = ApplianceLayout::new(&dir);
+    let target_description = target_description.replace(
+        &staging_dir.display().to_string(),
+        &dir.display().to_string(),
+    );
+    let report = InitReport {
+        appliance_dir: dir.clone(),
+        config_file: layout.config_file(),
+        vault_id: vault.vault_id.to_string(),
+        joined_existing_vault: joined,
+        target: target_description,
+        vault_key_file: layout.vault_key_file(),
+        passphrase_file: layout.passphrase_file(),
+        ca_cert_file: layout.ca_cert_file(),
+        server_cert_sha256: fingerprint,
+    };
+    print_report(&report, json);
+    Ok(())
+}
+
+fn print_report(report: &InitReport, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+        return;
+    }
+    let vault_state = if report.joined_existing_vault {
+        "joined the existing vault"
+    } else {
+        "new vault"
+    };
+    println!(
+        "Initialised a Ferry appliance in {}",
+        report.appliance_dir.display()
+    );
+    println!("  config       {}", report.config_file.display());
+    println!("  vault        {} ({vault_state})", report.vault_id);
+    println!("  target       {}", report.target);
+    println!("  vault key    {}", report.vault_key_file.display());
+    println!(
+        "  passphrase   {}  (agents register with it)",
+        report.passphrase_file.display()
+    );
+    println!("  agent CA     {}", report.ca_cert_file.display());
+    println!("  server certificate SHA-256 {}", report.server_cert_sha256);
+    println!();
+    println!("Copy the vault key somewhere safe, away from this machine: without it no disk can be restored.");
+}
+
+/// Exposed for `vault check`: the target of an appliance directory, resolved.
+pub fn appliance_target(dir: &Path) -> Result<(TargetConfig, PathBuf)> {
+    let layout = ApplianceLayout::new(dir);
+    let config = ApplianceConfig::load(&layout.config_file())?;
+    Ok((config.resolved_target(&layout), layout.vault_key_file()))
+}

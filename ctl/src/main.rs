@@ -1,0 +1,70 @@
+//! `ferryctl`: Ferry's control-plane CLI.
+//!
+//! Local (offline) commands read the appliance directory or target storage directly and need
+//! no running ferryd: `init`, `vault check`. Every command takes `--json`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod files;
+mod init;
+mod target_args;
+mod vault;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "ferryctl",
+    version,
+    about = "Control Ferry, the replication gateway for disaster recovery"
+)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an appliance directory: config, vault key, CA, passphrase; create or join the vault.
+    Init(init::InitArgs),
+    /// Vault key commands.
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Init(args) => init::run(args, cli.json).await,
+            Command::Vault(command) => vault::run(command, cli.json).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if cli.json {
+                println!("{}", serde_json::json!({ "error": format!("{error:#}") }));
+            } else {
+                eprintln!("error: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! `ferry.toml`: the appliance configuration. One file, every default written out by
+//! `ferryctl init` with a comment, every value checked on load with an error that names the
+//! key. Unknown keys are errors (a typo must not silently fall back to a default).
+
+use ferry_storage::{RetryPolicy, TargetConfig};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FORMAT: u32 = 1;
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheEngine {
+    /// io_uring when the kernel allows it, else psync.
+    Auto,
+    IoUring,
+    /// pwritev + fdatasync.
+    Psync,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_listen: String,
+    pub management_listen: String,
+    /// host:port agents are told to send data to (returned by registration).
+    pub advertised_data_endpoint: String,
+    pub metrics_listen: String,
+    pub control_socket: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_listen: "0.0.0.0:9443".into(),
+            management_listen: "0.0.0.0:443".into(),
+            advertised_data_endpoint: "localhost:9443".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            control_socket: "ferryd.sock".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub directory: PathBuf,
+    /// Share of the cache file system the cache may fill.
+    pub limit_percent: u8,
+    pub engine: CacheEngine,
+    pub segment_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            directory: "cache".into(),
+            limit_percent: 80,
+            engine: CacheEngine::Auto,
+            segment_bytes: 256 * MIB,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub window: u32,
+    pub max_batch_bytes: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            window: 16,
+            max_batch_bytes: 16 * MIB as u32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub compression_level: i32,
+    /// 0: one per core.
+    pub worker_threads: u32,
+    pub change_set_bytes: u64,
+    pub flush_delay_ms: u64,
+    pub upload_concurrency: u32,
+    pub memory_budget_bytes: u64,
+    /// 0: unlimited.
+    pub bandwidth_cap_bytes_per_sec: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            compression_level: 1,
+            worker_threads: 0,
+            change_set_bytes: 8 * MIB,
+            flush_delay_ms: 1000,
+            upload_concurrency: 32,
+            memory_budget_bytes: 512 * MIB,
+            bandwidth_cap_bytes_per_sec: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    pub format: u32,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub storage_retry: RetryPolicy,
+    pub target: TargetConfig,
+}
+
+impl ApplianceConfig {
+    /// Defaults everywhere, with the given target.
+    pub fn with_target(target: TargetConfig) -> Self {
+        Self {
+            format: CONFIG_FORMAT,
+            server: ServerConfig::default(),
+            cache: CacheConfig::default(),
+            ingest: IngestConfig::default(),
+            pipeline: PipelineConfig::default(),
+            storage_retry: RetryPolicy::default(),
+            target,
+        }
+    }
+
+    /// Reads, parses and validates `path`. Refuses a file others can read: it may hold
+    /// storage credentials.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_error = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let metadata = std::fs::metadata(path).map_err(read_error)?;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "(file mode)",
+                message: format!(
+                    "is readable by others (mode {:o}); run chmod 600 on it",
+                    metadata.permissions().mode() & 0o777
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &'static str,
+            value: T,
+            low: T,
+            high: T,
+        ) -> Result<(), (&'static str, String)> {
+            if value < low || value > high {
+                return Err((
+                    key,
+                    format!("must be between {low} and {high}, got {value}"),
+                ));
+            }
+            Ok(())
+        }
+        fn address(key: &'static str, value: &str) -> Result<(), (&'static str, String)> {
+            value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+                (
+                    key,
+                    format!("{value:?} is not an IP address and port such as 0.0.0.0:9443"),
+                )
+            })
+        }
+        if self.format != CONFIG_FORMAT {
+            return Err((
+                "format",
+                format!(
+                    "this version reads format {CONFIG_FORMAT}, the file says {}",
+                    self.format
+                ),
+            ));
+        }
+        address("server.data_listen", &self.server.data_listen)?;
+        address("server.management_listen", &self.server.management_listen)?;
+        address("server.metrics_listen", &self.server.metrics_listen)?;
+        let advertised = self
+            .server
+            .advertised_data_endpoint
+            .rsplit_once(':')
+            .and_then(|(host, port)| (!host.is_empty()).then_some(port));
+        if advertised
+            .and_then(|port| port.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err((
+                "server.advertised_data_endpoint",
+                "must be host:port".into(),
+            ));
+        }
+        range("cache.limit_percent", self.cache.limit_percent, 1, 95)?;
+        range(
+            "cache.segment_bytes",
+            self.cache.segment_bytes,
+            16 * MIB,
+            4096 * MIB,
+        )?;
+        if self.cache.segment_bytes % MIB != 0 {
+            return Err((
+                "cache.segment_bytes",
+                "must be a multiple of 1 MiB (1048576)".into(),
+            ));
+        }
+        range("ingest.window", self.ingest.window, 1, 1024)?;
+        range(
+            "ingest.max_batch_bytes",
+            u64::from(self.ingest.max_batch_bytes),
+            64 * 1024,
+            64 * MIB,
+        )?;
+        if u64::from(self.ingest.max_batch_bytes) + 40 > self.cache.segment_bytes / 2 {
+            return Err((
+                "ingest.max_batch_bytes",
+                "must be below half of cache.segment_bytes".into(),
+            ));
+        }
+        range(
+            "pipeline.compression_level",
+            self.pipeline.compression_level,
+            -7,
+            22,
+        )?;
+        range(
+            "pipeline.worker_threads",
+            self.pipeline.worker_threads,
+            0,
+            256,
+        )?;
+        range(
+            "pipeline.change_set_bytes",
+            self.pipeline.change_set_bytes,
+            MIB,
+            256 * MIB,
+        )?;
+        range(
+            "pipeline.flush_delay_ms",
+            self.pipeline.flush_delay_ms,
+            10,
+            600_000,
+        )?;
+        range(
+            "pipeline.upload_concurrency",
+            self.pipeline.upload_concurrency,
+            1,
+            1024,
+        )?;
+        let budget_floor =
+            2 * (self.pipeline.change_set_bytes + u64::from(self.ingest.max_batch_bytes));
+        if self.pipeline.memory_budget_bytes < budget_floor {
+            return Err((
+                "pipeline.memory_budget_bytes",
+                format!("must be at least 2 x (change_set_bytes + max_batch_bytes) = {budget_floor}, got {}", self.pipeline.memory_budget_bytes),
+            ));
+        }
+        self.storage_retry
+            .validate()
+            .map_err(|message| ("storage_retry", message))?;
+        self.target
+            .validate()
+            .map_err(|message| ("target", message))?;
+        Ok(())
+    }
+
+    /// The target with a relative local path resolved against the appliance directory.
+    pub fn resolved_target(&self, layout: &crate::ApplianceLayout) -> TargetConfig {
+        match &self.target {
+            TargetConfig::Local(local) => TargetConfig::Local(ferry_storage::LocalTargetConfig {
+                path: layout.resolve(&local.path),
+                create: local.create,
+            }),
+            other => other.clone(),
+        }
+    }
+
+    /// The configuration as a documented TOML file: every key, its value, and what it means.
+    pub fn to_documented_toml(&self) -> String {
+        let mut out = String::new();
+        let s = &self.server;
+        let c = &self.cache;
+        let p = &self.pipeline;
+        let r = &self.storage_retry;
+        let engine = match c.engine {
+            CacheEngine::Auto => "auto",
+            CacheEngine::IoUring => "io_uring",
+            CacheEngine::Psync => "psync",
+        };
+        let _ = write!(
+            out,
+            r#"# Ferry appliance configuration, written by `ferryctl init`.
+# Relative paths are relative to this directory. Unknown keys are errors.
+# This file may hold storage credentials: keep it owner-only (ferryd refuses it otherwise).
+format = {format}
+
+[server]
+# Agents' data endpoint (HTTPS, HTTP/2, client certificates required).
+data_listen = {data_listen:?}
+# Registration and agent commands (HTTPS).
+management_listen = {management_listen:?}
+# host:port given to agents at registration; must reach data_listen.
+advertised_data_endpoint = {advertised:?}
+# Prometheus /metrics (plain HTTP; keep it on loopback or a management network).
+metrics_listen = {metrics_listen:?}
+# Unix socket for ferryctl (owner-only).
+control_socket = {control_socket:?}
+
+[cache]
+# The durable NVMe cache of received batches.
+directory = {cache_dir:?}
+# Share of the cache file system the cache may fill (1-95).
+limit_percent = {limit_percent}
+# auto (io_uring when available, else psync) | io_uring | psync (pwritev + fdatasync).
+engine = "{engine}"
+# Size of each preallocated cache segment file (16 MiB - 4 GiB, whole MiB).
+segment_bytes = {segment_bytes}
+
+[ingest]
+# Batches a disk may have in flight past its durable_seq (1-1024).
+window = {window}
+# Largest batch payload accepted (64 KiB - 64 MiB); larger gets 413 too_large.
+max_batch_bytes = {max_batch_bytes}
+
+[pipeline]
+# zstd level for change sets (-7 fastest ... 22 smallest; 1 is the measured sweet spot).
+compression_level = {level}
+# Compression and sealing threads; 0 = one per core.
+worker_threads = {workers}
+# Target plaintext size of one change set object (1 MiB - 256 MiB).
+change_set_bytes = {change_set_bytes}
+# Longest a durable batch waits before its change set is cut (bounds the RPO Ferry adds).
+flush_delay_ms = {flush_delay_ms}
+# Uploads in flight at once (1-1024).
+upload_concurrency = {upload_concurrency}
+# Memory for batches and objects in flight; at the budget the pipeline waits.
+memory_budget_bytes = {memory_budget_bytes}
+# Upload bandwidth cap in bytes per second; 0 = unlimited.
+bandwidth_cap_bytes_per_sec = {bandwidth}
+
+[storage_retry]
+# Transient storage errors (timeouts, resets, 500, 503, 429) are retried with exponential
+# backoff and full jitter, within these bounds; permanent ones (403, 404) are not.
+max_attempts = {max_attempts}
+initial_backoff_ms = {initial_backoff_ms}
+max_backoff_ms = {max_backoff_ms}
+total_budget_ms = {total_budget_ms}
+
+"#,
+            format = self.format,
+            data_listen = s.data_listen,
+            management_listen = s.management_listen,
+            advertised = s.advertised_data_endpoint,
+            metrics_listen = s.metrics_listen,
+            control_socket = s.control_socket.display().to_string(),
+            cache_dir = c.directory.display().to_string(),
+            limit_percent = c.limit_percent,
+            segment_bytes = c.segment_bytes,
+            window = self.ingest.window,
+            max_batch_bytes = self.ingest.max_batch_bytes,
+            level = p.compression_level,
+            workers = p.worker_threads,
+            change_set_bytes = p.change_set_bytes,
+            flush_delay_ms = p.flush_delay_ms,
+            upload_concurrency = p.upload_concurrency,
+            memory_budget_bytes = p.memory_budget_bytes,
+            bandwidth = p.bandwidth_cap_bytes_per_sec,
+            max_attempts = r.max_attempts,
+            initial_backoff_ms = r.initial_backoff_ms,
+            max_backoff_ms = r.max_backoff_ms,
+            total_budget_ms = r.total_budget_ms,
+        );
+        out.push_str("# Where sealed objects go (FORMATS.md). kind = \"local\" (a directory) or \"azure\" (Blob Storage).\n");
+        out.push_str(&render_target(&self.target));
+        out
+    }
+}
+
+fn render_target(target: &TargetConfig) -> String {
+    #[derive(Serialize)]
+    struct Wrapper<'a> {
+        target: &'a TargetConfig,
+    }
+    // Serialising plain data to TOML cannot fail; an empty section would fail validation.
+    toml::to_string(&Wrapper { target }).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_storage::{AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret};
+
+    fn local() -> ApplianceConfig {
+        ApplianceConfig::with_target(TargetConfig::Local(LocalTargetConfig {
+            path: "target".into(),
+            create: true,
+        }))
+    }
+
+    #[test]
+    fn documented_file_round_trips_for_both_targets() {
+        let config = local();
+        let text = config.to_documented_toml();
+        assert_eq!(
+            ApplianceConfig::parse(&text, Path::new("f")).unwrap(),
+            config
+        );
+        let azure = ApplianceConfig::with_target(TargetConfig::Azure(AzureTargetConfig {
+            account: "acct1".into(),
+            container: "ferry".into(),
+            endpoint: Some("http://127.0.0.1:10000/acct1".into()),
+            create_container: true,
+            request_timeout_secs: 60,
+            credential: AzureCredentialConfig::SharedKey {
+                account_key: Secret::new("a2V5"),
+            },
+        }));
+        assert_eq!(
+            ApplianceConfig::parse(&azure.to_documented_toml(), Path::new("f")).unwrap(),
+            azure
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let text = local().to_documented_toml();
+        let cases = [
+            (
+                "limit_percent = 80",
+                "limit_percent = 120",
+                "cache.limit_percent",
+            ),
+            ("window = 16", "window = 0", "ingest.window"),
+            (
+                "compression_level = 1",
+                "compression_level = 40",
+                "pipeline.compression_level",
+            ),
+            (
+                "data_listen = \"0.0.0.0:9443\"",
+                "data_listen = \"nowhere\"",
+                "server.data_listen",
+            ),
+            (
+                "upload_concurrency = 32",
+                "upload_concurrency = 0",
+                "pipeline.upload_concurrency",
+            ),
+            ("max_attempts = 8", "max_attempts = 0", "max_attempts"),
+            ("window = 16", "windw = 16", "windw"),
+            ("engine = \"auto\"", "engine = \"spdk\"", "spdk"),
+            ("format = 1", "format = 2", "format"),
+        ];
+        for (from, to, key) in cases {
+            assert!(text.contains(from), "{from}");
+            let error = ApplianceConfig::parse(&text.replace(from, to), Path::new("ferry.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(key) && error.starts_with("ferry.toml"),
+                "{to}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_a_file_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, local().to_documented_toml()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(ApplianceConfig::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(ApplianceConfig::load(&path).unwrap(), local());
+    }
+}

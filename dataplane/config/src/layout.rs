@@ -1,0 +1,66 @@
+//! Where each file of an appliance directory lives.
+
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "ferry.toml";
+pub const VAULT_KEY_FILE: &str = "vault.key";
+pub const PASSPHRASE_FILE: &str = "passphrase";
+pub const CA_CERT_FILE: &str = "pki/ca.pem";
+pub const CA_KEY_FILE: &str = "pki/ca.key";
+pub const SERVER_CERT_FILE: &str = "pki/server.pem";
+pub const SERVER_KEY_FILE: &str = "pki/server.key";
+pub const CACHE_DIR: &str = "cache";
+pub const LOCAL_TARGET_DIR: &str = "target";
+
+/// Paths of one appliance directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplianceLayout {
+    root: PathBuf,
+}
+
+impl ApplianceLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+
+    pub fn vault_key_file(&self) -> PathBuf {
+        self.root.join(VAULT_KEY_FILE)
+    }
+
+    pub fn passphrase_file(&self) -> PathBuf {
+        self.root.join(PASSPHRASE_FILE)
+    }
+
+    pub fn ca_cert_file(&self) -> PathBuf {
+        self.root.join(CA_CERT_FILE)
+    }
+
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.root.join(CA_KEY_FILE)
+    }
+
+    pub fn server_cert_file(&self) -> PathBuf {
+        self.root.join(SERVER_CERT_FILE)
+    }
+
+    pub fn server_key_file(&self) -> PathBuf {
+        self.root.join(SERVER_KEY_FILE)
+    }
+
+    /// A path from the configuration: relative paths are relative to the appliance directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.root.join(path)
+        }
+    }
+}

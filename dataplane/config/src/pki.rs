@@ -1,0 +1,146 @@
+//! The appliance's PKI: a CA that signs agents' certificates (PROTOCOL.md section 1), and
+//! the TLS certificate the data and management endpoints present, signed by that CA.
+//!
+//! Keys are ECDSA P-256 (rcgen on aws-lc-rs). The CA is valid for 20 years from its
+//! creation, the server certificate for 5. Agents that have not registered yet check the
+//! management endpoint against the server certificate's SHA-256 fingerprint
+//! ([`fingerprint_sha256`]), which `ferryctl init` prints.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+#[error("certificate generation failed: {0}")]
+pub struct PkiError(String);
+
+impl From<rcgen::Error> for PkiError {
+    fn from(e: rcgen::Error) -> Self {
+        PkiError(e.to_string())
+    }
+}
+
+/// A certificate and its private key, both PEM.
+pub struct IssuedPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: Vec<u8>,
+}
+
+/// Today's civil date (UTC) as (year, month, day).
+fn today() -> (i32, u8, u8) {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+fn validity(params: &mut CertificateParams, years: i32) {
+    let (year, month, day) = today();
+    // A day of slack before now tolerates clocks a little behind the appliance's.
+    params.not_before = rcgen::date_time_ymd(year, month, day.max(2) - 1);
+    params.not_after = rcgen::date_time_ymd(year + years, month, day.min(28));
+}
+
+/// A new appliance CA.
+pub fn generate_ca(
+    appliance_name: &str,
+) -> Result<(IssuedPem, rcgen::Certificate, KeyPair), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Ferry appliance CA ({appliance_name})"),
+    );
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Ferry");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 20);
+    let cert = params.self_signed(&key)?;
+    let issued = IssuedPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+    };
+    Ok((issued, cert, key))
+}
+
+/// The endpoints' server certificate for `names` (DNS names or IP addresses), signed by the CA.
+pub fn generate_server_cert(
+    names: &[String],
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> Result<IssuedPem, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "ferryd".into()),
+    );
+    for name in names {
+        let san = match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.clone().try_into()?),
+        };
+        params.subject_alt_names.push(san);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, 5);
+    let cert = params.signed_by(&key, ca, ca_key)?;
+    Ok(IssuedPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+    })
+}
+
+/// SHA-256 of a certificate's DER, as colon-separated uppercase hex (as browsers show it).
+pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_signs_a_server_certificate() {
+        let (ca_pem, ca, ca_key) = generate_ca("test").unwrap();
+        assert!(ca_pem.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(ca_pem.key_pem.contains("PRIVATE KEY"));
+        let server =
+            generate_server_cert(&["localhost".into(), "127.0.0.1".into()], &ca, &ca_key).unwrap();
+        assert_ne!(server.cert_der, ca_pem.cert_der);
+        let fp = fingerprint_sha256(&server.cert_der);
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        let (year, month, day) = today();
+        assert!(year >= 2024 && (1..=12).contains(&month) && (1..=31).contains(&day));
+    }
+}

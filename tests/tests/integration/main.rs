@@ -1,0 +1,3 @@
+//! Ferry's end-to-end tests, one binary: each module drives the real binaries.
+
+mod ctl_init;
