@@ -19,6 +19,9 @@ echo "== starting Azurite"
 azurite_start "$root"
 export FERRY_REQUIRE_AZURITE=1
 
+echo "== build (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

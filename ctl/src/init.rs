@@ -71,8 +71,7 @@ fn generate_passphrase() -> Result<String> {
     let mut out = String::new();
     let mut pool = [0u8; 64];
     while out.len() < 24 + 5 {
-        aws_lc_rs::rand::fill(&mut pool)
-            .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        aws_lc_rs::rand::fill(&mut pool).map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
         // Reject bytes >= 248 (8 * 31) so every character is equally likely.
         for byte in pool.iter().filter(|b| **b < 248) {
             if out.len() == 24 + 5 {
@@ -91,7 +90,10 @@ fn refuse_existing(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                bail!("{} already exists and is not empty; refusing to overwrite (an appliance lives there?)", dir.display());
+                bail!(
+                    "{} already exists and is not empty; refusing to overwrite (an appliance lives there?)",
+                    dir.display()
+                );
             }
             Ok(())
         }
@@ -105,8 +107,7 @@ fn load_or_generate_key(file: Option<&Path>) -> Result<VaultKey> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the vault key file {}", path.display()))?;
-            VaultKey::parse_text(&text)
-                .with_context(|| format!("{} does not hold a vault key", path.display()))
+            VaultKey::parse_text(&text).with_context(|| format!("{} does not hold a vault key", path.display()))
         }
         None => Ok(VaultKey::generate()?),
     }
@@ -114,10 +115,7 @@ fn load_or_generate_key(file: Option<&Path>) -> Result<VaultKey> {
 
 /// What the target says about vaults: none yet, or one this key opens. Another key's vault
 /// is an error.
-async fn existing_vault(
-    storage: &dyn ferry_storage::ObjectStorage,
-    key: &VaultKey,
-) -> Result<Option<VaultDescriptor>> {
+async fn existing_vault(storage: &dyn ferry_storage::ObjectStorage, key: &VaultKey) -> Result<Option<VaultDescriptor>> {
     match storage.get(VAULT_JSON).await {
         Ok(bytes) => {
             let vault = VaultDescriptor::parse(&bytes)
@@ -142,19 +140,13 @@ fn write_appliance_files(
     key: &VaultKey,
     server_names: &[String],
 ) -> Result<String> {
-    write_private_file(
-        &staging.vault_key_file(),
-        format!("{}\n", key.to_text()).as_bytes(),
-    )?;
+    write_private_file(&staging.vault_key_file(), format!("{}\n", key.to_text()).as_bytes())?;
     write_private_file(
         &staging.passphrase_file(),
         format!("{}\n", generate_passphrase()?).as_bytes(),
     )?;
     create_private_dir(&staging.root().join("pki"))?;
-    let appliance_name = server_names
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "ferry".into());
+    let appliance_name = server_names.first().cloned().unwrap_or_else(|| "ferry".into());
     let (ca_pem, ca, ca_key) = pki::generate_ca(&appliance_name)?;
     let server = pki::generate_server_cert(server_names, &ca, &ca_key)?;
     write_private_file(&staging.ca_cert_file(), ca_pem.cert_pem.as_bytes())?;
@@ -162,17 +154,13 @@ fn write_appliance_files(
     write_private_file(&staging.server_cert_file(), server.cert_pem.as_bytes())?;
     write_private_file(&staging.server_key_file(), server.key_pem.as_bytes())?;
     fsync_dir(&staging.root().join("pki"))?;
-    write_private_file(
-        &staging.config_file(),
-        config.to_documented_toml().as_bytes(),
-    )?;
+    write_private_file(&staging.config_file(), config.to_documented_toml().as_bytes())?;
     fsync_dir(staging.root())?;
     Ok(pki::fingerprint_sha256(&server.cert_der))
 }
 
 pub async fn run(args: InitArgs, json: bool) -> Result<()> {
-    let dir = std::path::absolute(&args.dir)
-        .with_context(|| format!("bad path {}", args.dir.display()))?;
+    let dir = std::path::absolute(&args.dir).with_context(|| format!("bad path {}", args.dir.display()))?;
     refuse_existing(&dir)?;
     let parent = dir
         .parent()
@@ -183,8 +171,7 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
         .context("the appliance directory needs a name")?
         .to_string_lossy()
         .into_owned();
-    std::fs::create_dir_all(&parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
+    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
 
     let target = args
         .target
@@ -246,18 +233,14 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
         }
     };
     if dir.exists() {
-        std::fs::remove_dir(&dir)
-            .with_context(|| format!("{} appeared while initialising", dir.display()))?;
+        std::fs::remove_dir(&dir).with_context(|| format!("{} appeared while initialising", dir.display()))?;
     }
     std::fs::rename(&staging_dir, &dir)
         .with_context(|| format!("cannot move the new appliance into {}", dir.display()))?;
     fsync_dir(&parent)?;
 
     let layout = ApplianceLayout::new(&dir);
-    let target_description = target_description.replace(
-        &staging_dir.display().to_string(),
-        &dir.display().to_string(),
-    );
+    let target_description = target_description.replace(&staging_dir.display().to_string(), &dir.display().to_string());
     let report = InitReport {
         appliance_dir: dir.clone(),
         config_file: layout.config_file(),
@@ -275,10 +258,7 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
 
 fn print_report(report: &InitReport, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
         return;
     }
     let vault_state = if report.joined_existing_vault {
@@ -286,10 +266,7 @@ fn print_report(report: &InitReport, json: bool) {
     } else {
         "new vault"
     };
-    println!(
-        "Initialised a Ferry appliance in {}",
-        report.appliance_dir.display()
-    );
+    println!("Initialised a Ferry appliance in {}", report.appliance_dir.display());
     println!("  config       {}", report.config_file.display());
     println!("  vault        {} ({vault_state})", report.vault_id);
     println!("  target       {}", report.target);

@@ -4,9 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ferry_storage::{
-    AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig,
-};
+use ferry_storage::{AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Default)]
@@ -41,8 +39,8 @@ pub struct TargetArgs {
 }
 
 fn read_secret(path: &PathBuf, what: &str) -> Result<Secret> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} file {}", path.display()))?;
     let value = text.trim();
     if value.is_empty() {
         bail!("the {what} file {} is empty", path.display());
@@ -57,11 +55,7 @@ impl TargetArgs {
 
     /// The target these flags name, or `default_local` when they name none. A local
     /// directory is created only when `create_local` (init does; checks and restores never).
-    pub fn to_config(
-        &self,
-        default_local: Option<PathBuf>,
-        create_local: bool,
-    ) -> Result<TargetConfig> {
+    pub fn to_config(&self, default_local: Option<PathBuf>, create_local: bool) -> Result<TargetConfig> {
         if let (Some(account), Some(container)) = (&self.azure_account, &self.azure_container) {
             let credential = if let Some(file) = &self.azure_key_file {
                 AzureCredentialConfig::SharedKey {
@@ -92,7 +86,9 @@ impl TargetArgs {
         let path = match (&self.target_dir, default_local) {
             (Some(path), _) => path.clone(),
             (None, Some(path)) => path,
-            (None, None) => bail!("name a target: --target-dir PATH, or --azure-account and --azure-container with a credential"),
+            (None, None) => {
+                bail!("name a target: --target-dir PATH, or --azure-account and --azure-container with a credential")
+            }
         };
         Ok(TargetConfig::Local(LocalTargetConfig {
             path,

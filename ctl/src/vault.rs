@@ -60,17 +60,16 @@ async fn check(args: CheckArgs, json: bool) -> Result<()> {
         .context("--key-file is required with target flags")?;
     let key_text = std::fs::read_to_string(&key_file)
         .with_context(|| format!("cannot read the vault key file {}", key_file.display()))?;
-    let key = VaultKey::parse_text(&key_text)
-        .with_context(|| format!("{} does not hold a vault key", key_file.display()))?;
+    let key =
+        VaultKey::parse_text(&key_text).with_context(|| format!("{} does not hold a vault key", key_file.display()))?;
     let storage = open_target(&target, RetryPolicy::default())
         .await
         .context("cannot open the target")?;
     let bytes = match storage.get(VAULT_JSON).await {
         Ok(bytes) => bytes,
-        Err(StorageError::NotFound { .. }) => bail!(
-            "no Ferry vault at {}: {VAULT_JSON} does not exist",
-            storage.describe()
-        ),
+        Err(StorageError::NotFound { .. }) => {
+            bail!("no Ferry vault at {}: {VAULT_JSON} does not exist", storage.describe())
+        }
         Err(e) => return Err(e).context("cannot read the target"),
     };
     let vault = VaultDescriptor::parse(&bytes)?;
@@ -82,15 +81,9 @@ async fn check(args: CheckArgs, json: bool) -> Result<()> {
         key_matches: true,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
-        println!(
-            "The vault key matches vault {} at {}.",
-            report.vault_id, report.target
-        );
+        println!("The vault key matches vault {} at {}.", report.vault_id, report.target);
     }
     Ok(())
 }

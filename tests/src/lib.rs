@@ -38,8 +38,7 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -70,9 +69,7 @@ pub fn azurite_endpoint() -> Option<String> {
             panic!("FERRY_REQUIRE_AZURITE=1 but FERRY_TEST_AZURITE_ENDPOINT is not set: start Azurite (scripts/test.sh does)")
         }
         _ => {
-            eprintln!(
-                "skipped: FERRY_TEST_AZURITE_ENDPOINT is not set (scripts/test.sh starts Azurite)"
-            );
+            eprintln!("skipped: FERRY_TEST_AZURITE_ENDPOINT is not set (scripts/test.sh starts Azurite)");
             None
         }
     }
@@ -82,9 +79,5 @@ pub fn azurite_endpoint() -> Option<String> {
 pub fn unique_container(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }

@@ -15,10 +15,7 @@ const MIB: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {key}: {message}")]
@@ -186,13 +183,11 @@ impl ApplianceConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                message,
-            })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        })?;
         Ok(config)
     }
 
@@ -205,10 +200,7 @@ impl ApplianceConfig {
             high: T,
         ) -> Result<(), (&'static str, String)> {
             if value < low || value > high {
-                return Err((
-                    key,
-                    format!("must be between {low} and {high}, got {value}"),
-                ));
+                return Err((key, format!("must be between {low} and {high}, got {value}")));
             }
             Ok(())
         }
@@ -237,27 +229,13 @@ impl ApplianceConfig {
             .advertised_data_endpoint
             .rsplit_once(':')
             .and_then(|(host, port)| (!host.is_empty()).then_some(port));
-        if advertised
-            .and_then(|port| port.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err((
-                "server.advertised_data_endpoint",
-                "must be host:port".into(),
-            ));
+        if advertised.and_then(|port| port.parse::<u16>().ok()).is_none() {
+            return Err(("server.advertised_data_endpoint", "must be host:port".into()));
         }
         range("cache.limit_percent", self.cache.limit_percent, 1, 95)?;
-        range(
-            "cache.segment_bytes",
-            self.cache.segment_bytes,
-            16 * MIB,
-            4096 * MIB,
-        )?;
-        if self.cache.segment_bytes % MIB != 0 {
-            return Err((
-                "cache.segment_bytes",
-                "must be a multiple of 1 MiB (1048576)".into(),
-            ));
+        range("cache.segment_bytes", self.cache.segment_bytes, 16 * MIB, 4096 * MIB)?;
+        if !self.cache.segment_bytes.is_multiple_of(MIB) {
+            return Err(("cache.segment_bytes", "must be a multiple of 1 MiB (1048576)".into()));
         }
         range("ingest.window", self.ingest.window, 1, 1024)?;
         range(
@@ -272,50 +250,30 @@ impl ApplianceConfig {
                 "must be below half of cache.segment_bytes".into(),
             ));
         }
-        range(
-            "pipeline.compression_level",
-            self.pipeline.compression_level,
-            -7,
-            22,
-        )?;
-        range(
-            "pipeline.worker_threads",
-            self.pipeline.worker_threads,
-            0,
-            256,
-        )?;
+        range("pipeline.compression_level", self.pipeline.compression_level, -7, 22)?;
+        range("pipeline.worker_threads", self.pipeline.worker_threads, 0, 256)?;
         range(
             "pipeline.change_set_bytes",
             self.pipeline.change_set_bytes,
             MIB,
             256 * MIB,
         )?;
-        range(
-            "pipeline.flush_delay_ms",
-            self.pipeline.flush_delay_ms,
-            10,
-            600_000,
-        )?;
-        range(
-            "pipeline.upload_concurrency",
-            self.pipeline.upload_concurrency,
-            1,
-            1024,
-        )?;
-        let budget_floor =
-            2 * (self.pipeline.change_set_bytes + u64::from(self.ingest.max_batch_bytes));
+        range("pipeline.flush_delay_ms", self.pipeline.flush_delay_ms, 10, 600_000)?;
+        range("pipeline.upload_concurrency", self.pipeline.upload_concurrency, 1, 1024)?;
+        let budget_floor = 2 * (self.pipeline.change_set_bytes + u64::from(self.ingest.max_batch_bytes));
         if self.pipeline.memory_budget_bytes < budget_floor {
             return Err((
                 "pipeline.memory_budget_bytes",
-                format!("must be at least 2 x (change_set_bytes + max_batch_bytes) = {budget_floor}, got {}", self.pipeline.memory_budget_bytes),
+                format!(
+                    "must be at least 2 x (change_set_bytes + max_batch_bytes) = {budget_floor}, got {}",
+                    self.pipeline.memory_budget_bytes
+                ),
             ));
         }
         self.storage_retry
             .validate()
             .map_err(|message| ("storage_retry", message))?;
-        self.target
-            .validate()
-            .map_err(|message| ("target", message))?;
+        self.target.validate().map_err(|message| ("target", message))?;
         Ok(())
     }
 
@@ -425,7 +383,9 @@ total_budget_ms = {total_budget_ms}
             max_backoff_ms = r.max_backoff_ms,
             total_budget_ms = r.total_budget_ms,
         );
-        out.push_str("# Where sealed objects go (FORMATS.md). kind = \"local\" (a directory) or \"azure\" (Blob Storage).\n");
+        out.push_str(
+            "# Where sealed objects go (FORMATS.md). kind = \"local\" (a directory) or \"azure\" (Blob Storage).\n",
+        );
         out.push_str(&render_target(&self.target));
         out
     }
@@ -456,10 +416,7 @@ mod tests {
     fn documented_file_round_trips_for_both_targets() {
         let config = local();
         let text = config.to_documented_toml();
-        assert_eq!(
-            ApplianceConfig::parse(&text, Path::new("f")).unwrap(),
-            config
-        );
+        assert_eq!(ApplianceConfig::parse(&text, Path::new("f")).unwrap(), config);
         let azure = ApplianceConfig::with_target(TargetConfig::Azure(AzureTargetConfig {
             account: "acct1".into(),
             container: "ferry".into(),
@@ -480,11 +437,7 @@ mod tests {
     fn errors_name_the_key() {
         let text = local().to_documented_toml();
         let cases = [
-            (
-                "limit_percent = 80",
-                "limit_percent = 120",
-                "cache.limit_percent",
-            ),
+            ("limit_percent = 80", "limit_percent = 120", "cache.limit_percent"),
             ("window = 16", "window = 0", "ingest.window"),
             (
                 "compression_level = 1",
@@ -511,10 +464,7 @@ mod tests {
             let error = ApplianceConfig::parse(&text.replace(from, to), Path::new("ferry.toml"))
                 .unwrap_err()
                 .to_string();
-            assert!(
-                error.contains(key) && error.starts_with("ferry.toml"),
-                "{to}: {error}"
-            );
+            assert!(error.contains(key) && error.starts_with("ferry.toml"), "{to}: {error}");
         }
     }
 

@@ -7,8 +7,7 @@
 //! ([`fingerprint_sha256`]), which `ferryctl init` prints.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,18 +56,13 @@ fn validity(params: &mut CertificateParams, years: i32) {
 }
 
 /// A new appliance CA.
-pub fn generate_ca(
-    appliance_name: &str,
-) -> Result<(IssuedPem, rcgen::Certificate, KeyPair), PkiError> {
+pub fn generate_ca(appliance_name: &str) -> Result<(IssuedPem, rcgen::Certificate, KeyPair), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("Ferry appliance CA ({appliance_name})"),
-    );
     params
         .distinguished_name
-        .push(DnType::OrganizationName, "Ferry");
+        .push(DnType::CommonName, format!("Ferry appliance CA ({appliance_name})"));
+    params.distinguished_name.push(DnType::OrganizationName, "Ferry");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -135,8 +129,7 @@ mod tests {
         let (ca_pem, ca, ca_key) = generate_ca("test").unwrap();
         assert!(ca_pem.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(ca_pem.key_pem.contains("PRIVATE KEY"));
-        let server =
-            generate_server_cert(&["localhost".into(), "127.0.0.1".into()], &ca, &ca_key).unwrap();
+        let server = generate_server_cert(&["localhost".into(), "127.0.0.1".into()], &ca, &ca_key).unwrap();
         assert_ne!(server.cert_der, ca_pem.cert_der);
         let fp = fingerprint_sha256(&server.cert_der);
         assert_eq!(fp.len(), 32 * 3 - 1);

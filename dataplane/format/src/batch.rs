@@ -38,8 +38,8 @@ const HEADER_CRC_COVERS: usize = 36;
 /// every sector size.
 const ZERO_SPLIT_BYTES: u64 = 1 << 31;
 
-const _: () = assert!(WRITE_MAX_BYTES as u64 % 4096 == 0);
-const _: () = assert!(ZERO_SPLIT_BYTES <= u32::MAX as u64 && ZERO_SPLIT_BYTES % 4096 == 0);
+const _: () = assert!((WRITE_MAX_BYTES as u64).is_multiple_of(4096));
+const _: () = assert!(ZERO_SPLIT_BYTES <= u32::MAX as u64 && ZERO_SPLIT_BYTES.is_multiple_of(4096));
 const _: () = assert!(BOOKMARK_JSON_MAX_BYTES < WRITE_MAX_BYTES);
 
 /// The error codes of PROTOCOL.md section 3 that a batch body can earn.
@@ -119,10 +119,7 @@ impl BatchHeader {
         let Some(header) = bytes.get(..BATCH_HEADER_LEN) else {
             return Err(reject(
                 MalformedBatch,
-                format!(
-                    "batch is {} bytes, shorter than the 40-byte header",
-                    bytes.len()
-                ),
+                format!("batch is {} bytes, shorter than the 40-byte header", bytes.len()),
             ));
         };
         if header[0..4] != BATCH_MAGIC {
@@ -131,7 +128,10 @@ impl BatchHeader {
         let header_crc32c = read_u32(header, 36);
         let computed = crc32c::crc32c(&header[..HEADER_CRC_COVERS]);
         if header_crc32c != computed {
-            return Err(reject(CrcMismatch, format!("header_crc32c is {header_crc32c:#010x}, the header's CRC-32C is {computed:#010x}")));
+            return Err(reject(
+                CrcMismatch,
+                format!("header_crc32c is {header_crc32c:#010x}, the header's CRC-32C is {computed:#010x}"),
+            ));
         }
         let version = read_u16(header, 4);
         if version != BATCH_VERSION {
@@ -210,10 +210,7 @@ pub fn decode(
     if header.seq != expected_seq {
         return Err(reject(
             MalformedBatch,
-            format!(
-                "header seq {} differs from seq {expected_seq} in the path",
-                header.seq
-            ),
+            format!("header seq {} differs from seq {expected_seq} in the path", header.seq),
         ));
     }
     if header.payload_len > max_batch_bytes {
@@ -247,18 +244,10 @@ pub fn decode(
         ));
     }
     let records = decode_records(&bytes, &header, geometry)?;
-    Ok(DecodedBatch {
-        header,
-        records,
-        bytes,
-    })
+    Ok(DecodedBatch { header, records, bytes })
 }
 
-fn decode_records(
-    bytes: &Bytes,
-    header: &BatchHeader,
-    geometry: DiskGeometry,
-) -> Result<Vec<Record>, BatchError> {
+fn decode_records(bytes: &Bytes, header: &BatchHeader, geometry: DiskGeometry) -> Result<Vec<Record>, BatchError> {
     use BatchErrorCode::*;
     let end = bytes.len();
     let most_records = (header.payload_len as usize) / RECORD_HEADER_LEN;
@@ -298,9 +287,7 @@ fn decode_records(
                 if (length as usize) > remaining {
                     return Err(reject(
                         MalformedBatch,
-                        format!(
-                            "record {index}: WRITE data of {length} bytes runs past the payload"
-                        ),
+                        format!("record {index}: WRITE data of {length} bytes runs past the payload"),
                     ));
                 }
                 let data = bytes.slice(pos..pos + length as usize);
@@ -327,23 +314,16 @@ fn decode_records(
                 if (length as usize) > remaining {
                     return Err(reject(
                         MalformedBatch,
-                        format!(
-                            "record {index}: BOOKMARK data of {length} bytes runs past the payload"
-                        ),
+                        format!("record {index}: BOOKMARK data of {length} bytes runs past the payload"),
                     ));
                 }
                 let json = &bytes[pos..pos + length as usize];
-                let bookmark = Bookmark::from_json(json)
-                    .map_err(|why| reject(BadBookmark, format!("record {index}: {why}")))?;
+                let bookmark =
+                    Bookmark::from_json(json).map_err(|why| reject(BadBookmark, format!("record {index}: {why}")))?;
                 pos += length as usize;
                 Record::Bookmark(bookmark)
             }
-            other => {
-                return Err(reject(
-                    MalformedBatch,
-                    format!("record {index}: unknown kind {other}"),
-                ))
-            }
+            other => return Err(reject(MalformedBatch, format!("record {index}: unknown kind {other}"))),
         };
         records.push(record);
     }
@@ -360,14 +340,9 @@ fn decode_records(
     Ok(records)
 }
 
-fn check_range(
-    index: u32,
-    offset: u64,
-    length: u32,
-    geometry: DiskGeometry,
-) -> Result<(), BatchError> {
+fn check_range(index: u32, offset: u64, length: u32, geometry: DiskGeometry) -> Result<(), BatchError> {
     let sector = u64::from(geometry.sector_size);
-    let aligned = sector != 0 && offset % sector == 0 && u64::from(length) % sector == 0;
+    let aligned = sector != 0 && offset.is_multiple_of(sector) && u64::from(length) % sector == 0;
     let inside = offset
         .checked_add(u64::from(length))
         .is_some_and(|end| end <= geometry.size_bytes);
@@ -425,12 +400,7 @@ impl BatchEncoder {
         let mut done = 0;
         while done < length {
             let part = (length - done).min(ZERO_SPLIT_BYTES);
-            self.raw_record(
-                RECORD_KIND_ZERO,
-                part as u32,
-                offset.wrapping_add(done),
-                &[],
-            );
+            self.raw_record(RECORD_KIND_ZERO, part as u32, offset.wrapping_add(done), &[]);
             done += part;
         }
         self

@@ -111,17 +111,13 @@ impl Bookmark {
                 json.len()
             ));
         }
-        let wire: BookmarkWire = serde_json::from_slice(json)
-            .map_err(|e| format!("bookmark is not the expected JSON object: {e}"))?;
+        let wire: BookmarkWire =
+            serde_json::from_slice(json).map_err(|e| format!("bookmark is not the expected JSON object: {e}"))?;
         let id = BookmarkId::new(&wire.id)?;
         let kind = match wire.kind.as_str() {
             "crash" => BookmarkKind::Crash,
             "app" => BookmarkKind::App,
-            other => {
-                return Err(format!(
-                    "bookmark kind must be \"crash\" or \"app\", got {other:?}"
-                ))
-            }
+            other => return Err(format!("bookmark kind must be \"crash\" or \"app\", got {other:?}")),
         };
         if let Some(tag) = &wire.tag {
             let chars = tag.chars().count();
@@ -133,9 +129,10 @@ impl Bookmark {
         }
         let group_id = match &wire.group_id {
             None => None,
-            Some(text) => Some(parse_canonical_uuid(text).ok_or_else(|| {
-                "bookmark group_id must be a lowercase hyphenated UUID".to_string()
-            })?),
+            Some(text) => Some(
+                parse_canonical_uuid(text)
+                    .ok_or_else(|| "bookmark group_id must be a lowercase hyphenated UUID".to_string())?,
+            ),
         };
         Ok(Bookmark {
             id,
@@ -178,15 +175,10 @@ mod tests {
         assert!(Bookmark::from_json(br#"{"id":"a"}"#).is_err());
         assert!(Bookmark::from_json(br#"["a"]"#).is_err());
         assert!(Bookmark::from_json(br#"{"id":"a","kind":"app","id":"b"}"#).is_err());
-        assert!(
-            Bookmark::from_json(br#"{"id":"a","kind":"app","group_id":"NOT-A-UUID"}"#).is_err()
-        );
+        assert!(Bookmark::from_json(br#"{"id":"a","kind":"app","group_id":"NOT-A-UUID"}"#).is_err());
         let long_tag = format!(r#"{{"id":"a","kind":"crash","tag":"{}"}}"#, "é".repeat(257));
         assert!(Bookmark::from_json(long_tag.as_bytes()).is_err());
-        let ok_tag = format!(
-            r#"{{"id":"a","kind":"crash","tag":"{}","extra":1}}"#,
-            "é".repeat(256)
-        );
+        let ok_tag = format!(r#"{{"id":"a","kind":"crash","tag":"{}","extra":1}}"#, "é".repeat(256));
         assert!(Bookmark::from_json(ok_tag.as_bytes()).is_ok());
         assert!(Bookmark::from_json(&vec![b' '; 4097]).is_err());
         assert!(BookmarkId::new(&"a".repeat(64)).is_ok());

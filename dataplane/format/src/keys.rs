@@ -21,7 +21,9 @@ const DISK_INFO_PREFIX: &str = "ferry/v1/disk/";
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("a vault key's text form is \"{VAULT_KEY_TEXT_PREFIX}\" followed by 64 lowercase hex digits; this is not one")]
+    #[error(
+        "a vault key's text form is \"{VAULT_KEY_TEXT_PREFIX}\" followed by 64 lowercase hex digits; this is not one"
+    )]
     BadText,
     #[error("the system random generator failed")]
     Random,
@@ -123,8 +125,7 @@ pub struct ObjectKey {
 impl ObjectKey {
     pub fn from_bytes(bytes: [u8; VAULT_KEY_LEN]) -> Self {
         // AES_256_GCM takes exactly 32 bytes, which the array type guarantees.
-        let unbound =
-            aead::UnboundKey::new(&aead::AES_256_GCM, &bytes).expect("AES-256 key is 32 bytes");
+        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &bytes).expect("AES-256 key is 32 bytes");
         Self {
             bytes,
             aead: aead::LessSafeKey::new(unbound),
@@ -162,10 +163,7 @@ pub struct Keyring {
 
 impl Keyring {
     pub fn new(vault_key: VaultKey, vault_id: Uuid) -> Self {
-        Self {
-            vault_key,
-            vault_id,
-        }
+        Self { vault_key, vault_id }
     }
 
     pub fn vault_id(&self) -> Uuid {
@@ -177,10 +175,8 @@ impl Keyring {
     }
 
     pub fn disk_key(&self, disk_id: Uuid) -> ObjectKey {
-        self.vault_key.derive(
-            self.vault_id,
-            &format!("{DISK_INFO_PREFIX}{}", disk_id.hyphenated()),
-        )
+        self.vault_key
+            .derive(self.vault_id, &format!("{DISK_INFO_PREFIX}{}", disk_id.hyphenated()))
     }
 
     pub fn vault_object_key(&self) -> ObjectKey {
@@ -206,10 +202,7 @@ mod tests {
         let key = VaultKey::from_bytes([0xab; 32]);
         let text = key.to_text();
         assert_eq!(text, format!("ferry-vault-key-v1:{}", "ab".repeat(32)));
-        assert_eq!(
-            VaultKey::parse_text(&format!("  {text}\n")).unwrap().0,
-            key.0
-        );
+        assert_eq!(VaultKey::parse_text(&format!("  {text}\n")).unwrap().0, key.0);
         assert_eq!(
             VaultKey::parse_text(&text.to_uppercase()).err(),
             Some(KeyError::BadText)
@@ -222,10 +215,7 @@ mod tests {
             VaultKey::parse_text(&format!("{text}00")).err(),
             Some(KeyError::BadText)
         );
-        assert_eq!(
-            VaultKey::parse_text(&"ab".repeat(32)).err(),
-            Some(KeyError::BadText)
-        );
+        assert_eq!(VaultKey::parse_text(&"ab".repeat(32)).err(), Some(KeyError::BadText));
         assert_eq!(
             VaultKey::parse_text(&text.replace("ab", "zz")).err(),
             Some(KeyError::BadText)

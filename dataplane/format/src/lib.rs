@@ -20,9 +20,7 @@ pub mod names;
 pub mod seal;
 pub mod vault;
 
-pub use batch::{
-    BatchEncoder, BatchError, BatchErrorCode, BatchHeader, DecodedBatch, DiskGeometry, Record,
-};
+pub use batch::{BatchEncoder, BatchError, BatchErrorCode, BatchHeader, DecodedBatch, DiskGeometry, Record};
 pub use bookmark::{Bookmark, BookmarkId, BookmarkKind};
 pub use keys::{KeyError, Keyring, ObjectKey, VaultKey};
 pub use names::{NameError, ObjectName};

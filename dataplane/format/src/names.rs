@@ -108,8 +108,7 @@ impl ObjectName {
                 let (first, last) = range
                     .split_once('-')
                     .ok_or_else(|| fail("log name is not first-last"))?;
-                let first_seq =
-                    digits(first, 20).ok_or_else(|| fail("first_seq is not 20 digits"))?;
+                let first_seq = digits(first, 20).ok_or_else(|| fail("first_seq is not 20 digits"))?;
                 let last_seq = digits(last, 20).ok_or_else(|| fail("last_seq is not 20 digits"))?;
                 if first_seq == 0 || first_seq > last_seq {
                     return Err(fail("log range must satisfy 1 <= first_seq <= last_seq"));
@@ -122,8 +121,8 @@ impl ObjectName {
             }
             ["disks", disk, "points", point] => {
                 let disk_id = uuid(disk).ok_or_else(|| fail("bad disk id"))?;
-                let (seq, bookmark) = split_number_dash(point, 20)
-                    .ok_or_else(|| fail("point name is not seq-bookmark_id"))?;
+                let (seq, bookmark) =
+                    split_number_dash(point, 20).ok_or_else(|| fail("point name is not seq-bookmark_id"))?;
                 let bookmark_id = BookmarkId::new(bookmark).map_err(|_| fail("bad bookmark id"))?;
                 Ok(ObjectName::Point {
                     disk_id,
@@ -141,16 +140,12 @@ impl ObjectName {
                     .strip_prefix("chunk-")
                     .and_then(|i| digits(i, 10))
                     .ok_or_else(|| fail("bad base file name"))?;
-                Ok(ObjectName::BaseChunk {
-                    disk_id,
-                    seq,
-                    index,
-                })
+                Ok(ObjectName::BaseChunk { disk_id, seq, index })
             }
             ["groups", group, "points", point] => {
                 let group_id = uuid(group).ok_or_else(|| fail("bad group id"))?;
-                let (created_unix_ms, bookmark) = split_number_dash(point, 16)
-                    .ok_or_else(|| fail("group point name is not time-bookmark_id"))?;
+                let (created_unix_ms, bookmark) =
+                    split_number_dash(point, 16).ok_or_else(|| fail("group point name is not time-bookmark_id"))?;
                 let bookmark_id = BookmarkId::new(bookmark).map_err(|_| fail("bad bookmark id"))?;
                 Ok(ObjectName::GroupPoint {
                     group_id,
@@ -175,33 +170,20 @@ impl fmt::Display for ObjectName {
                 first_seq,
                 last_seq,
             } => {
-                write!(
-                    f,
-                    "{ROOT}disks/{disk_id}/log/{first_seq:020}-{last_seq:020}.fseal"
-                )
+                write!(f, "{ROOT}disks/{disk_id}/log/{first_seq:020}-{last_seq:020}.fseal")
             }
             ObjectName::Point {
                 disk_id,
                 seq,
                 bookmark_id,
             } => {
-                write!(
-                    f,
-                    "{ROOT}disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal"
-                )
+                write!(f, "{ROOT}disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal")
             }
             ObjectName::BaseManifest { disk_id, seq } => {
                 write!(f, "{ROOT}disks/{disk_id}/base/{seq:020}/manifest.fseal")
             }
-            ObjectName::BaseChunk {
-                disk_id,
-                seq,
-                index,
-            } => {
-                write!(
-                    f,
-                    "{ROOT}disks/{disk_id}/base/{seq:020}/chunk-{index:010}.fseal"
-                )
+            ObjectName::BaseChunk { disk_id, seq, index } => {
+                write!(f, "{ROOT}disks/{disk_id}/base/{seq:020}/chunk-{index:010}.fseal")
             }
             ObjectName::GroupPoint {
                 group_id,
@@ -280,7 +262,12 @@ mod tests {
             assert_eq!(ObjectName::parse(&text).unwrap(), name, "{text}");
         }
         assert_eq!(
-            ObjectName::Log { disk_id: disk(), first_seq: 1, last_seq: 12 }.to_string(),
+            ObjectName::Log {
+                disk_id: disk(),
+                first_seq: 1,
+                last_seq: 12
+            }
+            .to_string(),
             "ferry/v1/disks/0f8fad5b-d9cb-469f-a165-70867728950e/log/00000000000000000001-00000000000000000012.fseal"
         );
     }

@@ -125,10 +125,7 @@ impl SealedHeader {
             return Err(SealError::TooLarge(plain_len));
         }
         if codec == Codec::Stored && body_len != plain_len {
-            return Err(SealError::StoredLengthMismatch {
-                body_len,
-                plain_len,
-            });
+            return Err(SealError::StoredLengthMismatch { body_len, plain_len });
         }
         Ok(Self {
             codec,
@@ -203,23 +200,13 @@ impl Sealer {
     }
 
     /// Seals `plaintext` as object `name` with a fresh random nonce.
-    pub fn seal(
-        &mut self,
-        key: &ObjectKey,
-        name: &str,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, SealError> {
+    pub fn seal(&mut self, key: &ObjectKey, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         self.seal_parts(key, name, &[plaintext])
     }
 
     /// Seals the concatenation of `parts` (for example the batches of a change set where they
     /// lie in the cache) without joining them first.
-    pub fn seal_parts(
-        &mut self,
-        key: &ObjectKey,
-        name: &str,
-        parts: &[&[u8]],
-    ) -> Result<Vec<u8>, SealError> {
+    pub fn seal_parts(&mut self, key: &ObjectKey, name: &str, parts: &[&[u8]]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; SEALED_NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Random)?;
         self.seal_parts_with_nonce(key, name, parts, nonce)
@@ -265,26 +252,16 @@ impl Sealer {
         let body = &mut out[SEALED_HEADER_LEN..SEALED_HEADER_LEN + body_len];
         let tag = key
             .aead()
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad[..]),
-                body,
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), body)
             .map_err(|_| SealError::Compress("AES-GCM sealing failed".into()))?;
-        out[SEALED_HEADER_LEN + body_len..SEALED_HEADER_LEN + body_len + SEALED_TAG_LEN]
-            .copy_from_slice(tag.as_ref());
+        out[SEALED_HEADER_LEN + body_len..SEALED_HEADER_LEN + body_len + SEALED_TAG_LEN].copy_from_slice(tag.as_ref());
         out.truncate(SEALED_HEADER_LEN + body_len + SEALED_TAG_LEN);
         Ok(out)
     }
 
     /// Compresses `parts` into `dst` (which holds `plain_len` bytes). Returns the compressed
     /// length if it is smaller than `plain_len`, `None` if storing is better.
-    fn compress_into(
-        &mut self,
-        parts: &[&[u8]],
-        plain_len: usize,
-        dst: &mut [u8],
-    ) -> Result<Option<usize>, SealError> {
+    fn compress_into(&mut self, parts: &[&[u8]], plain_len: usize, dst: &mut [u8]) -> Result<Option<usize>, SealError> {
         if plain_len == 0 {
             return Ok(None);
         }
@@ -296,9 +273,7 @@ impl Sealer {
             return match self.cctx.compress2(dst, single) {
                 Ok(n) => Ok(Some(n)),
                 Err(code) if is_dst_too_small(code) => Ok(None),
-                Err(code) => Err(SealError::Compress(
-                    zstd_safe::get_error_name(code).to_string(),
-                )),
+                Err(code) => Err(SealError::Compress(zstd_safe::get_error_name(code).to_string())),
             };
         }
         self.cctx
@@ -317,9 +292,7 @@ impl Sealer {
                 let remaining = self
                     .cctx
                     .compress_stream2(&mut output, &mut input, directive)
-                    .map_err(|code| {
-                        SealError::Compress(zstd_safe::get_error_name(code).to_string())
-                    })?;
+                    .map_err(|code| SealError::Compress(zstd_safe::get_error_name(code).to_string()))?;
                 let output_full = output.pos() == output.capacity();
                 let done = if last {
                     remaining == 0
@@ -361,12 +334,7 @@ impl Unsealer {
     }
 
     /// Checks and opens `sealed`, stored under `name`, and returns its plaintext.
-    pub fn unseal(
-        &mut self,
-        key: &ObjectKey,
-        name: &str,
-        sealed: &[u8],
-    ) -> Result<Vec<u8>, SealError> {
+    pub fn unseal(&mut self, key: &ObjectKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         let header = SealedHeader::parse(sealed)?;
         let mut header_bytes = [0u8; SEALED_HEADER_LEN];
         header_bytes.copy_from_slice(&sealed[..SEALED_HEADER_LEN]);
@@ -386,9 +354,10 @@ impl Unsealer {
             Codec::Stored => Ok(body),
             Codec::Zstd => {
                 let mut plain = Vec::with_capacity(header.plain_len as usize);
-                let written = self.dctx.decompress(&mut plain, &body).map_err(|code| {
-                    SealError::Decompress(zstd_safe::get_error_name(code).to_string())
-                })?;
+                let written = self
+                    .dctx
+                    .decompress(&mut plain, &body)
+                    .map_err(|code| SealError::Decompress(zstd_safe::get_error_name(code).to_string()))?;
                 if written as u64 != header.plain_len {
                     return Err(SealError::PlainLengthMismatch {
                         expected: header.plain_len,
@@ -402,12 +371,7 @@ impl Unsealer {
 }
 
 /// Seals one object with a fresh zstd context (for occasional objects: manifests, metadata).
-pub fn seal(
-    key: &ObjectKey,
-    name: &str,
-    plaintext: &[u8],
-    level: i32,
-) -> Result<Vec<u8>, SealError> {
+pub fn seal(key: &ObjectKey, name: &str, plaintext: &[u8], level: i32) -> Result<Vec<u8>, SealError> {
     Sealer::new(level)?.seal(key, name, plaintext)
 }
 

@@ -41,13 +41,9 @@ impl VaultDescriptor {
 
     pub fn parse(bytes: &[u8]) -> Result<Self, VaultError> {
         if bytes.len() > VAULT_JSON_MAX_BYTES {
-            return Err(VaultError::Invalid(format!(
-                "{} bytes is too large",
-                bytes.len()
-            )));
+            return Err(VaultError::Invalid(format!("{} bytes is too large", bytes.len())));
         }
-        let parsed: Self =
-            serde_json::from_slice(bytes).map_err(|e| VaultError::Invalid(e.to_string()))?;
+        let parsed: Self = serde_json::from_slice(bytes).map_err(|e| VaultError::Invalid(e.to_string()))?;
         if parsed.format != VAULT_FORMAT {
             return Err(VaultError::UnsupportedFormat(parsed.format));
         }
@@ -84,10 +80,7 @@ mod tests {
         assert!(parsed.open(&key).is_ok());
         let wrong = parsed.open(&VaultKey::from_bytes([8; 32])).unwrap_err();
         assert!(wrong.to_string().starts_with("wrong vault key"));
-        assert!(matches!(
-            VaultDescriptor::parse(b"{}"),
-            Err(VaultError::Invalid(_))
-        ));
+        assert!(matches!(VaultDescriptor::parse(b"{}"), Err(VaultError::Invalid(_))));
         let v2 = String::from_utf8(vault.to_json())
             .unwrap()
             .replace("\"format\": 1", "\"format\": 2");

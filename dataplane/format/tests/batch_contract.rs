@@ -2,9 +2,7 @@
 //! batches decode to what was encoded, and every corruption is caught.
 
 use bytes::Bytes;
-use ferry_format::batch::{
-    self, reseal_crcs, BatchErrorCode, DiskGeometry, Record, RECORD_KIND_WRITE,
-};
+use ferry_format::batch::{self, reseal_crcs, BatchErrorCode, DiskGeometry, Record, RECORD_KIND_WRITE};
 use ferry_format::{BatchEncoder, Bookmark, BookmarkId, BookmarkKind};
 use proptest::prelude::*;
 
@@ -32,9 +30,7 @@ fn bookmark(id: &str) -> Bookmark {
 
 fn valid() -> Bytes {
     let mut enc = BatchEncoder::new(3, 1_700_000_000_000);
-    enc.write(4096, &[7u8; 1024])
-        .zero(0, 512)
-        .bookmark(&bookmark("bm-1"));
+    enc.write(4096, &[7u8; 1024]).zero(0, 512).bookmark(&bookmark("bm-1"));
     enc.finish()
 }
 
@@ -60,13 +56,7 @@ fn valid_batch_decodes_without_copying_write_data() {
     // The WRITE data points into the received buffer: zero-copy.
     let inside = bytes.as_ptr_range();
     assert!(inside.contains(&data.as_ptr()));
-    assert_eq!(
-        decoded.records[1],
-        Record::Zero {
-            offset: 0,
-            length: 512
-        }
-    );
+    assert_eq!(decoded.records[1], Record::Zero { offset: 0, length: 512 });
     assert_eq!(decoded.bookmarks().next().unwrap().id.as_str(), "bm-1");
 }
 
@@ -268,9 +258,7 @@ fn record_violations() {
         ),
     ];
     for (what, batch, expected) in cases {
-        let got = batch::decode(batch, 1, DISK, MAX)
-            .map(|_| ())
-            .map_err(|e| e.code);
+        let got = batch::decode(batch, 1, DISK, MAX).map(|_| ()).map_err(|e| e.code);
         assert_eq!(got, Err(expected), "{what}");
     }
 }
@@ -297,10 +285,7 @@ fn crc_and_size_violations() {
     let mut big = BatchEncoder::new(1, 0);
     big.write(0, &vec![1u8; MAX as usize]);
     let err = batch::decode(big.finish(), 1, DISK, MAX).unwrap_err();
-    assert_eq!(
-        (err.code, err.code.http_status()),
-        (BatchErrorCode::TooLarge, 413)
-    );
+    assert_eq!((err.code, err.code.http_status()), (BatchErrorCode::TooLarge, 413));
 }
 
 #[test]
@@ -340,19 +325,9 @@ fn encoder_splits_large_writes_and_zeros() {
 
 #[derive(Clone, Debug)]
 enum ModelRecord {
-    Write {
-        sector: u64,
-        data: Vec<u8>,
-    },
-    Zero {
-        sector: u64,
-        sectors: u32,
-    },
-    Bookmark {
-        id: String,
-        app: bool,
-        tag: Option<String>,
-    },
+    Write { sector: u64, data: Vec<u8> },
+    Zero { sector: u64, sectors: u32 },
+    Bookmark { id: String, app: bool, tag: Option<String> },
 }
 
 fn model_record() -> impl Strategy<Value = ModelRecord> {
@@ -362,11 +337,7 @@ fn model_record() -> impl Strategy<Value = ModelRecord> {
             data: (0..n * 512).map(|i| fill.wrapping_add(i as u8)).collect()
         }),
         (0u64..2040, 1u32..8).prop_map(|(sector, sectors)| ModelRecord::Zero { sector, sectors }),
-        (
-            "[A-Za-z0-9._-]{1,64}",
-            any::<bool>(),
-            proptest::option::of(".{0,40}")
-        )
+        ("[A-Za-z0-9._-]{1,64}", any::<bool>(), proptest::option::of(".{0,40}"))
             .prop_map(|(id, app, tag)| ModelRecord::Bookmark { id, app, tag }),
     ]
 }
@@ -376,16 +347,10 @@ fn encode_model(seq: u64, time: u64, records: &[ModelRecord]) -> Bytes {
     for r in records {
         match r {
             ModelRecord::Write { sector, data } => enc.write(sector * 512, data),
-            ModelRecord::Zero { sector, sectors } => {
-                enc.zero(sector * 512, u64::from(*sectors) * 512)
-            }
+            ModelRecord::Zero { sector, sectors } => enc.zero(sector * 512, u64::from(*sectors) * 512),
             ModelRecord::Bookmark { id, app, tag } => enc.bookmark(&Bookmark {
                 id: BookmarkId::new(id).unwrap(),
-                kind: if *app {
-                    BookmarkKind::App
-                } else {
-                    BookmarkKind::Crash
-                },
+                kind: if *app { BookmarkKind::App } else { BookmarkKind::Crash },
                 tag: tag.clone(),
                 group_id: None,
             }),

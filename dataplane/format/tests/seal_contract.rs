@@ -8,16 +8,15 @@ use ferry_format::{Keyring, ObjectKey, VaultKey, SEALED_HEADER_LEN};
 use proptest::prelude::*;
 use uuid::Uuid;
 
-const NAME: &str = "ferry/v1/disks/0f8fad5b-d9cb-469f-a165-70867728950e/log/00000000000000000001-00000000000000000002.fseal";
+const NAME: &str =
+    "ferry/v1/disks/0f8fad5b-d9cb-469f-a165-70867728950e/log/00000000000000000001-00000000000000000002.fseal";
 
 fn key() -> ObjectKey {
     Keyring::new(VaultKey::from_bytes([9; 32]), Uuid::from_u128(1)).disk_key(Uuid::from_u128(2))
 }
 
 fn compressible(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| b"ferry replicates disks "[i % 23])
-        .collect()
+    (0..len).map(|i| b"ferry replicates disks "[i % 23]).collect()
 }
 
 fn random(len: usize) -> Vec<u8> {
@@ -88,14 +87,12 @@ fn bound_to_name_and_key() {
         seal::unseal(&key(), &moved, &sealed),
         Err(SealError::AuthenticationFailed)
     );
-    let other_disk = Keyring::new(VaultKey::from_bytes([9; 32]), Uuid::from_u128(1))
-        .disk_key(Uuid::from_u128(3));
+    let other_disk = Keyring::new(VaultKey::from_bytes([9; 32]), Uuid::from_u128(1)).disk_key(Uuid::from_u128(3));
     assert_eq!(
         seal::unseal(&other_disk, NAME, &sealed),
         Err(SealError::AuthenticationFailed)
     );
-    let other_vault = Keyring::new(VaultKey::from_bytes([9; 32]), Uuid::from_u128(4))
-        .disk_key(Uuid::from_u128(2));
+    let other_vault = Keyring::new(VaultKey::from_bytes([9; 32]), Uuid::from_u128(4)).disk_key(Uuid::from_u128(2));
     assert_eq!(
         seal::unseal(&other_vault, NAME, &sealed),
         Err(SealError::AuthenticationFailed)
@@ -115,10 +112,7 @@ fn header_checks_name_the_problem() {
     assert_eq!(with(9, 2), SealError::UnknownCipher(2));
     assert_eq!(with(10, 1), SealError::ReservedNotZero);
     assert_eq!(with(12, 1), SealError::UnknownKeyGeneration(1));
-    assert!(matches!(
-        with(36, sealed[36] ^ 1),
-        SealError::LengthMismatch { .. }
-    ));
+    assert!(matches!(with(36, sealed[36] ^ 1), SealError::LengthMismatch { .. }));
     assert_eq!(
         with(35, 0x40),
         SealError::TooLarge(u64::from_le_bytes(sealed[28..36].try_into().unwrap()) | 0x40 << 56)
@@ -174,13 +168,7 @@ fn we_open_what_aes_gcm_seals() {
     aad.extend_from_slice(NAME.as_bytes());
     let cipher = Aes256Gcm::new_from_slice(key.expose_bytes()).unwrap();
     let ciphertext_and_tag = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &body,
-                aad: &aad,
-            },
-        )
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &body, aad: &aad })
         .unwrap();
     let mut sealed = header;
     sealed.extend_from_slice(&ciphertext_and_tag);

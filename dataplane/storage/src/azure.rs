@@ -25,8 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{AzureCredentialConfig, AzureTargetConfig};
 use crate::{
-    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind,
-    StorageError, LIST_PAGE_MAX,
+    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError, LIST_PAGE_MAX,
 };
 
 /// The REST API version used for the container call.
@@ -69,12 +68,8 @@ impl AzureBlob {
             .with_client_options(options)
             .with_retry(no_retries);
         builder = match &config.credential {
-            AzureCredentialConfig::SharedKey { account_key } => {
-                builder.with_access_key(account_key.expose())
-            }
-            AzureCredentialConfig::Sas { token } => {
-                builder.with_sas_authorization(split_sas(token.expose()))
-            }
+            AzureCredentialConfig::SharedKey { account_key } => builder.with_access_key(account_key.expose()),
+            AzureCredentialConfig::Sas { token } => builder.with_sas_authorization(split_sas(token.expose())),
             AzureCredentialConfig::ManagedIdentity { client_id } => match client_id {
                 Some(id) => builder.with_client_id(id),
                 None => builder,
@@ -88,9 +83,7 @@ impl AzureBlob {
                 .with_tenant_id(tenant_id)
                 .with_federated_token_file(federated_token_file),
         };
-        let store = builder
-            .build()
-            .map_err(|e| invalid(redact(&e.to_string())))?;
+        let store = builder.build().map_err(|e| invalid(redact(&e.to_string())))?;
         let blob = Self {
             store,
             config: config.clone(),
@@ -112,11 +105,7 @@ impl AzureBlob {
             kind,
             message,
         };
-        let mut url = format!(
-            "{}/{}?restype=container",
-            self.config.account_url(),
-            container
-        );
+        let mut url = format!("{}/{}?restype=container", self.config.account_url(), container);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(self.config.request_timeout_secs))
             .build()
@@ -154,12 +143,7 @@ impl AzureBlob {
         let body = response.text().await.unwrap_or_default();
         match status {
             200..=299 | 409 => Ok(()),
-            _ => Err(classify_status(
-                operation,
-                container,
-                status,
-                &redact(&body),
-            )),
+            _ => Err(classify_status(operation, container, status, &redact(&body))),
         }
     }
 
@@ -263,9 +247,7 @@ fn classify_status(operation: Operation, name: &str, status: u16, detail: &str) 
             message: format!("HTTP {status}: {detail}"),
         },
         401 => permanent(PermanentKind::AuthenticationFailed),
-        403 if detail.contains("AuthenticationFailed")
-            || detail.contains("AuthorizationFailure") =>
-        {
+        403 if detail.contains("AuthenticationFailed") || detail.contains("AuthorizationFailure") => {
             permanent(PermanentKind::AuthenticationFailed)
         }
         403 => permanent(PermanentKind::PermissionDenied),
@@ -291,19 +273,13 @@ fn map_error(operation: Operation, name: &str, error: object_store::Error) -> St
     match error {
         object_store::Error::NotFound { .. } => {
             // A blob PUT or a listing cannot miss an object: the container is what is missing.
-            if text.contains("ContainerNotFound")
-                || matches!(operation, Operation::Put | Operation::List)
-            {
+            if text.contains("ContainerNotFound") || matches!(operation, Operation::Put | Operation::List) {
                 permanent(PermanentKind::ContainerMissing)
             } else {
-                StorageError::NotFound {
-                    name: name.to_string(),
-                }
+                StorageError::NotFound { name: name.to_string() }
             }
         }
-        object_store::Error::Unauthenticated { .. } => {
-            permanent(PermanentKind::AuthenticationFailed)
-        }
+        object_store::Error::Unauthenticated { .. } => permanent(PermanentKind::AuthenticationFailed),
         object_store::Error::PermissionDenied { .. } => {
             if text.contains("AuthenticationFailed")
                 || text.contains("AuthorizationFailure")
@@ -321,9 +297,7 @@ fn map_error(operation: Operation, name: &str, error: object_store::Error) -> St
             match status_in(&text) {
                 Some(status) => classify_status(operation, name, status, &text),
                 // No HTTP status: the request never got an answer (connect, reset, timeout, decode).
-                None if text.contains("range") || text.contains("Range") => {
-                    permanent(PermanentKind::InvalidRequest)
-                }
+                None if text.contains("range") || text.contains("Range") => permanent(PermanentKind::InvalidRequest),
                 None => StorageError::Transient {
                     operation,
                     name: name.to_string(),
@@ -353,10 +327,7 @@ impl ObjectStorage for AzureBlob {
             .get(&path)
             .await
             .map_err(|e| map_error(Operation::Get, name, e))?;
-        result
-            .bytes()
-            .await
-            .map_err(|e| map_error(Operation::Get, name, e))
+        result.bytes().await.map_err(|e| map_error(Operation::Get, name, e))
     }
 
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
@@ -372,9 +343,7 @@ impl ObjectStorage for AzureBlob {
         }
         let size = self.head(name).await?.size_bytes;
         if range.end > size {
-            return Err(invalid(format!(
-                "range {range:?} is outside the object's {size} bytes"
-            )));
+            return Err(invalid(format!("range {range:?} is outside the object's {size} bytes")));
         }
         if range.start == range.end {
             return Ok(Bytes::new());
@@ -407,14 +376,10 @@ impl ObjectStorage for AzureBlob {
         validate_prefix(prefix)?;
         let limit = max_results.min(LIST_PAGE_MAX);
         let store_prefix = match prefix.strip_suffix('/') {
-            Some(directory) => {
-                Some(
-                    StorePath::parse(directory).map_err(|_| StorageError::InvalidName {
-                        name: prefix.to_string(),
-                        reason: "not a valid blob path",
-                    })?,
-                )
-            }
+            Some(directory) => Some(StorePath::parse(directory).map_err(|_| StorageError::InvalidName {
+                name: prefix.to_string(),
+                reason: "not a valid blob path",
+            })?),
             None => None,
         };
         let stream = match start_after {
@@ -494,10 +459,7 @@ mod tests {
         let pairs = split_sas("?sv=2021-08-06&sig=a%2Bb%3D");
         assert_eq!(
             pairs,
-            vec![
-                ("sv".into(), "2021-08-06".into()),
-                ("sig".into(), "a+b=".into())
-            ]
+            vec![("sv".into(), "2021-08-06".into()), ("sig".into(), "a+b=".into())]
         );
     }
 }

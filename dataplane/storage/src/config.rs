@@ -106,7 +106,10 @@ impl AzureTargetConfig {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !account_ok {
-            return Err(format!("target.account {:?} is not a storage account name (3-24 lowercase letters and digits)", self.account));
+            return Err(format!(
+                "target.account {:?} is not a storage account name (3-24 lowercase letters and digits)",
+                self.account
+            ));
         }
         let container_ok = (3..=63).contains(&self.container.len())
             && self
@@ -124,7 +127,9 @@ impl AzureTargetConfig {
         }
         if let Some(endpoint) = &self.endpoint {
             if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
-                return Err(format!("target.endpoint {endpoint:?} must start with https:// (or http:// for an emulator)"));
+                return Err(format!(
+                    "target.endpoint {endpoint:?} must start with https:// (or http:// for an emulator)"
+                ));
             }
         }
         if !(1..=3600).contains(&self.request_timeout_secs) {
@@ -169,18 +174,10 @@ impl TargetConfig {
 }
 
 /// Opens the configured target behind the retry layer.
-pub async fn open_target(
-    config: &TargetConfig,
-    retry: RetryPolicy,
-) -> Result<Arc<dyn ObjectStorage>, StorageError> {
+pub async fn open_target(config: &TargetConfig, retry: RetryPolicy) -> Result<Arc<dyn ObjectStorage>, StorageError> {
     Ok(match config {
-        TargetConfig::Local(local) => Arc::new(Retrying::new(
-            LocalDirectory::open(&local.path, local.create)?,
-            retry,
-        )),
-        TargetConfig::Azure(azure) => {
-            Arc::new(Retrying::new(AzureBlob::connect(azure).await?, retry))
-        }
+        TargetConfig::Local(local) => Arc::new(Retrying::new(LocalDirectory::open(&local.path, local.create)?, retry)),
+        TargetConfig::Azure(azure) => Arc::new(Retrying::new(AzureBlob::connect(azure).await?, retry)),
     })
 }
 
@@ -194,8 +191,7 @@ mod tests {
         struct File {
             target: TargetConfig,
         }
-        let local: File =
-            toml::from_str("[target]\nkind = \"local\"\npath = \"/tmp/x\"\n").unwrap();
+        let local: File = toml::from_str("[target]\nkind = \"local\"\npath = \"/tmp/x\"\n").unwrap();
         assert_eq!(
             local.target,
             TargetConfig::Local(LocalTargetConfig {
@@ -220,9 +216,6 @@ mod tests {
             request_timeout_secs: 60,
             credential: AzureCredentialConfig::ManagedIdentity { client_id: None },
         });
-        assert!(bad_container
-            .validate()
-            .unwrap_err()
-            .contains("target.container"));
+        assert!(bad_container.validate().unwrap_err().contains("target.container"));
     }
 }

@@ -87,9 +87,7 @@ impl<S: ObjectStorage> FaultInjecting<S> {
 
     fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
         // A test that panicked while holding the lock already failed; keep going.
-        self.plan
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.plan.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The next `count` calls (of `only`, if given) fail with `fault`.
@@ -139,12 +137,7 @@ impl<S: ObjectStorage> FaultInjecting<S> {
                 plan.fail_next -= 1;
                 Some(fault)
             }
-            Some(fault)
-                if applies
-                    && plan
-                        .fail_every
-                        .is_some_and(|n| plan.calls % u64::from(n) == 0) =>
-            {
+            Some(fault) if applies && plan.fail_every.is_some_and(|n| plan.calls.is_multiple_of(u64::from(n))) => {
                 Some(fault)
             }
             _ => None,
@@ -155,12 +148,7 @@ impl<S: ObjectStorage> FaultInjecting<S> {
         (plan.latency, fault)
     }
 
-    async fn run<T, Fut>(
-        &self,
-        operation: Operation,
-        name: &str,
-        call: Fut,
-    ) -> Result<T, StorageError>
+    async fn run<T, Fut>(&self, operation: Operation, name: &str, call: Fut) -> Result<T, StorageError>
     where
         Fut: std::future::Future<Output = Result<T, StorageError>>,
     {
@@ -182,8 +170,7 @@ impl<S: ObjectStorage> FaultInjecting<S> {
 #[async_trait]
 impl<S: ObjectStorage> ObjectStorage for FaultInjecting<S> {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
-        self.run(Operation::Put, name, self.inner.put(name, data))
-            .await
+        self.run(Operation::Put, name, self.inner.put(name, data)).await
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
@@ -191,8 +178,7 @@ impl<S: ObjectStorage> ObjectStorage for FaultInjecting<S> {
     }
 
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
-        self.run(Operation::Get, name, self.inner.get_range(name, range))
-            .await
+        self.run(Operation::Get, name, self.inner.get_range(name, range)).await
     }
 
     async fn head(&self, name: &str) -> Result<ObjectMeta, StorageError> {
@@ -214,8 +200,7 @@ impl<S: ObjectStorage> ObjectStorage for FaultInjecting<S> {
     }
 
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
-        self.run(Operation::Delete, name, self.inner.delete(name))
-            .await
+        self.run(Operation::Delete, name, self.inner.delete(name)).await
     }
 
     fn describe(&self) -> String {

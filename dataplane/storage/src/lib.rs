@@ -26,9 +26,7 @@ pub mod faults;
 pub mod local;
 pub mod retry;
 
-pub use config::{
-    open_target, AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig,
-};
+pub use config::{open_target, AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};
 pub use retry::RetryPolicy;
 
 /// Longest object name accepted (Azure's limit is 1024 characters).
@@ -128,10 +126,7 @@ impl StorageError {
 
     /// Retrying will not help until something outside Ferry changes.
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            StorageError::Permanent { .. } | StorageError::InvalidName { .. }
-        )
+        matches!(self, StorageError::Permanent { .. } | StorageError::InvalidName { .. })
     }
 
     pub fn permanent_kind(&self) -> Option<PermanentKind> {
@@ -200,16 +195,11 @@ impl<T: ObjectStorage + ?Sized> ObjectStorage for std::sync::Arc<T> {
 
 /// Every object below `prefix`, following pages. Memory grows with the listing: for prefixes
 /// known to be small (one disk's points, a base's chunks), or callers that accept the size.
-pub async fn list_all(
-    storage: &dyn ObjectStorage,
-    prefix: &str,
-) -> Result<Vec<ObjectMeta>, StorageError> {
+pub async fn list_all(storage: &dyn ObjectStorage, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
     let mut all = Vec::new();
     loop {
         let start_after = all.last().map(|m: &ObjectMeta| m.name.clone());
-        let page = storage
-            .list_page(prefix, start_after.as_deref(), LIST_PAGE_MAX)
-            .await?;
+        let page = storage.list_page(prefix, start_after.as_deref(), LIST_PAGE_MAX).await?;
         let done = page.len() < LIST_PAGE_MAX;
         all.extend(page);
         if done {
@@ -239,9 +229,7 @@ pub fn validate_name(name: &str) -> Result<(), StorageError> {
         .split('/')
         .any(|segment| segment.is_empty() || segment.starts_with('.'))
     {
-        return fail(
-            "has an empty segment, a leading or trailing '/', or a segment starting with '.'",
-        );
+        return fail("has an empty segment, a leading or trailing '/', or a segment starting with '.'");
     }
     Ok(())
 }

@@ -21,8 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{
-    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind,
-    StorageError, LIST_PAGE_MAX,
+    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError, LIST_PAGE_MAX,
 };
 
 #[derive(Clone, Debug)]
@@ -69,16 +68,9 @@ impl LocalDirectory {
         !self.root.is_dir()
     }
 
-    fn not_found_or_missing_root(
-        &self,
-        operation: Operation,
-        name: &str,
-        e: io::Error,
-    ) -> StorageError {
+    fn not_found_or_missing_root(&self, operation: Operation, name: &str, e: io::Error) -> StorageError {
         if e.kind() == io::ErrorKind::NotFound && !self.root_missing() {
-            StorageError::NotFound {
-                name: name.to_string(),
-            }
+            StorageError::NotFound { name: name.to_string() }
         } else {
             map_io(operation, name, e)
         }
@@ -142,12 +134,7 @@ fn create_directories_durably(root: &Path, dir: &Path) -> io::Result<()> {
         missing.push(cursor.to_path_buf());
         match cursor.parent() {
             Some(parent) if cursor != root => cursor = parent,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "target directory is missing",
-                ))
-            }
+            _ => return Err(io::Error::new(io::ErrorKind::NotFound, "target directory is missing")),
         }
     }
     for new_dir in missing.iter().rev() {
@@ -262,11 +249,9 @@ impl ObjectStorage for LocalDirectory {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
         let path = self.path_of(name)?;
         let root = self.root.clone();
-        blocking(Operation::Put, name, move || {
-            put_blocking(&root, &path, &data)
-        })
-        .await
-        .map_err(|(e, n)| map_io(Operation::Put, &n, e))
+        blocking(Operation::Put, name, move || put_blocking(&root, &path, &data))
+            .await
+            .map_err(|(e, n)| map_io(Operation::Put, &n, e))
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
@@ -279,20 +264,14 @@ impl ObjectStorage for LocalDirectory {
 
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
         let path = self.path_of(name)?;
-        match blocking(Operation::Get, name, move || {
-            get_range_blocking(&path, range)
-        })
-        .await
-        {
+        match blocking(Operation::Get, name, move || get_range_blocking(&path, range)).await {
             Ok(data) => Ok(Bytes::from(data)),
-            Err((e, n)) if e.kind() == io::ErrorKind::InvalidInput => {
-                Err(StorageError::Permanent {
-                    operation: Operation::Get,
-                    name: n,
-                    kind: PermanentKind::InvalidRequest,
-                    message: e.to_string(),
-                })
-            }
+            Err((e, n)) if e.kind() == io::ErrorKind::InvalidInput => Err(StorageError::Permanent {
+                operation: Operation::Get,
+                name: n,
+                kind: PermanentKind::InvalidRequest,
+                message: e.to_string(),
+            }),
             Err((e, n)) => Err(self.not_found_or_missing_root(Operation::Get, &n, e)),
         }
     }
@@ -326,11 +305,9 @@ impl ObjectStorage for LocalDirectory {
         }
         let root = self.root.clone();
         let owned_prefix = prefix.to_string();
-        let all = blocking(Operation::List, prefix, move || {
-            list_blocking(&root, &owned_prefix)
-        })
-        .await
-        .map_err(|(e, n)| map_io(Operation::List, &n, e))?;
+        let all = blocking(Operation::List, prefix, move || list_blocking(&root, &owned_prefix))
+            .await
+            .map_err(|(e, n)| map_io(Operation::List, &n, e))?;
         let limit = max_results.min(LIST_PAGE_MAX);
         Ok(all
             .into_iter()

@@ -38,19 +38,13 @@ impl RetryPolicy {
     /// Checks the bounds; the error names the offending key.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=100).contains(&self.max_attempts) {
-            return Err(format!(
-                "max_attempts must be 1..=100, got {}",
-                self.max_attempts
-            ));
+            return Err(format!("max_attempts must be 1..=100, got {}", self.max_attempts));
         }
         if self.initial_backoff_ms == 0 || self.initial_backoff_ms > self.max_backoff_ms {
             return Err("initial_backoff_ms must be > 0 and <= max_backoff_ms".into());
         }
         if self.max_backoff_ms > 600_000 {
-            return Err(format!(
-                "max_backoff_ms must be <= 600000, got {}",
-                self.max_backoff_ms
-            ));
+            return Err(format!("max_backoff_ms must be <= 600000, got {}", self.max_backoff_ms));
         }
         Ok(())
     }
@@ -131,8 +125,7 @@ impl<S: ObjectStorage> Retrying<S> {
 #[async_trait]
 impl<S: ObjectStorage> ObjectStorage for Retrying<S> {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
-        self.with_retries(|| self.inner.put(name, data.clone()))
-            .await
+        self.with_retries(|| self.inner.put(name, data.clone())).await
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
@@ -140,8 +133,7 @@ impl<S: ObjectStorage> ObjectStorage for Retrying<S> {
     }
 
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
-        self.with_retries(|| self.inner.get_range(name, range.clone()))
-            .await
+        self.with_retries(|| self.inner.get_range(name, range.clone())).await
     }
 
     async fn head(&self, name: &str) -> Result<ObjectMeta, StorageError> {

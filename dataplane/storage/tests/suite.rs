@@ -9,16 +9,15 @@ use ferry_storage::faults::{Fault, FaultInjecting};
 use ferry_storage::local::LocalDirectory;
 use ferry_storage::retry::{RetryPolicy, Retrying};
 use ferry_storage::{
-    list_all, open_target, AzureCredentialConfig, AzureTargetConfig, ObjectStorage, Operation,
-    PermanentKind, Secret, StorageError, TargetConfig,
+    list_all, open_target, AzureCredentialConfig, AzureTargetConfig, ObjectStorage, Operation, PermanentKind, Secret,
+    StorageError, TargetConfig,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's published development key (not a secret).
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 struct Fixture {
     storage: Arc<dyn ObjectStorage>,
@@ -46,11 +45,7 @@ pub fn azurite_endpoint() -> Option<String> {
 
 fn unique_container() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "suite-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("suite-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn azure_config(endpoint: &str, container: &str, key: &str, create: bool) -> AzureTargetConfig {
@@ -68,19 +63,11 @@ fn azure_config(endpoint: &str, container: &str, key: &str, create: bool) -> Azu
 
 async fn azure() -> Option<Fixture> {
     let endpoint = azurite_endpoint()?;
-    let config = TargetConfig::Azure(azure_config(
-        &endpoint,
-        &unique_container(),
-        AZURITE_KEY,
-        true,
-    ));
+    let config = TargetConfig::Azure(azure_config(&endpoint, &unique_container(), AZURITE_KEY, true));
     let storage = open_target(&config, RetryPolicy::default())
         .await
         .expect("Azurite container opens");
-    Some(Fixture {
-        storage,
-        _dir: None,
-    })
+    Some(Fixture { storage, _dir: None })
 }
 
 /// Each case becomes `local::case` and `azure::case`.
@@ -122,14 +109,8 @@ mod cases {
 
     pub async fn put_get_head_overwrite(s: &dyn ObjectStorage) {
         let name = "ferry/v1/disks/d/log/a.fseal";
-        assert!(matches!(
-            s.get(name).await,
-            Err(StorageError::NotFound { .. })
-        ));
-        assert!(matches!(
-            s.head(name).await,
-            Err(StorageError::NotFound { .. })
-        ));
+        assert!(matches!(s.get(name).await, Err(StorageError::NotFound { .. })));
+        assert!(matches!(s.head(name).await, Err(StorageError::NotFound { .. })));
         s.put(name, pattern(1000, 1)).await.unwrap();
         assert_eq!(s.get(name).await.unwrap(), pattern(1000, 1));
         assert_eq!(s.head(name).await.unwrap().size_bytes, 1000);
@@ -147,20 +128,13 @@ mod cases {
         let data = pattern(100_000, 3);
         s.put("r/obj", data.clone()).await.unwrap();
         assert_eq!(s.get_range("r/obj", 0..100_000).await.unwrap(), data);
-        assert_eq!(
-            s.get_range("r/obj", 4096..8192).await.unwrap(),
-            data.slice(4096..8192)
-        );
+        assert_eq!(s.get_range("r/obj", 4096..8192).await.unwrap(), data.slice(4096..8192));
         assert_eq!(
             s.get_range("r/obj", 99_999..100_000).await.unwrap(),
             data.slice(99_999..)
         );
         let past = s.get_range("r/obj", 99_000..100_001).await.unwrap_err();
-        assert_eq!(
-            past.permanent_kind(),
-            Some(PermanentKind::InvalidRequest),
-            "{past}"
-        );
+        assert_eq!(past.permanent_kind(), Some(PermanentKind::InvalidRequest), "{past}");
         assert!(matches!(
             s.get_range("r/missing", 0..1).await,
             Err(StorageError::NotFound { .. })
@@ -173,9 +147,7 @@ mod cases {
         for name in &names {
             s.put(name, Bytes::from_static(b"x")).await.unwrap();
         }
-        s.put("p/logs-sibling", Bytes::from_static(b"y"))
-            .await
-            .unwrap();
+        s.put("p/logs-sibling", Bytes::from_static(b"y")).await.unwrap();
         s.put("q/other", Bytes::from_static(b"z")).await.unwrap();
         names.sort();
         let listed: Vec<String> = list_all(s, "p/log/")
@@ -190,18 +162,9 @@ mod cases {
         );
         let first = s.list_page("p/log/", None, 10).await.unwrap();
         assert_eq!(first.len(), 10);
-        let second = s
-            .list_page("p/log/", Some(&first[9].name), 10)
-            .await
-            .unwrap();
+        let second = s.list_page("p/log/", Some(&first[9].name), 10).await.unwrap();
         assert_eq!(second[0].name, names[10]);
-        assert_eq!(
-            s.list_page("p/log/", Some(&names[23]), 10)
-                .await
-                .unwrap()
-                .len(),
-            0
-        );
+        assert_eq!(s.list_page("p/log/", Some(&names[23]), 10).await.unwrap().len(), 0);
         assert!(s.list_page("nothing/", None, 10).await.unwrap().is_empty());
         assert_eq!(list_all(s, "").await.unwrap().len(), names.len() + 2);
         assert!(matches!(
@@ -213,10 +176,7 @@ mod cases {
     pub async fn delete_is_idempotent(s: &dyn ObjectStorage) {
         s.put("d/x", Bytes::from_static(b"1")).await.unwrap();
         s.delete("d/x").await.unwrap();
-        assert!(matches!(
-            s.get("d/x").await,
-            Err(StorageError::NotFound { .. })
-        ));
+        assert!(matches!(s.get("d/x").await, Err(StorageError::NotFound { .. })));
         s.delete("d/x").await.unwrap();
         s.delete("d/never-existed").await.unwrap();
     }
@@ -245,10 +205,7 @@ mod cases {
                 "delete {bad:?}"
             );
         }
-        assert!(
-            list_all(s, "").await.unwrap().is_empty(),
-            "nothing was written"
-        );
+        assert!(list_all(s, "").await.unwrap().is_empty(), "nothing was written");
     }
 
     pub async fn large_and_concurrent_puts(s: &dyn ObjectStorage) {
@@ -267,11 +224,7 @@ mod cases {
     }
 
     trait PutOwned {
-        fn put_owned(
-            &self,
-            name: String,
-            data: Bytes,
-        ) -> impl std::future::Future<Output = Result<(), StorageError>>;
+        fn put_owned(&self, name: String, data: Bytes) -> impl std::future::Future<Output = Result<(), StorageError>>;
     }
     impl PutOwned for dyn ObjectStorage + '_ {
         async fn put_owned(&self, name: String, data: Bytes) -> Result<(), StorageError> {
@@ -295,21 +248,10 @@ async fn local_missing_target_directory_is_permanent() {
     let storage = LocalDirectory::open(&root, true).unwrap();
     storage.put("a/b", Bytes::from_static(b"1")).await.unwrap();
     std::fs::remove_dir_all(&root).unwrap();
-    let put = storage
-        .put("a/b", Bytes::from_static(b"2"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        put.permanent_kind(),
-        Some(PermanentKind::ContainerMissing),
-        "{put}"
-    );
+    let put = storage.put("a/b", Bytes::from_static(b"2")).await.unwrap_err();
+    assert_eq!(put.permanent_kind(), Some(PermanentKind::ContainerMissing), "{put}");
     let get = storage.get("a/b").await.unwrap_err();
-    assert_eq!(
-        get.permanent_kind(),
-        Some(PermanentKind::ContainerMissing),
-        "{get}"
-    );
+    assert_eq!(get.permanent_kind(), Some(PermanentKind::ContainerMissing), "{get}");
     assert!(!root.exists(), "a failed put does not recreate the target");
 }
 
@@ -318,10 +260,7 @@ async fn local_files_are_private_and_temporaries_invisible() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalDirectory::open(dir.path().join("t"), true).unwrap();
-    storage
-        .put("x/y/z", Bytes::from_static(b"secret"))
-        .await
-        .unwrap();
+    storage.put("x/y/z", Bytes::from_static(b"secret")).await.unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("t/x/y/z")), 0o600);
     assert_eq!(mode(&dir.path().join("t/x/y")), 0o700);
@@ -329,10 +268,7 @@ async fn local_files_are_private_and_temporaries_invisible() {
     std::fs::write(dir.path().join("t/x/y/.z.0123.tmp"), b"partial").unwrap();
     assert_eq!(list_all(&storage, "").await.unwrap().len(), 1);
     assert_eq!(storage.remove_stray_temporaries().unwrap(), 1);
-    assert_eq!(
-        storage.get("x/y/z").await.unwrap(),
-        Bytes::from_static(b"secret")
-    );
+    assert_eq!(storage.get("x/y/z").await.unwrap(), Bytes::from_static(b"secret"));
 }
 
 fn fast_retries(max_attempts: u32) -> RetryPolicy {
@@ -374,26 +310,17 @@ async fn retries_are_bounded_and_permanent_errors_are_not_retried() {
     let faulty = Arc::new(FaultInjecting::new(fixture.storage.clone()));
     let storage = Retrying::new(faulty.clone(), fast_retries(4));
     faulty.fail_next(100, Fault::ServerBusy, None);
-    let exhausted = storage
-        .put("r/x", Bytes::from_static(b"v"))
-        .await
-        .unwrap_err();
+    let exhausted = storage.put("r/x", Bytes::from_static(b"v")).await.unwrap_err();
     assert!(exhausted.is_transient());
     assert_eq!(faulty.injected(), 4, "exactly max_attempts attempts");
     faulty.fail_next(100, Fault::AuthenticationFailed, None);
     let auth = storage.get("r/x").await.unwrap_err();
-    assert_eq!(
-        auth.permanent_kind(),
-        Some(PermanentKind::AuthenticationFailed)
-    );
+    assert_eq!(auth.permanent_kind(), Some(PermanentKind::AuthenticationFailed));
     assert_eq!(faulty.injected(), 5, "a permanent error is tried once");
     faulty.clear();
     faulty.fail_every(2, Fault::ServerBusy, None);
     for i in 0..10 {
-        storage
-            .put(&format!("e/{i}"), Bytes::from_static(b"v"))
-            .await
-            .unwrap();
+        storage.put(&format!("e/{i}"), Bytes::from_static(b"v")).await.unwrap();
     }
     assert_eq!(list_all(&storage, "e/").await.unwrap().len(), 10);
     let budget = Retrying::new(
@@ -424,18 +351,9 @@ async fn azure_missing_container_and_wrong_key_are_permanent() {
         eprintln!("skipped: FERRY_TEST_AZURITE_ENDPOINT is not set");
         return;
     };
-    let missing = TargetConfig::Azure(azure_config(
-        &endpoint,
-        &unique_container(),
-        AZURITE_KEY,
-        false,
-    ));
+    let missing = TargetConfig::Azure(azure_config(&endpoint, &unique_container(), AZURITE_KEY, false));
     let error = open_target(&missing, fast_retries(3)).await.unwrap_err();
-    assert_eq!(
-        error.permanent_kind(),
-        Some(PermanentKind::ContainerMissing),
-        "{error}"
-    );
+    assert_eq!(error.permanent_kind(), Some(PermanentKind::ContainerMissing), "{error}");
 
     let container = unique_container();
     let good = open_target(
@@ -446,29 +364,16 @@ async fn azure_missing_container_and_wrong_key_are_permanent() {
     .unwrap();
     good.put("k/x", Bytes::from_static(b"v")).await.unwrap();
     let wrong_key = &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 64]);
-    let bad = ferry_storage::azure::AzureBlob::connect(&azure_config(
-        &endpoint, &container, wrong_key, false,
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(
-        bad.permanent_kind(),
-        Some(PermanentKind::AuthenticationFailed),
-        "{bad}"
-    );
+    let bad = ferry_storage::azure::AzureBlob::connect(&azure_config(&endpoint, &container, wrong_key, false))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.permanent_kind(), Some(PermanentKind::AuthenticationFailed), "{bad}");
     assert!(!bad.to_string().contains(wrong_key.as_str()));
-    let malformed = ferry_storage::azure::AzureBlob::connect(&azure_config(
-        &endpoint,
-        &container,
-        "not base64!",
-        false,
-    ))
-    .await
-    .unwrap_err();
-    assert!(
-        malformed.to_string().contains("Invalid Access Key"),
-        "{malformed}"
-    );
+    let malformed =
+        ferry_storage::azure::AzureBlob::connect(&azure_config(&endpoint, &container, "not base64!", false))
+            .await
+            .unwrap_err();
+    assert!(malformed.to_string().contains("Invalid Access Key"), "{malformed}");
 }
 
 #[tokio::test]
@@ -493,14 +398,8 @@ async fn azure_sas_credential_works() {
     let storage = open_target(&TargetConfig::Azure(config.clone()), fast_retries(3))
         .await
         .unwrap();
-    storage
-        .put("sas/x", Bytes::from_static(b"via sas"))
-        .await
-        .unwrap();
-    assert_eq!(
-        storage.get("sas/x").await.unwrap(),
-        Bytes::from_static(b"via sas")
-    );
+    storage.put("sas/x", Bytes::from_static(b"via sas")).await.unwrap();
+    assert_eq!(storage.get("sas/x").await.unwrap(), Bytes::from_static(b"via sas"));
     let sig = token
         .split('&')
         .find_map(|p| p.strip_prefix("sig="))
@@ -513,9 +412,7 @@ async fn azure_sas_credential_works() {
 /// documents for version 2018-11-09 and later.
 fn account_sas(account: &str, key_base64: &str) -> String {
     use base64::Engine;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(key_base64)
-        .unwrap();
+    let key = base64::engine::general_purpose::STANDARD.decode(key_base64).unwrap();
     let (permissions, services, resource_types, start, expiry, protocol, version) = (
         "rwdlac",
         "b",
@@ -525,7 +422,9 @@ fn account_sas(account: &str, key_base64: &str) -> String {
         "https,http",
         "2021-08-06",
     );
-    let to_sign = format!("{account}\n{permissions}\n{services}\n{resource_types}\n{start}\n{expiry}\n\n{protocol}\n{version}\n\n");
+    let to_sign = format!(
+        "{account}\n{permissions}\n{services}\n{resource_types}\n{start}\n{expiry}\n\n{protocol}\n{version}\n\n"
+    );
     let signature = aws_lc_rs::hmac::sign(
         &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
         to_sign.as_bytes(),

@@ -37,15 +37,9 @@ fn init_creates_a_private_appliance_and_a_vault() {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
     // The key file holds the FORMATS.md text form; the target's vault.json checks against it.
-    let key =
-        VaultKey::parse_text(&std::fs::read_to_string(dir.join("vault.key")).unwrap()).unwrap();
-    let vault =
-        VaultDescriptor::parse(&std::fs::read(dir.join("target").join(VAULT_JSON)).unwrap())
-            .unwrap();
-    assert_eq!(
-        vault.vault_id.to_string(),
-        report["vault_id"].as_str().unwrap()
-    );
+    let key = VaultKey::parse_text(&std::fs::read_to_string(dir.join("vault.key")).unwrap()).unwrap();
+    let vault = VaultDescriptor::parse(&std::fs::read(dir.join("target").join(VAULT_JSON)).unwrap()).unwrap();
+    assert_eq!(vault.vault_id.to_string(), report["vault_id"].as_str().unwrap());
     assert!(vault.open(&key).is_ok());
     // The config is the documented default, loadable, naming ports 9443 and 443.
     let config_text = std::fs::read_to_string(dir.join("ferry.toml")).unwrap();
@@ -87,15 +81,11 @@ fn a_second_appliance_joins_only_with_the_vault_key() {
     let refused = ferryctl(&["init", s(&second), "--target-dir", s(&target)]);
     assert!(!refused.success);
     assert!(
-        refused.stderr.contains("wrong vault key")
-            && refused.stderr.contains("Nothing was written"),
+        refused.stderr.contains("wrong vault key") && refused.stderr.contains("Nothing was written"),
         "{}",
         refused.stderr
     );
-    assert!(
-        !second.exists(),
-        "a refused init leaves no appliance directory"
-    );
+    assert!(!second.exists(), "a refused init leaves no appliance directory");
     assert_eq!(
         std::fs::read_dir(tmp.path()).unwrap().count(),
         2,
@@ -119,10 +109,7 @@ fn a_second_appliance_joins_only_with_the_vault_key() {
     ]);
     assert!(joined.success, "{}", joined.stderr);
     assert_eq!(joined.json()["joined_existing_vault"], true);
-    assert_eq!(
-        std::fs::read(target.join(VAULT_JSON)).unwrap(),
-        vault_before
-    );
+    assert_eq!(std::fs::read(target.join(VAULT_JSON)).unwrap(), vault_before);
 }
 
 #[test]
@@ -202,10 +189,7 @@ fn vault_check_says_wrong_vault_key_plainly() {
         "{}",
         missing.stderr
     );
-    assert!(
-        !tmp.path().join("nope").exists(),
-        "a check never creates a target"
-    );
+    assert!(!tmp.path().join("nope").exists(), "a check never creates a target");
 }
 
 #[test]
@@ -261,25 +245,14 @@ fn init_on_azurite_creates_joins_and_refuses() {
         .iter()
         .map(|a| a.to_string())
         .collect();
-        args.extend(
-            [
-                "--azure-endpoint",
-                &endpoint,
-                "--azure-key-file",
-                s(&key_file),
-            ]
-            .map(String::from),
-        );
+        args.extend(["--azure-endpoint", &endpoint, "--azure-key-file", s(&key_file)].map(String::from));
         args.extend(extra.iter().map(|a| a.to_string()));
         ferryctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
 
     let missing = azure(&tmp.path().join("m"), &[]);
     assert!(
-        !missing.success
-            && missing
-                .stdout
-                .contains("container or target directory does not exist"),
+        !missing.success && missing.stdout.contains("container or target directory does not exist"),
         "{}",
         missing.stdout
     );
