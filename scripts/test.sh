@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Ferry's whole test suite, as CI runs it (.ci/run calls exactly this):
-#   formatting, clippy with warnings as errors, every test of the workspace against real
-#   services (Azurite is installed from the pinned lock file, started on a free loopback port,
-#   and stopped whatever happens), and one quick pass of each benchmark (no timings asserted).
+#   formatting, clippy with warnings as errors, a build of every binary, one quick pass of each
+#   benchmark (correctness only, no timings asserted), then every test of the workspace against
+#   real services: Azurite is installed from the pinned lock file, started on a free loopback
+#   port with a fresh data directory, and stopped whatever happens.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -15,20 +16,22 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== build (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
+echo "== benchmarks, one quick pass each (correctness only)"
+cargo test --workspace --locked --bench '*'
+
+echo "== doc tests"
+cargo test --workspace --locked --doc
+
 echo "== starting Azurite"
 azurite_start "$root"
 export FERRY_REQUIRE_AZURITE=1
 
-echo "== build (the end-to-end tests run the real binaries)"
-cargo build --workspace --bins --locked
-
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
-  cargo test --workspace --locked --doc
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast --lib --bins --tests
 fi
-
-echo "== benchmarks, one quick pass each (correctness only)"
-cargo test --workspace --locked --benches
