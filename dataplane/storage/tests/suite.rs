@@ -441,3 +441,66 @@ fn account_sas(account: &str, key_base64: &str) -> String {
         .collect();
     format!("sv={version}&ss={services}&srt={resource_types}&sp={permissions}&st={start}&se={expiry}&spr={protocol}&sig={sig_encoded}")
 }
+
+/// Unmounts the small file system when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn local_full_disk_is_permanent_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("small");
+    std::fs::create_dir(&mount_point).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount_point)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        // Mounting needs root (CI runs as root on this project's machines).
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("Uid:\t0\t"));
+        assert!(!root, "running as root, yet a 1 MiB tmpfs could not be mounted");
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let _unmount = Mounted(mount_point.clone());
+    let storage = LocalDirectory::open(mount_point.join("target"), true).unwrap();
+    storage
+        .put("a/old", Bytes::from_static(b"the old object"))
+        .await
+        .unwrap();
+
+    let too_big = Bytes::from(vec![7u8; 2 << 20]);
+    let error = storage.put("a/new", too_big.clone()).await.unwrap_err();
+    assert_eq!(error.permanent_kind(), Some(PermanentKind::NoSpace), "{error}");
+    let error = storage.put("a/old", too_big).await.unwrap_err();
+    assert_eq!(error.permanent_kind(), Some(PermanentKind::NoSpace), "{error}");
+
+    assert_eq!(
+        storage.get("a/old").await.unwrap(),
+        Bytes::from_static(b"the old object"),
+        "the old object is intact"
+    );
+    assert_eq!(
+        storage.remove_stray_temporaries().unwrap(),
+        0,
+        "a failed put leaves no temporary file"
+    );
+    let names: Vec<String> = list_all(&storage, "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, vec!["a/old".to_string()]);
+    storage.put("a/new", Bytes::from(vec![1u8; 100_000])).await.unwrap();
+}
