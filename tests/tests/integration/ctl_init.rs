@@ -121,73 +121,35 @@ fn vault_check_says_wrong_vault_key_plainly() {
     std::fs::write(&other_key, VaultKey::generate().unwrap().to_text()).unwrap();
     let target = dir.join("target");
 
-    let wrong = ferryctl(&[
-        "vault",
-        "check",
-        "--target-dir",
-        s(&target),
-        "--key-file",
-        s(&other_key),
-    ]);
-    assert!(
-        !wrong.success && wrong.stderr.contains("wrong vault key"),
-        "{}",
-        wrong.stderr
-    );
-    let right = ferryctl(&[
-        "--json",
-        "vault",
-        "check",
-        "--target-dir",
-        s(&target),
-        "--key-file",
-        s(&dir.join("vault.key")),
-    ]);
-    assert!(right.success, "{}", right.stderr);
+    let check = |target: &Path, key: &Path| {
+        ferryctl(&[
+            "--json",
+            "vault",
+            "check",
+            "--target-dir",
+            s(target),
+            "--key-file",
+            s(key),
+        ])
+    };
+    let refused = |run: ferry_tests::Run, says: &str| {
+        let error = run.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(!run.success && error.contains(says), "expected {says:?}, got {error:?}");
+    };
+
+    refused(check(&target, &other_key), "wrong vault key");
+    let right = check(&target, &dir.join("vault.key"));
+    assert!(right.success, "{}", right.stdout);
     assert_eq!(right.json()["key_matches"], true);
 
     std::fs::write(&other_key, "not a key").unwrap();
-    let garbage = ferryctl(&[
-        "vault",
-        "check",
-        "--target-dir",
-        s(&target),
-        "--key-file",
-        s(&other_key),
-    ]);
-    assert!(
-        !garbage.success && garbage.stderr.contains("does not hold a vault key"),
-        "{}",
-        garbage.stderr
-    );
-
+    refused(check(&target, &other_key), "does not hold a vault key");
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let no_vault = ferryctl(&[
-        "vault",
-        "check",
-        "--target-dir",
-        s(&empty),
-        "--key-file",
-        s(&dir.join("vault.key")),
-    ]);
-    assert!(
-        !no_vault.success && no_vault.stderr.contains("no Ferry vault"),
-        "{}",
-        no_vault.stderr
-    );
-    let missing = ferryctl(&[
-        "vault",
-        "check",
-        "--target-dir",
-        s(&tmp.path().join("nope")),
-        "--key-file",
-        s(&dir.join("vault.key")),
-    ]);
-    assert!(
-        !missing.success && missing.stderr.contains("does not exist"),
-        "{}",
-        missing.stderr
+    refused(check(&empty, &dir.join("vault.key")), "no Ferry vault");
+    refused(
+        check(&tmp.path().join("nope"), &dir.join("vault.key")),
+        "does not exist",
     );
     assert!(!tmp.path().join("nope").exists(), "a check never creates a target");
 }
