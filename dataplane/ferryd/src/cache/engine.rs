@@ -1,0 +1,188 @@
+//! The cache's write engines, behind one small trait (STYLE.md 7): io_uring (the `io-uring`
+//! crate, owned by the cache thread) and a plain pwritev + fdatasync engine for kernels or
+//! sandboxes without io_uring. `auto` picks io_uring when a ring can be created.
+//!
+//! A call writes a group of aligned buffers at their offsets in one file and returns only
+//! after `fdatasync` succeeded: every byte of the group is durable or the call failed.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use ferry_config::config::CacheEngine;
+
+/// One write: the file offset and the bytes (both 4096-aligned for O_DIRECT).
+pub type Write<'a> = (u64, &'a [u8]);
+
+pub trait WriteEngine: Send {
+    fn name(&self) -> &'static str;
+    /// Writes every buffer at its offset, then fdatasyncs the file.
+    fn write_and_sync(&mut self, file: &File, writes: &[Write<'_>]) -> io::Result<()>;
+}
+
+/// Chooses the engine the configuration asks for.
+pub fn select(choice: CacheEngine) -> io::Result<Box<dyn WriteEngine>> {
+    match choice {
+        CacheEngine::Psync => Ok(Box::new(PsyncEngine)),
+        CacheEngine::IoUring => Ok(Box::new(IoUringEngine::new()?)),
+        CacheEngine::Auto => match IoUringEngine::new() {
+            Ok(engine) => Ok(Box::new(engine)),
+            Err(e) => {
+                tracing::info!(error = %e, "io_uring is unavailable; the cache uses pwritev + fdatasync");
+                Ok(Box::new(PsyncEngine))
+            }
+        },
+    }
+}
+
+/// pwritev over runs of contiguous buffers, then fdatasync.
+pub struct PsyncEngine;
+
+/// Most iovecs one pwritev takes (Linux IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+impl PsyncEngine {
+    fn write_run(file: &File, offset: u64, buffers: &[&[u8]]) -> io::Result<()> {
+        let iovecs: Vec<libc::iovec> = buffers
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let total: usize = buffers.iter().map(|b| b.len()).sum();
+        // SAFETY: every iovec points into a live borrowed slice of its stated length.
+        let written = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iovecs.as_ptr(),
+                iovecs.len() as i32,
+                offset as libc::off_t,
+            )
+        };
+        if written < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if (written as usize) < total {
+            // A short write: finish the rest buffer by buffer.
+            let mut done = written as usize;
+            let mut at = offset;
+            for buffer in buffers {
+                let skip = done.min(buffer.len());
+                done -= skip;
+                if skip < buffer.len() {
+                    file.write_all_at(&buffer[skip..], at + skip as u64)?;
+                }
+                at += buffer.len() as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WriteEngine for PsyncEngine {
+    fn name(&self) -> &'static str {
+        "psync"
+    }
+
+    fn write_and_sync(&mut self, file: &File, writes: &[Write<'_>]) -> io::Result<()> {
+        let mut start = 0;
+        while start < writes.len() {
+            // Extend the run while the next buffer continues where this one ends.
+            let mut end = start + 1;
+            let mut next_offset = writes[start].0 + writes[start].1.len() as u64;
+            while end < writes.len() && end - start < IOV_MAX && writes[end].0 == next_offset {
+                next_offset += writes[end].1.len() as u64;
+                end += 1;
+            }
+            let buffers: Vec<&[u8]> = writes[start..end].iter().map(|(_, b)| *b).collect();
+            Self::write_run(file, writes[start].0, &buffers)?;
+            start = end;
+        }
+        file.sync_data()
+    }
+}
+
+/// io_uring: one write SQE per buffer, submitted together, then one fdatasync SQE.
+pub struct IoUringEngine {
+    ring: io_uring::IoUring,
+}
+
+const RING_ENTRIES: u32 = 256;
+
+impl IoUringEngine {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            ring: io_uring::IoUring::new(RING_ENTRIES)?,
+        })
+    }
+
+    /// Submits `sqes` and waits for all of them; returns each completion's result by index.
+    fn run(&mut self, sqes: &[io_uring::squeue::Entry]) -> io::Result<Vec<i32>> {
+        let mut results = vec![0i32; sqes.len()];
+        for chunk in sqes.chunks(RING_ENTRIES as usize) {
+            for sqe in chunk {
+                // SAFETY: the buffers the entries point at outlive the wait below.
+                unsafe {
+                    self.ring
+                        .submission()
+                        .push(sqe)
+                        .map_err(|_| io::Error::other("io_uring submission queue full"))?
+                };
+            }
+            let mut completed = 0;
+            while completed < chunk.len() {
+                self.ring.submit_and_wait(chunk.len() - completed)?;
+                for cqe in self.ring.completion() {
+                    let index = cqe.user_data() as usize;
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = cqe.result();
+                    }
+                    completed += 1;
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+impl WriteEngine for IoUringEngine {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
+    fn write_and_sync(&mut self, file: &File, writes: &[Write<'_>]) -> io::Result<()> {
+        use io_uring::{opcode, types};
+        let fd = types::Fd(file.as_raw_fd());
+        let sqes: Vec<_> = writes
+            .iter()
+            .enumerate()
+            .map(|(index, (offset, buffer))| {
+                opcode::Write::new(fd, buffer.as_ptr(), buffer.len() as u32)
+                    .offset(*offset)
+                    .build()
+                    .user_data(index as u64)
+            })
+            .collect();
+        let results = self.run(&sqes)?;
+        for ((offset, buffer), result) in writes.iter().zip(results) {
+            if result < 0 {
+                return Err(io::Error::from_raw_os_error(-result));
+            }
+            let written = result as usize;
+            if written < buffer.len() {
+                file.write_all_at(&buffer[written..], offset + written as u64)?;
+            }
+        }
+        let sync = opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(0);
+        let result = self.run(&[sync])?[0];
+        if result < 0 {
+            return Err(io::Error::from_raw_os_error(-result));
+        }
+        Ok(())
+    }
+}

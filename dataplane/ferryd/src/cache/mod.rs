@@ -1,0 +1,626 @@
+//! The durable cache of received batches (DESIGN.md "Data path"; STYLE.md 1-8).
+//!
+//! **Layout.** `cache/` (0700) holds `LOCK` (an advisory lock: one ferryd per cache),
+//! `segments/{id:016}.seg` (preallocated segment files, see [`record`]) and `disks/{disk_id}.meta`
+//! (each disk's definition and release watermark, checksummed, written by durable rename).
+//!
+//! **Durability.** A batch is copied once, behind a 64-byte record header, into an aligned
+//! buffer; the cache thread takes every queued batch (group commit), writes them with O_DIRECT
+//! through the engine (io_uring or pwritev) and fdatasyncs once; only then does any of them
+//! count as durable, advance its disk's `durable_seq` and get its answer. On start, segments
+//! are scanned, every record's CRCs checked, the first bad record ends a segment (a torn tail
+//! is cut and reported, never a panic), and appending resumes in a new segment, so stale bytes
+//! behind a cut are never overwritten in part and later mistaken for records.
+//!
+//! **Release.** A disk's batches leave the cache only through [`Cache::release`] (the upload
+//! pipeline says they are in storage). The watermark is persisted first; a segment file is
+//! deleted only once every record in it is released.
+//!
+//! **Bounds.** The write queue holds at most [`WRITE_QUEUE_DEPTH`] batches and one group at
+//! most [`GROUP_MAX_BYTES`]; segment files never exceed `limit_bytes` in total (at the limit
+//! admission answers `CacheFull`); the batches kept resident in memory for the upload
+//! pipeline are bounded by `resident_budget_bytes` (older ones are read back from disk);
+//! each disk remembers the header CRCs of its last [`RECENT_CRCS`] released batches.
+
+pub mod aligned;
+pub mod engine;
+pub mod record;
+mod recovery;
+mod writer;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use uuid::Uuid;
+
+use crate::state_file::{self, StateFileError};
+use ferry_config::config::CacheEngine;
+pub use recovery::{Damage, RecoveryReport};
+
+/// Batches queued for the cache thread at most.
+pub const WRITE_QUEUE_DEPTH: usize = 1024;
+/// Bytes one group commit writes at most.
+pub const GROUP_MAX_BYTES: usize = 64 << 20;
+/// Released batches per disk whose header CRC is remembered (PROTOCOL.md: at least 1,024).
+pub const RECENT_CRCS: usize = 1024;
+
+const DISK_META_MAGIC: [u8; 8] = *b"FRCDISK1";
+const DISK_META_VERSION: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    pub directory: PathBuf,
+    pub limit_bytes: u64,
+    pub segment_bytes: u64,
+    pub engine: CacheEngine,
+    pub max_batch_bytes: u32,
+    pub window: u32,
+    pub resident_budget_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("another ferryd is using the cache at {0} (its lock is held); stop it first")]
+    Locked(PathBuf),
+    #[error("cache I/O at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    StateFile(#[from] StateFileError),
+    #[error("cache configuration: {0}")]
+    Config(String),
+    #[error("unknown disk {0}")]
+    UnknownDisk(Uuid),
+}
+
+/// What the cache keeps about a disk (PROTOCOL.md section 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskMeta {
+    pub disk_id: Uuid,
+    pub machine_id: Uuid,
+    pub name: String,
+    pub size_bytes: u64,
+    pub sector_size: u32,
+    pub write_ordered: bool,
+    pub created_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DiskMetaFile {
+    meta: DiskMeta,
+    released_through: u64,
+    /// (seq, header_crc32c) of the newest released batches, oldest first.
+    recent: Vec<(u64, u32)>,
+}
+
+/// A snapshot of one disk's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskView {
+    pub meta: DiskMeta,
+    pub durable_seq: u64,
+    pub released_through: u64,
+    pub cached_batches: usize,
+    pub cached_bytes: u64,
+}
+
+/// The outcome of asking to store batch `seq` with a given header CRC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Write it: call [`Cache::append`] (or [`Cache::abandon`]).
+    Accept,
+    /// Already durable with the same header CRC: answer 200 again.
+    AlreadyStored { durable_seq: u64 },
+    /// Already stored (or too old to check) with other content: 409 seq_conflict.
+    Conflict { expected_seq: u64 },
+    /// Beyond the window: 409 out_of_window.
+    OutOfWindow { expected_seq: u64 },
+    /// The same seq is being written right now: 503, retry shortly.
+    InFlight,
+    /// No room: 503 cache_full.
+    CacheFull,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("the cache is full")]
+    CacheFull,
+    #[error("cache write failed: {0}")]
+    Io(String),
+    #[error("the cache is shutting down")]
+    ShuttingDown,
+}
+
+/// Disk and space usage, for status and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub segment_bytes_total: u64,
+    pub limit_bytes: u64,
+    pub live_bytes: u64,
+    pub segments: usize,
+    pub resident_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    segment_id: u64,
+    offset: u64,
+    record_len: u64,
+    batch_len: u32,
+    header_crc: u32,
+    resident: Option<Bytes>,
+}
+
+struct DiskState {
+    meta: DiskMeta,
+    released_through: u64,
+    durable_seq: u64,
+    entries: BTreeMap<u64, Entry>,
+    in_flight: HashSet<u64>,
+    recent: VecDeque<(u64, u32)>,
+}
+
+impl DiskState {
+    fn new(meta: DiskMeta, released_through: u64, recent: VecDeque<(u64, u32)>) -> Self {
+        Self {
+            meta,
+            released_through,
+            durable_seq: released_through,
+            entries: BTreeMap::new(),
+            in_flight: HashSet::new(),
+            recent,
+        }
+    }
+
+    fn advance_durable(&mut self) {
+        while self.entries.contains_key(&(self.durable_seq + 1)) {
+            self.durable_seq += 1;
+        }
+    }
+
+    fn stored_crc(&self, seq: u64) -> Option<u32> {
+        self.entries
+            .get(&seq)
+            .map(|e| e.header_crc)
+            .or_else(|| self.recent.iter().find(|(s, _)| *s == seq).map(|(_, c)| *c))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct SegmentInfo {
+    path: PathBuf,
+    live_records: u64,
+    live_bytes: u64,
+}
+
+struct State {
+    disks: HashMap<Uuid, DiskState>,
+    segments: BTreeMap<u64, SegmentInfo>,
+    active_segment: Option<u64>,
+    /// Bytes written into the active segment so far (including its header block).
+    active_used: u64,
+    /// Record bytes admitted but not yet written.
+    pending_bytes: u64,
+    resident_bytes: u64,
+    resident_order: VecDeque<(Uuid, u64)>,
+}
+
+pub(crate) struct Shared {
+    options: CacheOptions,
+    state: Mutex<State>,
+    release_lock: Mutex<()>,
+    engine_name: &'static str,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug already reported; the state stays usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn segments_dir(&self) -> PathBuf {
+        self.options.directory.join("segments")
+    }
+
+    fn disks_dir(&self) -> PathBuf {
+        self.options.directory.join("disks")
+    }
+
+    /// Whether `more` record bytes fit within the limit, counting what is already admitted.
+    fn fits(&self, state: &State, more: u64) -> bool {
+        let segment = self.options.segment_bytes;
+        let usable = segment - record::SEGMENT_HEADER_LEN as u64;
+        let active_free = if state.active_segment.is_some() {
+            segment.saturating_sub(state.active_used)
+        } else {
+            0
+        };
+        let needed = state.pending_bytes + more;
+        let new_segments = needed.saturating_sub(active_free).div_ceil(usable);
+        let total = state.segments.len() as u64 * segment;
+        total + new_segments * segment <= self.options.limit_bytes
+    }
+}
+
+/// The cache. Cloning shares it.
+#[derive(Clone)]
+pub struct Cache {
+    shared: Arc<Shared>,
+    writer: writer::WriterHandle,
+}
+
+impl Cache {
+    /// Locks and recovers the cache directory and starts the cache thread.
+    pub fn open(options: CacheOptions) -> Result<(Cache, RecoveryReport), CacheError> {
+        let minimum = 2 * options.segment_bytes;
+        if options.limit_bytes < minimum {
+            return Err(CacheError::Config(format!(
+                "the cache limit must be at least two segments ({minimum} bytes)"
+            )));
+        }
+        let engine = engine::select(options.engine).map_err(|source| CacheError::Io {
+            path: options.directory.clone(),
+            source,
+        })?;
+        let recovered = recovery::recover(&options)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                disks: recovered.disks,
+                segments: recovered.segments,
+                active_segment: None,
+                active_used: 0,
+                pending_bytes: 0,
+                resident_bytes: 0,
+                resident_order: VecDeque::new(),
+            }),
+            release_lock: Mutex::new(()),
+            engine_name: engine.name(),
+            options,
+        });
+        let mut report = recovered.report;
+        report.engine = engine.name();
+        let writer = writer::start(shared.clone(), engine, recovered.next_segment_id, recovered.lock);
+        Ok((Cache { shared, writer }, report))
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.shared.engine_name
+    }
+
+    pub fn options(&self) -> &CacheOptions {
+        &self.shared.options
+    }
+
+    /// Creates a disk or returns the existing one. The caller checks ownership and sizes.
+    pub fn create_disk(&self, meta: DiskMeta) -> Result<DiskView, CacheError> {
+        let path = self.shared.disks_dir().join(format!("{}.meta", meta.disk_id));
+        {
+            let state = self.shared.state();
+            if let Some(existing) = state.disks.get(&meta.disk_id) {
+                return Ok(view(existing));
+            }
+        }
+        state_file::write(
+            &path,
+            DISK_META_MAGIC,
+            DISK_META_VERSION,
+            &DiskMetaFile {
+                meta: meta.clone(),
+                released_through: 0,
+                recent: Vec::new(),
+            },
+        )?;
+        let mut state = self.shared.state();
+        let disk = state
+            .disks
+            .entry(meta.disk_id)
+            .or_insert_with(|| DiskState::new(meta, 0, VecDeque::new()));
+        Ok(view(disk))
+    }
+
+    /// Updates a disk's definition (a resize or a rename), durably.
+    pub fn update_disk(&self, meta: DiskMeta) -> Result<DiskView, CacheError> {
+        let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let file = {
+            let state = self.shared.state();
+            let disk = state
+                .disks
+                .get(&meta.disk_id)
+                .ok_or(CacheError::UnknownDisk(meta.disk_id))?;
+            DiskMetaFile {
+                meta: meta.clone(),
+                released_through: disk.released_through,
+                recent: disk.recent.iter().copied().collect(),
+            }
+        };
+        state_file::write(
+            &self.shared.disks_dir().join(format!("{}.meta", meta.disk_id)),
+            DISK_META_MAGIC,
+            DISK_META_VERSION,
+            &file,
+        )?;
+        let mut state = self.shared.state();
+        let disk = state
+            .disks
+            .get_mut(&meta.disk_id)
+            .ok_or(CacheError::UnknownDisk(meta.disk_id))?;
+        disk.meta = meta;
+        Ok(view(disk))
+    }
+
+    pub fn disk(&self, disk_id: Uuid) -> Option<DiskView> {
+        self.shared.state().disks.get(&disk_id).map(view)
+    }
+
+    pub fn disks(&self) -> Vec<DiskView> {
+        self.shared.state().disks.values().map(view).collect()
+    }
+
+    /// The first check, before reading a body: is `seq` possibly acceptable?
+    pub fn window_check(&self, disk_id: Uuid, seq: u64) -> Result<Option<Admission>, CacheError> {
+        let state = self.shared.state();
+        let disk = state.disks.get(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
+        let window = u64::from(self.shared.options.window);
+        if seq > disk.durable_seq + window {
+            return Ok(Some(Admission::OutOfWindow {
+                expected_seq: disk.durable_seq + 1,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Decides what to do with batch `seq` (header CRC `header_crc`) of `record_len` bytes on
+    /// disk. `Accept` reserves the seq and the space until [`Cache::append`] or [`Cache::abandon`].
+    pub fn admit(&self, disk_id: Uuid, seq: u64, header_crc: u32, record_len: u64) -> Result<Admission, CacheError> {
+        let mut state = self.shared.state();
+        let fits = self.shared.fits(&state, record_len);
+        let disk = state.disks.get_mut(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
+        let expected_seq = disk.durable_seq + 1;
+        if seq <= disk.durable_seq || disk.entries.contains_key(&seq) {
+            return Ok(match disk.stored_crc(seq) {
+                Some(crc) if crc == header_crc => Admission::AlreadyStored {
+                    durable_seq: disk.durable_seq,
+                },
+                _ => Admission::Conflict { expected_seq },
+            });
+        }
+        if seq > disk.durable_seq + u64::from(self.shared.options.window) {
+            return Ok(Admission::OutOfWindow { expected_seq });
+        }
+        if disk.in_flight.contains(&seq) {
+            return Ok(Admission::InFlight);
+        }
+        if !fits {
+            return Ok(Admission::CacheFull);
+        }
+        disk.in_flight.insert(seq);
+        state.pending_bytes += record_len;
+        Ok(Admission::Accept)
+    }
+
+    /// Gives up an accepted seq without writing it.
+    pub fn abandon(&self, disk_id: Uuid, seq: u64, record_len: u64) {
+        let mut state = self.shared.state();
+        state.pending_bytes = state.pending_bytes.saturating_sub(record_len);
+        if let Some(disk) = state.disks.get_mut(&disk_id) {
+            disk.in_flight.remove(&seq);
+        }
+    }
+
+    /// Writes an accepted batch. `record` is the aligned record (header + batch + padding).
+    /// Resolves with the disk's `durable_seq` once the batch is durable.
+    pub async fn append(
+        &self,
+        disk_id: Uuid,
+        seq: u64,
+        record: Bytes,
+        batch_len: u32,
+        header_crc: u32,
+    ) -> Result<u64, AppendError> {
+        let record_len = record.len() as u64;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = writer::WriteRequest {
+            disk_id,
+            seq,
+            record,
+            batch_len,
+            header_crc,
+            reply,
+        };
+        if !self.writer.send(request) {
+            self.abandon(disk_id, seq, record_len);
+            return Err(AppendError::ShuttingDown);
+        }
+        answer.await.unwrap_or(Err(AppendError::ShuttingDown))
+    }
+
+    /// The batch `seq` of a disk, exactly as received: from memory while resident, else
+    /// read back from its segment.
+    pub fn read_batch(&self, disk_id: Uuid, seq: u64) -> Result<Option<Bytes>, CacheError> {
+        let (entry, path) = {
+            let state = self.shared.state();
+            let Some(entry) = state.disks.get(&disk_id).and_then(|d| d.entries.get(&seq)).cloned() else {
+                return Ok(None);
+            };
+            let path = state.segments.get(&entry.segment_id).map(|s| s.path.clone());
+            (entry, path)
+        };
+        let start = record::RECORD_HEADER_LEN;
+        let end = start + entry.batch_len as usize;
+        if let Some(resident) = entry.resident {
+            return Ok(Some(resident.slice(start..end)));
+        }
+        let path = path.ok_or_else(|| CacheError::Io {
+            path: self.shared.segments_dir(),
+            source: std::io::Error::other(format!("segment {} is missing", entry.segment_id)),
+        })?;
+        let io_error = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(&path).map_err(io_error)?;
+        let mut buf = vec![0u8; entry.batch_len as usize];
+        file.read_exact_at(&mut buf, entry.offset + start as u64)
+            .map_err(io_error)?;
+        debug_assert!(entry.record_len as usize >= end);
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// The pipeline stored every batch of `disk_id` through `through_seq`: persist that, then
+    /// forget those batches and delete the segments nothing lives in any more.
+    pub fn release(&self, disk_id: Uuid, through_seq: u64) -> Result<(), CacheError> {
+        let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, through) = {
+            let state = self.shared.state();
+            let disk = state.disks.get(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
+            let through = through_seq.min(disk.durable_seq);
+            if through <= disk.released_through {
+                return Ok(());
+            }
+            let mut recent = disk.recent.clone();
+            for (seq, entry) in disk.entries.range(..=through) {
+                recent.push_back((*seq, entry.header_crc));
+            }
+            while recent.len() > RECENT_CRCS {
+                recent.pop_front();
+            }
+            (
+                DiskMetaFile {
+                    meta: disk.meta.clone(),
+                    released_through: through,
+                    recent: recent.into_iter().collect(),
+                },
+                through,
+            )
+        };
+        // The watermark is durable before any record is forgotten or any file deleted.
+        state_file::write(
+            &self.shared.disks_dir().join(format!("{disk_id}.meta")),
+            DISK_META_MAGIC,
+            DISK_META_VERSION,
+            &file,
+        )?;
+        let empty_segments = {
+            let mut state = self.shared.state();
+            let state = &mut *state;
+            let disk = state.disks.get_mut(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
+            let kept = disk.entries.split_off(&(through + 1));
+            let released = std::mem::replace(&mut disk.entries, kept);
+            disk.released_through = through;
+            disk.recent = file.recent.iter().copied().collect();
+            for entry in released.values() {
+                if let Some(segment) = state.segments.get_mut(&entry.segment_id) {
+                    segment.live_records = segment.live_records.saturating_sub(1);
+                    segment.live_bytes = segment.live_bytes.saturating_sub(entry.record_len);
+                }
+                if let Some(resident) = &entry.resident {
+                    state.resident_bytes = state.resident_bytes.saturating_sub(resident.len() as u64);
+                }
+            }
+            take_empty_segments(state)
+        };
+        delete_segments(&self.shared.segments_dir(), &empty_segments)
+    }
+
+    pub fn usage(&self) -> Usage {
+        let state = self.shared.state();
+        Usage {
+            segment_bytes_total: state.segments.len() as u64 * self.shared.options.segment_bytes,
+            limit_bytes: self.shared.options.limit_bytes,
+            live_bytes: state.segments.values().map(|s| s.live_bytes).sum(),
+            segments: state.segments.len(),
+            resident_bytes: state.resident_bytes,
+        }
+    }
+
+    /// Stops the cache thread after it has written everything queued.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+}
+
+fn view(disk: &DiskState) -> DiskView {
+    DiskView {
+        meta: disk.meta.clone(),
+        durable_seq: disk.durable_seq,
+        released_through: disk.released_through,
+        cached_batches: disk.entries.len(),
+        cached_bytes: disk.entries.values().map(|e| u64::from(e.batch_len)).sum(),
+    }
+}
+
+/// Removes (from the state) segments with no live record that are not being written.
+fn take_empty_segments(state: &mut State) -> Vec<PathBuf> {
+    let empty: Vec<u64> = state
+        .segments
+        .iter()
+        .filter(|(id, s)| s.live_records == 0 && Some(**id) != state.active_segment)
+        .map(|(id, _)| *id)
+        .collect();
+    empty
+        .iter()
+        .filter_map(|id| state.segments.remove(id))
+        .map(|s| s.path)
+        .collect()
+}
+
+fn delete_segments(dir: &Path, paths: &[PathBuf]) -> Result<(), CacheError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    for path in paths {
+        std::fs::remove_file(path).map_err(|source| CacheError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    state_file::fsync_dir(dir).map_err(|source| CacheError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// A record being filled: an aligned buffer with room for the 64-byte record header and a
+/// batch of known length. The received body is copied straight into [`RecordBuffer::batch_mut`]
+/// (the one copy), then [`RecordBuffer::finish`] writes the header and freezes the memory.
+pub struct RecordBuffer {
+    buf: aligned::AlignedBuf,
+    batch_len: usize,
+}
+
+impl RecordBuffer {
+    pub fn new(batch_len: usize) -> Self {
+        Self {
+            buf: aligned::AlignedBuf::zeroed(record::record_len(batch_len)),
+            batch_len,
+        }
+    }
+
+    pub fn batch_mut(&mut self) -> &mut [u8] {
+        &mut self.buf.as_mut_slice()[record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + self.batch_len]
+    }
+
+    /// Writes the record header for batch `seq` of `disk_id` (taking the batch's header CRC
+    /// from its bytes; the caller validates the batch before appending) and returns the whole
+    /// record plus a view of just the batch, both over the same memory.
+    pub fn finish(mut self, disk_id: Uuid, seq: u64) -> (Bytes, Bytes, u32) {
+        let batch = self.batch_mut();
+        let header_crc = batch
+            .get(36..40)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .unwrap_or(0);
+        let header = record::RecordHeader {
+            disk_id,
+            seq,
+            batch_len: self.batch_len as u32,
+            batch_header_crc: header_crc,
+        };
+        header.encode(self.buf.as_mut_slice());
+        let batch_len = self.batch_len;
+        let record = self.buf.freeze();
+        let batch = record.slice(record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + batch_len);
+        (record, batch, header_crc)
+    }
+}

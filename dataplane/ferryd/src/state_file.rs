@@ -1,0 +1,120 @@
+//! Small metadata files with a magic, a version, a length and a CRC-32C (STYLE.md 2), written
+//! by durable rename: temporary file, fsync, rename, fsync of the directory (STYLE.md 5).
+//!
+//! ```text
+//! 0 8 magic (per kind) | 8 4 version | 12 4 body_len | 16 4 CRC-32C of the body | 20 4 reserved
+//! 24 body (JSON)
+//! ```
+//! Bodies are limited to [`STATE_FILE_MAX_BODY`] bytes.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+pub const STATE_FILE_MAX_BODY: usize = 1 << 20;
+const HEADER_LEN: usize = 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{path} is damaged: {reason}")]
+    Damaged { path: String, reason: String },
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `value` to `path` durably and atomically.
+pub fn write<T: Serialize>(path: &Path, magic: [u8; 8], version: u32, value: &T) -> Result<(), StateFileError> {
+    let io_error = |source| StateFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let body = serde_json::to_vec(value).map_err(|e| io_error(io::Error::other(e)))?;
+    if body.len() > STATE_FILE_MAX_BODY {
+        return Err(io_error(io::Error::other("state file body is too large")));
+    }
+    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+    bytes.extend_from_slice(&magic);
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 4]);
+    bytes.extend_from_slice(&body);
+    let temporary = path.with_extension("tmp");
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)?;
+        fsync_dir(path.parent().unwrap_or(Path::new(".")))
+    })();
+    result.map_err(io_error)
+}
+
+/// Reads a file written by [`write`], checking magic, version, length and CRC.
+pub fn read<T: DeserializeOwned>(path: &Path, magic: [u8; 8], version: u32) -> Result<T, StateFileError> {
+    let display = path.display().to_string();
+    let bytes = fs::read(path).map_err(|source| StateFileError::Io {
+        path: display.clone(),
+        source,
+    })?;
+    let damaged = |reason: &str| StateFileError::Damaged {
+        path: display.clone(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < HEADER_LEN || bytes[0..8] != magic {
+        return Err(damaged("wrong magic or too short"));
+    }
+    let file_version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if file_version != version {
+        return Err(damaged(&format!("version {file_version}, expected {version}")));
+    }
+    let body_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    if body_len > STATE_FILE_MAX_BODY || bytes.len() != HEADER_LEN + body_len {
+        return Err(damaged("length does not match"));
+    }
+    let body = &bytes[HEADER_LEN..];
+    if u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) != crc32c::crc32c(body) {
+        return Err(damaged("CRC mismatch"));
+    }
+    serde_json::from_slice(body).map_err(|e| damaged(&format!("body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.meta");
+        write(&path, *b"TESTMETA", 1, &vec![1u64, 2, 3]).unwrap();
+        assert_eq!(read::<Vec<u64>>(&path, *b"TESTMETA", 1).unwrap(), vec![1, 2, 3]);
+        assert!(matches!(
+            read::<Vec<u64>>(&path, *b"OTHRMETA", 1),
+            Err(StateFileError::Damaged { .. })
+        ));
+        assert!(matches!(
+            read::<Vec<u64>>(&path, *b"TESTMETA", 2),
+            Err(StateFileError::Damaged { .. })
+        ));
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            read::<Vec<u64>>(&path, *b"TESTMETA", 1),
+            Err(StateFileError::Damaged { .. })
+        ));
+    }
+}

@@ -1,0 +1,411 @@
+//! The cache against both engines: durability across restarts, admission rules, release,
+//! rollover, a full cache, torn tails, the lock, and a model run side by side (STYLE.md 8)
+//! with segments shrunk so rollover and deletion happen in every run.
+
+use bytes::Bytes;
+use ferry_config::config::CacheEngine;
+use ferry_format::BatchEncoder;
+use ferryd::cache::{Admission, AppendError, Cache, CacheError, CacheOptions, DiskMeta, RecordBuffer};
+use std::collections::BTreeMap;
+use std::path::Path;
+use uuid::Uuid;
+
+const SEGMENT: u64 = 64 * 1024;
+
+fn options(dir: &Path, engine: CacheEngine, limit_segments: u64) -> CacheOptions {
+    CacheOptions {
+        directory: dir.join("cache"),
+        limit_bytes: limit_segments * SEGMENT,
+        segment_bytes: SEGMENT,
+        engine,
+        max_batch_bytes: 16 << 20,
+        window: 16,
+        resident_budget_bytes: 32 * 1024,
+    }
+}
+
+fn meta(disk_id: Uuid) -> DiskMeta {
+    DiskMeta {
+        disk_id,
+        machine_id: Uuid::from_u128(99),
+        name: "sda".into(),
+        size_bytes: 1 << 30,
+        sector_size: 512,
+        write_ordered: false,
+        created_unix_ms: 1,
+    }
+}
+
+/// Batch `seq` with `variant` changing its content (a different header CRC).
+fn batch(seq: u64, sectors: usize, variant: u8) -> Bytes {
+    let mut enc = BatchEncoder::new(seq, 1000 + seq);
+    let data: Vec<u8> = (0..sectors * 512).map(|i| (i as u8) ^ (seq as u8) ^ variant).collect();
+    enc.write(seq * 512, &data);
+    enc.finish()
+}
+
+/// What the ingest path does: admit, copy into a record, append.
+async fn store(cache: &Cache, disk: Uuid, batch: &Bytes) -> Result<Admission, AppendError> {
+    let seq = u64::from_le_bytes(batch[8..16].try_into().unwrap());
+    let mut record = RecordBuffer::new(batch.len());
+    record.batch_mut().copy_from_slice(batch);
+    let (record, _, header_crc) = record.finish(disk, seq);
+    let admission = cache.admit(disk, seq, header_crc, record.len() as u64).unwrap();
+    if admission != Admission::Accept {
+        return Ok(admission);
+    }
+    cache.append(disk, seq, record, batch.len() as u32, header_crc).await?;
+    Ok(Admission::Accept)
+}
+
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod psync { $(#[tokio::test] async fn $name() { super::$name(ferry_config::config::CacheEngine::Psync).await; })* }
+        mod io_uring { $(#[tokio::test] async fn $name() { super::$name(ferry_config::config::CacheEngine::IoUring).await; })* }
+    };
+}
+
+both_engines!(
+    durable_across_restart,
+    admission_rules,
+    release_persists_and_deletes_segments,
+    full_cache_refuses_then_resumes,
+    torn_tail_is_cut_and_reported,
+    second_open_is_locked,
+    model_run,
+);
+
+async fn durable_across_restart(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::from_u128(1);
+    let mut written = BTreeMap::new();
+    {
+        let (cache, report) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        assert_eq!(
+            report.engine,
+            if engine == CacheEngine::Psync {
+                "psync"
+            } else {
+                "io_uring"
+            }
+        );
+        cache.create_disk(meta(disk)).unwrap();
+        // Out of order within the window: durable_seq waits for the gap.
+        for seq in [2u64, 3, 1, 5, 4] {
+            let b = batch(seq, 3, 0);
+            assert_eq!(store(&cache, disk, &b).await.unwrap(), Admission::Accept);
+            written.insert(seq, b);
+        }
+        for seq in 6..=40 {
+            let b = batch(seq, 1 + (seq as usize % 9), 0);
+            store(&cache, disk, &b).await.unwrap();
+            written.insert(seq, b);
+        }
+        assert_eq!(cache.disk(disk).unwrap().durable_seq, 40);
+        assert!(
+            cache.usage().segments >= 3,
+            "records rolled over several 64 KiB segments"
+        );
+        for (seq, b) in &written {
+            assert_eq!(&cache.read_batch(disk, *seq).unwrap().unwrap(), b);
+        }
+        cache.shutdown();
+    }
+    let (cache, report) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    assert!(report.damage.is_empty(), "{:?}", report.damage);
+    assert_eq!(report.records_recovered, 40);
+    assert_eq!(cache.disk(disk).unwrap().durable_seq, 40);
+    for (seq, b) in &written {
+        assert_eq!(
+            &cache.read_batch(disk, *seq).unwrap().unwrap(),
+            b,
+            "seq {seq} after restart"
+        );
+    }
+}
+
+async fn admission_rules(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::from_u128(1);
+    let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    cache.create_disk(meta(disk)).unwrap();
+    store(&cache, disk, &batch(1, 1, 0)).await.unwrap();
+    assert_eq!(
+        store(&cache, disk, &batch(1, 1, 0)).await.unwrap(),
+        Admission::AlreadyStored { durable_seq: 1 }
+    );
+    assert_eq!(
+        store(&cache, disk, &batch(1, 1, 7)).await.unwrap(),
+        Admission::Conflict { expected_seq: 2 }
+    );
+    assert_eq!(
+        store(&cache, disk, &batch(18, 1, 0)).await.unwrap(),
+        Admission::OutOfWindow { expected_seq: 2 }
+    );
+    assert_eq!(
+        cache.window_check(disk, 18).unwrap(),
+        Some(Admission::OutOfWindow { expected_seq: 2 })
+    );
+    assert_eq!(cache.window_check(disk, 17).unwrap(), None);
+    // A seq being written answers InFlight to a concurrent duplicate.
+    assert_eq!(cache.admit(disk, 5, 1, 4096).unwrap(), Admission::Accept);
+    assert_eq!(cache.admit(disk, 5, 1, 4096).unwrap(), Admission::InFlight);
+    cache.abandon(disk, 5, 4096);
+    assert_eq!(cache.admit(disk, 5, 1, 4096).unwrap(), Admission::Accept);
+    cache.abandon(disk, 5, 4096);
+    assert!(matches!(
+        cache.admit(Uuid::from_u128(2), 1, 1, 4096),
+        Err(CacheError::UnknownDisk(_))
+    ));
+    assert_eq!(
+        cache.disk(disk).unwrap().cached_batches,
+        1,
+        "nothing of the refused batches was stored"
+    );
+}
+
+async fn release_persists_and_deletes_segments(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::from_u128(1);
+    {
+        let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        cache.create_disk(meta(disk)).unwrap();
+        for seq in 1..=30 {
+            store(&cache, disk, &batch(seq, 8, 0)).await.unwrap();
+        }
+        let before = cache.usage().segments;
+        cache.release(disk, 25).unwrap();
+        let view = cache.disk(disk).unwrap();
+        assert_eq!(
+            (view.durable_seq, view.released_through, view.cached_batches),
+            (30, 25, 5)
+        );
+        assert!(
+            cache.usage().segments < before,
+            "segments holding only released batches are deleted"
+        );
+        assert_eq!(cache.read_batch(disk, 10).unwrap(), None);
+        // A retry of a released batch is still recognised by its header CRC.
+        assert_eq!(
+            store(&cache, disk, &batch(10, 8, 0)).await.unwrap(),
+            Admission::AlreadyStored { durable_seq: 30 }
+        );
+        assert_eq!(
+            store(&cache, disk, &batch(10, 8, 1)).await.unwrap(),
+            Admission::Conflict { expected_seq: 31 }
+        );
+        cache.release(disk, 99).unwrap();
+        assert_eq!(
+            cache.disk(disk).unwrap().released_through,
+            30,
+            "release stops at durable_seq"
+        );
+        cache.shutdown();
+    }
+    let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    let view = cache.disk(disk).unwrap();
+    assert_eq!(
+        (view.durable_seq, view.released_through, view.cached_batches),
+        (30, 30, 0),
+        "durable_seq never goes back"
+    );
+    assert_eq!(
+        store(&cache, disk, &batch(10, 8, 0)).await.unwrap(),
+        Admission::AlreadyStored { durable_seq: 30 }
+    );
+    assert_eq!(store(&cache, disk, &batch(31, 8, 0)).await.unwrap(), Admission::Accept);
+}
+
+async fn full_cache_refuses_then_resumes(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::from_u128(1);
+    let (cache, _) = Cache::open(options(dir.path(), engine, 2)).unwrap();
+    cache.create_disk(meta(disk)).unwrap();
+    let mut seq = 1;
+    let mut stored = Vec::new();
+    loop {
+        let b = batch(seq, 20, 0);
+        match store(&cache, disk, &b).await.unwrap() {
+            Admission::Accept => stored.push(b),
+            Admission::CacheFull => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        seq += 1;
+        assert!(seq < 100, "a two-segment cache fills");
+    }
+    assert_eq!(cache.disk(disk).unwrap().durable_seq, seq - 1);
+    assert!(cache.usage().segment_bytes_total <= 2 * SEGMENT);
+    for (i, b) in stored.iter().enumerate() {
+        assert_eq!(
+            &cache.read_batch(disk, i as u64 + 1).unwrap().unwrap(),
+            b,
+            "nothing lost at the limit"
+        );
+    }
+    cache.release(disk, seq - 1).unwrap();
+    assert_eq!(
+        store(&cache, disk, &batch(seq, 20, 0)).await.unwrap(),
+        Admission::Accept,
+        "ingest resumes after release"
+    );
+}
+
+async fn torn_tail_is_cut_and_reported(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::from_u128(1);
+    {
+        let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        cache.create_disk(meta(disk)).unwrap();
+        for seq in 1..=5 {
+            store(&cache, disk, &batch(seq, 2, 0)).await.unwrap();
+        }
+        cache.shutdown();
+    }
+    // Corrupt the last record's data (a torn write of the final group).
+    let segment = std::fs::read_dir(dir.path().join("cache/segments"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&segment).unwrap();
+    let last_record = 4096 + 4 * 4096;
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&[bytes[last_record + 200] ^ 0xff], (last_record + 200) as u64)
+        .unwrap();
+    drop(file);
+    {
+        let (cache, report) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+        assert_eq!(report.damage[0].file, segment);
+        assert_eq!(report.damage[0].offset, last_record as u64);
+        assert_eq!(cache.disk(disk).unwrap().durable_seq, 4, "the valid prefix is kept");
+        for seq in 1..=4 {
+            assert_eq!(cache.read_batch(disk, seq).unwrap().unwrap(), batch(seq, 2, 0));
+        }
+        // The client resends 5 (it never got an answer); it lands in a new segment.
+        assert_eq!(store(&cache, disk, &batch(5, 2, 0)).await.unwrap(), Admission::Accept);
+        assert_eq!(store(&cache, disk, &batch(6, 2, 0)).await.unwrap(), Admission::Accept);
+        cache.shutdown();
+    }
+    let (cache, report) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    assert_eq!(report.damage.len(), 1, "the old cut is reported again, nothing new");
+    assert_eq!(cache.disk(disk).unwrap().durable_seq, 6);
+    assert_eq!(cache.read_batch(disk, 5).unwrap().unwrap(), batch(5, 2, 0));
+
+    cache.shutdown();
+    drop(cache);
+
+    // Truncating the segment in the middle of a record is a cut too.
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.set_len((4096 + 2 * 4096 + 100) as u64).unwrap();
+    drop(file);
+    let (cache, report) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
+    assert_eq!(
+        (report.damage[0].file.clone(), report.damage[0].offset),
+        (segment, 3 * 4096)
+    );
+    assert!(report.damage[0].reason.contains("truncated"), "{}", report.damage[0]);
+    assert_eq!(
+        cache.disk(disk).unwrap().durable_seq,
+        2,
+        "batches 3 and 4 were cut away with the file"
+    );
+    assert_eq!(cache.read_batch(disk, 6).unwrap().unwrap(), batch(6, 2, 0));
+}
+
+async fn second_open_is_locked(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    let second = Cache::open(options(dir.path(), engine, 64));
+    assert!(
+        matches!(second, Err(CacheError::Locked(_))),
+        "a second cache on the same directory is refused"
+    );
+}
+
+/// Random appends (in and out of window order), releases and restarts, checked against a
+/// plain map after every step.
+async fn model_run(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disks = [Uuid::from_u128(1), Uuid::from_u128(2)];
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut model: BTreeMap<(Uuid, u64), Bytes> = BTreeMap::new();
+    let mut released: BTreeMap<Uuid, u64> = BTreeMap::new();
+    let (mut cache, _) = Cache::open(options(dir.path(), engine, 8)).unwrap();
+    let (mut restarts, mut fulls) = (0, 0);
+    for disk in disks {
+        cache.create_disk(meta(disk)).unwrap();
+    }
+    for step in 0..400 {
+        let disk = disks[(next() % 2) as usize];
+        match next() % 10 {
+            0 => {
+                cache.shutdown();
+                drop(cache);
+                let (reopened, report) = Cache::open(options(dir.path(), engine, 8)).unwrap();
+                assert!(report.damage.is_empty(), "step {step}: {:?}", report.damage);
+                cache = reopened;
+                restarts += 1;
+            }
+            1 => {
+                let durable = cache.disk(disk).unwrap().durable_seq;
+                let through = durable.saturating_sub(next() % 4);
+                cache.release(disk, through).unwrap();
+                let mark = released.entry(disk).or_default();
+                *mark = (*mark).max(through);
+                model.retain(|(d, s), _| *d != disk || *s > *mark);
+            }
+            _ => {
+                let durable = cache.disk(disk).unwrap().durable_seq;
+                let seq = durable + 1 + next() % 3;
+                // Content is a function of the seq: sending a seq again is a genuine retry.
+                let b = batch(seq, 1 + (seq % 6) as usize, 0);
+                match store(&cache, disk, &b).await.unwrap() {
+                    Admission::Accept => {
+                        model.insert((disk, seq), b);
+                    }
+                    Admission::AlreadyStored { .. } => assert_eq!(model.get(&(disk, seq)), Some(&b)),
+                    Admission::CacheFull => {
+                        fulls += 1;
+                        let durable = cache.disk(disk).unwrap().durable_seq;
+                        cache.release(disk, durable).unwrap();
+                        released.insert(disk, durable);
+                        model.retain(|(d, s), _| *d != disk || *s > durable);
+                    }
+                    other => panic!("step {step}: unexpected {other:?}"),
+                }
+            }
+        }
+        for disk in disks {
+            let view = cache.disk(disk).unwrap();
+            let mut expected_durable = released.get(&disk).copied().unwrap_or(0);
+            while model.contains_key(&(disk, expected_durable + 1)) {
+                expected_durable += 1;
+            }
+            assert_eq!(view.durable_seq, expected_durable, "step {step}");
+            let cached: Vec<u64> = model.keys().filter(|(d, _)| *d == disk).map(|(_, s)| *s).collect();
+            assert_eq!(view.cached_batches, cached.len(), "step {step}");
+        }
+        for ((disk, seq), b) in &model {
+            assert_eq!(
+                &cache.read_batch(*disk, *seq).unwrap().unwrap(),
+                b,
+                "step {step}: {disk} {seq}"
+            );
+        }
+    }
+    assert!(cache.usage().segment_bytes_total <= 8 * SEGMENT);
+    assert!(
+        restarts > 10 && fulls > 0,
+        "the run exercised restarts ({restarts}) and a full cache ({fulls})"
+    );
+}
