@@ -81,3 +81,147 @@ pub fn unique_container(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An appliance directory made by the real `ferryctl init`, on free loopback ports.
+pub struct Appliance {
+    pub dir: PathBuf,
+    pub data: String,
+    pub management: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Appliance {
+    /// `edit` may change `ferry.toml` (for example a small cache limit) before first start.
+    pub fn init(edit: impl FnOnce(String) -> String) -> Appliance {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let dir = tmp.path().join("appliance");
+        let data = format!("127.0.0.1:{}", free_port());
+        let management = format!("127.0.0.1:{}", free_port());
+        let run = ferryctl(&[
+            "init",
+            dir.to_str().expect("utf-8 path"),
+            "--data-listen",
+            &data,
+            "--management-listen",
+            &management,
+            "--server-name",
+            "127.0.0.1",
+            "--server-name",
+            "localhost",
+        ]);
+        assert!(run.success, "ferryctl init failed: {}", run.stderr);
+        let config = dir.join("ferry.toml");
+        let text = std::fs::read_to_string(&config).expect("ferry.toml");
+        std::fs::write(&config, edit(text)).expect("ferry.toml written");
+        Appliance {
+            dir,
+            data,
+            management,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn passphrase(&self) -> String {
+        std::fs::read_to_string(self.dir.join("passphrase"))
+            .expect("passphrase")
+            .trim()
+            .to_string()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pki/ca.pem")).expect("ca.pem")
+    }
+
+    /// A data-endpoint client with no client certificate.
+    pub fn anonymous_client(&self) -> ferry_client::DataClient {
+        let tls = ferry_client::tls::ca_verified(&self.ca_pem(), None).expect("TLS config");
+        ferry_client::DataClient::new(&self.data, tls)
+    }
+
+    /// Registers a machine with the right passphrase.
+    pub async fn register(&self, name: &str) -> ferry_client::Identity {
+        ferry_client::register(&self.management, None, name, &self.passphrase())
+            .await
+            .expect("registration")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ferryd.log")).unwrap_or_default()
+    }
+}
+
+/// A running ferryd.
+pub struct Ferryd {
+    child: std::process::Child,
+}
+
+impl Ferryd {
+    /// Starts ferryd on `appliance` and waits until its data endpoint answers health.
+    pub async fn start(appliance: &Appliance) -> Ferryd {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(appliance.dir.join("ferryd.log"))
+            .expect("log file");
+        let child = Command::new(binary("ferryd"))
+            .arg("--config")
+            .arg(&appliance.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ferryd starts");
+        let mut ferryd = Ferryd { child };
+        let client = appliance.anonymous_client();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = ferryd.child.try_wait() {
+                panic!("ferryd exited during start ({status}):\n{}", appliance.log());
+            }
+            if client.health().await.is_ok() {
+                return ferryd;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        ferryd.kill();
+        panic!("ferryd did not answer health within 15 s:\n{}", appliance.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (waits at most 60 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.kill();
+        panic!("ferryd did not stop within 60 s of SIGTERM");
+    }
+}
+
+impl Drop for Ferryd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}

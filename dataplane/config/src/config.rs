@@ -65,6 +65,8 @@ pub struct CacheConfig {
     pub directory: PathBuf,
     /// Share of the cache file system the cache may fill.
     pub limit_percent: u8,
+    /// An absolute limit in bytes instead of `limit_percent` (0: use the percentage).
+    pub limit_bytes: u64,
     pub engine: CacheEngine,
     pub segment_bytes: u64,
 }
@@ -74,6 +76,7 @@ impl Default for CacheConfig {
         Self {
             directory: "cache".into(),
             limit_percent: 80,
+            limit_bytes: 0,
             engine: CacheEngine::Auto,
             segment_bytes: 256 * MIB,
         }
@@ -234,6 +237,12 @@ impl ApplianceConfig {
         }
         range("cache.limit_percent", self.cache.limit_percent, 1, 95)?;
         range("cache.segment_bytes", self.cache.segment_bytes, 16 * MIB, 4096 * MIB)?;
+        if self.cache.limit_bytes != 0 && self.cache.limit_bytes < 2 * self.cache.segment_bytes {
+            return Err((
+                "cache.limit_bytes",
+                format!("must be 0 or at least two segments ({})", 2 * self.cache.segment_bytes),
+            ));
+        }
         if !self.cache.segment_bytes.is_multiple_of(MIB) {
             return Err(("cache.segment_bytes", "must be a multiple of 1 MiB (1048576)".into()));
         }
@@ -324,6 +333,8 @@ control_socket = {control_socket:?}
 directory = {cache_dir:?}
 # Share of the cache file system the cache may fill (1-95).
 limit_percent = {limit_percent}
+# An absolute limit in bytes instead (0: use limit_percent); at least two segments.
+limit_bytes = {limit_bytes}
 # auto (io_uring when available, else psync) | io_uring | psync (pwritev + fdatasync).
 engine = "{engine}"
 # Size of each preallocated cache segment file (16 MiB - 4 GiB, whole MiB).
@@ -368,6 +379,7 @@ total_budget_ms = {total_budget_ms}
             control_socket = s.control_socket.display().to_string(),
             cache_dir = c.directory.display().to_string(),
             limit_percent = c.limit_percent,
+            limit_bytes = c.limit_bytes,
             segment_bytes = c.segment_bytes,
             window = self.ingest.window,
             max_batch_bytes = self.ingest.max_batch_bytes,

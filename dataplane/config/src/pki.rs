@@ -120,9 +120,55 @@ pub fn fingerprint_sha256(cert_der: &[u8]) -> String {
         .join(":")
 }
 
+/// Signs an agent's CSR with the appliance CA. The certificate names exactly one machine: its
+/// common name is `machine_id`, whatever the CSR asked for; it is for client authentication
+/// only and valid for 2 years. The agent's private key never leaves the agent.
+pub fn sign_agent_csr(
+    csr_pem: &str,
+    machine_id: &str,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<String, PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError(format!("the CSR is not valid: {e}")))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, machine_id);
+    params.distinguished_name.push(DnType::OrganizationName, "Ferry agent");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).map_err(|_| PkiError("the random generator failed".into()))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    validity(&mut params, 2);
+    let request = rcgen::CertificateSigningRequestParams {
+        params,
+        public_key: csr.public_key,
+    };
+    Ok(request.signed_by(&ca, &ca_key)?.pem())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_csrs_are_signed_with_the_machine_id() {
+        let (ca_pem, _, _) = generate_ca("test").unwrap();
+        let agent_key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&agent_key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let machine = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let cert = sign_agent_csr(&csr, machine, &ca_pem.cert_pem, &ca_pem.key_pem).unwrap();
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(sign_agent_csr("not a csr", machine, &ca_pem.cert_pem, &ca_pem.key_pem).is_err());
+    }
 
     #[test]
     fn ca_signs_a_server_certificate() {

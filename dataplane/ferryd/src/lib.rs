@@ -1,5 +1,6 @@
-//! ferryd, the process server: the durable cache of received batches ([`cache`]) and small
-//! checksummed state files ([`state_file`]).
+//! ferryd, the process server: the durable cache of received batches ([`cache`]), the HTTPS
+//! endpoints ([`server`]) and small checksummed state files ([`state_file`]).
 
 pub mod cache;
+pub mod server;
 pub mod state_file;

@@ -1,3 +1,4 @@
 //! Ferry's end-to-end tests, one binary: each module drives the real binaries.
 
 mod ctl_init;
+mod ingest;

@@ -1,0 +1,57 @@
+//! Registration (PROTOCOL.md section 1): a key pair and CSR made here, the passphrase, and the
+//! appliance's answer: the machine id, its certificate, the CA, and the data endpoint.
+
+use crate::api::{RegisterRequest, RegisterResponse};
+use crate::client::{ClientError, DataClient};
+use uuid::Uuid;
+
+/// What a registered machine keeps (owner-only) to talk to the data endpoint.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub machine_id: Uuid,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub data_endpoint: String,
+}
+
+impl Identity {
+    /// A client for the data endpoint that verifies it against the CA and presents this
+    /// machine's certificate.
+    pub fn data_client(&self) -> Result<DataClient, ClientError> {
+        let tls = crate::tls::ca_verified(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))?;
+        Ok(DataClient::new(&self.data_endpoint, tls))
+    }
+}
+
+/// Registers `machine_name` with the management endpoint `management` (`host:port`), whose
+/// certificate must have SHA-256 `fingerprint` (or anything, on first use, when `None`).
+pub async fn register(
+    management: &str,
+    fingerprint: Option<&str>,
+    machine_name: &str,
+    passphrase: &str,
+) -> Result<Identity, ClientError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| ClientError::Invalid(format!("key generation: {e}")))?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, machine_name);
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| ClientError::Invalid(format!("CSR: {e}")))?;
+    let client = DataClient::new(management, crate::tls::pinned(fingerprint)?);
+    let request = RegisterRequest {
+        machine_name: machine_name.to_string(),
+        passphrase: passphrase.to_string(),
+        csr_pem,
+    };
+    let (_, answer): (u16, RegisterResponse) = client.post_json("/v1/register", &request).await?;
+    Ok(Identity {
+        machine_id: answer.machine_id,
+        cert_pem: answer.cert_pem,
+        key_pem: key.serialize_pem(),
+        ca_pem: answer.ca_pem,
+        data_endpoint: answer.data_endpoint,
+    })
+}

@@ -1,0 +1,352 @@
+//! The data endpoint (PROTOCOL.md sections 2 and 3): health, disks, batches.
+//!
+//! A batch body is copied once, chunk by chunk as it arrives, into the aligned record buffer
+//! the cache writes with O_DIRECT; it is validated there (a view of the same memory) and
+//! answered 200 only after the cache says it is durable. A rejected batch is dropped before
+//! anything touches the cache. Limits: a body above `max_batch_bytes + 40` is refused from its
+//! Content-Length before it is read (413), or as soon as it grows past it.
+
+use bytes::Bytes;
+use ferry_client::api::{DiskInfo, DiskSpec};
+use ferry_format::batch::{self, DiskGeometry, BATCH_HEADER_LEN};
+use ferry_format::ids::parse_canonical_uuid;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::atomic::Ordering;
+use uuid::Uuid;
+
+use super::http::{json, ApiError, Body};
+use super::AppState;
+use crate::cache::{Admission, AppendError, CacheError, DiskMeta, DiskView, RecordBuffer};
+
+/// Longest disk name accepted, in characters.
+const DISK_NAME_MAX_CHARS: usize = 256;
+/// Largest disk definition body.
+const DISK_SPEC_MAX_BYTES: usize = 64 * 1024;
+
+pub async fn handle(state: &AppState, machine: Option<Uuid>, request: Request<Incoming>) -> Response<Body> {
+    match route(state, machine, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn route(
+    state: &AppState,
+    machine: Option<Uuid>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = request.method().clone();
+    match segments.as_slice() {
+        ["v1", "health"] if method == Method::GET => Ok(health(state)),
+        ["v1", "disks", disk, rest @ ..] => {
+            let disk_id = parse_canonical_uuid(disk)
+                .ok_or_else(|| ApiError::new(400, "bad_id", "disk_id must be a lowercase UUID"))?;
+            let machine = machine.ok_or_else(|| {
+                ApiError::new(
+                    401,
+                    "unauthenticated",
+                    "a client certificate issued by this appliance is required",
+                )
+            })?;
+            match (rest, method) {
+                ([], Method::PUT) => put_disk(state, machine, disk_id, request.into_body()).await,
+                ([], Method::GET) => get_disk(state, machine, disk_id),
+                (["batches", seq], Method::PUT) => {
+                    let seq: u64 = seq
+                        .parse()
+                        .map_err(|_| ApiError::new(400, "bad_id", "seq must be a decimal number"))?;
+                    put_batch(state, machine, disk_id, seq, request).await
+                }
+                _ => Err(ApiError::new(404, "not_found", format!("no such endpoint: {path}"))),
+            }
+        }
+        _ => Err(ApiError::new(404, "not_found", format!("no such endpoint: {path}"))),
+    }
+}
+
+fn health(state: &AppState) -> Response<Body> {
+    let status = if state.draining.load(Ordering::Relaxed) {
+        "draining"
+    } else {
+        "ok"
+    };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(code, &serde_json::json!({ "status": status }))
+}
+
+fn draining(state: &AppState) -> Result<(), ApiError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            503,
+            "draining",
+            "the server is shutting down; retry against it or another",
+        )
+        .retry_after(5));
+    }
+    Ok(())
+}
+
+/// The disk, if it exists and belongs to `machine`.
+fn owned_disk(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<DiskView, ApiError> {
+    let view = state
+        .cache
+        .disk(disk_id)
+        .ok_or_else(|| ApiError::new(404, "unknown_disk", format!("disk {disk_id} does not exist")))?;
+    if view.meta.machine_id != machine {
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            format!("disk {disk_id} belongs to another machine"),
+        ));
+    }
+    Ok(view)
+}
+
+fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
+    DiskInfo {
+        disk_id: view.meta.disk_id,
+        machine_id: view.meta.machine_id,
+        name: view.meta.name.clone(),
+        size_bytes: view.meta.size_bytes,
+        sector_size: view.meta.sector_size,
+        write_ordered: view.meta.write_ordered,
+        durable_seq: view.durable_seq,
+        uploaded_seq: view.released_through,
+        window: state.config.ingest.window,
+        max_batch_bytes: state.config.ingest.max_batch_bytes,
+        latest_point: None,
+        state: "replicating".into(),
+    }
+}
+
+fn internal(error: CacheError) -> ApiError {
+    tracing::error!(%error, "cache error");
+    ApiError::new(
+        500,
+        "internal",
+        "the cache could not complete the request; it was not stored",
+    )
+}
+
+async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming) -> Result<Response<Body>, ApiError> {
+    draining(state)?;
+    let bytes = http_body_util::Limited::new(body, DISK_SPEC_MAX_BYTES)
+        .collect()
+        .await
+        .map_err(|_| ApiError::new(400, "bad_request", "the disk definition is missing or too large"))?
+        .to_bytes();
+    let spec: DiskSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(400, "bad_request", format!("disk definition: {e}")))?;
+    if !matches!(spec.sector_size, 512 | 4096) {
+        return Err(ApiError::new(400, "bad_request", "sector_size must be 512 or 4096"));
+    }
+    if spec.size_bytes == 0 || !spec.size_bytes.is_multiple_of(u64::from(spec.sector_size)) {
+        return Err(ApiError::new(
+            400,
+            "bad_request",
+            "size_bytes must be a positive multiple of sector_size",
+        ));
+    }
+    if spec.name.is_empty() || spec.name.chars().count() > DISK_NAME_MAX_CHARS {
+        return Err(ApiError::new(400, "bad_request", "name must be 1 to 256 characters"));
+    }
+    if let Some(existing) = state.cache.disk(disk_id) {
+        let existing = owned_disk(state, machine, existing.meta.disk_id)?;
+        if existing.meta.sector_size != spec.sector_size || existing.meta.write_ordered != spec.write_ordered {
+            return Err(ApiError::new(
+                409,
+                "disk_conflict",
+                "sector_size and write_ordered cannot change",
+            ));
+        }
+        if spec.size_bytes < existing.meta.size_bytes {
+            return Err(ApiError::new(
+                409,
+                "size_shrink",
+                format!("a disk cannot shrink below {} bytes", existing.meta.size_bytes),
+            ));
+        }
+        if spec.size_bytes == existing.meta.size_bytes && spec.name == existing.meta.name {
+            return Ok(json(StatusCode::OK, &disk_info(state, &existing)));
+        }
+        let meta = DiskMeta {
+            size_bytes: spec.size_bytes,
+            name: spec.name,
+            ..existing.meta
+        };
+        let view = state.cache.update_disk(meta).map_err(internal)?;
+        return Ok(json(StatusCode::OK, &disk_info(state, &view)));
+    }
+    let meta = DiskMeta {
+        disk_id,
+        machine_id: machine,
+        name: spec.name,
+        size_bytes: spec.size_bytes,
+        sector_size: spec.sector_size,
+        write_ordered: spec.write_ordered,
+        created_unix_ms: super::now_unix_ms(),
+    };
+    let view = state.cache.create_disk(meta).map_err(internal)?;
+    if view.meta.machine_id != machine {
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            format!("disk {disk_id} belongs to another machine"),
+        ));
+    }
+    Ok(json(StatusCode::CREATED, &disk_info(state, &view)))
+}
+
+fn get_disk(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<Response<Body>, ApiError> {
+    let view = owned_disk(state, machine, disk_id)?;
+    Ok(json(StatusCode::OK, &disk_info(state, &view)))
+}
+
+/// Copies the body into a record buffer: exactly `len` bytes, or a clear error.
+async fn read_body_into_record(mut body: Incoming, len: usize) -> Result<RecordBuffer, ApiError> {
+    let mut record = RecordBuffer::new(len);
+    let mut filled = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::new(400, "malformed_batch", format!("the body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if filled + data.len() > len {
+                return Err(ApiError::new(
+                    400,
+                    "malformed_batch",
+                    "the body is longer than its Content-Length",
+                ));
+            }
+            record.batch_mut()[filled..filled + data.len()].copy_from_slice(&data);
+            filled += data.len();
+        }
+    }
+    if filled != len {
+        return Err(ApiError::new(
+            400,
+            "malformed_batch",
+            format!("the body is {filled} bytes, Content-Length said {len}"),
+        ));
+    }
+    Ok(record)
+}
+
+/// A body without Content-Length: gathered up to the limit, then copied into a record.
+async fn read_unsized_body(body: Incoming, limit: usize) -> Result<RecordBuffer, ApiError> {
+    let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::new(413, "too_large", format!("the batch exceeds {limit} bytes"))
+        } else {
+            ApiError::new(400, "malformed_batch", format!("the body could not be read: {e}"))
+        }
+    })?;
+    let bytes: Bytes = collected.to_bytes();
+    let mut record = RecordBuffer::new(bytes.len());
+    record.batch_mut().copy_from_slice(&bytes);
+    Ok(record)
+}
+
+async fn put_batch(
+    state: &AppState,
+    machine: Uuid,
+    disk_id: Uuid,
+    seq: u64,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    draining(state)?;
+    let disk = owned_disk(state, machine, disk_id)?;
+    let max_batch_bytes = state.config.ingest.max_batch_bytes;
+    let limit = max_batch_bytes as usize + BATCH_HEADER_LEN;
+    if let Some(Admission::OutOfWindow { expected_seq }) = state.cache.window_check(disk_id, seq).map_err(internal)? {
+        return Err(ApiError::new(
+            409,
+            "out_of_window",
+            format!("seq {seq} is beyond the window; send {expected_seq} first"),
+        )
+        .expected(expected_seq));
+    }
+    let content_length = request
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let record = match content_length {
+        Some(len) if len > limit => {
+            return Err(ApiError::new(
+                413,
+                "too_large",
+                format!("the batch is {len} bytes; payload_len may be at most {max_batch_bytes}"),
+            ));
+        }
+        Some(len) => read_body_into_record(request.into_body(), len).await?,
+        None => read_unsized_body(request.into_body(), limit).await?,
+    };
+    let (record, batch_bytes, header_crc) = record.finish(disk_id, seq);
+    let geometry = DiskGeometry {
+        size_bytes: disk.meta.size_bytes,
+        sector_size: disk.meta.sector_size,
+    };
+    let batch_len = batch_bytes.len() as u32;
+    batch::decode(batch_bytes, seq, geometry, max_batch_bytes)
+        .map_err(|e| ApiError::new(e.code.http_status(), e.code.as_str(), e.message))?;
+    let record_len = record.len() as u64;
+    match state
+        .cache
+        .admit(disk_id, seq, header_crc, record_len)
+        .map_err(internal)?
+    {
+        Admission::Accept => {}
+        Admission::AlreadyStored { durable_seq } => {
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "seq": seq, "durable_seq": durable_seq }),
+            ))
+        }
+        Admission::Conflict { expected_seq } => {
+            return Err(ApiError::new(
+                409,
+                "seq_conflict",
+                format!("seq {seq} is already stored with other content"),
+            )
+            .expected(expected_seq))
+        }
+        Admission::OutOfWindow { expected_seq } => {
+            return Err(ApiError::new(
+                409,
+                "out_of_window",
+                format!("seq {seq} is beyond the window; send {expected_seq} first"),
+            )
+            .expected(expected_seq))
+        }
+        Admission::InFlight => {
+            return Err(ApiError::new(503, "busy", format!("seq {seq} is being stored right now")).retry_after(1))
+        }
+        Admission::CacheFull => return Err(cache_full()),
+    }
+    match state.cache.append(disk_id, seq, record, batch_len, header_crc).await {
+        Ok(durable_seq) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "seq": seq, "durable_seq": durable_seq }),
+        )),
+        Err(AppendError::CacheFull) => Err(cache_full()),
+        Err(AppendError::ShuttingDown) => {
+            Err(ApiError::new(503, "draining", "the server is shutting down").retry_after(5))
+        }
+        Err(AppendError::Io(message)) => {
+            tracing::error!(%message, "cache write failed");
+            Err(ApiError::new(500, "internal", "the cache could not store the batch; retry").retry_after(1))
+        }
+    }
+}
+
+fn cache_full() -> ApiError {
+    ApiError::new(503, "cache_full", "the cache is full; nothing was stored; retry later").retry_after(10)
+}

@@ -1,0 +1,231 @@
+//! ferryd's endpoints: the data endpoint ([`data`], mTLS, HTTP/2 and HTTP/1.1) and the
+//! management endpoint ([`register`]), each an accept loop on tokio serving connections with
+//! hyper-util's auto builder over tokio-rustls.
+//!
+//! SIGTERM (or SIGINT) drains: the flag makes new requests answer 503 `draining`, the listeners
+//! close, in-flight requests finish (at most [`DRAIN_TIMEOUT`]), the cache thread writes what
+//! is queued and stops, and the process exits 0.
+
+pub mod data;
+pub mod http;
+pub mod register;
+pub mod tls;
+
+use anyhow::{Context, Result};
+use ferry_config::{ApplianceConfig, ApplianceLayout};
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::cache::{Cache, CacheOptions};
+
+/// Longest wait for in-flight requests after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once per endpoint; more wait in the kernel's accept queue.
+pub const CONNECTIONS_MAX: usize = 4096;
+
+pub struct AppState {
+    pub cache: Cache,
+    pub config: ApplianceConfig,
+    pub layout: ApplianceLayout,
+    pub draining: AtomicBool,
+    pub throttle: register::Throttle,
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The cache limit: `limit_bytes`, or `limit_percent` of the cache file system.
+fn cache_limit(config: &ApplianceConfig, directory: &Path) -> Result<u64> {
+    if config.cache.limit_bytes != 0 {
+        return Ok(config.cache.limit_bytes);
+    }
+    std::fs::create_dir_all(directory).with_context(|| format!("cannot create {}", directory.display()))?;
+    let path = std::ffi::CString::new(directory.as_os_str().as_encoded_bytes()).context("cache path")?;
+    // SAFETY: statvfs writes into the zeroed struct we pass.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("statvfs on the cache directory");
+    }
+    let total = stats.f_blocks as u64 * stats.f_frsize as u64;
+    Ok(total / 100 * u64::from(config.cache.limit_percent))
+}
+
+/// Runs ferryd from an appliance directory until SIGTERM.
+pub async fn run(appliance: &Path) -> Result<()> {
+    let layout = ApplianceLayout::new(appliance);
+    let config = ApplianceConfig::load(&layout.config_file())?;
+    let cache_dir = layout.resolve(&config.cache.directory);
+    let options = CacheOptions {
+        limit_bytes: cache_limit(&config, &cache_dir)?,
+        directory: cache_dir,
+        segment_bytes: config.cache.segment_bytes,
+        engine: config.cache.engine,
+        max_batch_bytes: config.ingest.max_batch_bytes,
+        window: config.ingest.window,
+        resident_budget_bytes: config.pipeline.memory_budget_bytes,
+    };
+    let (cache, report) = Cache::open(options).context("cannot open the cache")?;
+    tracing::info!(
+        engine = report.engine,
+        segments = report.segments_scanned,
+        batches = report.records_recovered,
+        disks = report.disks,
+        damage = report.damage.len(),
+        "cache recovered"
+    );
+    let tls = tls::server_config(
+        &layout.ca_cert_file(),
+        &layout.server_cert_file(),
+        &layout.server_key_file(),
+    )?;
+    let data_listener = bind(&config.server.data_listen).await?;
+    let management_listener = bind(&config.server.management_listen).await?;
+    let state = Arc::new(AppState {
+        cache: cache.clone(),
+        config,
+        layout,
+        draining: AtomicBool::new(false),
+        throttle: Default::default(),
+    });
+    // One line tests and operators can wait for: both endpoints accept connections now.
+    tracing::info!(data = %data_listener.local_addr()?, management = %management_listener.local_addr()?, "ferryd is serving");
+
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let data_loop = tokio::spawn(serve(
+        data_listener,
+        tls.clone(),
+        state.clone(),
+        Endpoint::Data,
+        graceful.clone(),
+        stopped.clone(),
+    ));
+    let management_loop = tokio::spawn(serve(
+        management_listener,
+        tls,
+        state.clone(),
+        Endpoint::Management,
+        graceful.clone(),
+        stopped,
+    ));
+
+    wait_for_signal().await?;
+    tracing::info!("draining: refusing new requests, finishing those in flight");
+    state.draining.store(true, Ordering::SeqCst);
+    let _ = stop.send(true);
+    let _ = data_loop.await;
+    let _ = management_loop.await;
+    // The accept loops have returned, so this is the last reference.
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+            tracing::warn!("some connections were still open after {DRAIN_TIMEOUT:?}; closing them");
+        }
+    }
+    let cache_for_shutdown = cache.clone();
+    tokio::task::spawn_blocking(move || cache_for_shutdown.shutdown())
+        .await
+        .context("cache shutdown")?;
+    tracing::info!("ferryd stopped cleanly");
+    Ok(())
+}
+
+async fn bind(address: &str) -> Result<TcpListener> {
+    let address: SocketAddr = address
+        .parse()
+        .with_context(|| format!("{address} is not an address"))?;
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Data,
+    Management,
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let permit = tokio::select! {
+            _ = stopped.changed() => return,
+            permit = connections.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let machine = tls::machine_of(tls_stream.get_ref().1.peer_certificates());
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    let response = match endpoint {
+                        Endpoint::Data => data::handle(&state, machine, request).await,
+                        Endpoint::Management => register::handle(&state, peer.ip(), request).await,
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
