@@ -62,8 +62,14 @@ fn cache_limit(config: &ApplianceConfig, directory: &Path) -> Result<u64> {
     Ok(total / 100 * u64::from(config.cache.limit_percent))
 }
 
-/// Runs ferryd from an appliance directory until SIGTERM.
+/// Runs ferryd from an appliance directory until SIGTERM or SIGINT.
 pub async fn run(appliance: &Path) -> Result<()> {
+    let signals = signals().await?;
+    run_until(appliance, signals).await
+}
+
+/// Runs ferryd until `stop` completes, then drains (for embedding: benchmarks, tests).
+pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output = ()>) -> Result<()> {
     let layout = ApplianceLayout::new(appliance);
     let config = ApplianceConfig::load(&layout.config_file())?;
     let cache_dir = layout.resolve(&config.cache.directory);
@@ -121,7 +127,7 @@ pub async fn run(appliance: &Path) -> Result<()> {
         stopped,
     ));
 
-    wait_for_signal().await?;
+    until.await;
     tracing::info!("draining: refusing new requests, finishing those in flight");
     state.draining.store(true, Ordering::SeqCst);
     let _ = stop.send(true);
@@ -150,15 +156,17 @@ async fn bind(address: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {address}"))
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// A future that completes on SIGTERM or SIGINT (handlers installed before it is returned).
+async fn signals() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 #[derive(Clone, Copy)]

@@ -1,0 +1,212 @@
+//! Ingest into the cache, end to end over real TLS: D disks, each on its own HTTPS (HTTP/2)
+//! connection with a window of 4 batches in flight, 1 MiB WRITE batches, until 1 GiB is
+//! durable. Reports payload MB/s, ack latency p50/p99 (request sent to 200, which means
+//! fdatasync'd), and CPU seconds per GB of this process (server and clients together: on a
+//! 2-core machine they share the cores, as they would in any single-box measurement).
+//!
+//! ferryd runs in-process (`ferryd::server::run_until`) on a fresh appliance directory under
+//! $TMPDIR per run, so its cache sits on that file system (O_DIRECT needs a real one, not tmpfs).
+//! Run: `cargo bench -p ferry-benches --bench ingest` (`-- quick` for a 256 MiB pass; under
+//! `cargo test` it runs one tiny pass to prove it works).
+
+use bytes::Bytes;
+use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
+use ferry_config::config::CacheEngine;
+use ferry_config::{pki, ApplianceConfig, ApplianceLayout};
+use ferry_format::BatchEncoder;
+use ferry_perf::datagen::{DataGenerator, Mix};
+use ferry_storage::{LocalTargetConfig, TargetConfig};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH_PAYLOAD: usize = 1 << 20;
+const WINDOW: usize = 4;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A minimal appliance directory: config, passphrase, CA and server certificate.
+fn make_appliance(dir: &Path, engine: CacheEngine) -> (String, String) {
+    std::fs::create_dir_all(dir.join("pki")).unwrap();
+    let layout = ApplianceLayout::new(dir);
+    let data = format!("127.0.0.1:{}", free_port());
+    let management = format!("127.0.0.1:{}", free_port());
+    let mut config = ApplianceConfig::with_target(TargetConfig::Local(LocalTargetConfig {
+        path: "target".into(),
+        create: true,
+    }));
+    config.server.data_listen = data.clone();
+    config.server.management_listen = management.clone();
+    config.server.advertised_data_endpoint = data.clone();
+    config.cache.engine = engine;
+    config.cache.limit_bytes = 8 << 30;
+    let write = |path: std::path::PathBuf, text: &str| {
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write(layout.config_file(), &config.to_documented_toml());
+    write(layout.passphrase_file(), "bench-passphrase");
+    let (ca_pem, ca, ca_key) = pki::generate_ca("bench").unwrap();
+    let server = pki::generate_server_cert(&["127.0.0.1".into()], &ca, &ca_key).unwrap();
+    write(layout.ca_cert_file(), &ca_pem.cert_pem);
+    write(layout.ca_key_file(), &ca_pem.key_pem);
+    write(layout.server_cert_file(), &server.cert_pem);
+    write(layout.server_key_file(), &server.key_pem);
+    (data, management)
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run(engine: CacheEngine, disks: usize, total_bytes: usize) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_data, management) = make_appliance(tmp.path(), engine);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dir = tmp.path().to_path_buf();
+    let server = tokio::spawn(async move {
+        ferryd::server::run_until(&dir, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut identity = None;
+    for _ in 0..200 {
+        if let Ok(id) = ferry_client::register(&management, None, "bench", "bench-passphrase").await {
+            identity = Some(id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let identity = identity.expect("ferryd started");
+    let mut pool = vec![0u8; 8 << 20];
+    DataGenerator::new(7, Mix::MIXED).fill(&mut pool);
+    let pool = Arc::new(pool);
+    let per_disk = (total_bytes / BATCH_PAYLOAD / disks).max(1);
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(per_disk * disks)));
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for d in 0..disks {
+        let client = identity.data_client().unwrap();
+        let disk = Uuid::new_v4();
+        client
+            .put_disk(
+                disk,
+                &DiskSpec {
+                    name: format!("d{d}"),
+                    size_bytes: 1 << 30,
+                    sector_size: 4096,
+                    write_ordered: false,
+                },
+            )
+            .await
+            .unwrap();
+        let sender = BatchSender::new(client, disk, WINDOW, RetryPolicy::default());
+        let pool = pool.clone();
+        let latencies = latencies.clone();
+        streams.push(tokio::spawn(async move {
+            let sender = Arc::new(sender);
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            for seq in 1..=per_disk as u64 {
+                let offset = (seq as usize * 4096 * 7) % (pool.len() - BATCH_PAYLOAD);
+                let mut encoder = BatchEncoder::with_capacity(seq, seq, BATCH_PAYLOAD + 16);
+                encoder.write(
+                    (seq % 1000) * BATCH_PAYLOAD as u64 % (1 << 30),
+                    &pool[offset..offset + BATCH_PAYLOAD],
+                );
+                let batch: Bytes = encoder.finish();
+                let sender = sender.clone();
+                in_flight.push(async move {
+                    let sent = Instant::now();
+                    sender.send_one(seq, batch).await.expect("batch stored");
+                    sent.elapsed()
+                });
+                if in_flight.len() >= WINDOW {
+                    if let Some(latency) = futures::StreamExt::next(&mut in_flight).await {
+                        latencies.lock().unwrap().push(latency);
+                    }
+                }
+            }
+            while let Some(latency) = futures::StreamExt::next(&mut in_flight).await {
+                latencies.lock().unwrap().push(latency);
+            }
+        }));
+    }
+    for stream in streams {
+        stream.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let mut latencies = latencies.lock().unwrap().clone();
+    latencies.sort();
+    let bytes = (per_disk * disks * BATCH_PAYLOAD) as f64;
+    format!(
+        "{:<9} disks {:>3}: {:>7.0} MB/s  ack p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>5.2} s/GB  ({} MiB in {:.2} s)",
+        match engine {
+            CacheEngine::IoUring => "io_uring",
+            CacheEngine::Psync => "psync",
+            CacheEngine::Auto => "auto",
+        },
+        disks,
+        bytes / elapsed.as_secs_f64() / 1e6,
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        cpu / (bytes / 1e9),
+        (bytes as usize) >> 20,
+        elapsed.as_secs_f64(),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` passes no --bench flag: one tiny pass, to show the harness works.
+    let measuring = args.iter().any(|a| a == "--bench");
+    let total = if !measuring {
+        8 << 20
+    } else if args.iter().any(|a| a == "quick") {
+        256 << 20
+    } else {
+        1 << 30
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cases: &[(CacheEngine, usize)] = if measuring {
+        &[
+            (CacheEngine::IoUring, 1),
+            (CacheEngine::IoUring, 8),
+            (CacheEngine::IoUring, 64),
+            (CacheEngine::Psync, 1),
+            (CacheEngine::Psync, 8),
+            (CacheEngine::Psync, 64),
+        ]
+    } else {
+        &[(CacheEngine::IoUring, 2), (CacheEngine::Psync, 2)]
+    };
+    for (engine, disks) in cases {
+        println!("{}", runtime.block_on(run(*engine, *disks, total)));
+    }
+}
