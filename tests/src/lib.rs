@@ -203,15 +203,16 @@ impl Ferryd {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then the exit status (waits at most 60 s).
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// SIGTERM, then the exit status (waits at most 60 s). Async, so the test's own client
+    /// connections keep running and can take part in the graceful close (HTTP/2 GOAWAY).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         for _ in 0..600 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         self.kill();
         panic!("ferryd did not stop within 60 s of SIGTERM");

@@ -335,7 +335,7 @@ async fn sigkill_loop_loses_no_acknowledged_batch() {
             );
         }
     }
-    assert_eq!(ferryd.terminate().code(), Some(0));
+    assert_eq!(ferryd.terminate().await.code(), Some(0));
     // Read every acknowledged batch back from the cache itself.
     let acked = acked.lock().unwrap();
     assert!(acked.len() > 100, "the loop did real work ({} batches)", acked.len());
@@ -399,7 +399,7 @@ async fn full_cache_answers_503_and_resumes_after_release() {
         seq - 1,
         "nothing lost, nothing partial"
     );
-    assert_eq!(ferryd.terminate().code(), Some(0));
+    assert_eq!(ferryd.terminate().await.code(), Some(0));
 
     // The upload pipeline will call release; here the test calls it directly.
     let options = ferryd::cache::CacheOptions {
@@ -444,7 +444,7 @@ async fn torn_tail_is_reported_and_the_prefix_served() {
     for seq in 1..=6 {
         client.put_batch(disk, seq, batch(disk, seq, 1)).await.unwrap();
     }
-    assert_eq!(ferryd.terminate().code(), Some(0));
+    assert_eq!(ferryd.terminate().await.code(), Some(0));
     let segment = std::fs::read_dir(appliance.dir.join("cache/segments"))
         .unwrap()
         .next()
@@ -488,8 +488,73 @@ async fn sigterm_drains_and_http1_works() {
     let sender = BatchSender::new(http1.clone(), disk, 4, RetryPolicy::default());
     let durable = sender.send_all((1..=40).map(|s| (s, batch(disk, s, 4)))).await.unwrap();
     assert_eq!(durable, 40);
-    assert_eq!(ferryd.terminate().code(), Some(0), "SIGTERM exits 0 after draining");
+    assert_eq!(
+        ferryd.terminate().await.code(),
+        Some(0),
+        "SIGTERM exits 0 after draining"
+    );
     assert!(appliance.log().contains("stopped cleanly"));
     let _ferryd = Ferryd::start(&appliance).await;
     assert_eq!(sender.resume_point().await.unwrap(), 40);
+}
+
+#[tokio::test]
+async fn bad_config_and_a_second_ferryd_are_refused_clearly() {
+    let broken = Appliance::init(|c| c.replace("window = 16", "window = 0"));
+    let output = std::process::Command::new(ferry_tests::binary("ferryd"))
+        .arg("--config")
+        .arg(&broken.dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("ingest.window"), "{stderr}");
+
+    let appliance = Appliance::init(|c| c);
+    let _first = Ferryd::start(&appliance).await;
+    let output = std::process::Command::new(ferry_tests::binary("ferryd"))
+        .arg("--config")
+        .arg(&appliance.dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("another ferryd is using the cache"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_client_certificate_is_refused() {
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let machine = appliance.register("m").await;
+    machine
+        .data_client()
+        .unwrap()
+        .put_disk(Uuid::new_v4(), &spec())
+        .await
+        .unwrap();
+    // The same machine id, signed by the same CA, but valid only in 2020.
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(appliance.dir.join("pki/ca.key")).unwrap()).unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(&appliance.ca_pem())
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, machine.machine_id.to_string());
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+    let expired = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let tls =
+        ferry_client::tls::ca_verified(&appliance.ca_pem(), Some((&expired.pem(), &key.serialize_pem()))).unwrap();
+    let client = DataClient::new(&appliance.data, tls);
+    let result = client.get_disk(Uuid::new_v4()).await;
+    assert!(
+        matches!(result, Err(ClientError::Transport(_))),
+        "an expired certificate fails the handshake: {result:?}"
+    );
 }
