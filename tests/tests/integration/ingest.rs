@@ -32,6 +32,16 @@ fn batch(disk: Uuid, seq: u64, sectors: usize) -> Bytes {
     enc.finish()
 }
 
+/// A default appliance, its ferryd, one registered machine's client, and one disk of it.
+async fn one_disk() -> (Appliance, Ferryd, DataClient, Uuid) {
+    let appliance = Appliance::init(|c| c);
+    let ferryd = Ferryd::start(&appliance).await;
+    let client = appliance.register("m").await.data_client().unwrap();
+    let disk = Uuid::new_v4();
+    client.put_disk(disk, &spec()).await.unwrap();
+    (appliance, ferryd, client, disk)
+}
+
 /// 16 MiB segments (so tests cross segment boundaries); batches up to 4 MiB to fit them.
 fn small_segments(config: String) -> String {
     config
@@ -121,12 +131,7 @@ async fn registration_and_mutual_tls() {
 
 #[tokio::test]
 async fn every_error_code_and_nothing_stored() {
-    let appliance = Appliance::init(|c| c);
-    let _ferryd = Ferryd::start(&appliance).await;
-    let machine = appliance.register("m").await;
-    let client = machine.data_client().unwrap();
-    let disk = Uuid::new_v4();
-    client.put_disk(disk, &spec()).await.unwrap();
+    let (_appliance, _ferryd, client, disk) = one_disk().await;
     let put = |seq: u64, body: Bytes| client.put_batch(disk, seq, body);
 
     let good1 = batch(disk, 1, 2);
@@ -435,12 +440,7 @@ async fn full_cache_answers_503_and_resumes_after_release() {
 
 #[tokio::test]
 async fn torn_tail_is_reported_and_the_prefix_served() {
-    let appliance = Appliance::init(|c| c);
-    let ferryd = Ferryd::start(&appliance).await;
-    let machine = appliance.register("m").await;
-    let client = machine.data_client().unwrap();
-    let disk = Uuid::new_v4();
-    client.put_disk(disk, &spec()).await.unwrap();
+    let (appliance, ferryd, client, disk) = one_disk().await;
     for seq in 1..=6 {
         client.put_batch(disk, seq, batch(disk, seq, 1)).await.unwrap();
     }

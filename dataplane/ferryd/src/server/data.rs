@@ -266,12 +266,7 @@ async fn put_batch(
     let max_batch_bytes = state.config.ingest.max_batch_bytes;
     let limit = max_batch_bytes as usize + BATCH_HEADER_LEN;
     if let Some(Admission::OutOfWindow { expected_seq }) = state.cache.window_check(disk_id, seq).map_err(internal)? {
-        return Err(ApiError::new(
-            409,
-            "out_of_window",
-            format!("seq {seq} is beyond the window; send {expected_seq} first"),
-        )
-        .expected(expected_seq));
+        return Err(out_of_window(seq, expected_seq));
     }
     let content_length = request
         .headers()
@@ -318,14 +313,7 @@ async fn put_batch(
             )
             .expected(expected_seq))
         }
-        Admission::OutOfWindow { expected_seq } => {
-            return Err(ApiError::new(
-                409,
-                "out_of_window",
-                format!("seq {seq} is beyond the window; send {expected_seq} first"),
-            )
-            .expected(expected_seq))
-        }
+        Admission::OutOfWindow { expected_seq } => return Err(out_of_window(seq, expected_seq)),
         Admission::InFlight => {
             return Err(ApiError::new(503, "busy", format!("seq {seq} is being stored right now")).retry_after(1))
         }
@@ -345,6 +333,15 @@ async fn put_batch(
             Err(ApiError::new(500, "internal", "the cache could not store the batch; retry").retry_after(1))
         }
     }
+}
+
+fn out_of_window(seq: u64, expected_seq: u64) -> ApiError {
+    ApiError::new(
+        409,
+        "out_of_window",
+        format!("seq {seq} is beyond the window; send {expected_seq} first"),
+    )
+    .expected(expected_seq)
 }
 
 fn cache_full() -> ApiError {
