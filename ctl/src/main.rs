@@ -1,15 +1,18 @@
 //! `ferryctl`: Ferry's control-plane CLI.
 //!
 //! Local (offline) commands read the appliance directory or target storage directly and need
-//! no running ferryd: `init`, `vault check`. Every command takes `--json`.
+//! no running ferryd: `init`, `vault check`, `points`, `restore`. Every command takes `--json`.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod files;
 mod init;
+mod points;
+mod restore;
 mod target_args;
 mod vault;
+mod vault_access;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,6 +38,10 @@ enum Command {
     /// Vault key commands.
     #[command(subcommand)]
     Vault(vault::VaultCommand),
+    /// List a disk's recovery points (reads storage only; no ferryd needed).
+    Points(points::PointsArgs),
+    /// Write a disk image at a seq or recovery point (reads storage only; no ferryd needed).
+    Restore(restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +61,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Init(args) => init::run(args, cli.json).await,
             Command::Vault(command) => vault::run(command, cli.json).await,
+            Command::Points(args) => points::run(args, cli.json).await,
+            Command::Restore(args) => restore::run(args, cli.json).await,
         }
     });
     match result {

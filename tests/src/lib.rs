@@ -101,11 +101,16 @@ pub struct Appliance {
 impl Appliance {
     /// `edit` may change `ferry.toml` (for example a small cache limit) before first start.
     pub fn init(edit: impl FnOnce(String) -> String) -> Appliance {
+        Self::init_with(&[], edit)
+    }
+
+    /// As [`Appliance::init`], with more `ferryctl init` arguments (an Azure target, say).
+    pub fn init_with(extra: &[&str], edit: impl FnOnce(String) -> String) -> Appliance {
         let tmp = tempfile::tempdir().expect("temporary directory");
         let dir = tmp.path().join("appliance");
         let data = format!("127.0.0.1:{}", free_port());
         let management = format!("127.0.0.1:{}", free_port());
-        let run = ferryctl(&[
+        let mut args = vec![
             "init",
             dir.to_str().expect("utf-8 path"),
             "--data-listen",
@@ -116,7 +121,9 @@ impl Appliance {
             "127.0.0.1",
             "--server-name",
             "localhost",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let run = ferryctl(&args);
         assert!(run.success, "ferryctl init failed: {}", run.stderr);
         let config = dir.join("ferry.toml");
         let text = std::fs::read_to_string(&config).expect("ferry.toml");

@@ -37,6 +37,9 @@ pub struct DiskInfo {
     pub max_batch_bytes: u32,
     pub latest_point: Option<LatestPoint>,
     pub state: String,
+    /// Why uploads are stalled, when `state` is `upload_error` (the data stays in the cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `200` to a batch.

@@ -2,5 +2,6 @@
 //! endpoints ([`server`]) and small checksummed state files ([`state_file`]).
 
 pub mod cache;
+pub mod pipeline;
 pub mod server;
 pub mod state_file;

@@ -491,3 +491,24 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
     raw.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(raw)
 }
+
+/// Whether a batch (already validated once) holds a BOOKMARK record. Walks record headers
+/// only; a malformed batch answers false.
+pub fn has_bookmark(batch: &[u8]) -> bool {
+    let Some(count) = batch.get(24..28).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])) else {
+        return false;
+    };
+    let mut pos = BATCH_HEADER_LEN;
+    for _ in 0..count {
+        let Some(header) = batch.get(pos..pos + RECORD_HEADER_LEN) else {
+            return false;
+        };
+        let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        match header[0] {
+            RECORD_KIND_BOOKMARK => return true,
+            RECORD_KIND_WRITE => pos += RECORD_HEADER_LEN + length,
+            _ => pos += RECORD_HEADER_LEN,
+        }
+    }
+    false
+}

@@ -17,6 +17,7 @@ pub mod bookmark;
 pub mod ids;
 pub mod keys;
 pub mod names;
+pub mod plaintexts;
 pub mod seal;
 pub mod vault;
 

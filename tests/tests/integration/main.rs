@@ -2,3 +2,4 @@
 
 mod ctl_init;
 mod ingest;
+mod pipeline;

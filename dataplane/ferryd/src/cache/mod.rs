@@ -133,6 +133,13 @@ pub enum AppendError {
     ShuttingDown,
 }
 
+/// What the pipeline needs to know about a cached batch to cut change sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub batch_len: u32,
+    pub has_bookmark: bool,
+}
+
 /// Disk and space usage, for status and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -150,6 +157,7 @@ struct Entry {
     record_len: u64,
     batch_len: u32,
     header_crc: u32,
+    has_bookmark: bool,
     resident: Option<Bytes>,
 }
 
@@ -209,6 +217,8 @@ struct State {
 
 pub(crate) struct Shared {
     options: CacheOptions,
+    /// Signalled after every group commit that made batches durable (the pipeline waits on it).
+    durable: Arc<tokio::sync::Notify>,
     state: Mutex<State>,
     release_lock: Mutex<()>,
     engine_name: &'static str,
@@ -276,6 +286,7 @@ impl Cache {
                 resident_order: VecDeque::new(),
             }),
             release_lock: Mutex::new(()),
+            durable: Arc::new(tokio::sync::Notify::new()),
             engine_name: engine.name(),
             options,
         });
@@ -283,6 +294,11 @@ impl Cache {
         report.engine = engine.name();
         let writer = writer::start(shared.clone(), engine, recovered.next_segment_id, recovered.lock);
         Ok((Cache { shared, writer }, report))
+    }
+
+    /// Notified whenever batches become durable.
+    pub fn durable_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.shared.durable.clone()
     }
 
     pub fn engine_name(&self) -> &'static str {
@@ -434,6 +450,16 @@ impl Cache {
             return Err(AppendError::ShuttingDown);
         }
         answer.await.unwrap_or(Err(AppendError::ShuttingDown))
+    }
+
+    /// Size and bookmark presence of a cached batch.
+    pub fn batch_info(&self, disk_id: Uuid, seq: u64) -> Option<BatchInfo> {
+        let state = self.shared.state();
+        let entry = state.disks.get(&disk_id)?.entries.get(&seq)?;
+        Some(BatchInfo {
+            batch_len: entry.batch_len,
+            has_bookmark: entry.has_bookmark,
+        })
     }
 
     /// The batch `seq` of a disk, exactly as received: from memory while resident, else

@@ -92,6 +92,7 @@ struct ScannedRecord {
     header: record::RecordHeader,
     offset: u64,
     record_len: u64,
+    has_bookmark: bool,
 }
 
 /// A segment's id (None when its header is unreadable), its valid records, and the damage
@@ -140,10 +141,12 @@ fn scan_segment(path: &Path, max_batch_len: u32) -> Result<Scan, CacheError> {
         if let Err(reason) = record::check_batch(&header, &batch) {
             return Ok((Some(id), records, damage(offset, reason)));
         }
+        let has_bookmark = ferry_format::batch::has_bookmark(&batch);
         records.push(ScannedRecord {
             header,
             offset,
             record_len,
+            has_bookmark,
         });
         offset += record_len;
     }
@@ -245,6 +248,7 @@ pub(super) fn recover(options: &CacheOptions) -> Result<Recovered, CacheError> {
                     record_len: scanned.record_len,
                     batch_len: scanned.header.batch_len,
                     header_crc: scanned.header.batch_header_crc,
+                    has_bookmark: scanned.has_bookmark,
                     resident: None,
                 },
             );

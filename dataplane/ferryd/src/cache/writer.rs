@@ -334,6 +334,10 @@ impl Writer {
                     record_len,
                     batch_len: request.batch_len,
                     header_crc: request.header_crc,
+                    has_bookmark: ferry_format::batch::has_bookmark(
+                        &request.record
+                            [record::RECORD_HEADER_LEN..record::RECORD_HEADER_LEN + request.batch_len as usize],
+                    ),
                     resident: Some(request.record),
                 },
             );
@@ -379,6 +383,7 @@ impl Writer {
             });
         }
         drop(guard);
+        self.shared.durable.notify_one();
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }

@@ -111,6 +111,8 @@ fn owned_disk(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<DiskView
 }
 
 fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
+    let upload = state.pipeline.disk(view.meta.disk_id).unwrap_or_default();
+    let error = upload.error.clone().or_else(|| state.pipeline.target_error());
     DiskInfo {
         disk_id: view.meta.disk_id,
         machine_id: view.meta.machine_id,
@@ -119,11 +121,21 @@ fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
         sector_size: view.meta.sector_size,
         write_ordered: view.meta.write_ordered,
         durable_seq: view.durable_seq,
-        uploaded_seq: view.released_through,
+        uploaded_seq: upload.uploaded_seq.max(view.released_through),
         window: state.config.ingest.window,
         max_batch_bytes: state.config.ingest.max_batch_bytes,
-        latest_point: None,
-        state: "replicating".into(),
+        latest_point: upload.latest_point.map(|p| ferry_client::api::LatestPoint {
+            seq: p.seq,
+            bookmark_id: p.bookmark_id,
+            kind: p.kind,
+            source_time_unix_ms: p.source_time_unix_ms,
+        }),
+        state: if error.is_some() {
+            "upload_error".into()
+        } else {
+            "replicating".into()
+        },
+        error,
     }
 }
 

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::{Cache, CacheOptions};
+use crate::pipeline::ConnectError;
 
 /// Longest wait for in-flight requests after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,6 +34,7 @@ pub const CONNECTIONS_MAX: usize = 4096;
 
 pub struct AppState {
     pub cache: Cache,
+    pub pipeline: crate::pipeline::PipelineStatus,
     pub config: ApplianceConfig,
     pub layout: ApplianceLayout,
     pub draining: AtomicBool,
@@ -91,6 +93,10 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         damage = report.damage.len(),
         "cache recovered"
     );
+    let vault_key_text = std::fs::read_to_string(layout.vault_key_file())
+        .with_context(|| format!("cannot read the vault key {}", layout.vault_key_file().display()))?;
+    let vault_key =
+        ferry_format::VaultKey::parse_text(&vault_key_text).context("the vault key file does not hold a vault key")?;
     let tls = tls::server_config(
         &layout.ca_cert_file(),
         &layout.server_cert_file(),
@@ -98,8 +104,27 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     )?;
     let data_listener = bind(&config.server.data_listen).await?;
     let management_listener = bind(&config.server.management_listen).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let pipeline = crate::pipeline::PipelineStatus::default();
+    // A wrong vault key or a target without a vault is a configuration error: refuse to start.
+    // An unreachable target is not: ingest starts and the pipeline connects when it can.
+    let target = config.resolved_target(&layout);
+    let first_try = connect(&target, &config, &vault_key).await;
+    if let Err(e @ (ConnectError::WrongKey(_) | ConnectError::NoVault | ConnectError::BadVault(_))) = first_try {
+        return Err(e).context("cannot use the target");
+    }
+    tokio::spawn(start_pipeline(
+        cache.clone(),
+        target,
+        config.clone(),
+        vault_key,
+        first_try,
+        pipeline.clone(),
+        stopped.clone(),
+    ));
     let state = Arc::new(AppState {
         cache: cache.clone(),
+        pipeline,
         config,
         layout,
         draining: AtomicBool::new(false),
@@ -109,7 +134,6 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     tracing::info!(data = %data_listener.local_addr()?, management = %management_listener.local_addr()?, "ferryd is serving");
 
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let data_loop = tokio::spawn(serve(
         data_listener,
         tls.clone(),
@@ -145,6 +169,64 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         .context("cache shutdown")?;
     tracing::info!("ferryd stopped cleanly");
     Ok(())
+}
+
+type Connected = (Arc<dyn ferry_storage::ObjectStorage>, ferry_format::Keyring);
+
+async fn connect(
+    target: &ferry_storage::TargetConfig,
+    config: &ApplianceConfig,
+    key: &ferry_format::VaultKey,
+) -> Result<Connected, crate::pipeline::ConnectError> {
+    let storage = ferry_storage::open_target(target, config.storage_retry).await?;
+    let keyring = crate::pipeline::open_vault(&*storage, key).await?;
+    Ok((storage, keyring))
+}
+
+/// Connects to the target (retrying every 30 s while it is unreachable), then runs the pipeline.
+async fn start_pipeline(
+    cache: Cache,
+    target: ferry_storage::TargetConfig,
+    config: ApplianceConfig,
+    key: ferry_format::VaultKey,
+    first_try: Result<Connected, crate::pipeline::ConnectError>,
+    status: crate::pipeline::PipelineStatus,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut attempt = first_try;
+    let (storage, keyring) = loop {
+        match attempt {
+            Ok(connected) => break connected,
+            Err(e) => {
+                tracing::warn!(error = %e, "the target is not usable yet; batches stay in the cache; retrying in 30 s");
+                status.set_target_error(Some(e.to_string()));
+            }
+        }
+        let mut stop = stopped.clone();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(crate::pipeline::PERMANENT_PAUSE) => {}
+        }
+        attempt = connect(&target, &config, &key).await;
+    };
+    status.set_target_error(None);
+    let p = &config.pipeline;
+    let workers = if p.worker_threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        p.worker_threads as usize
+    };
+    let options = crate::pipeline::PipelineOptions {
+        change_set_bytes: p.change_set_bytes,
+        flush_delay: Duration::from_millis(p.flush_delay_ms),
+        upload_concurrency: p.upload_concurrency as usize,
+        workers,
+        compression_level: p.compression_level,
+        memory_budget_bytes: p.memory_budget_bytes,
+        bandwidth_cap_bytes_per_sec: p.bandwidth_cap_bytes_per_sec,
+    };
+    tracing::info!(target = %storage.describe(), workers, "upload pipeline running");
+    crate::pipeline::start(cache, storage, keyring, options, status, stopped);
 }
 
 async fn bind(address: &str) -> Result<TcpListener> {

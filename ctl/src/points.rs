@@ -1,0 +1,105 @@
+//! `ferryctl points --disk ID`: the recovery points of a disk, read from storage alone.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ferry_format::names::ObjectName;
+use ferry_format::plaintexts::RecoveryPoint;
+use ferry_storage::list_all;
+use uuid::Uuid;
+
+use crate::vault_access::{self, OpenVault, VaultArgs};
+
+#[derive(Args, Debug)]
+pub struct PointsArgs {
+    /// The disk (its lowercase UUID).
+    #[arg(long, value_name = "ID")]
+    pub disk: Uuid,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Every recovery point of `disk`, by seq.
+pub async fn read_points(opened: &OpenVault, disk: Uuid) -> Result<Vec<RecoveryPoint>> {
+    let prefix = ObjectName::disk_prefix(disk, "points/");
+    let key = opened.keyring.disk_key(disk);
+    let mut points = Vec::new();
+    for meta in list_all(&*opened.storage, &prefix)
+        .await
+        .context("cannot list the recovery points")?
+    {
+        if ObjectName::parse(&meta.name).is_err() {
+            continue; // not an object of this format
+        }
+        let sealed = opened
+            .storage
+            .get(&meta.name)
+            .await
+            .with_context(|| format!("cannot read {}", meta.name))?;
+        let plain = ferry_format::seal::unseal(&key, &meta.name, &sealed)
+            .with_context(|| format!("object {} is corrupt", meta.name))?;
+        let point: RecoveryPoint =
+            serde_json::from_slice(&plain).with_context(|| format!("object {} is not a recovery point", meta.name))?;
+        points.push(point);
+    }
+    points.sort_by_key(|p| p.seq);
+    Ok(points)
+}
+
+/// `2026-11-28T08:30:00.123Z` from Unix milliseconds.
+pub fn format_unix_ms(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let in_day = ms % 86_400_000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
+pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
+    let opened = vault_access::open(&args.vault).await?;
+    let points = read_points(&opened, args.disk).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&points).unwrap_or_default());
+        return Ok(());
+    }
+    if points.is_empty() {
+        println!("No recovery points for disk {} yet.", args.disk);
+        return Ok(());
+    }
+    println!(
+        "{:>12}  {:<32}  {:<5}  {:<24}  tag",
+        "seq", "bookmark", "kind", "source time (UTC)"
+    );
+    for point in &points {
+        println!(
+            "{:>12}  {:<32}  {:<5}  {:<24}  {}",
+            point.seq,
+            point.bookmark_id,
+            point.kind,
+            format_unix_ms(point.source_time_unix_ms),
+            point.tag.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::format_unix_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::format_unix_ms(1_790_000_000_123), "2026-09-21T14:13:20.123Z");
+    }
+}

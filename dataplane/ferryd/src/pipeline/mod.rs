@@ -1,0 +1,605 @@
+//! The upload pipeline (DESIGN.md "Data path", FORMATS.md): durable batches in the cache
+//! become sealed change sets in target storage, in order per disk.
+//!
+//! - **Batcher** (the coordinator task): per disk, gathers the next durable batches into a
+//!   change set of up to `change_set_bytes` of plaintext, cut early right after a batch that
+//!   holds a BOOKMARK, or when the oldest waiting batch has waited `flush_delay` (which bounds
+//!   the RPO Ferry adds).
+//! - **Seal workers** ([`worker`]): OS threads that read the batches where they lie in the
+//!   cache and zstd + AES-GCM seal them; a bounded crossbeam channel feeds them.
+//! - **Uploads**: one PUT per object on tokio, at most `upload_concurrency` at once, through
+//!   the bandwidth cap ([`bandwidth`]); the storage layer retries transient errors. An object
+//!   whose upload still fails waits and is tried again (5 s after a transient error, 30 s after
+//!   a permanent one, with the disk's state saying why): nothing is dropped, nothing spins.
+//! - **Ordered commit**: a disk's `uploaded_seq` advances over the contiguous prefix of
+//!   uploaded change sets; then the recovery points of the bookmarks inside it are written;
+//!   then the cache releases those batches (persisting the watermark, so a restart resumes
+//!   from it; change sets re-uploaded after a crash may overlap, which FORMATS.md allows).
+//! - **Memory**: the plaintext bytes of change sets between dispatch and commit stay within
+//!   `memory_budget_bytes` (one change set may always proceed, so progress is guaranteed).
+
+pub mod bandwidth;
+pub mod worker;
+
+use bytes::Bytes;
+use ferry_format::batch::DiskGeometry;
+use ferry_format::names::{ObjectName, VAULT_JSON};
+use ferry_format::plaintexts::{DiskDescriptor, RecoveryPoint, PLAINTEXT_FORMAT};
+use ferry_format::{BookmarkId, Keyring, VaultDescriptor, VaultError, VaultKey};
+use ferry_storage::{ObjectStorage, StorageError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicI32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::cache::{Cache, DiskView};
+use worker::{FoundBookmark, SealJob, Sealed};
+
+/// Pause before retrying an object whose upload failed transiently (after the storage
+/// layer's own retries).
+pub const TRANSIENT_PAUSE: Duration = Duration::from_secs(5);
+/// Pause before retrying after a permanent error (credentials, missing container).
+pub const PERMANENT_PAUSE: Duration = Duration::from_secs(30);
+/// Seal jobs queued for the workers at most.
+const SEAL_QUEUE_DEPTH: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub change_set_bytes: u64,
+    pub flush_delay: Duration,
+    pub upload_concurrency: usize,
+    pub workers: usize,
+    pub compression_level: i32,
+    pub memory_budget_bytes: u64,
+    pub bandwidth_cap_bytes_per_sec: u64,
+}
+
+/// A recovery point as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointSummary {
+    pub seq: u64,
+    pub bookmark_id: String,
+    pub kind: String,
+    pub source_time_unix_ms: u64,
+}
+
+/// A disk's upload state, for `GET /v1/disks/{id}` and status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskUploadStatus {
+    pub uploaded_seq: u64,
+    pub latest_point: Option<PointSummary>,
+    pub error: Option<String>,
+}
+
+/// Why the pipeline cannot use the target yet.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    WrongKey(VaultError),
+    #[error("the target has no Ferry vault ({VAULT_JSON} is missing); run ferryctl init against it")]
+    NoVault,
+    #[error("vault.json on the target is not readable: {0}")]
+    BadVault(VaultError),
+    #[error("the target is not reachable: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Reads `vault.json` from the target and checks the vault key against it.
+pub async fn open_vault(storage: &dyn ObjectStorage, key: &VaultKey) -> Result<Keyring, ConnectError> {
+    let bytes = match storage.get(VAULT_JSON).await {
+        Ok(bytes) => bytes,
+        Err(StorageError::NotFound { .. }) => return Err(ConnectError::NoVault),
+        Err(e) => return Err(e.into()),
+    };
+    let vault = VaultDescriptor::parse(&bytes).map_err(ConnectError::BadVault)?;
+    vault.open(key).map_err(ConnectError::WrongKey)
+}
+
+/// The running pipeline's shared status.
+#[derive(Clone, Default)]
+pub struct PipelineStatus {
+    disks: Arc<Mutex<HashMap<Uuid, DiskUploadStatus>>>,
+    target_error: Arc<Mutex<Option<String>>>,
+}
+
+impl PipelineStatus {
+    /// Why the pipeline is not running, while it is not (the target is unreachable).
+    pub fn target_error(&self) -> Option<String> {
+        self.target_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_target_error(&self, error: Option<String>) {
+        *self.target_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    pub fn disk(&self, disk_id: Uuid) -> Option<DiskUploadStatus> {
+        self.disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&disk_id)
+            .cloned()
+    }
+
+    fn set(&self, disk_id: Uuid, status: DiskUploadStatus) {
+        self.disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(disk_id, status);
+    }
+}
+
+struct DiskProgress {
+    dispatched_through: u64,
+    uploaded_seq: u64,
+    released_through: u64,
+    /// Uploaded change sets beyond `uploaded_seq`: first seq -> last seq.
+    completed: BTreeMap<u64, u64>,
+    /// Bookmarks of uploaded batches whose point is not yet written, by seq.
+    pending_points: BTreeMap<u64, Vec<FoundBookmark>>,
+    waiting_since: Option<Instant>,
+    descriptor_written: Option<(u64, String)>,
+    latest_point: Option<PointSummary>,
+    error: Option<String>,
+}
+
+struct Upload {
+    disk_id: Uuid,
+    first_seq: u64,
+    last_seq: u64,
+    name: String,
+    sealed: Bytes,
+    plain_len: u64,
+    bookmarks: Vec<FoundBookmark>,
+}
+
+enum UploadOutcome {
+    Stored(Upload),
+    Failed(Upload, StorageError),
+}
+
+struct Coordinator {
+    cache: Cache,
+    storage: Arc<dyn ObjectStorage>,
+    keyring: Keyring,
+    options: PipelineOptions,
+    status: PipelineStatus,
+    disks: HashMap<Uuid, DiskProgress>,
+    in_flight_bytes: u64,
+    jobs: crossbeam_channel::Sender<SealJob>,
+    sealed: tokio::sync::mpsc::Receiver<Sealed>,
+    outcomes_tx: tokio::sync::mpsc::UnboundedSender<UploadOutcome>,
+    outcomes: tokio::sync::mpsc::UnboundedReceiver<UploadOutcome>,
+    uploads: Arc<tokio::sync::Semaphore>,
+    bucket: Arc<bandwidth::TokenBucket>,
+    retry_uploads: Vec<(Instant, Upload)>,
+    retry_jobs: Vec<(Instant, SealJob)>,
+}
+
+/// Starts the pipeline on an opened target, publishing into `status`; it runs until `stop`
+/// turns true.
+pub fn start(
+    cache: Cache,
+    storage: Arc<dyn ObjectStorage>,
+    keyring: Keyring,
+    options: PipelineOptions,
+    status: PipelineStatus,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(SEAL_QUEUE_DEPTH);
+    let (sealed_tx, sealed_rx) = tokio::sync::mpsc::channel(SEAL_QUEUE_DEPTH);
+    let level = Arc::new(AtomicI32::new(options.compression_level));
+    worker::start(
+        options.workers.max(1),
+        jobs_rx,
+        sealed_tx,
+        cache.clone(),
+        keyring.clone(),
+        level,
+    );
+    let (outcomes_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let coordinator = Coordinator {
+        uploads: Arc::new(tokio::sync::Semaphore::new(options.upload_concurrency.max(1))),
+        bucket: Arc::new(bandwidth::TokenBucket::new(options.bandwidth_cap_bytes_per_sec)),
+        cache,
+        storage,
+        keyring,
+        options,
+        status: status.clone(),
+        disks: HashMap::new(),
+        in_flight_bytes: 0,
+        jobs: jobs_tx,
+        sealed: sealed_rx,
+        outcomes_tx,
+        outcomes,
+        retry_uploads: Vec::new(),
+        retry_jobs: Vec::new(),
+    };
+    tokio::spawn(coordinator.run(stop));
+}
+
+fn now_unix_ms() -> u64 {
+    crate::server::now_unix_ms()
+}
+
+impl Coordinator {
+    async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let durable = self.cache.durable_notify();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = durable.notified() => {}
+                Some(sealed) = self.sealed.recv() => self.on_sealed(sealed),
+                Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            self.requeue_due();
+            self.dispatch().await;
+            self.commit().await;
+        }
+    }
+
+    /// The next moment something is due: a flush delay ending or a retry.
+    fn next_deadline(&self) -> Instant {
+        let mut deadline = Instant::now() + Duration::from_secs(1);
+        for progress in self.disks.values() {
+            if let Some(since) = progress.waiting_since {
+                deadline = deadline.min(since + self.options.flush_delay);
+            }
+        }
+        for (due, _) in self.retry_uploads.iter() {
+            deadline = deadline.min(*due);
+        }
+        for (due, _) in self.retry_jobs.iter() {
+            deadline = deadline.min(*due);
+        }
+        deadline.max(Instant::now() + Duration::from_millis(1))
+    }
+
+    fn requeue_due(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry_uploads)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.retry_uploads = later;
+        for (_, upload) in due {
+            self.start_upload(upload);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry_jobs)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.retry_jobs = later;
+        for (_, job) in due {
+            if let Err(crossbeam_channel::TrySendError::Full(job)) = self.jobs.try_send(job) {
+                self.retry_jobs.push((now + Duration::from_millis(100), job));
+            }
+        }
+    }
+
+    fn progress(&mut self, view: &DiskView) -> &mut DiskProgress {
+        self.disks.entry(view.meta.disk_id).or_insert_with(|| DiskProgress {
+            dispatched_through: view.released_through,
+            uploaded_seq: view.released_through,
+            released_through: view.released_through,
+            completed: BTreeMap::new(),
+            pending_points: BTreeMap::new(),
+            waiting_since: None,
+            descriptor_written: None,
+            latest_point: None,
+            error: None,
+        })
+    }
+
+    /// Writes `disk.fseal` when the disk is new to this run or changed (a resize).
+    async fn ensure_descriptor(&mut self, view: &DiskView) -> bool {
+        let wanted = (view.meta.size_bytes, view.meta.name.clone());
+        if self.progress(view).descriptor_written.as_ref() == Some(&wanted) {
+            return true;
+        }
+        let descriptor = DiskDescriptor {
+            format: PLAINTEXT_FORMAT,
+            disk_id: view.meta.disk_id,
+            machine_id: view.meta.machine_id,
+            name: view.meta.name.clone(),
+            size_bytes: view.meta.size_bytes,
+            sector_size: view.meta.sector_size,
+            write_ordered: view.meta.write_ordered,
+            created_unix_ms: view.meta.created_unix_ms,
+        };
+        let name = ObjectName::DiskMeta {
+            disk_id: view.meta.disk_id,
+        }
+        .to_string();
+        let result = self.put_json(view.meta.disk_id, &name, &descriptor).await;
+        let progress = self.progress(view);
+        match result {
+            Ok(()) => {
+                progress.descriptor_written = Some(wanted);
+                true
+            }
+            Err(e) => {
+                progress.error = Some(format!("cannot write disk.fseal: {e}"));
+                false
+            }
+        }
+    }
+
+    async fn put_json<T: serde::Serialize>(&self, disk_id: Uuid, name: &str, value: &T) -> Result<(), String> {
+        let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        let key = self.keyring.disk_key(disk_id);
+        let sealed = ferry_format::seal::seal(&key, name, &json, 1).map_err(|e| e.to_string())?;
+        self.storage
+            .put(name, Bytes::from(sealed))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn dispatch(&mut self) {
+        for view in self.cache.disks() {
+            if view.durable_seq <= self.progress(&view).dispatched_through {
+                continue;
+            }
+            if !self.ensure_descriptor(&view).await {
+                continue;
+            }
+            if !self.dispatch_disk(&view) {
+                return; // the memory budget or the seal queue is full
+            }
+        }
+    }
+
+    /// Cuts and queues the disk's ready change sets; false when nothing more fits right now.
+    fn dispatch_disk(&mut self, view: &DiskView) -> bool {
+        let disk_id = view.meta.disk_id;
+        let geometry = DiskGeometry {
+            size_bytes: view.meta.size_bytes,
+            sector_size: view.meta.sector_size,
+        };
+        let (limit, delay, budget) = (
+            self.options.change_set_bytes,
+            self.options.flush_delay,
+            self.options.memory_budget_bytes,
+        );
+        loop {
+            let in_flight = self.in_flight_bytes;
+            let progress = self.progress(view);
+            if progress.dispatched_through >= view.durable_seq {
+                return true;
+            }
+            let waiting_since = *progress.waiting_since.get_or_insert_with(Instant::now);
+            let first = progress.dispatched_through + 1;
+            let (mut last, mut bytes, mut cut) = (progress.dispatched_through, 0u64, false);
+            while last < view.durable_seq {
+                let Some(info) = self.cache.batch_info(disk_id, last + 1) else {
+                    break;
+                };
+                if bytes > 0 && bytes + u64::from(info.batch_len) > limit {
+                    cut = true;
+                    break;
+                }
+                bytes += u64::from(info.batch_len);
+                last += 1;
+                if info.has_bookmark || bytes >= limit {
+                    cut = true;
+                    break;
+                }
+            }
+            if last < first || (!cut && waiting_since.elapsed() < delay) {
+                return true; // wait for more batches or for the flush delay
+            }
+            if in_flight > 0 && in_flight + bytes > budget {
+                return false;
+            }
+            let job = SealJob {
+                disk_id,
+                first_seq: first,
+                last_seq: last,
+                geometry,
+            };
+            if self.jobs.try_send(job).is_err() {
+                return false;
+            }
+            self.in_flight_bytes += bytes;
+            let progress = self.progress(view);
+            progress.dispatched_through = last;
+            progress.waiting_since = (last < view.durable_seq).then(Instant::now);
+        }
+    }
+
+    fn on_sealed(&mut self, sealed: Sealed) {
+        match sealed.result {
+            Ok((bytes, bookmarks)) => self.start_upload(Upload {
+                disk_id: sealed.disk_id,
+                first_seq: sealed.first_seq,
+                last_seq: sealed.last_seq,
+                name: sealed.name,
+                sealed: bytes,
+                plain_len: sealed.plain_len,
+                bookmarks,
+            }),
+            Err(message) => {
+                tracing::error!(disk = %sealed.disk_id, first = sealed.first_seq, last = sealed.last_seq, %message, "sealing failed; retrying");
+                if let Some(progress) = self.disks.get_mut(&sealed.disk_id) {
+                    progress.error = Some(format!("sealing failed: {message}"));
+                }
+                let geometry = self
+                    .cache
+                    .disk(sealed.disk_id)
+                    .map(|v| DiskGeometry {
+                        size_bytes: v.meta.size_bytes,
+                        sector_size: v.meta.sector_size,
+                    })
+                    .unwrap_or(DiskGeometry {
+                        size_bytes: 0,
+                        sector_size: 512,
+                    });
+                let job = SealJob {
+                    disk_id: sealed.disk_id,
+                    first_seq: sealed.first_seq,
+                    last_seq: sealed.last_seq,
+                    geometry,
+                };
+                self.retry_jobs.push((Instant::now() + TRANSIENT_PAUSE, job));
+            }
+        }
+    }
+
+    fn start_upload(&self, upload: Upload) {
+        let (storage, uploads, bucket, outcomes) = (
+            self.storage.clone(),
+            self.uploads.clone(),
+            self.bucket.clone(),
+            self.outcomes_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(_permit) = uploads.acquire_owned().await else {
+                return;
+            };
+            bucket.take(upload.sealed.len() as u64).await;
+            let outcome = match storage.put(&upload.name, upload.sealed.clone()).await {
+                Ok(()) => UploadOutcome::Stored(upload),
+                Err(error) => UploadOutcome::Failed(upload, error),
+            };
+            let _ = outcomes.send(outcome);
+        });
+    }
+
+    fn on_outcome(&mut self, outcome: UploadOutcome) {
+        match outcome {
+            UploadOutcome::Stored(upload) => {
+                let Some(progress) = self.disks.get_mut(&upload.disk_id) else {
+                    return;
+                };
+                progress.error = None;
+                progress.completed.insert(upload.first_seq, upload.last_seq);
+                for bookmark in upload.bookmarks {
+                    progress.pending_points.entry(bookmark.seq).or_default().push(bookmark);
+                }
+                while let Some(last) = progress.completed.remove(&(progress.uploaded_seq + 1)) {
+                    progress.uploaded_seq = last;
+                }
+                self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.plain_len);
+            }
+            UploadOutcome::Failed(upload, error) => {
+                let pause = if error.is_permanent() {
+                    PERMANENT_PAUSE
+                } else {
+                    TRANSIENT_PAUSE
+                };
+                let message = error.to_string();
+                if let Some(progress) = self.disks.get_mut(&upload.disk_id) {
+                    if progress.error.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(disk = %upload.disk_id, error = %message, retry_in_s = pause.as_secs(), "upload failed; the data stays in the cache");
+                    }
+                    progress.error = Some(message);
+                }
+                self.retry_uploads.push((Instant::now() + pause, upload));
+            }
+        }
+    }
+
+    /// For every disk whose uploaded prefix grew: write its points, then release the cache.
+    async fn commit(&mut self) {
+        let disk_ids: Vec<Uuid> = self.disks.keys().copied().collect();
+        for disk_id in disk_ids {
+            let Some(progress) = self.disks.get(&disk_id) else {
+                continue;
+            };
+            let uploaded = progress.uploaded_seq;
+            let points: Vec<FoundBookmark> = progress
+                .pending_points
+                .range(..=uploaded)
+                .flat_map(|(_, b)| b.iter().cloned())
+                .collect();
+            let needs_release = uploaded > progress.released_through;
+            let mut written = Vec::new();
+            let mut failure = None;
+            for found in &points {
+                match self.write_point(disk_id, found).await {
+                    Ok(summary) => written.push((found.seq, summary)),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let Some(progress) = self.disks.get_mut(&disk_id) else {
+                continue;
+            };
+            for (seq, summary) in written {
+                progress.pending_points.remove(&seq);
+                if progress.latest_point.as_ref().is_none_or(|p| p.seq <= summary.seq) {
+                    progress.latest_point = Some(summary);
+                }
+            }
+            if let Some(message) = failure {
+                progress.error = Some(format!("cannot write a recovery point: {message}"));
+                self.publish(disk_id);
+                continue; // the cache keeps the batches until the points exist
+            }
+            if needs_release {
+                let cache = self.cache.clone();
+                let released = tokio::task::spawn_blocking(move || cache.release(disk_id, uploaded)).await;
+                let Some(progress) = self.disks.get_mut(&disk_id) else {
+                    continue;
+                };
+                match released {
+                    Ok(Ok(())) => progress.released_through = uploaded,
+                    Ok(Err(e)) => progress.error = Some(format!("cannot release the cache: {e}")),
+                    Err(e) => progress.error = Some(format!("cannot release the cache: {e}")),
+                }
+            }
+            self.publish(disk_id);
+        }
+    }
+
+    async fn write_point(&self, disk_id: Uuid, found: &FoundBookmark) -> Result<PointSummary, String> {
+        let bookmark_id = BookmarkId::new(found.bookmark.id.as_str()).map_err(|e| e.to_string())?;
+        let name = ObjectName::Point {
+            disk_id,
+            seq: found.seq,
+            bookmark_id,
+        }
+        .to_string();
+        let summary = PointSummary {
+            seq: found.seq,
+            bookmark_id: found.bookmark.id.as_str().to_string(),
+            kind: found.bookmark.kind.as_str().to_string(),
+            source_time_unix_ms: found.source_time_ms,
+        };
+        // A point written before a crash stays as it was (its creation time included).
+        if self.storage.head(&name).await.is_ok() {
+            return Ok(summary);
+        }
+        let point = RecoveryPoint {
+            format: PLAINTEXT_FORMAT,
+            disk_id,
+            seq: found.seq,
+            bookmark_id: summary.bookmark_id.clone(),
+            kind: summary.kind.clone(),
+            tag: found.bookmark.tag.clone(),
+            group_id: found.bookmark.group_id,
+            source_time_unix_ms: found.source_time_ms,
+            created_unix_ms: now_unix_ms(),
+        };
+        self.put_json(disk_id, &name, &point).await?;
+        Ok(summary)
+    }
+
+    fn publish(&self, disk_id: Uuid) {
+        if let Some(progress) = self.disks.get(&disk_id) {
+            self.status.set(
+                disk_id,
+                DiskUploadStatus {
+                    uploaded_seq: progress.uploaded_seq,
+                    latest_point: progress.latest_point.clone(),
+                    error: progress.error.clone(),
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Seal workers: OS threads (one per core by default) that take a change set's batch range,
+//! read the batches from the cache (from memory while resident, else from the segment files),
+//! collect its bookmarks, and zstd + AES-GCM seal it straight from those buffers. Jobs arrive
+//! on a bounded crossbeam channel; results go back to the coordinator on a tokio channel.
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use ferry_format::batch::{Record, BATCH_HEADER_LEN};
+use ferry_format::names::ObjectName;
+use ferry_format::seal::Sealer;
+use ferry_format::{Bookmark, Keyring};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::cache::Cache;
+
+pub struct SealJob {
+    pub disk_id: Uuid,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub geometry: ferry_format::batch::DiskGeometry,
+}
+
+/// A bookmark found in a change set: where it is and when its newest write was captured.
+#[derive(Clone, Debug)]
+pub struct FoundBookmark {
+    pub seq: u64,
+    pub bookmark: Bookmark,
+    pub source_time_ms: u64,
+}
+
+pub struct Sealed {
+    pub disk_id: Uuid,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub name: String,
+    pub result: Result<(Bytes, Vec<FoundBookmark>), String>,
+    pub plain_len: u64,
+}
+
+pub fn start(
+    threads: usize,
+    jobs: Receiver<SealJob>,
+    results: tokio::sync::mpsc::Sender<Sealed>,
+    cache: Cache,
+    keyring: Keyring,
+    level: Arc<AtomicI32>,
+) {
+    for index in 0..threads {
+        let (jobs, results, cache, keyring, level) = (
+            jobs.clone(),
+            results.clone(),
+            cache.clone(),
+            keyring.clone(),
+            level.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("ferry-seal-{index}"))
+            .spawn(move || {
+                let mut sealer = match Sealer::new(level.load(Ordering::Relaxed)) {
+                    Ok(sealer) => sealer,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot create a sealer");
+                        return;
+                    }
+                };
+                while let Ok(job) = jobs.recv() {
+                    let wanted = level.load(Ordering::Relaxed);
+                    if wanted != sealer.level() {
+                        let _ = sealer.set_level(wanted);
+                    }
+                    let sealed = seal(&mut sealer, &cache, &keyring, &job);
+                    if results.blocking_send(sealed).is_err() {
+                        return; // the coordinator stopped
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a seal worker");
+        }
+    }
+}
+
+fn seal(sealer: &mut Sealer, cache: &Cache, keyring: &Keyring, job: &SealJob) -> Sealed {
+    let name = ObjectName::Log {
+        disk_id: job.disk_id,
+        first_seq: job.first_seq,
+        last_seq: job.last_seq,
+    }
+    .to_string();
+    let mut parts = Vec::with_capacity((job.last_seq - job.first_seq + 1) as usize);
+    let mut bookmarks = Vec::new();
+    let mut plain_len = 0u64;
+    for seq in job.first_seq..=job.last_seq {
+        let batch = match cache.read_batch(job.disk_id, seq) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return failed(job, name, format!("batch {seq} is not in the cache")),
+            Err(e) => return failed(job, name, e.to_string()),
+        };
+        plain_len += batch.len() as u64;
+        if ferry_format::batch::has_bookmark(&batch) {
+            // Re-validated as on ingest; the bookmark JSON is needed for the point manifest.
+            match ferry_format::batch::decode(batch.clone(), seq, job.geometry, u32::MAX - BATCH_HEADER_LEN as u32) {
+                Ok(decoded) => {
+                    for record in &decoded.records {
+                        if let Record::Bookmark(bookmark) = record {
+                            bookmarks.push(FoundBookmark {
+                                seq,
+                                bookmark: bookmark.clone(),
+                                source_time_ms: decoded.header.source_time_ms,
+                            });
+                        }
+                    }
+                }
+                Err(e) => return failed(job, name, format!("batch {seq} no longer decodes: {e}")),
+            }
+        }
+        parts.push(batch);
+    }
+    let slices: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
+    let key = keyring.disk_key(job.disk_id);
+    let result = sealer
+        .seal_parts(&key, &name, &slices)
+        .map(|sealed| (Bytes::from(sealed), bookmarks))
+        .map_err(|e| e.to_string());
+    Sealed {
+        disk_id: job.disk_id,
+        first_seq: job.first_seq,
+        last_seq: job.last_seq,
+        name,
+        result,
+        plain_len,
+    }
+}
+
+fn failed(job: &SealJob, name: String, message: String) -> Sealed {
+    Sealed {
+        disk_id: job.disk_id,
+        first_seq: job.first_seq,
+        last_seq: job.last_seq,
+        name,
+        result: Err(message),
+        plain_len: 0,
+    }
+}
