@@ -173,6 +173,11 @@ pub struct Ferryd {
 impl Ferryd {
     /// Starts ferryd on `appliance` and waits until its data endpoint answers health.
     pub async fn start(appliance: &Appliance) -> Ferryd {
+        Self::start_with_env(appliance, &[]).await
+    }
+
+    /// As [`Ferryd::start`], with extra environment (for example `FERRY_TEST_FAULTS`).
+    pub async fn start_with_env(appliance: &Appliance, env: &[(&str, &str)]) -> Ferryd {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,6 +186,7 @@ impl Ferryd {
         let child = Command::new(binary("ferryd"))
             .arg("--config")
             .arg(&appliance.dir)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -231,5 +237,93 @@ impl Drop for Ferryd {
         if let Ok(None) = self.child.try_wait() {
             self.kill();
         }
+    }
+}
+
+/// An Azurite of a test's own (so it can be stopped without disturbing other tests), from
+/// the install `scripts/azurite.sh` made. Its data directory survives a stop and restart.
+pub struct PrivateAzurite {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    data: tempfile::TempDir,
+}
+
+impl PrivateAzurite {
+    fn binary() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/azurite/node_modules/.bin/azurite-blob")
+    }
+
+    /// Starts one, or `None` (the test skips) when Azurite is not installed and not required.
+    pub async fn start() -> Option<PrivateAzurite> {
+        if !Self::binary().exists() {
+            assert!(
+                std::env::var("FERRY_REQUIRE_AZURITE").as_deref() != Ok("1"),
+                "Azurite is not installed: run scripts/test.sh"
+            );
+            eprintln!("skipped: Azurite is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        let mut azurite = PrivateAzurite {
+            child: None,
+            port: free_port(),
+            data: tempfile::tempdir().expect("temporary directory"),
+        };
+        azurite.restart().await;
+        Some(azurite)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let child = Command::new(Self::binary())
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &self.port.to_string(),
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+                "--loose",
+                "--silent",
+            ])
+            .arg("--location")
+            .arg(self.data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Azurite starts");
+        self.child = Some(child);
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("Azurite did not listen within 30 s");
+    }
+
+    /// Stops it with SIGTERM (Azurite persists its metadata lazily; a SIGKILL can forget a
+    /// container, which real Azure never does), then SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateAzurite {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

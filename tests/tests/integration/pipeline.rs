@@ -337,3 +337,136 @@ async fn sigkill_during_uploads_loses_nothing() {
         work.hash_after[&97]
     );
 }
+
+/// One disk replicated through `ferryd` (started with `env`); returns the machine's client.
+async fn replicate_one(appliance: &Appliance, ferryd: &Ferryd, work: &Workload, disk: Uuid) -> DataClient {
+    let _ = ferryd;
+    let client = appliance.register("m").await.data_client().unwrap();
+    client.put_disk(disk, &spec()).await.unwrap();
+    BatchSender::new(client.clone(), disk, 4, RetryPolicy::default())
+        .send_all(work.batches.clone())
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn injected_storage_faults_are_retried_and_nothing_is_lost() {
+    for faults in ["503:3:20", "timeout-after-success:2", "reset:4"] {
+        let appliance = Appliance::init(fast_pipeline);
+        let ferryd = Ferryd::start_with_env(&appliance, &[("FERRY_TEST_FAULTS", faults)]).await;
+        let work = workload(7, 25);
+        let disk = Uuid::new_v4();
+        let client = replicate_one(&appliance, &ferryd, &work, disk).await;
+        wait_uploaded(&client, disk, 25).await;
+        assert!(
+            appliance.log().contains("injecting storage faults"),
+            "{faults}: the faults were on"
+        );
+        drop(ferryd);
+        let scratch = tempfile::tempdir().unwrap();
+        for (seq, id) in &work.bookmarks {
+            assert_eq!(
+                &restored_hash(&appliance, disk, &["--point", id], scratch.path(), id),
+                &work.hash_after[seq],
+                "{faults}: {id}"
+            );
+        }
+    }
+}
+
+async fn azure_appliance(
+    endpoint: &str,
+    account_key: &str,
+    container: &str,
+    create: bool,
+) -> (Appliance, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("account.key");
+    std::fs::write(&key_file, account_key).unwrap();
+    let mut args = vec![
+        "--azure-account",
+        AZURITE_ACCOUNT,
+        "--azure-container",
+        container,
+        "--azure-endpoint",
+        endpoint,
+        "--azure-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    if create {
+        args.push("--create-container");
+    }
+    (Appliance::init_with(&args, fast_pipeline), tmp)
+}
+
+#[tokio::test]
+async fn azurite_stopped_mid_run_resumes_by_itself() {
+    let Some(mut azurite) = ferry_tests::PrivateAzurite::start().await else {
+        return;
+    };
+    let (appliance, _keys) = azure_appliance(&azurite.endpoint(), AZURITE_KEY, "outage", true).await;
+    let ferryd = Ferryd::start(&appliance).await;
+    let work = workload(9, 40);
+    let disk = Uuid::new_v4();
+    let client = appliance.register("m").await.data_client().unwrap();
+    client.put_disk(disk, &spec()).await.unwrap();
+    let sender = BatchSender::new(client.clone(), disk, 4, RetryPolicy::default());
+    sender.send_all(work.batches[..15].to_vec()).await.unwrap();
+    wait_uploaded(&client, disk, 15).await;
+    azurite.stop();
+    // Ingest goes on into the cache while storage is down.
+    sender.send_all(work.batches[15..].to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        client.get_disk(disk).await.unwrap().uploaded_seq < 40,
+        "nothing can reach a stopped Azurite"
+    );
+    azurite.restart().await;
+    wait_uploaded(&client, disk, 40).await;
+    drop(ferryd);
+    let scratch = tempfile::tempdir().unwrap();
+    assert_eq!(
+        restored_hash(&appliance, disk, &["--latest"], scratch.path(), "latest"),
+        work.hash_after[&40]
+    );
+    assert_eq!(
+        restored_hash(&appliance, disk, &["--seq", "23"], scratch.path(), "23"),
+        work.hash_after[&23]
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_account_key_is_a_clear_state_and_nothing_is_lost_once_fixed() {
+    let Some(azurite) = ferry_tests::PrivateAzurite::start().await else {
+        return;
+    };
+    let (appliance, _keys) = azure_appliance(&azurite.endpoint(), AZURITE_KEY, "badkey", true).await;
+    let config = appliance.dir.join("ferry.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let wrong_key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk=";
+    std::fs::write(&config, good.replace(AZURITE_KEY, wrong_key)).unwrap();
+    let ferryd = Ferryd::start(&appliance).await;
+    let work = workload(11, 20);
+    let disk = Uuid::new_v4();
+    let client = replicate_one(&appliance, &ferryd, &work, disk).await;
+    let info = client.get_disk(disk).await.unwrap();
+    assert_eq!(
+        (info.durable_seq, info.uploaded_seq, info.state.as_str()),
+        (20, 0, "upload_error"),
+        "{info:?}"
+    );
+    let error = info.error.unwrap_or_default();
+    assert!(error.contains("authentication failed"), "{error}");
+    assert!(!error.contains(wrong_key), "no secret in the status");
+    assert_eq!(ferryd.terminate().await.code(), Some(0));
+
+    std::fs::write(&config, good).unwrap();
+    let _ferryd = Ferryd::start(&appliance).await;
+    wait_uploaded(&client, disk, 20).await;
+    let scratch = tempfile::tempdir().unwrap();
+    assert_eq!(
+        restored_hash(&appliance, disk, &["--latest"], scratch.path(), "latest"),
+        work.hash_after[&20]
+    );
+}

@@ -173,12 +173,56 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
 
 type Connected = (Arc<dyn ferry_storage::ObjectStorage>, ferry_format::Keyring);
 
+/// Test hook, named as such: `FERRY_TEST_FAULTS=<fault>:<every>[:<latency_ms>]` wraps the
+/// target in the fault-injecting layer (under the retry layer, as real faults would be), so
+/// end-to-end tests can make every Nth storage call fail. Faults: 503, 500, 429, timeout,
+/// reset, timeout-after-success. Never set in production; ferryd logs loudly when it is.
+fn test_faults() -> Option<(ferry_storage::faults::Fault, u32, u64)> {
+    use ferry_storage::faults::Fault;
+    let spec = std::env::var("FERRY_TEST_FAULTS").ok()?;
+    let mut parts = spec.split(':');
+    let fault = match parts.next()? {
+        "503" => Fault::ServerBusy,
+        "500" => Fault::InternalError,
+        "429" => Fault::Throttled,
+        "timeout" => Fault::Timeout,
+        "reset" => Fault::ConnectionReset,
+        "timeout-after-success" => Fault::TimeoutAfterSuccess,
+        _ => return None,
+    };
+    let every = parts.next()?.parse().ok()?;
+    let latency_ms = parts.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    Some((fault, every, latency_ms))
+}
+
 async fn connect(
     target: &ferry_storage::TargetConfig,
     config: &ApplianceConfig,
     key: &ferry_format::VaultKey,
 ) -> Result<Connected, crate::pipeline::ConnectError> {
-    let storage = ferry_storage::open_target(target, config.storage_retry).await?;
+    let storage: Arc<dyn ferry_storage::ObjectStorage> = match test_faults() {
+        None => ferry_storage::open_target(target, config.storage_retry).await?,
+        Some((fault, every, latency_ms)) => {
+            tracing::warn!(
+                ?fault,
+                every,
+                latency_ms,
+                "FERRY_TEST_FAULTS is set: injecting storage faults (tests only)"
+            );
+            let raw = ferry_storage::open_target(
+                target,
+                ferry_storage::RetryPolicy {
+                    max_attempts: 1,
+                    ..config.storage_retry
+                },
+            )
+            .await?;
+            let faulty = ferry_storage::faults::FaultInjecting::new(raw);
+            faulty.fail_every(every, fault, None);
+            faulty.set_latency(Duration::from_millis(latency_ms));
+            Arc::new(ferry_storage::retry::Retrying::new(faulty, config.storage_retry))
+        }
+    };
     let keyring = crate::pipeline::open_vault(&*storage, key).await?;
     Ok((storage, keyring))
 }
