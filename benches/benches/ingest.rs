@@ -10,16 +10,13 @@
 //! `cargo test` it runs one tiny pass to prove it works).
 
 use bytes::Bytes;
+use ferry_benches::{cpu_seconds, make_appliance, percentile, start_ferryd, BenchTarget};
 use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
 use ferry_config::config::CacheEngine;
-use ferry_config::{pki, ApplianceConfig, ApplianceLayout};
 use ferry_format::BatchEncoder;
 use ferry_perf::datagen::{DataGenerator, Mix};
-use ferry_storage::{LocalTargetConfig, TargetConfig};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use uuid::Uuid;
 
 #[global_allocator]
@@ -28,75 +25,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BATCH_PAYLOAD: usize = 1 << 20;
 const WINDOW: usize = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A minimal appliance directory: config, passphrase, CA and server certificate.
-fn make_appliance(dir: &Path, engine: CacheEngine) -> (String, String) {
-    std::fs::create_dir_all(dir.join("pki")).unwrap();
-    let layout = ApplianceLayout::new(dir);
-    let data = format!("127.0.0.1:{}", free_port());
-    let management = format!("127.0.0.1:{}", free_port());
-    let mut config = ApplianceConfig::with_target(TargetConfig::Local(LocalTargetConfig {
-        path: "target".into(),
-        create: true,
-    }));
-    config.server.data_listen = data.clone();
-    config.server.management_listen = management.clone();
-    config.server.advertised_data_endpoint = data.clone();
-    config.cache.engine = engine;
-    config.cache.limit_bytes = 8 << 30;
-    let write = |path: std::path::PathBuf, text: &str| {
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    };
-    write(layout.config_file(), &config.to_documented_toml());
-    write(layout.passphrase_file(), "bench-passphrase");
-    let (ca_pem, ca, ca_key) = pki::generate_ca("bench").unwrap();
-    let server = pki::generate_server_cert(&["127.0.0.1".into()], &ca, &ca_key).unwrap();
-    write(layout.ca_cert_file(), &ca_pem.cert_pem);
-    write(layout.ca_key_file(), &ca_pem.key_pem);
-    write(layout.server_cert_file(), &server.cert_pem);
-    write(layout.server_key_file(), &server.key_pem);
-    (data, management)
-}
-
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 async fn run(engine: CacheEngine, disks: usize, total_bytes: usize) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let (_data, management) = make_appliance(tmp.path(), engine);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let dir = tmp.path().to_path_buf();
-    let server = tokio::spawn(async move {
-        ferryd::server::run_until(&dir, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    let mut identity = None;
-    for _ in 0..200 {
-        if let Ok(id) = ferry_client::register(&management, None, "bench", "bench-passphrase").await {
-            identity = Some(id);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let identity = identity.expect("ferryd started");
+    let (_data, management) = make_appliance(tmp.path(), engine, BenchTarget::Local, |_| {});
+    let (identity, stop, server) = start_ferryd(tmp.path(), &management).await;
     let mut pool = vec![0u8; 8 << 20];
     DataGenerator::new(7, Mix::MIXED).fill(&mut pool);
     let pool = Arc::new(pool);

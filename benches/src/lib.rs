@@ -1,2 +1,120 @@
-//! Ferry's benchmarks live in `benches/benches/`; see docs/BENCHMARKS.md for how to run
-//! them and what they measured.
+//! Helpers shared by the benchmarks in `benches/benches/` (see docs/BENCHMARKS.md): a minimal
+//! appliance made in-process, an in-process ferryd, CPU accounting, percentiles.
+
+use ferry_config::config::CacheEngine;
+use ferry_config::{pki, ApplianceConfig, ApplianceLayout};
+use ferry_format::{VaultDescriptor, VaultKey};
+use ferry_storage::{LocalTargetConfig, TargetConfig};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Which target an appliance writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchTarget {
+    /// A local directory inside the appliance (the embedded default).
+    Local,
+    /// Change sets dropped (benchmarks only): the pipeline without a storage bottleneck.
+    Discard,
+}
+
+/// A minimal appliance directory: config, passphrase, vault key, CA and server certificate,
+/// and a vault on its target. Returns (data endpoint, management endpoint).
+pub fn make_appliance(
+    dir: &Path,
+    engine: CacheEngine,
+    target: BenchTarget,
+    edit: impl FnOnce(&mut ApplianceConfig),
+) -> (String, String) {
+    std::fs::create_dir_all(dir.join("pki")).expect("appliance directory");
+    let layout = ApplianceLayout::new(dir);
+    let data = format!("127.0.0.1:{}", free_port());
+    let management = format!("127.0.0.1:{}", free_port());
+    let local = LocalTargetConfig {
+        path: "target".into(),
+        create: true,
+    };
+    let mut config = ApplianceConfig::with_target(match target {
+        BenchTarget::Local => TargetConfig::Local(local),
+        BenchTarget::Discard => TargetConfig::Discard(local),
+    });
+    config.server.data_listen = data.clone();
+    config.server.management_listen = management.clone();
+    config.server.advertised_data_endpoint = data.clone();
+    config.cache.engine = engine;
+    config.cache.limit_bytes = 8 << 30;
+    edit(&mut config);
+    let write = |path: std::path::PathBuf, bytes: &[u8]| {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("directory");
+        std::fs::write(&path, bytes).expect("file written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    };
+    write(layout.config_file(), config.to_documented_toml().as_bytes());
+    write(layout.passphrase_file(), b"bench-passphrase");
+    let key = VaultKey::generate().expect("random key");
+    write(layout.vault_key_file(), key.to_text().as_bytes());
+    write(
+        dir.join("target/ferry/v1/vault.json"),
+        &VaultDescriptor::create(&key, 0).to_json(),
+    );
+    let (ca_pem, ca, ca_key) = pki::generate_ca("bench").expect("CA");
+    let server = pki::generate_server_cert(&["127.0.0.1".into()], &ca, &ca_key).expect("server certificate");
+    write(layout.ca_cert_file(), ca_pem.cert_pem.as_bytes());
+    write(layout.ca_key_file(), ca_pem.key_pem.as_bytes());
+    write(layout.server_cert_file(), server.cert_pem.as_bytes());
+    write(layout.server_key_file(), server.key_pem.as_bytes());
+    (data, management)
+}
+
+/// Starts ferryd in-process; returns the registered machine's identity and a stop handle.
+pub async fn start_ferryd(
+    dir: &Path,
+    management: &str,
+) -> (
+    ferry_client::Identity,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dir = dir.to_path_buf();
+    let server = tokio::spawn(async move {
+        ferryd::server::run_until(&dir, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    for _ in 0..250 {
+        if server.is_finished() {
+            panic!("ferryd stopped during start: {:?}", server.await);
+        }
+        if let Ok(identity) = ferry_client::register(management, None, "bench", "bench-passphrase").await {
+            return (identity, stop, server);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("ferryd did not start");
+}
+
+/// User + system CPU seconds of this process.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The `p` quantile of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}

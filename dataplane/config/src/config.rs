@@ -293,6 +293,10 @@ impl ApplianceConfig {
                 path: layout.resolve(&local.path),
                 create: local.create,
             }),
+            TargetConfig::Discard(local) => TargetConfig::Discard(ferry_storage::LocalTargetConfig {
+                path: layout.resolve(&local.path),
+                create: local.create,
+            }),
             other => other.clone(),
         }
     }

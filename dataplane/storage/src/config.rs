@@ -159,15 +159,17 @@ fn yes() -> bool {
 pub enum TargetConfig {
     Local(LocalTargetConfig),
     Azure(AzureTargetConfig),
+    /// Benchmarks only: change sets are dropped (see [`crate::discard`]).
+    Discard(LocalTargetConfig),
 }
 
 impl TargetConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            TargetConfig::Local(local) if local.path.as_os_str().is_empty() => {
+            TargetConfig::Local(local) | TargetConfig::Discard(local) if local.path.as_os_str().is_empty() => {
                 Err("target.path must not be empty".into())
             }
-            TargetConfig::Local(_) => Ok(()),
+            TargetConfig::Local(_) | TargetConfig::Discard(_) => Ok(()),
             TargetConfig::Azure(azure) => azure.validate(),
         }
     }
@@ -178,6 +180,10 @@ pub async fn open_target(config: &TargetConfig, retry: RetryPolicy) -> Result<Ar
     Ok(match config {
         TargetConfig::Local(local) => Arc::new(Retrying::new(LocalDirectory::open(&local.path, local.create)?, retry)),
         TargetConfig::Azure(azure) => Arc::new(Retrying::new(AzureBlob::connect(azure).await?, retry)),
+        TargetConfig::Discard(local) => {
+            let metadata = LocalDirectory::open(&local.path, local.create)?;
+            Arc::new(Retrying::new(crate::discard::Discard::new(metadata), retry))
+        }
     })
 }
 

@@ -22,6 +22,7 @@ use std::ops::Range;
 
 pub mod azure;
 pub mod config;
+pub mod discard;
 pub mod faults;
 pub mod local;
 pub mod retry;

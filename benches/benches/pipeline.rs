@@ -1,0 +1,155 @@
+//! End to end, ingest to storage: D disks send 1 MiB batches of mixed data (zstd-1 ratio
+//! 2.37) over their own HTTPS connections until 1 GiB is acknowledged; ferryd caches them,
+//! cuts change sets (default 8 MiB, 1 s), seals them (zstd 1 + AES-256-GCM) and uploads them.
+//! Reports MB/s to storage (first send until everything is in storage), the ack-to-storage
+//! lag p50/p99 (per batch: when it was acknowledged to when `uploaded_seq` passed it, polled
+//! every 10 ms), and CPU s/GB of this process (ferryd and the senders share the 2 cores).
+//!
+//! Targets: the local directory inside the appliance (the same file system as the cache), and
+//! the discard target (change sets dropped: the pipeline alone; reported as such).
+//! Run: `cargo bench -p ferry-benches --bench pipeline` (under `cargo test`: one tiny pass).
+
+use bytes::Bytes;
+use ferry_benches::{cpu_seconds, make_appliance, percentile, start_ferryd, BenchTarget};
+use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
+use ferry_config::config::CacheEngine;
+use ferry_format::BatchEncoder;
+use ferry_perf::datagen::{DataGenerator, Mix};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH_PAYLOAD: usize = 1 << 20;
+const WINDOW: usize = 4;
+const DISKS: usize = 8;
+
+async fn run(target: BenchTarget, total_bytes: usize) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_data, management) = make_appliance(tmp.path(), CacheEngine::Auto, target, |_| {});
+    let (identity, stop, server) = start_ferryd(tmp.path(), &management).await;
+    let mut pool = vec![0u8; 64 << 20];
+    DataGenerator::new(11, Mix::MIXED).fill(&mut pool);
+    let pool = Arc::new(pool);
+    let per_disk = (total_bytes / BATCH_PAYLOAD / DISKS).max(1) as u64;
+    let acked: Arc<Mutex<HashMap<(Uuid, u64), Instant>>> = Arc::default();
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let mut disks = Vec::new();
+    let mut streams = Vec::new();
+    for d in 0..DISKS {
+        let client = identity.data_client().unwrap();
+        let disk = Uuid::new_v4();
+        client
+            .put_disk(
+                disk,
+                &DiskSpec {
+                    name: format!("d{d}"),
+                    size_bytes: 1 << 30,
+                    sector_size: 4096,
+                    write_ordered: false,
+                },
+            )
+            .await
+            .unwrap();
+        disks.push(disk);
+        let sender = Arc::new(BatchSender::new(client, disk, WINDOW, RetryPolicy::default()));
+        let (pool, acked) = (pool.clone(), acked.clone());
+        streams.push(tokio::spawn(async move {
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            for seq in 1..=per_disk {
+                let offset = ((seq as usize * 7 + d * 131) * 4096 * 37) % (pool.len() - BATCH_PAYLOAD);
+                let mut encoder = BatchEncoder::with_capacity(seq, seq, BATCH_PAYLOAD + 16);
+                encoder.write(
+                    (seq % 1000) * BATCH_PAYLOAD as u64,
+                    &pool[offset..offset + BATCH_PAYLOAD],
+                );
+                let batch: Bytes = encoder.finish();
+                let (sender, acked) = (sender.clone(), acked.clone());
+                in_flight.push(async move {
+                    sender.send_one(seq, batch).await.expect("batch stored");
+                    acked.lock().unwrap().insert((disk, seq), Instant::now());
+                });
+                if in_flight.len() >= WINDOW {
+                    futures::StreamExt::next(&mut in_flight).await;
+                }
+            }
+            while futures::StreamExt::next(&mut in_flight).await.is_some() {}
+        }));
+    }
+    // Poll uploaded_seq; note when each batch reached storage.
+    let client = identity.data_client().unwrap();
+    let mut uploaded_at: HashMap<(Uuid, u64), Instant> = HashMap::new();
+    let mut uploaded: HashMap<Uuid, u64> = HashMap::new();
+    let mut ingest_done = None;
+    loop {
+        if ingest_done.is_none() && streams.iter().all(|s| s.is_finished()) {
+            ingest_done = Some(started.elapsed());
+        }
+        let mut all = true;
+        for disk in &disks {
+            let seq = client.get_disk(*disk).await.unwrap().uploaded_seq;
+            let before = uploaded.insert(*disk, seq).unwrap_or(0);
+            let now = Instant::now();
+            for s in before + 1..=seq {
+                uploaded_at.insert((*disk, s), now);
+            }
+            all &= seq >= per_disk;
+        }
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
+    for stream in streams {
+        stream.await.unwrap();
+    }
+    let acked = acked.lock().unwrap();
+    let mut lags: Vec<Duration> = uploaded_at
+        .iter()
+        .filter_map(|(k, at)| acked.get(k).map(|a| at.saturating_duration_since(*a)))
+        .collect();
+    lags.sort();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let bytes = (per_disk as usize * DISKS * BATCH_PAYLOAD) as f64;
+    format!(
+        "{:<8} target: {:>6.0} MB/s to storage ({:>6.0} MB/s ingest)  lag ack->storage p50 {:>6.0} ms  p99 {:>6.0} ms  CPU {:>5.2} s/GB  ({} MiB in {:.2} s)",
+        match target {
+            BenchTarget::Local => "local",
+            BenchTarget::Discard => "discard",
+        },
+        bytes / elapsed.as_secs_f64() / 1e6,
+        bytes / ingest_done.unwrap_or(elapsed).as_secs_f64() / 1e6,
+        percentile(&lags, 0.5).as_secs_f64() * 1e3,
+        percentile(&lags, 0.99).as_secs_f64() * 1e3,
+        cpu / (bytes / 1e9),
+        (bytes as usize) >> 20,
+        elapsed.as_secs_f64(),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let measuring = args.iter().any(|a| a == "--bench");
+    let total = if !measuring {
+        16 << 20
+    } else if args.iter().any(|a| a == "quick") {
+        256 << 20
+    } else {
+        1 << 30
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for target in [BenchTarget::Local, BenchTarget::Discard] {
+        println!("{}", runtime.block_on(run(target, total)));
+    }
+}
