@@ -109,11 +109,13 @@ async fn run(target: BenchTarget, total_bytes: usize) -> String {
     for stream in streams {
         stream.await.unwrap();
     }
-    let acked = acked.lock().unwrap();
-    let mut lags: Vec<Duration> = uploaded_at
-        .iter()
-        .filter_map(|(k, at)| acked.get(k).map(|a| at.saturating_duration_since(*a)))
-        .collect();
+    let mut lags: Vec<Duration> = {
+        let acked = acked.lock().unwrap();
+        uploaded_at
+            .iter()
+            .filter_map(|(k, at)| acked.get(k).map(|a| at.saturating_duration_since(*a)))
+            .collect()
+    };
     lags.sort();
     let _ = stop.send(());
     server.await.unwrap().unwrap();
