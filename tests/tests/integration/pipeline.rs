@@ -109,12 +109,15 @@ fn spec() -> DiskSpec {
     }
 }
 
-/// Waits until every durable batch of `disk` is in storage.
+/// Waits until batches 1..=`through` of `disk` are in storage with their recovery points
+/// (points are written right after `uploaded_seq` passes them).
 async fn wait_uploaded(client: &DataClient, disk: Uuid, through: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let last_bookmark = (1..=through).rev().find(|s| s % 5 == 0).unwrap_or(0);
     loop {
         let info = client.get_disk(disk).await.unwrap();
-        if info.uploaded_seq >= through {
+        let points_written = info.latest_point.as_ref().map_or(0, |p| p.seq) >= last_bookmark;
+        if info.uploaded_seq >= through && points_written {
             return;
         }
         assert!(

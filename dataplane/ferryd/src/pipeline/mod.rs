@@ -140,6 +140,8 @@ struct DiskProgress {
     waiting_since: Option<Instant>,
     descriptor_written: Option<(u64, String)>,
     latest_point: Option<PointSummary>,
+    /// Whether `latest_point` was read back from storage (after a restart it is not in memory).
+    latest_point_loaded: bool,
     error: Option<String>,
 }
 
@@ -290,8 +292,34 @@ impl Coordinator {
             waiting_since: None,
             descriptor_written: None,
             latest_point: None,
+            latest_point_loaded: false,
             error: None,
         })
+    }
+
+    /// The newest recovery point of a disk, from storage: the highest seq under `points/`.
+    async fn newest_point_in_storage(&self, disk_id: Uuid) -> Result<Option<PointSummary>, String> {
+        let prefix = ObjectName::disk_prefix(disk_id, "points/");
+        let listed = ferry_storage::list_all(&*self.storage, &prefix)
+            .await
+            .map_err(|e| e.to_string())?;
+        let newest = listed.iter().filter_map(|m| match ObjectName::parse(&m.name) {
+            Ok(ObjectName::Point { seq, .. }) => Some((seq, m.name.clone())),
+            _ => None,
+        });
+        let Some((_, name)) = newest.max_by_key(|(seq, _)| *seq) else {
+            return Ok(None);
+        };
+        let sealed = self.storage.get(&name).await.map_err(|e| e.to_string())?;
+        let plain = ferry_format::seal::unseal(&self.keyring.disk_key(disk_id), &name, &sealed)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let point: RecoveryPoint = serde_json::from_slice(&plain).map_err(|e| format!("{name}: {e}"))?;
+        Ok(Some(PointSummary {
+            seq: point.seq,
+            bookmark_id: point.bookmark_id,
+            kind: point.kind,
+            source_time_unix_ms: point.source_time_unix_ms,
+        }))
     }
 
     /// Writes `disk.fseal` when the disk is new to this run or changed (a resize).
@@ -340,6 +368,17 @@ impl Coordinator {
 
     async fn dispatch(&mut self) {
         for view in self.cache.disks() {
+            if !self.progress(&view).latest_point_loaded {
+                let disk_id = view.meta.disk_id;
+                if let Ok(newest) = self.newest_point_in_storage(disk_id).await {
+                    let progress = self.progress(&view);
+                    progress.latest_point_loaded = true;
+                    if progress.latest_point.as_ref().map_or(0, |p| p.seq) < newest.as_ref().map_or(0, |p| p.seq) {
+                        progress.latest_point = newest;
+                    }
+                    self.publish(disk_id);
+                }
+            }
             if view.durable_seq <= self.progress(&view).dispatched_through {
                 continue;
             }

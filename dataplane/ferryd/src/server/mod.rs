@@ -27,6 +27,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::cache::{Cache, CacheOptions};
 use crate::pipeline::ConnectError;
 
+/// Longest the first look at the target may delay start.
+pub const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for in-flight requests after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once per endpoint; more wait in the kernel's accept queue.
@@ -109,16 +111,34 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     // A wrong vault key or a target without a vault is a configuration error: refuse to start.
     // An unreachable target is not: ingest starts and the pipeline connects when it can.
     let target = config.resolved_target(&layout);
-    let first_try = connect(&target, &config, &vault_key).await;
+    // One quick attempt: an unreachable target must not hold up ingest.
+    let quick = ferry_storage::RetryPolicy {
+        max_attempts: 1,
+        ..config.storage_retry
+    };
+    let first_try = match tokio::time::timeout(FIRST_CONNECT_TIMEOUT, connect(&target, quick, &vault_key)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Storage(ferry_storage::StorageError::Transient {
+            operation: ferry_storage::Operation::Get,
+            name: ferry_format::names::VAULT_JSON.into(),
+            message: format!("no answer within {FIRST_CONNECT_TIMEOUT:?}"),
+        })),
+    };
     if let Err(e @ (ConnectError::WrongKey(_) | ConnectError::NoVault | ConnectError::BadVault(_))) = first_try {
         return Err(e).context("cannot use the target");
     }
+    if let Err(e) = &first_try {
+        tracing::warn!(error = %e, "the target is not usable yet; batches stay in the cache until it is");
+        pipeline.set_target_error(Some(e.to_string()));
+    }
+    // The startup look only decides whether to refuse; the pipeline opens its own storage with
+    // the configured retry policy.
+    drop(first_try);
     tokio::spawn(start_pipeline(
         cache.clone(),
         target,
         config.clone(),
         vault_key,
-        first_try,
         pipeline.clone(),
         stopped.clone(),
     ));
@@ -197,11 +217,11 @@ fn test_faults() -> Option<(ferry_storage::faults::Fault, u32, u64)> {
 
 async fn connect(
     target: &ferry_storage::TargetConfig,
-    config: &ApplianceConfig,
+    retry: ferry_storage::RetryPolicy,
     key: &ferry_format::VaultKey,
 ) -> Result<Connected, crate::pipeline::ConnectError> {
     let storage: Arc<dyn ferry_storage::ObjectStorage> = match test_faults() {
-        None => ferry_storage::open_target(target, config.storage_retry).await?,
+        None => ferry_storage::open_target(target, retry).await?,
         Some((fault, every, latency_ms)) => {
             tracing::warn!(
                 ?fault,
@@ -213,14 +233,14 @@ async fn connect(
                 target,
                 ferry_storage::RetryPolicy {
                     max_attempts: 1,
-                    ..config.storage_retry
+                    ..retry
                 },
             )
             .await?;
             let faulty = ferry_storage::faults::FaultInjecting::new(raw);
             faulty.fail_every(every, fault, None);
             faulty.set_latency(Duration::from_millis(latency_ms));
-            Arc::new(ferry_storage::retry::Retrying::new(faulty, config.storage_retry))
+            Arc::new(ferry_storage::retry::Retrying::new(faulty, retry))
         }
     };
     let keyring = crate::pipeline::open_vault(&*storage, key).await?;
@@ -233,25 +253,26 @@ async fn start_pipeline(
     target: ferry_storage::TargetConfig,
     config: ApplianceConfig,
     key: ferry_format::VaultKey,
-    first_try: Result<Connected, crate::pipeline::ConnectError>,
     status: crate::pipeline::PipelineStatus,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut attempt = first_try;
+    let mut first = true;
     let (storage, keyring) = loop {
-        match attempt {
+        if !first {
+            let mut stop = stopped.clone();
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(crate::pipeline::PERMANENT_PAUSE) => {}
+            }
+        }
+        first = false;
+        match connect(&target, config.storage_retry, &key).await {
             Ok(connected) => break connected,
             Err(e) => {
                 tracing::warn!(error = %e, "the target is not usable yet; batches stay in the cache; retrying in 30 s");
                 status.set_target_error(Some(e.to_string()));
             }
         }
-        let mut stop = stopped.clone();
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(crate::pipeline::PERMANENT_PAUSE) => {}
-        }
-        attempt = connect(&target, &config, &key).await;
     };
     status.set_target_error(None);
     let p = &config.pipeline;
