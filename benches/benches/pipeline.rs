@@ -10,7 +10,7 @@
 //! Run: `cargo bench -p ferry-benches --bench pipeline` (under `cargo test`: one tiny pass).
 
 use bytes::Bytes;
-use ferry_benches::{cpu_seconds, make_appliance, percentile, start_ferryd, BenchTarget};
+use ferry_benches::{cpu_seconds, make_appliance, peak_rss_mib, percentile, start_ferryd, BenchTarget};
 use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
 use ferry_config::config::CacheEngine;
 use ferry_format::BatchEncoder;
@@ -121,7 +121,7 @@ async fn run(target: BenchTarget, total_bytes: usize) -> String {
     server.await.unwrap().unwrap();
     let bytes = (per_disk as usize * DISKS * BATCH_PAYLOAD) as f64;
     format!(
-        "{:<8} target: {:>6.0} MB/s to storage ({:>6.0} MB/s ingest)  lag ack->storage p50 {:>6.0} ms  p99 {:>6.0} ms  CPU {:>5.2} s/GB  ({} MiB in {:.2} s)",
+        "{:<8} target: {:>6.0} MB/s to storage ({:>6.0} MB/s ingest)  lag ack->storage p50 {:>6.0} ms  p99 {:>6.0} ms  CPU {:>5.2} s/GB  peak RSS {:>4.0} MiB  ({} MiB in {:.2} s)",
         match target {
             BenchTarget::Local => "local",
             BenchTarget::Discard => "discard",
@@ -131,6 +131,7 @@ async fn run(target: BenchTarget, total_bytes: usize) -> String {
         percentile(&lags, 0.5).as_secs_f64() * 1e3,
         percentile(&lags, 0.99).as_secs_f64() * 1e3,
         cpu / (bytes / 1e9),
+        peak_rss_mib(),
         (bytes as usize) >> 20,
         elapsed.as_secs_f64(),
     )
