@@ -10,7 +10,7 @@
 //! `cargo test` it runs one tiny pass to prove it works).
 
 use bytes::Bytes;
-use ferry_benches::{cpu_seconds, make_appliance, percentile, start_ferryd, BenchTarget};
+use ferry_benches::{bench_size, cpu_seconds, make_appliance, percentile, runtime, start_ferryd, BenchTarget};
 use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
 use ferry_config::config::CacheEngine;
 use ferry_format::BatchEncoder;
@@ -111,21 +111,8 @@ async fn run(engine: CacheEngine, disks: usize, total_bytes: usize) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` passes no --bench flag: one tiny pass, to show the harness works.
-    let measuring = args.iter().any(|a| a == "--bench");
-    let total = if !measuring {
-        8 << 20
-    } else if args.iter().any(|a| a == "quick") {
-        256 << 20
-    } else {
-        1 << 30
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (measuring, total) = bench_size(8 << 20);
+    let runtime = runtime();
     let cases: &[(CacheEngine, usize)] = if measuring {
         &[
             (CacheEngine::IoUring, 1),

@@ -10,7 +10,9 @@
 //! Run: `cargo bench -p ferry-benches --bench pipeline` (under `cargo test`: one tiny pass).
 
 use bytes::Bytes;
-use ferry_benches::{cpu_seconds, make_appliance, peak_rss_mib, percentile, start_ferryd, BenchTarget};
+use ferry_benches::{
+    bench_size, cpu_seconds, make_appliance, peak_rss_mib, percentile, runtime, start_ferryd, BenchTarget,
+};
 use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
 use ferry_config::config::CacheEngine;
 use ferry_format::BatchEncoder;
@@ -138,20 +140,8 @@ async fn run(target: BenchTarget, total_bytes: usize) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let measuring = args.iter().any(|a| a == "--bench");
-    let total = if !measuring {
-        16 << 20
-    } else if args.iter().any(|a| a == "quick") {
-        256 << 20
-    } else {
-        1 << 30
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_, total) = bench_size(16 << 20);
+    let runtime = runtime();
     for target in [BenchTarget::Local, BenchTarget::Discard] {
         println!("{}", runtime.block_on(run(target, total)));
     }

@@ -126,3 +126,28 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
+
+/// How much to send: under `cargo bench` (a `--bench` argument) 1 GiB, or 256 MiB with
+/// `quick`; under `cargo test` (no `--bench`) `tiny`, just to show the harness works.
+/// Returns (measuring, bytes).
+pub fn bench_size(tiny: usize) -> (bool, usize) {
+    let args: Vec<String> = std::env::args().collect();
+    let measuring = args.iter().any(|a| a == "--bench");
+    let bytes = if !measuring {
+        tiny
+    } else if args.iter().any(|a| a == "quick") {
+        256 << 20
+    } else {
+        1 << 30
+    };
+    (measuring, bytes)
+}
+
+/// The 2-worker runtime every benchmark runs on (this machine has 2 cores).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

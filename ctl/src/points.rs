@@ -45,27 +45,7 @@ pub async fn read_points(opened: &OpenVault, disk: Uuid) -> Result<Vec<RecoveryP
     Ok(points)
 }
 
-/// `2026-11-28T08:30:00.123Z` from Unix milliseconds.
-pub fn format_unix_ms(ms: u64) -> String {
-    let days = (ms / 86_400_000) as i64;
-    let in_day = ms % 86_400_000;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, milli) = (
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000,
-    );
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
-}
+pub use ferry_format::time::format_unix_ms;
 
 pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
     let opened = vault_access::open(&args.vault).await?;
@@ -93,13 +73,4 @@ pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_utc() {
-        assert_eq!(super::format_unix_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::format_unix_ms(1_790_000_000_123), "2026-09-21T14:13:20.123Z");
-    }
 }

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod names;
 pub mod plaintexts;
 pub mod seal;
+pub mod time;
 pub mod vault;
 
 pub use batch::{BatchEncoder, BatchError, BatchErrorCode, BatchHeader, DecodedBatch, DiskGeometry, Record};
