@@ -9,79 +9,41 @@
 //! Run: `cargo bench -p ferry-benches --bench ingest` (`-- quick` for a 256 MiB pass; under
 //! `cargo test` it runs one tiny pass to prove it works).
 
-use bytes::Bytes;
-use ferry_benches::{bench_size, cpu_seconds, make_appliance, percentile, runtime, start_ferryd, BenchTarget};
-use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
+use ferry_benches::{
+    bench_size, cpu_seconds, make_appliance, percentile, runtime, start_ferryd, stream_disk, BenchTarget, BATCH_PAYLOAD,
+};
 use ferry_config::config::CacheEngine;
-use ferry_format::BatchEncoder;
 use ferry_perf::datagen::{DataGenerator, Mix};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const BATCH_PAYLOAD: usize = 1 << 20;
 const WINDOW: usize = 4;
 
 async fn run(engine: CacheEngine, disks: usize, total_bytes: usize) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let (_data, management) = make_appliance(tmp.path(), engine, BenchTarget::Local, |_| {});
     let (identity, stop, server) = start_ferryd(tmp.path(), &management).await;
-    let mut pool = vec![0u8; 8 << 20];
+    let mut pool = vec![0u8; 64 << 20];
     DataGenerator::new(7, Mix::MIXED).fill(&mut pool);
     let pool = Arc::new(pool);
     let per_disk = (total_bytes / BATCH_PAYLOAD / disks).max(1);
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(per_disk * disks)));
+    let record = latencies.clone();
+    let on_ack: Arc<dyn Fn(Uuid, u64, Duration) + Send + Sync> =
+        Arc::new(move |_, _, latency| record.lock().unwrap().push(latency));
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut streams = Vec::new();
     for d in 0..disks {
-        let client = identity.data_client().unwrap();
-        let disk = Uuid::new_v4();
-        client
-            .put_disk(
-                disk,
-                &DiskSpec {
-                    name: format!("d{d}"),
-                    size_bytes: 1 << 30,
-                    sector_size: 4096,
-                    write_ordered: false,
-                },
-            )
-            .await
-            .unwrap();
-        let sender = BatchSender::new(client, disk, WINDOW, RetryPolicy::default());
-        let pool = pool.clone();
-        let latencies = latencies.clone();
-        streams.push(tokio::spawn(async move {
-            let sender = Arc::new(sender);
-            let mut in_flight = futures::stream::FuturesUnordered::new();
-            for seq in 1..=per_disk as u64 {
-                let offset = (seq as usize * 4096 * 7) % (pool.len() - BATCH_PAYLOAD);
-                let mut encoder = BatchEncoder::with_capacity(seq, seq, BATCH_PAYLOAD + 16);
-                encoder.write(
-                    (seq % 1000) * BATCH_PAYLOAD as u64 % (1 << 30),
-                    &pool[offset..offset + BATCH_PAYLOAD],
-                );
-                let batch: Bytes = encoder.finish();
-                let sender = sender.clone();
-                in_flight.push(async move {
-                    let sent = Instant::now();
-                    sender.send_one(seq, batch).await.expect("batch stored");
-                    sent.elapsed()
-                });
-                if in_flight.len() >= WINDOW {
-                    if let Some(latency) = futures::StreamExt::next(&mut in_flight).await {
-                        latencies.lock().unwrap().push(latency);
-                    }
-                }
-            }
-            while let Some(latency) = futures::StreamExt::next(&mut in_flight).await {
-                latencies.lock().unwrap().push(latency);
-            }
-        }));
+        streams.push(
+            stream_disk(&identity, d, pool.clone(), per_disk as u64, WINDOW, on_ack.clone())
+                .await
+                .1,
+        );
     }
     for stream in streams {
         stream.await.unwrap();

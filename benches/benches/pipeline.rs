@@ -9,13 +9,11 @@
 //! the discard target (change sets dropped: the pipeline alone; reported as such).
 //! Run: `cargo bench -p ferry-benches --bench pipeline` (under `cargo test`: one tiny pass).
 
-use bytes::Bytes;
 use ferry_benches::{
-    bench_size, cpu_seconds, make_appliance, peak_rss_mib, percentile, runtime, start_ferryd, BenchTarget,
+    bench_size, cpu_seconds, make_appliance, peak_rss_mib, percentile, runtime, start_ferryd, stream_disk, BenchTarget,
+    BATCH_PAYLOAD,
 };
-use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
 use ferry_config::config::CacheEngine;
-use ferry_format::BatchEncoder;
 use ferry_perf::datagen::{DataGenerator, Mix};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +23,6 @@ use uuid::Uuid;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const BATCH_PAYLOAD: usize = 1 << 20;
 const WINDOW: usize = 4;
 const DISKS: usize = 8;
 
@@ -40,47 +37,16 @@ async fn run(target: BenchTarget, total_bytes: usize) -> String {
     let acked: Arc<Mutex<HashMap<(Uuid, u64), Instant>>> = Arc::default();
     let cpu_before = cpu_seconds();
     let started = Instant::now();
+    let record = acked.clone();
+    let on_ack: Arc<dyn Fn(Uuid, u64, Duration) + Send + Sync> = Arc::new(move |disk, seq, _| {
+        record.lock().unwrap().insert((disk, seq), Instant::now());
+    });
     let mut disks = Vec::new();
     let mut streams = Vec::new();
     for d in 0..DISKS {
-        let client = identity.data_client().unwrap();
-        let disk = Uuid::new_v4();
-        client
-            .put_disk(
-                disk,
-                &DiskSpec {
-                    name: format!("d{d}"),
-                    size_bytes: 1 << 30,
-                    sector_size: 4096,
-                    write_ordered: false,
-                },
-            )
-            .await
-            .unwrap();
+        let (disk, stream) = stream_disk(&identity, d, pool.clone(), per_disk, WINDOW, on_ack.clone()).await;
         disks.push(disk);
-        let sender = Arc::new(BatchSender::new(client, disk, WINDOW, RetryPolicy::default()));
-        let (pool, acked) = (pool.clone(), acked.clone());
-        streams.push(tokio::spawn(async move {
-            let mut in_flight = futures::stream::FuturesUnordered::new();
-            for seq in 1..=per_disk {
-                let offset = ((seq as usize * 7 + d * 131) * 4096 * 37) % (pool.len() - BATCH_PAYLOAD);
-                let mut encoder = BatchEncoder::with_capacity(seq, seq, BATCH_PAYLOAD + 16);
-                encoder.write(
-                    (seq % 1000) * BATCH_PAYLOAD as u64,
-                    &pool[offset..offset + BATCH_PAYLOAD],
-                );
-                let batch: Bytes = encoder.finish();
-                let (sender, acked) = (sender.clone(), acked.clone());
-                in_flight.push(async move {
-                    sender.send_one(seq, batch).await.expect("batch stored");
-                    acked.lock().unwrap().insert((disk, seq), Instant::now());
-                });
-                if in_flight.len() >= WINDOW {
-                    futures::StreamExt::next(&mut in_flight).await;
-                }
-            }
-            while futures::StreamExt::next(&mut in_flight).await.is_some() {}
-        }));
+        streams.push(stream);
     }
     // Poll uploaded_seq; note when each batch reached storage.
     let client = identity.data_client().unwrap();

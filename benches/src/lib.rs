@@ -7,7 +7,8 @@ use ferry_format::{VaultDescriptor, VaultKey};
 use ferry_storage::{LocalTargetConfig, TargetConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -150,4 +151,59 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// Bytes of WRITE data in each benchmark batch.
+pub const BATCH_PAYLOAD: usize = 1 << 20;
+
+/// Creates disk number `index` for `identity`, then sends `count` batches of 1 MiB cut from
+/// `pool` with `window` in flight on the disk's own connection. `on_ack(disk, seq, latency)`
+/// runs as each batch is acknowledged (latency: request sent to 200). Returns the disk and
+/// the task sending its batches.
+pub async fn stream_disk(
+    identity: &ferry_client::Identity,
+    index: usize,
+    pool: Arc<Vec<u8>>,
+    count: u64,
+    window: usize,
+    on_ack: Arc<dyn Fn(uuid::Uuid, u64, Duration) + Send + Sync>,
+) -> (uuid::Uuid, tokio::task::JoinHandle<()>) {
+    let client = identity.data_client().expect("data client");
+    let disk = uuid::Uuid::new_v4();
+    let spec = ferry_client::DiskSpec {
+        name: format!("d{index}"),
+        size_bytes: 1 << 30,
+        sector_size: 4096,
+        write_ordered: false,
+    };
+    client.put_disk(disk, &spec).await.expect("disk created");
+    let sender = Arc::new(ferry_client::BatchSender::new(
+        client,
+        disk,
+        window,
+        ferry_client::RetryPolicy::default(),
+    ));
+    let task = tokio::spawn(async move {
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        for seq in 1..=count {
+            let offset = ((seq as usize * 7 + index * 131) * 4096 * 37) % (pool.len() - BATCH_PAYLOAD);
+            let mut encoder = ferry_format::BatchEncoder::with_capacity(seq, seq, BATCH_PAYLOAD + 16);
+            encoder.write(
+                (seq % 1000) * BATCH_PAYLOAD as u64,
+                &pool[offset..offset + BATCH_PAYLOAD],
+            );
+            let batch = encoder.finish();
+            let (sender, on_ack) = (sender.clone(), on_ack.clone());
+            in_flight.push(async move {
+                let sent = Instant::now();
+                sender.send_one(seq, batch).await.expect("batch stored");
+                on_ack(disk, seq, sent.elapsed());
+            });
+            if in_flight.len() >= window {
+                futures::StreamExt::next(&mut in_flight).await;
+            }
+        }
+        while futures::StreamExt::next(&mut in_flight).await.is_some() {}
+    });
+    (disk, task)
 }
