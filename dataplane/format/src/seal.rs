@@ -205,7 +205,9 @@ impl Sealer {
     }
 
     /// Seals the concatenation of `parts` (for example the batches of a change set where they
-    /// lie in the cache) without joining them first.
+    /// lie in the cache) without joining them first. With more than one part, zstd's streaming
+    /// mode still copies the input into its own window buffer as it goes (one memcpy, about
+    /// 0.1 ns per byte); a single part is compressed in place with no copy.
     pub fn seal_parts(&mut self, key: &ObjectKey, name: &str, parts: &[&[u8]]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; SEALED_NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Random)?;

@@ -103,7 +103,6 @@ pub struct DiskView {
     pub durable_seq: u64,
     pub released_through: u64,
     pub cached_batches: usize,
-    pub cached_bytes: u64,
 }
 
 /// The outcome of asking to store batch `seq` with a given header CRC.
@@ -573,7 +572,6 @@ fn view(disk: &DiskState) -> DiskView {
         durable_seq: disk.durable_seq,
         released_through: disk.released_through,
         cached_batches: disk.entries.len(),
-        cached_bytes: disk.entries.values().map(|e| u64::from(e.batch_len)).sum(),
     }
 }
 
