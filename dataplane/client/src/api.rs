@@ -40,6 +40,27 @@ pub struct DiskInfo {
     /// Why uploads are stalled, when `state` is `upload_error` (the data stays in the cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the agent is re-reading the disk, when `state` is `resync_required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_reason: Option<String>,
+}
+
+/// `PUT /v1/disks/{disk_id}/resync`: the sender starts (`required: true`, with a reason) or has
+/// finished (`required: false`) re-reading the whole disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncState {
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `200` to `POST /v1/disks/{disk_id}/abandon`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbandonAnswer {
+    /// Batches past `durable_seq` that were stored and are now given up.
+    pub abandoned: u64,
+    pub disk: DiskInfo,
 }
 
 /// `200` to a batch.

@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::api::{BatchAck, DiskInfo, DiskSpec, ErrorBody};
+use crate::api::{AbandonAnswer, BatchAck, DiskInfo, DiskSpec, ErrorBody, ResyncState};
 
 /// Largest response body read (answers are small JSON).
 const RESPONSE_MAX_BYTES: usize = 1 << 20;
@@ -216,6 +216,27 @@ impl DataClient {
             )
             .await?
             .1)
+    }
+
+    /// Gives up the batches stored past `durable_seq` (a restarted sender that cannot send the
+    /// same bytes again); afterwards the disk accepts new batches from `durable_seq + 1`.
+    pub async fn abandon_past_durable(&self, disk_id: Uuid) -> Result<AbandonAnswer, ClientError> {
+        let path = format!("/v1/disks/{disk_id}/abandon");
+        Ok(self
+            .call(Method::POST, &path, "application/json", Bytes::new())
+            .await?
+            .1)
+    }
+
+    /// Marks the disk `resync_required` (with `reason`) or, with `None`, replicating again.
+    pub async fn put_resync(&self, disk_id: Uuid, reason: Option<&str>) -> Result<DiskInfo, ClientError> {
+        let body = ResyncState {
+            required: reason.is_some(),
+            reason: reason.map(str::to_string),
+        };
+        let json = serde_json::to_vec(&body).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let path = format!("/v1/disks/{disk_id}/resync");
+        Ok(self.call(Method::PUT, &path, "application/json", json.into()).await?.1)
     }
 
     /// Sends one batch; `Ok` only once the server says it is durable.

@@ -33,6 +33,7 @@ fn meta(disk_id: Uuid) -> DiskMeta {
         sector_size: 512,
         write_ordered: false,
         created_unix_ms: 1,
+        resync_reason: None,
     }
 }
 
@@ -73,6 +74,7 @@ both_engines!(
     torn_tail_is_cut_and_reported,
     second_open_is_locked,
     model_run,
+    abandoned_batches_stay_abandoned_across_restarts,
 );
 
 async fn durable_across_restart(engine: CacheEngine) {
@@ -408,4 +410,57 @@ async fn model_run(engine: CacheEngine) {
         restarts > 10 && fulls > 0,
         "the run exercised restarts ({restarts}) and a full cache ({fulls})"
     );
+}
+
+/// A sender that died with batches in flight leaves 4 and 5 stored past a gap at 3. It gives
+/// them up, sends other batches under the same seqs, and only the new ones exist, before and
+/// after restarts; a resync reason persists too.
+async fn abandoned_batches_stay_abandoned_across_restarts(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::from_u128(7);
+    {
+        let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        cache.create_disk(meta(disk)).unwrap();
+        for seq in [1u64, 2, 4, 5] {
+            store(&cache, disk, &batch(seq, 2, 0)).await.unwrap();
+        }
+        assert_eq!(cache.disk(disk).unwrap().durable_seq, 2);
+        // The old seq 4 conflicts with new content, as a restarted sender would find.
+        let retry = store(&cache, disk, &batch(4, 2, 9)).await.unwrap();
+        assert!(matches!(retry, Admission::Conflict { .. }), "{retry:?}");
+        let (view, abandoned) = cache.abandon_past_durable(disk).unwrap();
+        assert_eq!((view.durable_seq, view.cached_batches, abandoned), (2, 2, 2));
+        assert_eq!(cache.read_batch(disk, 4).unwrap(), None);
+        cache.set_resync(disk, Some("state lost".into())).unwrap();
+        cache.shutdown();
+    }
+    {
+        let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        let view = cache.disk(disk).unwrap();
+        assert_eq!(
+            (view.durable_seq, view.cached_batches),
+            (2, 2),
+            "the old 4 and 5 did not come back"
+        );
+        assert_eq!(view.meta.resync_reason.as_deref(), Some("state lost"));
+        for seq in 3..=5 {
+            assert_eq!(store(&cache, disk, &batch(seq, 2, 9)).await.unwrap(), Admission::Accept);
+        }
+        // Nothing more to give up: the disk is contiguous.
+        assert_eq!(cache.abandon_past_durable(disk).unwrap().1, 0);
+        cache.set_resync(disk, None).unwrap();
+        cache.shutdown();
+    }
+    let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    let view = cache.disk(disk).unwrap();
+    assert_eq!(view.durable_seq, 5);
+    assert_eq!(view.meta.resync_reason, None);
+    for seq in 3..=5 {
+        assert_eq!(
+            cache.read_batch(disk, seq).unwrap().unwrap(),
+            batch(seq, 2, 9),
+            "seq {seq} is the new batch"
+        );
+    }
+    assert_eq!(cache.read_batch(disk, 1).unwrap().unwrap(), batch(1, 2, 0));
 }

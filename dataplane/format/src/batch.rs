@@ -422,6 +422,12 @@ impl BatchEncoder {
         self
     }
 
+    /// Sets the batch's source time (when the newest write in it was captured).
+    pub fn source_time_ms(&mut self, ms: u64) -> &mut Self {
+        self.source_time_ms = ms;
+        self
+    }
+
     /// Sets the header flags (only to build invalid batches in tests: version 1 has none).
     pub fn flags(&mut self, flags: u16) -> &mut Self {
         self.flags = flags;

@@ -26,7 +26,10 @@ pub mod aligned;
 pub mod engine;
 pub mod record;
 mod recovery;
+mod void;
 mod writer;
+
+pub use void::VoidMark;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -74,6 +77,8 @@ pub enum CacheError {
     Config(String),
     #[error("unknown disk {0}")]
     UnknownDisk(Uuid),
+    #[error("disk {0} is busy: {1}")]
+    Busy(Uuid, &'static str),
 }
 
 /// What the cache keeps about a disk (PROTOCOL.md section 2).
@@ -86,6 +91,9 @@ pub struct DiskMeta {
     pub sector_size: u32,
     pub write_ordered: bool,
     pub created_unix_ms: u64,
+    /// Why the agent is re-reading the whole disk, while it does (`state: resync_required`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_reason: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -94,6 +102,9 @@ struct DiskMetaFile {
     released_through: u64,
     /// (seq, header_crc32c) of the newest released batches, oldest first.
     recent: Vec<(u64, u32)>,
+    /// Batches given up by their sender (see `void.rs`); absent in files from before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    voided: Vec<VoidMark>,
 }
 
 /// A snapshot of one disk's state.
@@ -167,6 +178,9 @@ struct DiskState {
     entries: BTreeMap<u64, Entry>,
     in_flight: HashSet<u64>,
     recent: VecDeque<(u64, u32)>,
+    voided: Vec<VoidMark>,
+    /// Set while batches past `durable_seq` are being given up: new batches wait (503).
+    voiding: bool,
 }
 
 impl DiskState {
@@ -178,6 +192,18 @@ impl DiskState {
             entries: BTreeMap::new(),
             in_flight: HashSet::new(),
             recent,
+            voided: Vec::new(),
+            voiding: false,
+        }
+    }
+
+    /// What the disk's meta file holds, with `meta` and `released_through` as given.
+    fn meta_file(&self, meta: DiskMeta, released_through: u64, recent: Vec<(u64, u32)>) -> DiskMetaFile {
+        DiskMetaFile {
+            meta,
+            released_through,
+            recent,
+            voided: self.voided.clone(),
         }
     }
 
@@ -325,6 +351,7 @@ impl Cache {
                 meta: meta.clone(),
                 released_through: 0,
                 recent: Vec::new(),
+                voided: Vec::new(),
             },
         )?;
         let mut state = self.shared.state();
@@ -344,11 +371,11 @@ impl Cache {
                 .disks
                 .get(&meta.disk_id)
                 .ok_or(CacheError::UnknownDisk(meta.disk_id))?;
-            DiskMetaFile {
-                meta: meta.clone(),
-                released_through: disk.released_through,
-                recent: disk.recent.iter().copied().collect(),
-            }
+            disk.meta_file(
+                meta.clone(),
+                disk.released_through,
+                disk.recent.iter().copied().collect(),
+            )
         };
         state_file::write(
             &self.shared.disks_dir().join(format!("{}.meta", meta.disk_id)),
@@ -404,7 +431,7 @@ impl Cache {
         if seq > disk.durable_seq + u64::from(self.shared.options.window) {
             return Ok(Admission::OutOfWindow { expected_seq });
         }
-        if disk.in_flight.contains(&seq) {
+        if disk.in_flight.contains(&seq) || disk.voiding {
             return Ok(Admission::InFlight);
         }
         if !fits {
@@ -512,11 +539,7 @@ impl Cache {
                 recent.pop_front();
             }
             (
-                DiskMetaFile {
-                    meta: disk.meta.clone(),
-                    released_through: through,
-                    recent: recent.into_iter().collect(),
-                },
+                disk.meta_file(disk.meta.clone(), through, recent.into_iter().collect()),
                 through,
             )
         };

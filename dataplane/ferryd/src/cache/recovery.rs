@@ -172,10 +172,9 @@ fn load_disks(dir: &Path, report: &mut RecoveryReport) -> Result<HashMap<Uuid, D
             Some("meta") => match state_file::read::<DiskMetaFile>(&path, DISK_META_MAGIC, DISK_META_VERSION) {
                 Ok(file) => {
                     let recent: VecDeque<(u64, u32)> = file.recent.into_iter().collect();
-                    disks.insert(
-                        file.meta.disk_id,
-                        DiskState::new(file.meta, file.released_through, recent),
-                    );
+                    let mut disk = DiskState::new(file.meta, file.released_through, recent);
+                    disk.voided = file.voided;
+                    disks.insert(disk.meta.disk_id, disk);
                 }
                 Err(e) => report.damage.push(Damage {
                     file: path.clone(),
@@ -239,6 +238,10 @@ pub(super) fn recover(options: &CacheOptions) -> Result<Recovered, CacheError> {
             };
             if scanned.header.seq <= disk.released_through || disk.entries.contains_key(&scanned.header.seq) {
                 continue;
+            }
+            let seq = scanned.header.seq;
+            if disk.voided.iter().any(|mark| mark.voids(seq, named_id, scanned.offset)) {
+                continue; // given up by its sender (void.rs)
             }
             disk.entries.insert(
                 scanned.header.seq,

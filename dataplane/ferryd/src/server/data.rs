@@ -7,7 +7,7 @@
 //! Content-Length before it is read (413), or as soon as it grows past it.
 
 use bytes::Bytes;
-use ferry_client::api::{DiskInfo, DiskSpec};
+use ferry_client::api::{AbandonAnswer, DiskInfo, DiskSpec, ResyncState};
 use ferry_format::batch::{self, DiskGeometry, BATCH_HEADER_LEN};
 use ferry_format::ids::parse_canonical_uuid;
 use http_body_util::BodyExt;
@@ -22,6 +22,8 @@ use crate::cache::{Admission, AppendError, CacheError, DiskMeta, DiskView, Recor
 
 /// Longest disk name accepted, in characters.
 const DISK_NAME_MAX_CHARS: usize = 256;
+/// Longest resync reason, in characters.
+const RESYNC_REASON_MAX_CHARS: usize = 256;
 /// Largest disk definition body.
 const DISK_SPEC_MAX_BYTES: usize = 64 * 1024;
 
@@ -55,6 +57,8 @@ async fn route(
             match (rest, method) {
                 ([], Method::PUT) => put_disk(state, machine, disk_id, request.into_body()).await,
                 ([], Method::GET) => get_disk(state, machine, disk_id),
+                (["abandon"], Method::POST) => abandon(state, machine, disk_id),
+                (["resync"], Method::PUT) => put_resync(state, machine, disk_id, request.into_body()).await,
                 (["batches", seq], Method::PUT) => {
                     let seq: u64 = seq
                         .parse()
@@ -130,13 +134,65 @@ fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
             kind: p.kind,
             source_time_unix_ms: p.source_time_unix_ms,
         }),
-        state: if error.is_some() {
+        state: if view.meta.resync_reason.is_some() {
+            "resync_required".into()
+        } else if error.is_some() {
             "upload_error".into()
         } else {
             "replicating".into()
         },
         error,
+        resync_reason: view.meta.resync_reason.clone(),
     }
+}
+
+/// `POST /v1/disks/{id}/abandon`: gives up the batches stored past `durable_seq` (void.rs).
+fn abandon(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<Response<Body>, ApiError> {
+    owned_disk(state, machine, disk_id)?;
+    let (view, abandoned) = state.cache.abandon_past_durable(disk_id).map_err(|e| match e {
+        CacheError::Busy(_, why) => ApiError::new(503, "busy", format!("cannot abandon now: {why}")).retry_after(1),
+        other => internal(other),
+    })?;
+    if abandoned > 0 {
+        tracing::info!(%disk_id, abandoned, durable_seq = view.durable_seq, "batches past a gap given up by their sender");
+    }
+    Ok(json(
+        StatusCode::OK,
+        &AbandonAnswer {
+            abandoned: abandoned as u64,
+            disk: disk_info(state, &view),
+        },
+    ))
+}
+
+/// `PUT /v1/disks/{id}/resync`: the sender starts (or has finished) re-reading the disk.
+async fn put_resync(
+    state: &AppState,
+    machine: Uuid,
+    disk_id: Uuid,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    owned_disk(state, machine, disk_id)?;
+    let bytes = http_body_util::Limited::new(body, DISK_SPEC_MAX_BYTES)
+        .collect()
+        .await
+        .map_err(|_| ApiError::new(400, "bad_request", "the resync state is missing or too large"))?
+        .to_bytes();
+    let resync: ResyncState =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(400, "bad_request", format!("resync state: {e}")))?;
+    let reason = match (resync.required, resync.reason) {
+        (false, _) => None,
+        (true, Some(reason)) if !reason.is_empty() && reason.chars().count() <= RESYNC_REASON_MAX_CHARS => Some(reason),
+        (true, _) => {
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                format!("a resync needs a reason of 1 to {RESYNC_REASON_MAX_CHARS} characters"),
+            ))
+        }
+    };
+    let view = state.cache.set_resync(disk_id, reason).map_err(internal)?;
+    Ok(json(StatusCode::OK, &disk_info(state, &view)))
 }
 
 fn internal(error: CacheError) -> ApiError {
@@ -205,6 +261,7 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
         sector_size: spec.sector_size,
         write_ordered: spec.write_ordered,
         created_unix_ms: super::now_unix_ms(),
+        resync_reason: None,
     };
     let view = state.cache.create_disk(meta).map_err(internal)?;
     if view.meta.machine_id != machine {
