@@ -327,3 +327,129 @@ impl Drop for PrivateAzurite {
         self.stop();
     }
 }
+
+/// A registered `ferry-agent` with its own state directory and config file.
+pub struct Agent {
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Registers with `appliance` through the real `ferry-agent register`.
+    pub fn register(appliance: &Appliance) -> Agent {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let state_dir = tmp.path().join("state");
+        let passphrase = tmp.path().join("passphrase");
+        std::fs::write(&passphrase, appliance.passphrase()).expect("passphrase file");
+        let run = Self::command(&[
+            "register",
+            "--server",
+            &appliance.management,
+            "--passphrase-file",
+            passphrase.to_str().expect("utf-8 path"),
+            "--state-dir",
+            state_dir.to_str().expect("utf-8 path"),
+            "--name",
+            "test-machine",
+        ]);
+        assert!(run.success, "ferry-agent register failed: {}", run.stderr);
+        Agent {
+            config: tmp.path().join("agent.toml"),
+            log: tmp.path().join("agent.log"),
+            state_dir,
+            _tmp: tmp,
+        }
+    }
+
+    /// Runs `ferry-agent` with `args`.
+    pub fn command(args: &[&str]) -> Run {
+        Command::new(binary("ferry-agent"))
+            .args(args)
+            .output()
+            .expect("ferry-agent runs")
+            .into()
+    }
+
+    /// Writes the config: these disks, then `extra` TOML (sections such as `[scan]`).
+    pub fn configure(&self, disks: &[&Path], extra: &str) {
+        let mut text = format!("state_dir = {:?}\n", self.state_dir.to_str().expect("utf-8 path"));
+        for disk in disks {
+            text.push_str(&format!("[[disks]]\npath = {:?}\n", disk.to_str().expect("utf-8 path")));
+        }
+        text.push_str(extra);
+        std::fs::write(&self.config, text).expect("agent.toml");
+    }
+
+    /// `run --once --json` (plus `extra` arguments): one pass per disk.
+    pub fn run_once(&self, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "--json",
+            "run",
+            "--config",
+            self.config.to_str().expect("utf-8 path"),
+            "--once",
+        ];
+        args.extend_from_slice(extra);
+        let run = Self::command(&args);
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let _ = std::io::Write::write_all(&mut log, run.stderr.as_bytes());
+        run
+    }
+
+    /// Starts `ferry-agent run` (stderr to [`Agent::log`]); `once` adds `--once`.
+    pub fn spawn(&self, once: bool) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let mut command = Command::new(binary("ferry-agent"));
+        command.args(["run", "--config", self.config.to_str().expect("utf-8 path")]);
+        if once {
+            command.arg("--once");
+        }
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ferry-agent starts")
+    }
+
+    /// `status --json`, or `None` before the agent first wrote it.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let run = Self::command(&[
+            "--json",
+            "status",
+            "--state-dir",
+            self.state_dir.to_str().expect("utf-8 path"),
+        ]);
+        run.success.then(|| run.json())
+    }
+
+    /// The machine's identity as the agent stored it (to talk to ferryd as this machine).
+    pub fn identity(&self) -> ferry_client::Identity {
+        let dir = self.state_dir.join("identity");
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("identity file");
+        let machine: serde_json::Value = serde_json::from_str(&read("machine.json")).expect("machine.json");
+        ferry_client::Identity {
+            machine_id: machine["machine_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("machine_id"),
+            cert_pem: read("cert.pem"),
+            key_pem: read("key.pem"),
+            ca_pem: read("ca.pem"),
+            data_endpoint: machine["data_endpoint"].as_str().expect("data_endpoint").to_string(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -1,5 +1,6 @@
 //! Ferry's end-to-end tests, one binary: each module drives the real binaries.
 
+mod agent;
 mod ctl_init;
 mod ingest;
 mod pipeline;

@@ -1,0 +1,132 @@
+//! A protected disk opened read-only: a block device (size and sector size from the kernel)
+//! or an image file. Owns the disk's stable identity: `disk_id` is a UUIDv5 of the machine id
+//! and the device's identity string, so the same device on the same machine keeps its id
+//! across restarts and re-registrations of the agent's state (not across machines).
+
+use anyhow::{bail, Context};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+use crate::config::DiskConfig;
+
+// linux/fs.h: _IOR(0x12, 114, size_t) and _IO(0x12, 104).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+pub struct Device {
+    file: File,
+    pub path: PathBuf,
+    pub name: String,
+    pub size_bytes: u64,
+    pub sector_size: u32,
+    pub identity: String,
+    pub is_block_device: bool,
+}
+
+impl Device {
+    pub fn open(config: &DiskConfig) -> anyhow::Result<Device> {
+        let path = &config.path;
+        let file = File::open(path).with_context(|| format!("opening {} for reading", path.display()))?;
+        let metadata = file.metadata().with_context(|| format!("stat {}", path.display()))?;
+        let is_block_device = metadata.file_type().is_block_device();
+        let (size_bytes, detected_sector) = if is_block_device {
+            block_geometry(&file).with_context(|| format!("reading the geometry of {}", path.display()))?
+        } else if metadata.is_file() {
+            (metadata.len(), 512)
+        } else {
+            bail!("{} is neither a block device nor a regular file", path.display());
+        };
+        let sector_size = config.sector_size.unwrap_or(detected_sector);
+        if size_bytes == 0 || size_bytes % u64::from(sector_size) != 0 {
+            bail!(
+                "{}: size {size_bytes} is not a positive multiple of the sector size {sector_size}",
+                path.display()
+            );
+        }
+        let canonical = std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+        let identity = match &config.identity {
+            Some(identity) => format!("configured:{identity}"),
+            None if is_block_device => match by_id_name(&canonical) {
+                Some(name) => format!("by-id:{name}"),
+                None => format!("path:{}", canonical.display()),
+            },
+            None => format!("path:{}", canonical.display()),
+        };
+        let name = config.name.clone().unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string())
+        });
+        Ok(Device {
+            file,
+            path: path.clone(),
+            name,
+            size_bytes,
+            sector_size,
+            identity,
+            is_block_device,
+        })
+    }
+
+    /// The disk's id on this machine (UUIDv5 of the machine id and the identity string).
+    pub fn disk_id(&self, machine_id: Uuid) -> Uuid {
+        Uuid::new_v5(&machine_id, self.identity.as_bytes())
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Tells the kernel the range will not be read again soon (a pass reads each byte once;
+    /// this keeps it from evicting the protected machine's own working set).
+    pub fn drop_cached(&self, offset: u64, len: u64) {
+        // SAFETY: posix_fadvise on our own open descriptor; advice only, errors are harmless.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+
+    pub fn advise_sequential(&self) {
+        // SAFETY: as above.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        }
+    }
+}
+
+fn block_geometry(file: &File) -> std::io::Result<(u64, u32)> {
+    let mut size: u64 = 0;
+    let mut sector: libc::c_int = 0;
+    // SAFETY: both ioctls write one value of the pointed-to type into memory we own.
+    unsafe {
+        if libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::ioctl(file.as_raw_fd(), BLKSSZGET as _, &mut sector as *mut libc::c_int) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let sector = u32::try_from(sector).unwrap_or(512);
+    Ok((size, if sector == 4096 { 4096 } else { 512 }))
+}
+
+/// The first (sorted) /dev/disk/by-id name that points at `device`: stable across reboots.
+fn by_id_name(device: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/dev/disk/by-id")
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| std::fs::canonicalize(entry.path()).ok().as_deref() == Some(device))
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}

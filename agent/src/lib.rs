@@ -1,0 +1,24 @@
+//! ferry-agent, the mobility service (agent/README.md): registers a machine with a Ferry
+//! appliance and replicates its disks over docs/PROTOCOL.md with the shared client.
+//!
+//! - [`config`]: the TOML the agent runs from.
+//! - [`identity`]: the machine's certificate, key and CA, owner-only.
+//! - [`device`]: a block device or image file, and its stable `disk_id`.
+//! - [`blockmap`]: per-block BLAKE3 digests of what the server holds (errs towards unknown).
+//! - [`pass`]: one read of a whole disk that sends what differs, then a bookmark.
+//! - [`session`]: a disk's setup after a (re)start, and the initial/continuous/resync decision.
+//! - [`quiesce`]: pre/post scripts and fsfreeze around app-consistent passes.
+//! - [`replicate`]: the rounds on the bookmark policy (`ferry-agent run`).
+//! - [`progress`], [`status`]: what is remembered between runs and shown by `status`.
+
+pub mod blockmap;
+pub mod config;
+pub mod device;
+pub mod files;
+pub mod identity;
+pub mod pass;
+pub mod progress;
+pub mod quiesce;
+pub mod replicate;
+pub mod session;
+pub mod status;

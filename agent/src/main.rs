@@ -1,0 +1,239 @@
+//! `ferry-agent`: register this machine with a Ferry appliance, replicate its disks, show
+//! status. See agent/README.md.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use ferry_agent::config::{AgentConfig, DEFAULT_STATE_DIR};
+use ferry_agent::replicate::{self, RunOptions};
+use ferry_agent::{identity, status};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ferry-agent", version, about = "Ferry's mobility service")]
+struct Cli {
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a key pair, register with the appliance's management endpoint, keep the certificate.
+    Register(RegisterArgs),
+    /// Replicate the configured disks (initial copy, then passes and bookmarks on the policy).
+    Run(RunArgs),
+    /// Per disk: phase, pass progress, last bookmark, lag.
+    Status(StateArgs),
+}
+
+#[derive(clap::Args)]
+struct StateArgs {
+    /// The agent's config (its state_dir is used).
+    #[arg(long, conflicts_with = "state_dir")]
+    config: Option<PathBuf>,
+    /// The state directory (default /var/lib/ferry-agent).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        Ok(match (&self.config, &self.state_dir) {
+            (Some(config), _) => AgentConfig::load(config)?.state_dir,
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => PathBuf::from(DEFAULT_STATE_DIR),
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct RegisterArgs {
+    /// The appliance's management endpoint, HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// A file holding the registration passphrase (shown by `ferryctl` on the appliance).
+    #[arg(long)]
+    passphrase_file: PathBuf,
+    /// The management endpoint's SHA-256 certificate fingerprint (printed by `ferryctl init`);
+    /// without it the first certificate seen is trusted.
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// This machine's name at the appliance (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace an existing registration.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// One pass over every disk (with its bookmark), then exit; prints what each pass did.
+    #[arg(long)]
+    once: bool,
+    /// With --once: quiesce ([quiesce] in the config) and ask for an app-consistent bookmark.
+    #[arg(long, requires = "once")]
+    app: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("ferry-agent")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Register(args) => register(args, json).await,
+            Command::Run(args) => run(args, json).await,
+            Command::Status(args) => show_status(args, json),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn register(args: RegisterArgs, json: bool) -> anyhow::Result<()> {
+    let state_dir = args.state.resolve()?;
+    if identity::exists(&state_dir) && !args.force {
+        bail!(
+            "{} already holds a registration; pass --force to replace it (the old certificate stays valid at the appliance)",
+            state_dir.display()
+        );
+    }
+    let passphrase = read_secret(&args.passphrase_file)?;
+    let name = match args.name {
+        Some(name) => name,
+        None => host_name(),
+    };
+    let registered = ferry_client::register(&args.server, args.fingerprint.as_deref(), &name, &passphrase)
+        .await
+        .map_err(|e| match e.code() {
+            Some("bad_passphrase") => anyhow::anyhow!("the appliance at {} refused the passphrase: {e}", args.server),
+            _ => anyhow::anyhow!("registering with {}: {e}", args.server),
+        })?;
+    identity::save(&state_dir, &registered, &name, &args.server)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "machine_id": registered.machine_id,
+                "machine_name": name,
+                "data_endpoint": registered.data_endpoint,
+                "state_dir": state_dir,
+            })
+        );
+    } else {
+        println!(
+            "registered {name} as machine {} (data endpoint {}); identity kept in {}",
+            registered.machine_id,
+            registered.data_endpoint,
+            identity::identity_dir(&state_dir).display()
+        );
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
+    let config = AgentConfig::load(&args.config)?;
+    let options = RunOptions {
+        once: args.once,
+        app: args.app,
+    };
+    let reports = replicate::run(config, options, shutdown_signal()).await?;
+    if args.once {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        } else {
+            for r in &reports {
+                println!(
+                    "{} ({}): {} pass, bookmark {} ({}, seq {}), {} blocks changed, {:.1} MB sent, read {:.0} MB/s, {:.1} s",
+                    r.name,
+                    r.disk_id,
+                    r.phase,
+                    r.bookmark_id,
+                    r.bookmark_kind,
+                    r.bookmark_seq,
+                    r.changed_blocks,
+                    r.sent_bytes as f64 / 1e6,
+                    r.read_mb_per_s,
+                    r.seconds
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show_status(args: StateArgs, json: bool) -> anyhow::Result<()> {
+    let state_dir = args.resolve()?;
+    let Some(found) = status::load(&state_dir)? else {
+        bail!(
+            "no status in {}: the agent has not run with this state directory",
+            state_dir.display()
+        );
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status::to_json(&found))?);
+    } else {
+        print!("{}", status::render(&found));
+    }
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let secret = text.trim().to_string();
+    if secret.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(secret)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ferry-agent".into())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

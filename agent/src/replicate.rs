@@ -1,0 +1,460 @@
+//! `ferry-agent run`: rounds of passes over every configured disk, on the bookmark policy.
+//!
+//! A round sets up any disk that needs it (session.rs), quiesces when an app-consistent
+//! bookmark is due, runs one pass per disk concurrently (pass.rs), thaws as soon as every
+//! disk has been read, and gives each pass its bookmark kind. A disk whose pass fails is set
+//! up again next round (a restarted or unreachable ferryd, a lost connection); a refused
+//! certificate stops the agent. Rounds start every `crash_interval_secs`; a failed disk is
+//! retried after at most 30 s. SIGTERM or SIGINT cancel the round (safely: see blockmap.rs)
+//! and exit.
+
+use anyhow::{bail, Context};
+use ferry_client::DataClient;
+use ferry_format::bookmark::{BookmarkId, BookmarkKind};
+use futures::future::join_all;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::config::AgentConfig;
+use crate::files::{private_dir, write_private};
+use crate::identity;
+use crate::pass::{now_unix_ms, run_pass, BookmarkChoice, PassCounters, PassOutcome, PassRequest};
+use crate::progress::{self, AgentStatus, BookmarkRecord, DiskStatus, PassStatus, Phase};
+use crate::quiesce::Quiesce;
+use crate::session::{self, Session};
+
+/// Longest wait before a failed disk is set up again.
+const RETRY_FAILED_DISK: Duration = Duration::from_secs(30);
+
+/// What one pass of one disk did, as `run --once` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PassReport {
+    pub disk_id: Uuid,
+    pub name: String,
+    pub phase: String,
+    pub bookmark_id: String,
+    pub bookmark_kind: String,
+    pub bookmark_seq: u64,
+    pub scanned_bytes: u64,
+    pub changed_blocks: u64,
+    pub sent_bytes: u64,
+    pub seconds: f64,
+    pub read_mb_per_s: f64,
+}
+
+struct Slot {
+    session: Option<Session>,
+    status: DiskStatus,
+    counters: Option<Arc<PassCounters>>,
+    retry_at: Option<Instant>,
+}
+
+/// The agent's live state, shared with the status writer.
+struct Board {
+    machine_id: Uuid,
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl Board {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot(&self) -> AgentStatus {
+        let slots = self.slots();
+        AgentStatus {
+            pid: std::process::id(),
+            machine_id: Some(self.machine_id),
+            updated_unix_ms: now_unix_ms(),
+            disks: slots
+                .iter()
+                .map(|slot| {
+                    let mut status = slot.status.clone();
+                    if let (Some(counters), Some(pass)) = (&slot.counters, status.pass.as_mut()) {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        pass.scanned_bytes = counters.scanned_bytes.load(Relaxed);
+                        pass.changed_blocks = counters.changed_blocks.load(Relaxed);
+                        pass.sent_bytes = counters.sent_bytes.load(Relaxed);
+                    }
+                    status
+                })
+                .collect(),
+        }
+    }
+
+    fn write(&self, state_dir: &std::path::Path) {
+        let snapshot = self.snapshot();
+        if let Ok(json) = serde_json::to_vec_pretty(&snapshot) {
+            if let Err(e) = write_private(&progress::status_path(state_dir), &json) {
+                tracing::warn!(error = %e, "cannot write status.json");
+            }
+        }
+    }
+}
+
+pub struct RunOptions {
+    /// One round, then exit (non-zero if a disk failed).
+    pub once: bool,
+    /// Quiesce this round (with `once`), whatever the schedule says.
+    pub app: bool,
+}
+
+/// Runs until `shutdown` resolves (or one round with `once`); returns the last round's passes.
+pub async fn run(
+    config: AgentConfig,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Vec<PassReport>> {
+    let stored = identity::load(&config.state_dir)?;
+    stored.check_current((now_unix_ms() / 1000) as i64)?;
+    private_dir(&config.state_dir.join("disks")).context("creating the state directory")?;
+    let client = stored
+        .identity
+        .data_client()
+        .context("loading this machine's certificate")?;
+    let endpoint = stored.identity.data_endpoint.clone();
+    // No client certificate: only to tell a refused certificate from a server that is down.
+    let anonymous = DataClient::new(
+        &endpoint,
+        ferry_client::tls::ca_verified(&stored.identity.ca_pem, None).context("loading the appliance CA")?,
+    );
+    let machine_id = stored.identity.machine_id;
+    let board = Arc::new(Board {
+        machine_id,
+        slots: Mutex::new(
+            config
+                .disks
+                .iter()
+                .map(|disk| Slot {
+                    session: None,
+                    status: DiskStatus {
+                        name: disk.name.clone().unwrap_or_default(),
+                        path: disk.path.clone(),
+                        phase: "starting".into(),
+                        ..DiskStatus::default()
+                    },
+                    counters: None,
+                    retry_at: None,
+                })
+                .collect(),
+        ),
+    });
+    let writer = {
+        let board = board.clone();
+        let state_dir = config.state_dir.clone();
+        tokio::spawn(async move {
+            loop {
+                board.write(&state_dir);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let work = async {
+        let mut last_app = Instant::now();
+        loop {
+            let round_started = Instant::now();
+            let app_interval = config.bookmarks.app_interval_secs;
+            let app_due = app_interval > 0 && last_app.elapsed() >= Duration::from_secs(app_interval);
+            let app = if options.once { options.app } else { app_due };
+            let reports = round(&config, &client, &anonymous, &endpoint, machine_id, &board, app).await?;
+            if app {
+                last_app = round_started;
+            }
+            if options.once {
+                let failed: Vec<String> = board
+                    .slots()
+                    .iter()
+                    .filter_map(|s| {
+                        s.status
+                            .last_error
+                            .clone()
+                            .map(|e| format!("{}: {e}", s.status.path.display()))
+                    })
+                    .collect();
+                if !failed.is_empty() {
+                    bail!("{}", failed.join("\n"));
+                }
+                return Ok(reports);
+            }
+            let mut next = round_started + Duration::from_secs(config.bookmarks.crash_interval_secs);
+            if let Some(retry) = board.slots().iter().filter_map(|s| s.retry_at).min() {
+                next = next.min(retry);
+            }
+            tokio::time::sleep_until(next.into()).await;
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        () = shutdown => {
+            tracing::info!("stopping: the pass in progress (if any) is cancelled; the next start resumes safely");
+            Ok(Vec::new())
+        }
+    };
+    writer.abort();
+    board.write(&config.state_dir);
+    result
+}
+
+/// One round over every disk; errors only for what stops the agent (a refused certificate).
+async fn round(
+    config: &AgentConfig,
+    client: &DataClient,
+    anonymous: &DataClient,
+    endpoint: &str,
+    machine_id: Uuid,
+    board: &Board,
+    app: bool,
+) -> anyhow::Result<Vec<PassReport>> {
+    // Set up disks that need it.
+    for (index, disk) in config.disks.iter().enumerate() {
+        let due = {
+            let slots = board.slots();
+            let slot = &slots[index];
+            slot.session.is_none() && slot.retry_at.is_none_or(|at| at <= Instant::now())
+        };
+        if !due {
+            continue;
+        }
+        let result = session::setup(client, anonymous, endpoint, machine_id, config, disk).await;
+        let mut slots = board.slots();
+        let slot = &mut slots[index];
+        match result {
+            Ok(session) => {
+                slot.status.disk_id = Some(session.disk_id);
+                slot.status.name = session.device.name.clone();
+                slot.status.size_bytes = session.device.size_bytes;
+                slot.status.phase = session.progress.phase().as_str().into();
+                slot.status.resync_reason = session.progress.resync_reason.clone();
+                slot.status.last_bookmark = session.progress.last_bookmark.clone();
+                slot.status.last_error = None;
+                slot.retry_at = None;
+                slot.session = Some(session);
+            }
+            Err(failure) => {
+                let text = format!("{:#}", failure.error);
+                tracing::error!(disk = %disk.path.display(), error = %text, "cannot set the disk up");
+                slot.status.last_error = Some(text.clone());
+                if slot.status.disk_id.is_none() {
+                    slot.status.phase = "error".into();
+                }
+                slot.retry_at = Some(Instant::now() + RETRY_FAILED_DISK);
+                if failure.fatal {
+                    bail!("{}: {text}", disk.path.display());
+                }
+            }
+        }
+    }
+
+    // Start a pass on every disk that is set up.
+    let started_ms = now_unix_ms();
+    let mut passes = Vec::new();
+    let mut reads_done = Vec::new();
+    let mut kinds = Vec::new();
+    {
+        let mut slots = board.slots();
+        for (index, slot) in slots.iter_mut().enumerate() {
+            let Some(session) = slot.session.as_mut() else {
+                continue;
+            };
+            let phase = session.progress.phase();
+            let number = session.progress.passes_completed + 1;
+            let bookmark_id = BookmarkId::new(&format!("pass-{number}-{started_ms}"))
+                .map_err(|e| anyhow::anyhow!("bookmark id: {e}"))?;
+            let tag = match (&phase, &session.progress.resync_reason) {
+                (Phase::Resync, Some(reason)) => format!("resync: {reason}"),
+                _ => phase.as_str().to_string(),
+            };
+            session.progress.pass_in_progress = true;
+            if let Err(e) = progress::save(&config.state_dir, &session.progress) {
+                slot.status.last_error = Some(format!("saving progress: {e}"));
+                continue;
+            }
+            let counters = Arc::new(PassCounters::default());
+            let (done_tx, done_rx) = oneshot::channel();
+            let (kind_tx, kind_rx) = oneshot::channel();
+            reads_done.push(done_rx);
+            kinds.push(kind_tx);
+            slot.counters = Some(counters.clone());
+            slot.status.phase = phase.as_str().into();
+            slot.status.pass = Some(PassStatus {
+                number,
+                running: true,
+                started_unix_ms: started_ms,
+                size_bytes: session.device.size_bytes,
+                ..PassStatus::default()
+            });
+            let request = PassRequest {
+                client: client.clone(),
+                disk_id: session.disk_id,
+                device: session.device.clone(),
+                map: session.map.clone(),
+                first_seq: session.next_seq,
+                settings: session.settings,
+                counters,
+                bookmark_id,
+                bookmark_tag: tag,
+                reads_done: done_tx,
+                bookmark: kind_rx,
+            };
+            passes.push(async move { (index, phase, run_pass(request).await) });
+        }
+    }
+    if passes.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    // Quiesce (if due) while the passes read; thaw as soon as every disk has been read.
+    let quiesce = if app && config.quiesce.is_configured() {
+        Some(Quiesce::begin(&config.quiesce).await)
+    } else {
+        if app {
+            tracing::info!("an app-consistent bookmark is due but [quiesce] configures nothing: crash-consistent");
+        }
+        None
+    };
+    let limit = quiesce
+        .as_ref()
+        .map_or(Duration::from_secs(100 * 365 * 86_400), |q| q.timeout());
+    let passes = join_all(passes);
+    tokio::pin!(passes);
+    let mut finished = None;
+    let reads_in_time = tokio::select! {
+        results = &mut passes => { finished = Some(results); true }
+        waited = tokio::time::timeout(limit, join_all(reads_done)) => waited.is_ok(),
+    };
+    let consistent = match quiesce {
+        Some(quiesce) => {
+            let outcome = quiesce.end(reads_in_time).await;
+            for note in &outcome.notes {
+                tracing::warn!(%note, "quiesce");
+            }
+            outcome.consistent
+        }
+        None => false,
+    };
+    let choice = BookmarkChoice {
+        kind: if consistent {
+            BookmarkKind::App
+        } else {
+            BookmarkKind::Crash
+        },
+        source_time_unix_ms: started_ms,
+    };
+    for kind in kinds {
+        let _ = kind.send(choice.clone());
+    }
+    let results = match finished {
+        Some(results) => results,
+        None => passes.await,
+    };
+
+    // Record what each pass did (the slot lock is never held across an await).
+    let mut reports = Vec::new();
+    for (index, phase, result) in results {
+        let taken = {
+            let mut slots = board.slots();
+            let slot = &mut slots[index];
+            let counters = slot.counters.take();
+            if let Some(pass) = slot.status.pass.as_mut() {
+                use std::sync::atomic::Ordering::Relaxed;
+                pass.running = false;
+                pass.finished_unix_ms = Some(now_unix_ms());
+                if let Some(counters) = counters {
+                    pass.scanned_bytes = counters.scanned_bytes.load(Relaxed);
+                    pass.changed_blocks = counters.changed_blocks.load(Relaxed);
+                    pass.sent_bytes = counters.sent_bytes.load(Relaxed);
+                }
+                pass.quiesced = Some(consistent);
+            }
+            slot.session.take()
+        };
+        let Some(mut session) = taken else {
+            continue;
+        };
+        let finished = match result {
+            Ok(outcome) => finish_pass(config, client, &mut session, &outcome, phase)
+                .await
+                .map(|()| outcome)
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut slots = board.slots();
+        let slot = &mut slots[index];
+        match finished {
+            Ok(outcome) => {
+                slot.status.phase = session.progress.phase().as_str().into();
+                slot.status.resync_reason = session.progress.resync_reason.clone();
+                slot.status.last_bookmark = session.progress.last_bookmark.clone();
+                slot.status.last_error = None;
+                tracing::info!(
+                    disk = %session.disk_id, phase = phase.as_str(), bookmark = %outcome.bookmark_id,
+                    kind = outcome.bookmark_kind.as_str(), seq = outcome.bookmark_seq,
+                    changed_blocks = outcome.changed_blocks, sent_bytes = outcome.sent_bytes,
+                    seconds = outcome.seconds, "pass complete"
+                );
+                reports.push(PassReport {
+                    disk_id: session.disk_id,
+                    name: session.device.name.clone(),
+                    phase: phase.as_str().into(),
+                    bookmark_id: outcome.bookmark_id,
+                    bookmark_kind: outcome.bookmark_kind.as_str().into(),
+                    bookmark_seq: outcome.bookmark_seq,
+                    scanned_bytes: outcome.scanned_bytes,
+                    changed_blocks: outcome.changed_blocks,
+                    sent_bytes: outcome.sent_bytes,
+                    seconds: outcome.seconds,
+                    read_mb_per_s: outcome.scanned_bytes as f64 / 1e6 / outcome.read_seconds.max(1e-9),
+                });
+                slot.session = Some(session);
+            }
+            Err(error) => fail_slot(slot, error),
+        }
+    }
+    Ok(reports)
+}
+
+fn fail_slot(slot: &mut Slot, error: String) {
+    tracing::error!(disk = %slot.status.path.display(), %error, "pass failed; the disk is set up again");
+    slot.status.last_error = Some(error);
+    slot.session = None;
+    slot.retry_at = Some(Instant::now() + Duration::from_secs(1));
+}
+
+/// After the bookmark is durable: remember it, end a resync, and move `next_seq` on.
+async fn finish_pass(
+    config: &AgentConfig,
+    client: &DataClient,
+    session: &mut Session,
+    outcome: &PassOutcome,
+    phase: Phase,
+) -> anyhow::Result<()> {
+    let progress = &mut session.progress;
+    progress.acked_seq = outcome.bookmark_seq;
+    progress.passes_completed += 1;
+    progress.initial_done = true;
+    progress.pass_in_progress = false;
+    progress.last_bookmark = Some(BookmarkRecord {
+        id: outcome.bookmark_id.clone(),
+        kind: outcome.bookmark_kind.as_str().into(),
+        seq: outcome.bookmark_seq,
+        source_time_unix_ms: outcome.source_time_unix_ms,
+        acked_unix_ms: now_unix_ms(),
+    });
+    if outcome.bookmark_kind == BookmarkKind::App {
+        progress.last_app_unix_ms = Some(outcome.source_time_unix_ms);
+    }
+    session.next_seq = outcome.bookmark_seq + 1;
+    if phase == Phase::Resync {
+        client
+            .put_resync(session.disk_id, None)
+            .await
+            .context("telling the server the resync is done")?;
+        progress.resync_reason = None;
+    }
+    progress::save(&config.state_dir, progress).context("saving progress")?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Setting a disk up for passes after a start, a restart or a lost connection: create (or
+//! confirm) it on the server, give up any batches a previous run left past a gap, and decide
+//! the phase from what the agent remembers against what the server says:
+//!
+//! | agent state                              | server            | phase                      |
+//! |------------------------------------------|-------------------|----------------------------|
+//! | none                                     | no batches        | initial                    |
+//! | none or damaged                          | has batches       | resync (map forgotten)     |
+//! | map replaced (resized, damaged, other)   | any               | resync (map forgotten)     |
+//! | acked_seq above the server's durable_seq | lost batches      | resync (map forgotten)     |
+//! | a continuous pass was interrupted        | any               | resync (map kept: trusted) |
+//! | initial copy not finished                | any               | initial (map kept)         |
+//! | a resync not finished                    | any               | resync (same reason)       |
+//!
+//! "Map kept" is safe because the map only ever errs towards unknown (blockmap.rs).
+
+use anyhow::Context;
+use ferry_client::{ClientError, DataClient, DiskSpec};
+use std::path::Path;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::blockmap::{BlockMap, Opened};
+use crate::config::{AgentConfig, DiskConfig};
+use crate::device::Device;
+use crate::files::private_dir;
+use crate::pass::PassSettings;
+use crate::progress::{self, DiskProgress};
+
+pub struct Session {
+    pub device: Arc<Device>,
+    pub disk_id: Uuid,
+    pub map: Arc<BlockMap>,
+    pub progress: DiskProgress,
+    pub settings: PassSettings,
+    /// The server's `durable_seq + 1`: the next batch's seq.
+    pub next_seq: u64,
+    /// Batches a previous run left past a gap, given up at this setup.
+    pub abandoned: u64,
+}
+
+/// A setup failure, and whether trying again can help.
+#[derive(Debug)]
+pub struct SetupError {
+    pub error: anyhow::Error,
+    /// The appliance refused this machine's certificate, or the disk cannot be served as
+    /// configured: retrying will not help.
+    pub fatal: bool,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SetupError {
+    fn from(error: E) -> Self {
+        SetupError {
+            error: error.into(),
+            fatal: false,
+        }
+    }
+}
+
+/// Whether a client error means the appliance refused our certificate (or we refuse its).
+pub fn certificate_refused(error: &ClientError) -> bool {
+    match error {
+        ClientError::Transport(text) => {
+            let text = text.to_ascii_lowercase();
+            text.contains("certificate") || text.contains("unknownca") || text.contains("unknown ca")
+        }
+        _ => false,
+    }
+}
+
+/// Turns a client error at setup into an error a user can act on.
+pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
+    if certificate_refused(&error) {
+        return SetupError {
+            error: anyhow::anyhow!(
+                "the TLS handshake with {endpoint} failed over certificates ({error}): this machine's certificate \
+                 was not issued by that appliance's CA (or has expired), or the server is not the appliance this \
+                 machine registered with; register again with `ferry-agent register`"
+            ),
+            fatal: true,
+        };
+    }
+    let fatal = matches!(
+        error.code(),
+        Some("size_shrink" | "disk_conflict" | "forbidden" | "bad_request")
+    );
+    SetupError {
+        error: anyhow::anyhow!("{endpoint}: {error}"),
+        fatal,
+    }
+}
+
+/// Tells a refused client certificate from an unreachable server: with TLS 1.3 the server
+/// checks the client certificate after the client's handshake is done, so a refusal often
+/// reaches the client only as a closed connection. If a request without a certificate gets
+/// through where ours did not, ours is what the server refuses.
+async fn diagnose(error: ClientError, anonymous: &DataClient, endpoint: &str) -> SetupError {
+    if matches!(error, ClientError::Transport(_)) && !certificate_refused(&error) && anonymous.health().await.is_ok() {
+        return explain(
+            ClientError::Transport(format!(
+                "the server closed the connection after the certificate exchange ({error})"
+            )),
+            endpoint,
+        );
+    }
+    explain(error, endpoint)
+}
+
+pub async fn setup(
+    client: &DataClient,
+    anonymous: &DataClient,
+    endpoint: &str,
+    machine_id: Uuid,
+    config: &AgentConfig,
+    disk: &DiskConfig,
+) -> Result<Session, SetupError> {
+    let device = Arc::new(Device::open(disk).map_err(|error| SetupError { error, fatal: false })?);
+    let disk_id = device.disk_id(machine_id);
+    let dir = progress::disk_dir(&config.state_dir, disk_id);
+    private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = DiskSpec {
+        name: device.name.clone(),
+        size_bytes: device.size_bytes,
+        sector_size: device.sector_size,
+        write_ordered: false,
+    };
+    if let Err(error) = client.put_disk(disk_id, &spec).await {
+        return Err(diagnose(error, anonymous, endpoint).await);
+    }
+    let abandoned = client
+        .abandon_past_durable(disk_id)
+        .await
+        .map_err(|e| explain(e, endpoint))?;
+    let info = abandoned.disk;
+    if abandoned.abandoned > 0 {
+        tracing::info!(%disk_id, batches = abandoned.abandoned, "gave up batches a previous run left past a gap");
+    }
+    let (map, opened) = BlockMap::open(
+        &dir.join("blockmap"),
+        disk_id,
+        config.scan.block_bytes,
+        device.size_bytes,
+    )
+    .with_context(|| format!("opening the block map in {}", dir.display()))?;
+    let remembered =
+        progress::load(&config.state_dir, disk_id).with_context(|| format!("reading progress in {}", dir.display()))?;
+    let Decision {
+        mut progress,
+        resync,
+        forget_map,
+    } = decide(remembered, &opened, &info, &device, disk_id, &dir);
+    if forget_map {
+        map.forget_all().context("resetting the block map")?;
+    }
+    if let Some(reason) = &resync {
+        tracing::warn!(%disk_id, %reason, "resync: the whole disk is read again and what differs is sent");
+        client
+            .put_resync(disk_id, Some(reason))
+            .await
+            .map_err(|e| explain(e, endpoint))?;
+        progress.resync_reason = Some(reason.clone());
+    }
+    progress.size_bytes = device.size_bytes;
+    progress.acked_seq = progress.acked_seq.min(info.durable_seq);
+    progress::save(&config.state_dir, &progress).context("saving progress")?;
+    let settings = PassSettings {
+        block_bytes: config.scan.block_bytes,
+        read_bytes: config.scan.read_bytes,
+        batch_bytes: config.transfer.batch_bytes.min(info.max_batch_bytes),
+        window: config.transfer.window.min(info.window).max(1),
+        read_rate_bytes_per_sec: config.scan.read_rate_bytes_per_sec,
+        keep_page_cache: config.scan.keep_page_cache,
+    };
+    Ok(Session {
+        device,
+        disk_id,
+        map: Arc::new(map),
+        progress,
+        settings,
+        next_seq: info.durable_seq + 1,
+        abandoned: abandoned.abandoned,
+    })
+}
+
+const REASON_INTERRUPTED: &str = "a pass was interrupted";
+
+/// What [`decide`] concluded.
+#[derive(Debug)]
+struct Decision {
+    progress: DiskProgress,
+    /// Why a resync is needed (none: initial or continuous).
+    resync: Option<String>,
+    /// The block map cannot be trusted: forget every entry before the next pass.
+    forget_map: bool,
+}
+
+/// The table in the module header.
+fn decide(
+    remembered: Result<Option<DiskProgress>, String>,
+    opened: &Opened,
+    info: &ferry_client::DiskInfo,
+    device: &Device,
+    disk_id: Uuid,
+    dir: &Path,
+) -> Decision {
+    let fresh = || DiskProgress::new(disk_id, device.path.clone(), device.size_bytes);
+    let server_has_data = info.durable_seq > 0;
+    let mut progress = match remembered {
+        Ok(Some(progress)) => progress,
+        // A first start: whatever map lies around describes nothing the server has.
+        Ok(None) | Err(_) if !server_has_data => {
+            return Decision {
+                progress: fresh(),
+                resync: None,
+                forget_map: *opened == Opened::Existing,
+            }
+        }
+        lost_or_damaged => {
+            let why = match lost_or_damaged {
+                Err(damaged) => format!("the agent's progress was damaged: {damaged}"),
+                _ => format!("the agent's state for this disk was lost ({} has none)", dir.display()),
+            };
+            let mut progress = fresh();
+            // The server holds this disk's data: the resync ends in the first point of this run.
+            progress.initial_done = true;
+            return Decision {
+                progress,
+                resync: Some(why),
+                forget_map: true,
+            };
+        }
+    };
+    let interrupted = std::mem::replace(&mut progress.pass_in_progress, false);
+    let map_lost = match opened {
+        Opened::Existing => None,
+        Opened::Created => Some("the block map was missing".to_string()),
+        Opened::Replaced(why) => Some(why.clone()),
+    };
+    let server_lost = (info.durable_seq < progress.acked_seq).then(|| {
+        format!(
+            "the server's durable_seq is {} but this agent saw {} acknowledged: the server lost batches",
+            info.durable_seq, progress.acked_seq
+        )
+    });
+    let untrusted = map_lost.or(server_lost);
+    if !progress.initial_done {
+        // No point exists yet: the initial copy goes on (from scratch if the map is untrusted).
+        return Decision {
+            progress,
+            resync: None,
+            forget_map: untrusted.is_some(),
+        };
+    }
+    if let Some(why) = untrusted {
+        return Decision {
+            progress,
+            resync: Some(why),
+            forget_map: true,
+        };
+    }
+    let resync = progress
+        .resync_reason
+        .clone()
+        .or_else(|| interrupted.then(|| REASON_INTERRUPTED.to_string()));
+    Decision {
+        progress,
+        resync,
+        forget_map: false,
+    }
+}
