@@ -30,6 +30,14 @@ enum Command {
     Run(RunArgs),
     /// Per disk: phase, pass progress, last bookmark, lag.
     Status(StateArgs),
+    /// Thaw the file systems in [quiesce] freeze (after a crash during an app-consistent pass).
+    Thaw(ThawArgs),
+}
+
+#[derive(clap::Args)]
+struct ThawArgs {
+    #[arg(long)]
+    config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +118,7 @@ fn main() -> ExitCode {
             Command::Register(args) => register(args, json).await,
             Command::Run(args) => run(args, json).await,
             Command::Status(args) => show_status(args, json),
+            Command::Thaw(args) => thaw(args),
         }
     });
     match result {
@@ -205,6 +214,24 @@ fn show_status(args: StateArgs, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&status::to_json(&found))?);
     } else {
         print!("{}", status::render(&found));
+    }
+    Ok(())
+}
+
+fn thaw(args: ThawArgs) -> anyhow::Result<()> {
+    let config = AgentConfig::load(&args.config)?;
+    let mut failed = false;
+    for (mount, result) in ferry_agent::quiesce::thaw_mounts(&config.quiesce.freeze) {
+        match result {
+            Ok(what) => println!("{}: {what}", mount.display()),
+            Err(e) => {
+                failed = true;
+                eprintln!("{}: cannot thaw: {e}", mount.display());
+            }
+        }
+    }
+    if failed {
+        bail!("some file systems could not be thawed");
     }
     Ok(())
 }

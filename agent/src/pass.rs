@@ -310,7 +310,7 @@ impl Reader {
         // The worst case one chunk adds: all its data and two record headers per block.
         let chunk_worst = read + (2 * chunk_blocks + 2) * RECORD_HEADER_LEN;
         let zero_digest = digest(&vec![0u8; block as usize]);
-        let mut buf = vec![0u8; read];
+        let mut buf = self.device.read_buffer(read);
         let mut building = Building {
             encoder: None,
             blocks: Vec::new(),
@@ -334,7 +334,7 @@ impl Reader {
                     path: self.device.path.display().to_string(),
                     message: format!("at offset {offset}: {e}"),
                 })?;
-            if !self.settings.keep_page_cache {
+            if !self.settings.keep_page_cache && !self.device.is_block_device {
                 self.device.drop_cached(offset, len as u64);
             }
             let known = self.map.entries(first_block, count).map_err(PassError::Map)?;

@@ -129,6 +129,31 @@ impl Drop for Quiesce {
     }
 }
 
+/// Thaws `mounts` whatever froze them (`ferry-agent thaw`, the unit's `ExecStopPost`): a
+/// mount that is not frozen is left as it is.
+pub fn thaw_mounts(mounts: &[PathBuf]) -> Vec<(PathBuf, Result<&'static str, std::io::Error>)> {
+    mounts
+        .iter()
+        .map(|mount| {
+            let result = File::open(mount).and_then(|file| {
+                // SAFETY: FITHAW on a descriptor we opened; the argument is unused by the kernel.
+                let rc = unsafe { libc::ioctl(file.as_raw_fd(), FITHAW as _, 0) };
+                if rc == 0 {
+                    return Ok("thawed");
+                }
+                let error = std::io::Error::last_os_error();
+                // EINVAL: the file system was not frozen.
+                if error.raw_os_error() == Some(libc::EINVAL) {
+                    Ok("not frozen")
+                } else {
+                    Err(error)
+                }
+            });
+            (mount.clone(), result)
+        })
+        .collect()
+}
+
 fn freeze(mount: &Path) -> std::io::Result<File> {
     let file = File::open(mount)?;
     // SAFETY: FIFREEZE on a descriptor we opened; the argument is unused by the kernel.

@@ -43,6 +43,8 @@ pub struct PassReport {
     pub changed_blocks: u64,
     pub sent_bytes: u64,
     pub seconds: f64,
+    /// Bytes read over the time until the last read: bounded by the disk, and by the sending
+    /// (the reader waits when the window is full), so it is not the disk's own speed.
     pub read_mb_per_s: f64,
 }
 

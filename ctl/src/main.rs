@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod demo;
 mod files;
 mod init;
 mod points;
@@ -42,6 +43,9 @@ enum Command {
     Points(points::PointsArgs),
     /// Write a disk image at a seq or recovery point (reads storage only; no ferryd needed).
     Restore(restore::RestoreArgs),
+    /// Run Ferry end to end in a scratch directory: appliance, ferryd, an agent replicating a
+    /// sample disk, and verified restores; then clean up.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
             Command::Vault(command) => vault::run(command, cli.json).await,
             Command::Points(args) => points::run(args, cli.json).await,
             Command::Restore(args) => restore::run(args, cli.json).await,
+            Command::Demo(args) => demo::run(args, cli.json).await,
         }
     });
     match result {

@@ -529,3 +529,174 @@ async fn quiesce_scripts_decide_the_bookmark_kind() {
     let point = wait_for_point(&appliance, disk, app["bookmark_id"].as_str().unwrap());
     assert_eq!(point["kind"], "app");
 }
+
+/// The README's first command, small: everything end to end, verified, and cleaned up.
+#[test]
+fn ferryctl_demo_runs_end_to_end_and_cleans_up() {
+    let output = std::process::Command::new(ferry_tests::binary("ferryctl"))
+        .args(["--json", "demo", "--size-mib", "32"])
+        // As an installed binary would run: no `cargo build` of its siblings from here.
+        .env_remove("CARGO")
+        .env_remove("CARGO_MANIFEST_DIR")
+        .output()
+        .unwrap();
+    let run: ferry_tests::Run = output.into();
+    assert!(run.success, "demo failed: {}", run.stderr);
+    let summary = run.json();
+    assert_eq!(summary["image_bytes"], 32u64 << 20);
+    let verified: Vec<&str> = summary["restores_verified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["point"].as_str().unwrap())
+        .collect();
+    assert_eq!(verified, ["initial", "latest"]);
+    let ratio = summary["compression_ratio"].as_f64().unwrap();
+    assert!(ratio > 1.5, "mixed data compresses: {summary}");
+    let dir = run
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("==> working in "))
+        .expect("the demo says where it works");
+    assert!(!Path::new(dir).exists(), "{dir} was removed");
+}
+
+/// A loop-mounted ext4 of the test's own, unmounted (and thawed) however the test ends.
+struct LoopMount {
+    mount: PathBuf,
+    device: PathBuf,
+}
+
+impl LoopMount {
+    /// `None` (the test then skips) without root and loop devices, unless FERRY_REQUIRE_LOOP=1.
+    fn new(dir: &Path) -> Option<LoopMount> {
+        let sh = |cmd: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .output()
+                .map(|o| {
+                    (
+                        o.status.success(),
+                        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                    )
+                })
+                .unwrap_or((false, String::new()))
+        };
+        let image = dir.join("fs.img");
+        let mount = dir.join("mnt");
+        std::fs::create_dir_all(&mount).unwrap();
+        let made = sh(&format!(
+            "truncate -s 64M {img} && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 {img} && mount -o loop,noinit_itable {img} {mnt}",
+            img = image.display(),
+            mnt = mount.display()
+        ));
+        if !made.0 {
+            assert!(
+                std::env::var("FERRY_REQUIRE_LOOP").is_err(),
+                "FERRY_REQUIRE_LOOP is set but a loop-mounted ext4 could not be made"
+            );
+            eprintln!("skipped: needs root and loop devices (set FERRY_REQUIRE_LOOP=1 to require)");
+            return None;
+        }
+        let (_, source) = sh(&format!("findmnt -n -o SOURCE {}", mount.display()));
+        Some(LoopMount {
+            mount,
+            device: PathBuf::from(source),
+        })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.mount)
+            .output();
+        let _ = std::process::Command::new("umount").arg(&self.mount).output();
+    }
+}
+
+/// A real block device (a loop device holding ext4) with `[quiesce] freeze` on its mount: the
+/// agent reads the device, freezes the file system around the pass, marks the bookmark `app`,
+/// and the restored image is a clean file system (e2fsck) equal to the device.
+#[tokio::test]
+async fn app_consistent_pass_over_a_frozen_block_device() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(fs) = LoopMount::new(scratch.path()) else {
+        return;
+    };
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let agent = Agent::register(&appliance);
+    let mut generator = DataGenerator::new(9, Mix::MIXED);
+    for i in 0..8 {
+        std::fs::write(fs.mount.join(format!("file-{i}")), generator.bytes(1 << 20)).unwrap();
+    }
+    let quiesce = format!(
+        "[quiesce]\nfreeze = [{:?}]\ntimeout_secs = 30\n",
+        fs.mount.to_str().unwrap()
+    );
+    agent.configure(&[&fs.device], &quiesce);
+    let first = pass_report(&agent.run_once(&["--app"]));
+    assert_eq!(
+        (first["phase"].as_str(), first["bookmark_kind"].as_str()),
+        (Some("initial"), Some("app"))
+    );
+    assert_eq!(
+        first["scanned_bytes"],
+        64u64 << 20,
+        "the block device's size came from the kernel"
+    );
+    // The file system is thawed again: writes go through.
+    for i in 8..12 {
+        std::fs::write(fs.mount.join(format!("file-{i}")), generator.bytes(1 << 20)).unwrap();
+    }
+    let second = pass_report(&agent.run_once(&["--app"]));
+    assert_eq!(second["bookmark_kind"], "app");
+    let disk = second["disk_id"].as_str().unwrap().to_string();
+    let bookmark = second["bookmark_id"].as_str().unwrap().to_string();
+    wait_for_point(&appliance, &disk, &bookmark);
+    let out = scratch.path().join("restored.img");
+    let run = ferryctl(&[
+        "restore",
+        "--config",
+        appliance.dir.to_str().unwrap(),
+        "--disk",
+        &disk,
+        "--point",
+        &bookmark,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    // Frozen means clean: no journal to replay, nothing for fsck to mend.
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "the restored file system is clean: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    // And it holds every file as it was written before the pass.
+    let restored = scratch.path().join("restored-mnt");
+    std::fs::create_dir_all(&restored).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "loop,ro,noload"])
+        .arg(&out)
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let mut compared = 0;
+    for i in 0..12 {
+        let name = format!("file-{i}");
+        let same = std::fs::read(restored.join(&name)).ok() == std::fs::read(fs.mount.join(&name)).ok();
+        compared += usize::from(same);
+    }
+    let _ = std::process::Command::new("umount").arg(&restored).status();
+    assert_eq!(compared, 12, "every file restored with its content");
+    drop(fs);
+}
