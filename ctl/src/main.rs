@@ -1,7 +1,8 @@
 //! `ferryctl`: Ferry's control-plane CLI.
 //!
 //! Local (offline) commands read the appliance directory or target storage directly and need
-//! no running ferryd: `init`, `vault check`, `points`, `restore`. Every command takes `--json`.
+//! no running ferryd: `init`, `vault check`, `points`, `restore`; `demo` runs ferryd and an
+//! agent end to end in a scratch directory. Every command takes `--json`.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
