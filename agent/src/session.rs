@@ -148,7 +148,15 @@ pub async fn setup(
         mut progress,
         resync,
         forget_map,
-    } = decide(remembered, &opened, &info, &device, disk_id, &dir);
+    } = decide(
+        remembered,
+        &opened,
+        &info,
+        &device.path,
+        device.size_bytes,
+        disk_id,
+        &dir,
+    );
     if forget_map {
         map.forget_all().context("resetting the block map")?;
     }
@@ -199,11 +207,12 @@ fn decide(
     remembered: Result<Option<DiskProgress>, String>,
     opened: &Opened,
     info: &ferry_client::DiskInfo,
-    device: &Device,
+    path: &Path,
+    size_bytes: u64,
     disk_id: Uuid,
     dir: &Path,
 ) -> Decision {
-    let fresh = || DiskProgress::new(disk_id, device.path.clone(), device.size_bytes);
+    let fresh = || DiskProgress::new(disk_id, path.to_path_buf(), size_bytes);
     let server_has_data = info.durable_seq > 0;
     let mut progress = match remembered {
         Ok(Some(progress)) => progress,
@@ -266,5 +275,101 @@ fn decide(
         progress,
         resync,
         forget_map: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(durable_seq: u64) -> ferry_client::DiskInfo {
+        ferry_client::DiskInfo {
+            disk_id: Uuid::from_u128(1),
+            machine_id: Uuid::from_u128(2),
+            name: "d".into(),
+            size_bytes: 1 << 20,
+            sector_size: 512,
+            write_ordered: false,
+            durable_seq,
+            uploaded_seq: 0,
+            window: 16,
+            max_batch_bytes: 16 << 20,
+            latest_point: None,
+            state: "replicating".into(),
+            error: None,
+            resync_reason: None,
+        }
+    }
+
+    fn progress(acked_seq: u64, initial_done: bool, pass_in_progress: bool) -> DiskProgress {
+        let mut p = DiskProgress::new(Uuid::from_u128(1), "/d".into(), 1 << 20);
+        p.acked_seq = acked_seq;
+        p.initial_done = initial_done;
+        p.pass_in_progress = pass_in_progress;
+        p
+    }
+
+    fn run(
+        remembered: Result<Option<DiskProgress>, String>,
+        opened: Opened,
+        durable: u64,
+    ) -> (Option<String>, bool, bool) {
+        let d = decide(
+            remembered,
+            &opened,
+            &info(durable),
+            Path::new("/d"),
+            1 << 20,
+            Uuid::from_u128(1),
+            Path::new("/s"),
+        );
+        (d.resync, d.forget_map, d.progress.initial_done)
+    }
+
+    /// Each row of the table in the module header.
+    #[test]
+    fn the_phase_table() {
+        // Nothing anywhere: initial; a stray map is forgotten.
+        assert_eq!(run(Ok(None), Opened::Created, 0), (None, false, false));
+        assert_eq!(run(Ok(None), Opened::Existing, 0), (None, true, false));
+        // State lost or damaged while the server has data: resync, map forgotten.
+        let (why, forget, done) = run(Ok(None), Opened::Existing, 9);
+        assert!(why.unwrap().contains("was lost") && forget && done);
+        let (why, forget, _) = run(Err("bad json".into()), Opened::Existing, 9);
+        assert!(why.unwrap().contains("damaged") && forget);
+        // Map replaced (resize): resync, forgotten.
+        let (why, forget, _) = run(
+            Ok(Some(progress(9, true, false))),
+            Opened::Replaced("the disk was resized".into()),
+            9,
+        );
+        assert_eq!((why.as_deref(), forget), (Some("the disk was resized"), true));
+        // The server lost batches.
+        let (why, forget, _) = run(Ok(Some(progress(9, true, false))), Opened::Existing, 4);
+        assert!(why.unwrap().contains("lost batches") && forget);
+        // Interrupted continuous pass: resync with the map kept.
+        let (why, forget, _) = run(Ok(Some(progress(9, true, true))), Opened::Existing, 12);
+        assert_eq!((why.as_deref(), forget), (Some(REASON_INTERRUPTED), false));
+        // Interrupted initial copy: still initial, map kept; with the map lost, from scratch.
+        assert_eq!(
+            run(Ok(Some(progress(3, false, true))), Opened::Existing, 5),
+            (None, false, false)
+        );
+        assert_eq!(
+            run(Ok(Some(progress(3, false, true))), Opened::Created, 5),
+            (None, true, false)
+        );
+        // An unfinished resync goes on with its reason.
+        let mut resyncing = progress(9, true, false);
+        resyncing.resync_reason = Some("the disk was resized".into());
+        assert_eq!(
+            run(Ok(Some(resyncing)), Opened::Existing, 9),
+            (Some("the disk was resized".into()), false, true)
+        );
+        // All well: continuous.
+        assert_eq!(
+            run(Ok(Some(progress(9, true, false))), Opened::Existing, 9),
+            (None, false, true)
+        );
     }
 }

@@ -700,3 +700,66 @@ async fn app_consistent_pass_over_a_frozen_block_device() {
     assert_eq!(compared, 12, "every file restored with its content");
     drop(fs);
 }
+
+/// The disk grows: ferryd resizes it, the agent resyncs (the block map no longer fits), and
+/// the restore at the resync's bookmark is the grown disk; the point before stays valid.
+#[tokio::test]
+async fn a_grown_disk_is_resized_and_resynced() {
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let agent = Agent::register(&appliance);
+    let scratch = tempfile::tempdir().unwrap();
+    let image = make_image(scratch.path(), 8);
+    agent.configure(&[&image], "");
+    let before = pass_report(&agent.run_once(&[]));
+    let before_hash = file_hash(&image);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), IMAGE_BYTES);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+        file.set_len(IMAGE_BYTES + (64 << 20)).unwrap();
+        file.write_all_at(
+            &DataGenerator::new(8, Mix::MIXED).bytes(1 << 20),
+            IMAGE_BYTES + (8 << 20),
+        )
+        .unwrap();
+        file.sync_all().unwrap();
+    }
+    let after = pass_report(&agent.run_once(&[]));
+    assert_eq!(after["phase"], "resync", "{after}");
+    assert_eq!(after["disk_id"], before["disk_id"]);
+    let disk = after["disk_id"].as_str().unwrap().to_string();
+    let client = agent.identity().data_client().unwrap();
+    let info = client.get_disk(disk.parse().unwrap()).await.unwrap();
+    assert_eq!(
+        (info.size_bytes, info.state.as_str()),
+        (IMAGE_BYTES + (64 << 20), "replicating")
+    );
+    let bookmark = after["bookmark_id"].as_str().unwrap();
+    let point = wait_for_point(&appliance, &disk, bookmark);
+    assert_eq!(point["tag"], "resync: the disk was resized");
+    assert_eq!(
+        restore_hash(&appliance, &disk, bookmark, scratch.path()),
+        file_hash(&image)
+    );
+    // FORMATS.md keeps one size per disk: an older point restores at the current size, its
+    // first 256 MiB the disk as it was and the grown part zeros.
+    let first = before["bookmark_id"].as_str().unwrap();
+    wait_for_point(&appliance, &disk, first);
+    let out = scratch.path().join("first.img");
+    let run = ferryctl(&[
+        "restore",
+        "--config",
+        appliance.dir.to_str().unwrap(),
+        "--disk",
+        &disk,
+        "--point",
+        first,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    let restored = std::fs::read(&out).unwrap();
+    assert_eq!(sha256(&restored[..IMAGE_BYTES as usize]), before_hash);
+    assert!(restored[IMAGE_BYTES as usize..].iter().all(|b| *b == 0));
+}
