@@ -117,29 +117,68 @@ fn wait_for_point(appliance: &Appliance, disk: &str, bookmark: &str) -> serde_js
     }
 }
 
-/// Waits until the agent process `child` is in a pass that has had batches acknowledged.
-fn wait_until_sending(agent: &Agent, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// An appliance with ferryd running, a registered agent, and a 256 MiB image it is
+/// configured to replicate (with `extra` config).
+struct Setup {
+    appliance: Appliance,
+    ferryd: Ferryd,
+    agent: Agent,
+    scratch: tempfile::TempDir,
+    image: PathBuf,
+}
+
+async fn setup(seed: u64, extra: &str) -> Setup {
+    let appliance = Appliance::init(|c| c);
+    let ferryd = Ferryd::start(&appliance).await;
+    let agent = Agent::register(&appliance);
+    let scratch = tempfile::tempdir().unwrap();
+    let image = make_image(scratch.path(), seed);
+    agent.configure(&[&image], extra);
+    Setup {
+        appliance,
+        ferryd,
+        agent,
+        scratch,
+        image,
+    }
+}
+
+/// Polls the agent's status until `found` gives a value, while the agent process `child`
+/// keeps running (at most `seconds`; `what` names the wait in failures).
+fn poll_status<T>(
+    agent: &Agent,
+    child: &mut std::process::Child,
+    what: &str,
+    seconds: u64,
+    found: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
-        if let Some(status) = agent.status() {
-            let pass = &status["disks"][0]["pass"];
-            let ours = status["pid"].as_u64() == Some(u64::from(child.id()));
-            if ours && pass["running"] == true && pass["sent_bytes"].as_u64().unwrap_or(0) > 0 {
-                return;
-            }
+        if let Some(value) = agent.status().as_ref().and_then(&found) {
+            return value;
         }
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the agent exited first:\n{}",
+            "the agent exited before {what}:\n{}",
             agent.log_text()
         );
         assert!(
             Instant::now() < deadline,
-            "the pass sent nothing in 60 s:\n{}",
+            "no {what} in {seconds} s:\n{}",
             agent.log_text()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until the agent process `child` is in a pass that has had batches acknowledged.
+fn wait_until_sending(agent: &Agent, child: &mut std::process::Child) {
+    let pid = u64::from(child.id());
+    poll_status(agent, child, "acknowledged batches", 60, |status| {
+        let pass = &status["disks"][0]["pass"];
+        let sending = pass["running"] == true && pass["sent_bytes"].as_u64().unwrap_or(0) > 0;
+        (status["pid"].as_u64() == Some(pid) && sending).then_some(())
+    });
 }
 
 fn restore_hash(appliance: &Appliance, disk: &str, bookmark: &str, scratch: &Path) -> String {
@@ -167,12 +206,13 @@ fn restore_hash(appliance: &Appliance, disk: &str, bookmark: &str, scratch: &Pat
 
 #[tokio::test]
 async fn restore_at_each_bookmark_equals_the_source_at_that_pass() {
-    let appliance = Appliance::init(|c| c);
-    let _ferryd = Ferryd::start(&appliance).await;
-    let agent = Agent::register(&appliance);
-    let scratch = tempfile::tempdir().unwrap();
-    let image = make_image(scratch.path(), 1);
-    agent.configure(&[&image], "");
+    let Setup {
+        appliance,
+        ferryd: _ferryd,
+        agent,
+        scratch,
+        image,
+    } = setup(1, "").await;
     let mut expected = Vec::new();
     let mut disk = String::new();
     for pass in 0..4u64 {
@@ -227,12 +267,13 @@ async fn restore_at_each_bookmark_equals_the_source_at_that_pass() {
 /// as a dead run could leave one. The next run resyncs and the restore equals the source.
 #[tokio::test]
 async fn agent_killed_mid_pass_and_a_batch_past_a_gap_lose_nothing() {
-    let appliance = Appliance::init(|c| c);
-    let _ferryd = Ferryd::start(&appliance).await;
-    let agent = Agent::register(&appliance);
-    let scratch = tempfile::tempdir().unwrap();
-    let image = make_image(scratch.path(), 2);
-    agent.configure(&[&image], "");
+    let Setup {
+        appliance,
+        ferryd: _ferryd,
+        agent,
+        scratch,
+        image,
+    } = setup(2, "").await;
     let first = pass_report(&agent.run_once(&[]));
     let disk = first["disk_id"].as_str().unwrap().to_string();
     let original = std::fs::read(&image).unwrap();
@@ -293,12 +334,13 @@ async fn agent_killed_mid_pass_and_a_batch_past_a_gap_lose_nothing() {
 /// server shows resync_required until the resync's bookmark.
 #[tokio::test]
 async fn lost_agent_state_means_a_full_resync() {
-    let appliance = Appliance::init(|c| c);
-    let _ferryd = Ferryd::start(&appliance).await;
-    let agent = Agent::register(&appliance);
-    let scratch = tempfile::tempdir().unwrap();
-    let image = make_image(scratch.path(), 3);
-    agent.configure(&[&image], "");
+    let Setup {
+        appliance,
+        ferryd: _ferryd,
+        agent,
+        scratch,
+        image,
+    } = setup(3, "").await;
     let first = pass_report(&agent.run_once(&[]));
     let disk = first["disk_id"].as_str().unwrap().to_string();
     std::fs::remove_dir_all(agent.state_dir.join("disks")).unwrap();
@@ -336,15 +378,17 @@ async fn lost_agent_state_means_a_full_resync() {
 
 #[tokio::test]
 async fn ferryd_killed_mid_run_the_agent_resumes() {
-    let appliance = Appliance::init(|c| c);
-    let mut ferryd = Ferryd::start(&appliance).await;
-    let agent = Agent::register(&appliance);
-    let scratch = tempfile::tempdir().unwrap();
-    let image = make_image(scratch.path(), 4);
-    agent.configure(
-        &[&image],
+    let Setup {
+        appliance,
+        mut ferryd,
+        agent,
+        scratch,
+        image,
+    } = setup(
+        4,
         "[scan]\nread_rate_bytes_per_sec = 60000000\n[bookmarks]\ncrash_interval_secs = 1\napp_interval_secs = 0\n",
-    );
+    )
+    .await;
     let mut child = agent.spawn(false);
     wait_until_sending(&agent, &mut child);
     ferryd.kill();
@@ -352,25 +396,9 @@ async fn ferryd_killed_mid_run_the_agent_resumes() {
     let _ferryd = Ferryd::start(&appliance).await;
     // The source is not changing: once any pass after the restart has its bookmark, the
     // point equals the image.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let bookmark = loop {
-        let status = agent.status().unwrap_or_default();
-        let done = status["disks"][0]["last_bookmark"]["id"].as_str().map(str::to_string);
-        if let Some(id) = done {
-            break id;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the agent exited:\n{}",
-            agent.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no bookmark after ferryd came back:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let bookmark = poll_status(&agent, &mut child, "bookmark after ferryd came back", 180, |status| {
+        status["disks"][0]["last_bookmark"]["id"].as_str().map(str::to_string)
+    });
     // SIGTERM: the agent stops cleanly.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success(), "{}", agent.log_text());
@@ -705,12 +733,13 @@ async fn app_consistent_pass_over_a_frozen_block_device() {
 /// the restore at the resync's bookmark is the grown disk; the point before stays valid.
 #[tokio::test]
 async fn a_grown_disk_is_resized_and_resynced() {
-    let appliance = Appliance::init(|c| c);
-    let _ferryd = Ferryd::start(&appliance).await;
-    let agent = Agent::register(&appliance);
-    let scratch = tempfile::tempdir().unwrap();
-    let image = make_image(scratch.path(), 8);
-    agent.configure(&[&image], "");
+    let Setup {
+        appliance,
+        ferryd: _ferryd,
+        agent,
+        scratch,
+        image,
+    } = setup(8, "").await;
     let before = pass_report(&agent.run_once(&[]));
     let before_hash = file_hash(&image);
     assert_eq!(std::fs::metadata(&image).unwrap().len(), IMAGE_BYTES);
