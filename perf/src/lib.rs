@@ -1,4 +1,26 @@
-//! Ferry's performance tooling. Today it holds the dataset generator that benchmarks and
-//! (later) `ferry-perf` share, so every figure is measured on the same bytes.
+//! Ferry's performance tooling (perf/README.md): the reproducible dataset generator every
+//! benchmark shares, and `ferry-perf`, the load harness.
+//!
+//! - [`datagen`]: data of controlled compressibility from a seed.
+//! - [`limits`]: this machine's per-core ceilings and the ideal end-to-end ceiling.
+//! - [`scenario`]: a load scenario (TOML, every key also a flag).
+//! - [`server`]: the ferryd under test (started on a temporary appliance, or reached).
+//! - [`load`]: the simulated agents and disks.
+//! - [`histogram`]: bounded latency histograms.
+//! - [`run`]: a run from start to drained backlog, and its [`run::Report`].
+//! - [`report`]: the report as a table and an SVG plot.
 
 pub mod datagen;
+pub mod histogram;
+pub mod limits;
+pub mod load;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod server;
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -3,4 +3,5 @@
 mod agent;
 mod ctl_init;
 mod ingest;
+mod perf;
 mod pipeline;

@@ -1,0 +1,259 @@
+//! `ferry-perf run`: start (or reach) ferryd, run the scenario's simulated agents, sample
+//! ferryd's `uploaded_seq` for every disk to measure upload throughput and the lag from
+//! acknowledgement to storage, wait for the backlog to drain, and report.
+
+use anyhow::Context;
+use futures::stream::StreamExt;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::limits::Limits;
+use crate::load::{self, Counters, Disk, LoadShared};
+use crate::scenario::Scenario;
+use crate::server::{self, Ferryd};
+
+/// Longest wait for ferryd to upload the backlog after the load stops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+
+/// One point of the time series (one per poll).
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t_secs: f64,
+    pub ingest_mb_per_s: f64,
+    pub upload_mb_per_s: f64,
+    /// Largest ack-to-upload lag among batches seen uploaded in this interval.
+    pub lag_secs: Option<f64>,
+    /// Acknowledged but not yet uploaded, MB.
+    pub backlog_mb: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub machine: String,
+    pub disks: usize,
+    pub load_seconds: f64,
+    pub drain_seconds: f64,
+    pub ingested_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub batches: u64,
+    pub ingest_mb_per_s: f64,
+    /// Uploaded bytes over the time from the start until the backlog drained.
+    pub upload_mb_per_s: f64,
+    pub ack_ms: Percentiles,
+    pub lag_ms: Percentiles,
+    pub ferryd_cpu_seconds: Option<f64>,
+    pub ferryd_cpu_seconds_per_gb: Option<f64>,
+    /// ferryd's CPU over the run as a share of the machine (all cores).
+    pub ferryd_cpu_share: Option<f64>,
+    pub ferryd_peak_rss_mib: Option<f64>,
+    /// Data bytes over sealed bytes in the local target (none for discard and azurite).
+    pub compression_ratio: Option<f64>,
+    pub retries: std::collections::BTreeMap<String, u64>,
+    pub limits: Option<Limits>,
+    /// Ingest MB/s over the limits probe's ideal ceiling for this machine.
+    pub fraction_of_ceiling: Option<f64>,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+}
+
+fn percentiles(h: &crate::histogram::Histogram) -> Percentiles {
+    let ms = |q| h.quantile(q).map(|d| d.as_secs_f64() * 1e3);
+    Percentiles {
+        p50: ms(0.5),
+        p99: ms(0.99),
+        p999: ms(0.999),
+    }
+}
+
+pub struct RunOptions {
+    pub poll: Duration,
+    pub progress: bool,
+    pub keep: bool,
+    /// Reach this ferryd instead of starting one: (management, data, passphrase file, pid).
+    pub existing: Option<(String, String, std::path::PathBuf, Option<u32>)>,
+}
+
+pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions) -> anyhow::Result<Report> {
+    scenario.validate()?;
+    let ferryd: Ferryd = match &options.existing {
+        Some((management, data, passphrase, pid)) => server::existing(management, data, passphrase, *pid)?,
+        None => server::launch(&scenario.target, options.keep)?,
+    };
+    let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
+    let counters = Arc::new(Counters::default());
+    let usage_before = ferryd.pid.and_then(server::process_usage);
+    let shared = LoadShared::new(scenario.clone(), counters.clone())?;
+    let started = shared.started;
+    let senders: Vec<_> = disks
+        .iter()
+        .enumerate()
+        .map(|(i, disk)| tokio::spawn(load::run_disk(shared.clone(), disk.clone(), i)))
+        .collect();
+    let mut samples = Vec::new();
+    let mut last = (Instant::now(), 0u64, 0u64);
+    let mut load_seconds = None;
+    let mut senders = futures::future::join_all(senders);
+    let mut senders_done = None;
+    let drain_deadline = |load_end: Instant| load_end + DRAIN_LIMIT;
+    loop {
+        tokio::select! {
+            results = &mut senders, if senders_done.is_none() => {
+                load_seconds = Some(started.elapsed().as_secs_f64());
+                senders_done = Some(results);
+            }
+            () = tokio::time::sleep(options.poll) => {}
+        }
+        if let Some(results) = senders_done.as_ref() {
+            for result in results {
+                let failure = match result {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => e.to_string(),
+                };
+                shared.stop.store(true, Ordering::Relaxed);
+                anyhow::bail!("a simulated disk failed: {failure}");
+            }
+        }
+        let worst_lag = poll_uploads(&disks, &counters).await;
+        let now = Instant::now();
+        let acked = counters.acked_bytes.load(Ordering::Relaxed);
+        let uploaded = counters.uploaded_bytes.load(Ordering::Relaxed);
+        let dt = now.duration_since(last.0).as_secs_f64().max(1e-6);
+        samples.push(Sample {
+            t_secs: now.duration_since(started).as_secs_f64(),
+            ingest_mb_per_s: (acked - last.1) as f64 / 1e6 / dt,
+            upload_mb_per_s: (uploaded - last.2) as f64 / 1e6 / dt,
+            lag_secs: worst_lag.map(|d| d.as_secs_f64()),
+            backlog_mb: acked.saturating_sub(uploaded) as f64 / 1e6,
+        });
+        last = (now, acked, uploaded);
+        if options.progress {
+            progress(&scenario, &samples, load_seconds.is_some());
+        }
+        if let Some(load_end) = load_seconds.map(|s| started + Duration::from_secs_f64(s)) {
+            if disks.iter().all(|d| d.drained()) {
+                break;
+            }
+            if now > drain_deadline(load_end) {
+                anyhow::bail!("ferryd did not upload the backlog within {} s", DRAIN_LIMIT.as_secs());
+            }
+        }
+    }
+    if options.progress {
+        eprintln!();
+    }
+    let total_seconds = started.elapsed().as_secs_f64();
+    let load_seconds = load_seconds.unwrap_or(total_seconds);
+    let usage_after = ferryd.pid.and_then(server::process_usage);
+    let ingested = counters.acked_bytes.load(Ordering::Relaxed);
+    let uploaded = counters.uploaded_bytes.load(Ordering::Relaxed);
+    let cpu = usage_before.zip(usage_after).map(|(b, a)| a.0 - b.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let compression_ratio = match (&ferryd.appliance, scenario.target.as_str()) {
+        (Some(dir), "local") => {
+            let stored = dir_bytes(&dir.join("target")).context("measuring the local target")?;
+            (stored > 0).then(|| uploaded as f64 / stored as f64)
+        }
+        _ => None,
+    };
+    let ingest_mb_per_s = ingested as f64 / 1e6 / load_seconds;
+    let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);
+    let machine = machine_description();
+    let retries = counters.retries.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Report {
+        disks: disks.len(),
+        machine,
+        load_seconds,
+        drain_seconds: total_seconds - load_seconds,
+        ingested_bytes: ingested,
+        uploaded_bytes: uploaded,
+        batches: counters.acked_batches.load(Ordering::Relaxed),
+        ingest_mb_per_s,
+        upload_mb_per_s: uploaded as f64 / 1e6 / total_seconds,
+        ack_ms: percentiles(&counters.ack_latency),
+        lag_ms: percentiles(&counters.lag),
+        ferryd_cpu_seconds: cpu,
+        ferryd_cpu_seconds_per_gb: cpu.map(|c| c / (ingested as f64 / 1e9).max(1e-9)),
+        ferryd_cpu_share: cpu.map(|c| c / (total_seconds * cores)),
+        ferryd_peak_rss_mib: usage_after.map(|u| u.1),
+        compression_ratio,
+        retries,
+        limits,
+        fraction_of_ceiling,
+        samples,
+        scenario,
+    })
+}
+
+/// Reads every disk's `uploaded_seq` (64 requests at a time); the largest lag seen.
+async fn poll_uploads(disks: &[Arc<Disk>], counters: &Arc<Counters>) -> Option<Duration> {
+    futures::stream::iter(disks.iter().filter(|d| !d.drained()))
+        .map(|disk| async move {
+            let info = disk.client.get_disk(disk.disk_id).await.ok()?;
+            disk.uploaded(info.uploaded_seq, counters)
+        })
+        .buffer_unordered(64)
+        .fold(None, |worst, lag| async move { worst.max(lag) })
+        .await
+}
+
+fn progress(scenario: &Scenario, samples: &[Sample], draining: bool) {
+    let Some(last) = samples.last() else {
+        return;
+    };
+    let total = scenario.duration_secs.max(1.0);
+    let done = (last.t_secs / total).min(1.0);
+    let bar: String = (0..30)
+        .map(|i| if (i as f64) < done * 30.0 { '#' } else { '.' })
+        .collect();
+    let phase = if draining { "draining" } else { "loading" };
+    // SAFETY: isatty has no preconditions.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let line = format!(
+        "[{bar}] {:>5.0} s {phase}: ingest {:>6.0} MB/s, upload {:>6.0} MB/s, backlog {:>7.0} MB",
+        last.t_secs, last.ingest_mb_per_s, last.upload_mb_per_s, last.backlog_mb
+    );
+    if tty {
+        eprint!("\r{line}");
+    } else if samples.len().is_multiple_of(5) {
+        eprintln!("{line}");
+    }
+}
+
+fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total += dir_bytes(&entry.path())?;
+        } else if kind.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// CPU model and core count, for the report.
+pub fn machine_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model}, {cores} cores")
+}

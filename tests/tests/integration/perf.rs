@@ -1,0 +1,155 @@
+//! ferry-perf, briefly (CI's smoke; no timing is asserted): a run against a ferryd it starts
+//! drains and reports consistent totals, the discard target is named as such, bad scenarios
+//! are refused by key, and the limits probe measures every stage.
+
+use ferry_tests::{binary, Run};
+use std::process::Command;
+
+fn perf(args: &[&str]) -> Run {
+    Command::new(binary("ferry-perf"))
+        .args(args)
+        .output()
+        .expect("ferry-perf runs")
+        .into()
+}
+
+#[test]
+fn a_short_run_drains_and_reports_consistent_totals() {
+    let out = tempfile::tempdir().unwrap();
+    let run = perf(&[
+        "--json",
+        "run",
+        "--name",
+        "smoke",
+        "--machines",
+        "2",
+        "--disks-per-machine",
+        "2",
+        "--duration-secs",
+        "2",
+        "--bookmark-every-secs",
+        "1",
+        "--no-limits",
+        "--poll-ms",
+        "200",
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    let report = run.json();
+    let ingested = report["ingested_bytes"].as_u64().unwrap();
+    assert!(ingested > 0, "{report}");
+    assert_eq!(report["uploaded_bytes"].as_u64(), Some(ingested), "the backlog drained");
+    assert_eq!(report["disks"], 4);
+    assert!(report["ack_ms"]["p50"].as_f64().is_some() && report["lag_ms"]["p50"].as_f64().is_some());
+    let ratio = report["compression_ratio"].as_f64().unwrap();
+    assert!(ratio > 1.5 && ratio < 4.0, "mixed data stored sealed: {ratio}");
+    assert!(report["ferryd_peak_rss_mib"].as_f64().unwrap() > 0.0);
+    assert!(!report["samples"].as_array().unwrap().is_empty());
+    let written: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        written.iter().any(|n| n.starts_with("smoke-") && n.ends_with(".json")),
+        "{written:?}"
+    );
+    let svg = written.iter().find(|n| n.ends_with(".svg")).expect("an SVG plot");
+    let svg = std::fs::read_to_string(out.path().join(svg)).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.trim_end().ends_with("</svg>"));
+}
+
+#[test]
+fn the_discard_target_is_named_and_bad_scenarios_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    let run = perf(&[
+        "run",
+        "--name",
+        "discard",
+        "--duration-secs",
+        "1",
+        "--target",
+        "discard",
+        "--no-limits",
+        "--out-dir",
+        out_dir,
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("target discard: change sets are sealed and dropped"),
+        "{}",
+        run.stdout
+    );
+
+    let run = perf(&["run", "--window", "0", "--no-limits", "--out-dir", out_dir]);
+    assert!(!run.success && run.stderr.contains("window"), "{}", run.stderr);
+    let bad = out.path().join("bad.toml");
+    std::fs::write(&bad, "machines = 2\nthroughput = 5\n").unwrap();
+    let run = perf(&[
+        "run",
+        "--scenario",
+        bad.to_str().unwrap(),
+        "--no-limits",
+        "--out-dir",
+        out_dir,
+    ]);
+    assert!(!run.success && run.stderr.contains("throughput"), "{}", run.stderr);
+    let run = perf(&["run", "--data", "random", "--no-limits", "--out-dir", out_dir]);
+    assert!(!run.success && run.stderr.contains("data"), "{}", run.stderr);
+}
+
+#[test]
+fn every_shipped_scenario_parses_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../perf/scenarios");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|path| {
+            let scenario = ferry_perf::scenario::Scenario::load(&path).unwrap();
+            scenario
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            scenario.name
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["asr-sizing", "bursty", "incompressible", "many-streams", "steady"]
+    );
+}
+
+#[test]
+fn the_limits_probe_measures_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = perf(&[
+        "--json",
+        "limits",
+        "--mib",
+        "8",
+        "--repetitions",
+        "1",
+        "--cache-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    let limits = run.json();
+    let stages = limits["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 5, "{limits}");
+    for stage in stages {
+        assert!(
+            stage["mb_per_s"].as_f64().unwrap() > 0.0 && stage["cpu_ns_per_byte"].as_f64().unwrap() > 0.0,
+            "{stage}"
+        );
+    }
+    let ratio = limits["compression_ratio"].as_f64().unwrap();
+    assert!((2.0..3.0).contains(&ratio), "mixed data compresses about 2.4x: {ratio}");
+    assert!(limits["ideal_mb_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the append probe cleans up"
+    );
+}
