@@ -153,3 +153,80 @@ fn the_limits_probe_measures_every_stage() {
         "the append probe cleans up"
     );
 }
+
+/// `--management`: load a ferryd someone else started (here, the tests' own), CPU and memory
+/// read through `--ferryd-pid`.
+#[tokio::test]
+async fn a_run_against_a_running_ferryd() {
+    let appliance = ferry_tests::Appliance::init(|c| c);
+    let ferryd = ferry_tests::Ferryd::start(&appliance).await;
+    let out = tempfile::tempdir().unwrap();
+    let pid = ferryd.pid().to_string();
+    let passphrase = appliance.dir.join("passphrase");
+    let run = perf(&[
+        "--json",
+        "run",
+        "--name",
+        "existing",
+        "--duration-secs",
+        "1",
+        "--no-limits",
+        "--poll-ms",
+        "200",
+        "--management",
+        &appliance.management,
+        "--data-endpoint",
+        &appliance.data,
+        "--passphrase-file",
+        passphrase.to_str().unwrap(),
+        "--ferryd-pid",
+        &pid,
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    let report = run.json();
+    assert!(report["ingested_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(report["uploaded_bytes"], report["ingested_bytes"]);
+    assert!(report["ferryd_cpu_seconds"].as_f64().unwrap() > 0.0, "{report}");
+    drop(ferryd);
+}
+
+/// `--target azurite`: ferry-perf starts the Azurite scripts/azurite.sh installed.
+#[test]
+fn a_run_against_azurite_started_by_ferry_perf() {
+    let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/azurite/node_modules/.bin/azurite-blob")
+        .exists();
+    if !installed {
+        assert!(
+            std::env::var("FERRY_REQUIRE_AZURITE").is_err(),
+            "FERRY_REQUIRE_AZURITE is set but Azurite is not installed"
+        );
+        eprintln!("skipped: Azurite is not installed (scripts/azurite.sh installs it)");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = perf(&[
+        "--json",
+        "run",
+        "--name",
+        "azurite",
+        "--duration-secs",
+        "1",
+        "--target",
+        "azurite",
+        "--no-limits",
+        "--poll-ms",
+        "200",
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    let report = run.json();
+    assert!(report["ingested_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        report["uploaded_bytes"], report["ingested_bytes"],
+        "everything reached Azurite"
+    );
+}
