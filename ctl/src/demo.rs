@@ -11,7 +11,8 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_perf::datagen::{DataGenerator, Mix};
+use ferry_perf::datagen::{DataGenerator, Mix, Rng};
+use ferry_perf::procs::{dir_bytes, free_port, wait_listening};
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -95,8 +96,8 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("starting {}", binaries.ferryd.display()))?,
     );
-    wait_listening(&data, scratch.ferryd.as_mut())?;
-    wait_listening(&management, scratch.ferryd.as_mut())?;
+    wait_listening(&data, scratch.ferryd.as_mut(), "ferryd")?;
+    wait_listening(&management, scratch.ferryd.as_mut(), "ferryd")?;
     step(&format!("ferryd listening: data {data}, management {management}"));
 
     // 3. A sample disk: mixed data (zstd-1 ratio about 2.4), with unused (zero) regions.
@@ -186,7 +187,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<()> {
 
     // 6. The summary.
     let initial_seconds = initial["seconds"].as_f64().unwrap_or(0.0);
-    let stored = dir_bytes(&appliance.join("target"))?;
+    let stored = dir_bytes(&appliance.join("target")).context("measuring the local target")?;
     let rpo_ms = point["created_unix_ms"]
         .as_u64()
         .unwrap_or(0)
@@ -296,28 +297,6 @@ fn run_json(command: &mut Command) -> anyhow::Result<Value> {
     serde_json::from_slice(&output.stdout).with_context(|| format!("{:?} printed no JSON", command.get_program()))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn wait_listening(address: &str, ferryd: Option<&mut Child>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut ferryd = ferryd;
-    while std::net::TcpStream::connect(address).is_err() {
-        if let Some(child) = ferryd.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("ferryd exited during start ({status}); see ferryd.log (run with --keep)");
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("ferryd did not listen on {address} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 fn make_image(path: &Path, size: u64) -> anyhow::Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(size)?;
@@ -341,13 +320,10 @@ fn make_image(path: &Path, size: u64) -> anyhow::Result<()> {
 fn change_image(path: &Path, size: u64, round: u64) -> anyhow::Result<()> {
     let file = std::fs::OpenOptions::new().write(true).open(path)?;
     let mut generator = DataGenerator::new(100 + round, Mix::MIXED);
-    let mut state = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::new(round);
     for _ in 0..200 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let len = 4096 * (1 + state % 64);
-        let offset = (state >> 8) % ((size - len) / 4096) * 4096;
+        let len = 4096 * (1 + rng.below(64));
+        let offset = rng.below((size - len) / 4096) * 4096;
         file.write_all_at(&generator.bytes(len as usize), offset)?;
     }
     file.sync_all()?;
@@ -367,21 +343,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         context.update(&buf[..n]);
     }
     Ok(context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Total bytes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            total += dir_bytes(&entry.path())?;
-        } else if kind.is_file() {
-            total += entry.metadata()?.len();
-        }
-    }
-    Ok(total)
 }
 
 fn wait_for_point(binaries: &Binaries, appliance: &Path, disk: &str, bookmark: &str) -> anyhow::Result<Value> {

@@ -7,6 +7,7 @@
 //! - [`server`]: the ferryd under test (started on a temporary appliance, or reached).
 //! - [`load`]: the simulated agents and disks.
 //! - [`histogram`]: bounded latency histograms.
+//! - [`procs`]: ports, waiting for a child to listen, bytes under a directory.
 //! - [`run`]: a run from start to drained backlog, and its [`run::Report`].
 //! - [`report`]: the report as a table and an SVG plot.
 
@@ -14,6 +15,7 @@ pub mod datagen;
 pub mod histogram;
 pub mod limits;
 pub mod load;
+pub mod procs;
 pub mod report;
 pub mod run;
 pub mod scenario;

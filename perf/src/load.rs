@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::datagen::DataGenerator;
+use crate::datagen::{DataGenerator, Rng};
 use crate::histogram::Histogram;
 use crate::scenario::Scenario;
 
@@ -142,17 +142,6 @@ impl LoadShared {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Sends disk `index`'s load until the scenario's duration or byte count is reached.
 pub async fn run_disk(shared: Arc<LoadShared>, disk: Arc<Disk>, index: usize) -> anyhow::Result<()> {
     let s = &shared.scenario;
@@ -163,7 +152,7 @@ pub async fn run_disk(shared: Arc<LoadShared>, disk: Arc<Disk>, index: usize) ->
     };
     let end = (s.duration_secs > 0.0).then(|| shared.started + Duration::from_secs_f64(s.duration_secs));
     let total_weight: u64 = s.write_sizes.iter().map(|(_, w)| u64::from(*w)).sum();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    let mut rng = Rng::new(index as u64 + 1);
     let rate = s.rate_mb_per_s * 1e6;
     let cycle = s.burst_on_secs + s.burst_off_secs;
     // Stagger starts so a thousand disks do not send in lockstep.

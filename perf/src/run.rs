@@ -160,7 +160,7 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let compression_ratio = match (&ferryd.appliance, scenario.target.as_str()) {
         (Some(dir), "local") => {
-            let stored = dir_bytes(&dir.join("target")).context("measuring the local target")?;
+            let stored = crate::procs::dir_bytes(&dir.join("target")).context("measuring the local target")?;
             (stored > 0).then(|| uploaded as f64 / stored as f64)
         }
         _ => None,
@@ -227,20 +227,6 @@ fn progress(scenario: &Scenario, samples: &[Sample], draining: bool) {
     } else if samples.len().is_multiple_of(5) {
         eprintln!("{line}");
     }
-}
-
-fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            total += dir_bytes(&entry.path())?;
-        } else if kind.is_file() {
-            total += entry.metadata()?.len();
-        }
-    }
-    Ok(total)
 }
 
 /// CPU model and core count, for the report.

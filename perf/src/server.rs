@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::procs::{free_port, wait_listening};
+
 pub struct Ferryd {
     pub data: String,
     pub management: String,
@@ -48,24 +50,6 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_listening(address: &str, child: &mut Child, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(address).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!("{what} exited during start ({status})");
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {address} within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 /// The workspace root, when ferry-perf runs from `target/<profile>/`.
 fn workspace_root() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -90,7 +74,7 @@ fn start_azurite(scratch: &Path) -> anyhow::Result<(Child, String)> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting Azurite")?;
-    wait_listening(&format!("127.0.0.1:{port}"), &mut child, "Azurite")?;
+    wait_listening(&format!("127.0.0.1:{port}"), Some(&mut child), "Azurite")?;
     Ok((child, format!("http://127.0.0.1:{port}/devstoreaccount1")))
 }
 
@@ -156,8 +140,8 @@ pub fn launch(target: &str, keep: bool) -> anyhow::Result<Ferryd> {
         .stderr(log)
         .spawn()
         .context("starting ferryd")?;
-    wait_listening(&data, &mut child, "ferryd")?;
-    wait_listening(&management, &mut child, "ferryd")?;
+    wait_listening(&data, Some(&mut child), "ferryd")?;
+    wait_listening(&management, Some(&mut child), "ferryd")?;
     let pid = Some(child.id());
     Ok(Ferryd {
         data,

@@ -3,7 +3,7 @@
 //! and ferryd killed mid-run lose nothing; registration, certificate and config errors are
 //! clear; quiesce scripts decide the bookmark's kind.
 
-use ferry_perf::datagen::{DataGenerator, Mix};
+use ferry_perf::datagen::{DataGenerator, Mix, Rng};
 use ferry_tests::{ferryctl, Agent, Appliance, Ferryd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -50,23 +50,11 @@ fn make_image(dir: &Path, seed: u64) -> PathBuf {
     path
 }
 
-/// A little xorshift for choosing where to write (the data comes from the generator).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// `count` random writes of 4 KiB to 256 KiB at 4 KiB-aligned offsets, a few of them zeros.
 fn random_writes(image: &Path, seed: u64, count: usize) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut generator = DataGenerator::new(seed, Mix::MIXED);
     for i in 0..count {
         let len = 4096 * (1 + rng.next() % 64);
