@@ -2,11 +2,13 @@
 //!
 //! Local (offline) commands read the appliance directory or target storage directly and need
 //! no running ferryd: `init`, `vault check`, `points`, `restore`; `demo` runs ferryd and an
-//! agent end to end in a scratch directory. Every command takes `--json`.
+//! agent end to end in a scratch directory. `status`, `disks` and `machines` ask a running
+//! ferryd over its control socket. Every command takes `--json`.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod control;
 mod demo;
 mod files;
 mod init;
@@ -44,6 +46,12 @@ enum Command {
     Points(points::PointsArgs),
     /// Write a disk image at a seq or recovery point (reads storage only; no ferryd needed).
     Restore(restore::RestoreArgs),
+    /// A running ferryd's health, cache, throughput, upload errors and disks (control socket).
+    Status(control::StatusArgs),
+    /// A running ferryd's disks: durable and uploaded seq, backlog, RPO, state.
+    Disks(control::StatusArgs),
+    /// The machines registered with this appliance.
+    Machines(control::ApplianceArg),
     /// Run Ferry end to end in a scratch directory: appliance, ferryd, an agent replicating a
     /// sample disk, and verified restores; then clean up.
     Demo(demo::DemoArgs),
@@ -69,6 +77,9 @@ fn main() -> ExitCode {
             Command::Points(args) => points::run(args, cli.json).await,
             Command::Restore(args) => restore::run(args, cli.json).await,
             Command::Demo(args) => demo::run(args, cli.json).await,
+            Command::Status(args) => control::status(args, cli.json, false).await,
+            Command::Disks(args) => control::status(args, cli.json, true).await,
+            Command::Machines(args) => control::machines(args, cli.json).await,
         }
     });
     match result {

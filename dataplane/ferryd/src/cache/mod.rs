@@ -572,6 +572,16 @@ impl Cache {
         delete_segments(&self.shared.segments_dir(), &empty_segments)
     }
 
+    /// Batch bytes of `disk_id` still in the cache (acknowledged, not yet released). Walks the
+    /// disk's entries: for status, not the hot path.
+    pub fn backlog_bytes(&self, disk_id: Uuid) -> u64 {
+        let state = self.shared.state();
+        state
+            .disks
+            .get(&disk_id)
+            .map_or(0, |d| d.entries.values().map(|e| u64::from(e.batch_len)).sum())
+    }
+
     pub fn usage(&self) -> Usage {
         let state = self.shared.state();
         Usage {

@@ -101,9 +101,36 @@ pub async fn open_vault(storage: &dyn ObjectStorage, key: &VaultKey) -> Result<K
 pub struct PipelineStatus {
     disks: Arc<Mutex<HashMap<Uuid, DiskUploadStatus>>>,
     target_error: Arc<Mutex<Option<String>>>,
+    /// Plaintext batch bytes stored since start.
+    uploaded_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Failed uploads since start, by reason.
+    upload_errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
 impl PipelineStatus {
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn upload_errors(&self) -> std::collections::BTreeMap<String, u64> {
+        self.upload_errors.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record_upload_error(&self, error: &StorageError) {
+        let reason = match error {
+            StorageError::Permanent { kind, .. } => format!("permanent: {kind}"),
+            StorageError::Transient { .. } => "transient".to_string(),
+            StorageError::NotFound { .. } => "not found".to_string(),
+            StorageError::InvalidName { .. } => "invalid name".to_string(),
+        };
+        *self
+            .upload_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
     /// Why the pipeline is not running, while it is not (the target is unreachable).
     pub fn target_error(&self) -> Option<String> {
         self.target_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -522,8 +549,12 @@ impl Coordinator {
                     progress.uploaded_seq = last;
                 }
                 self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.plain_len);
+                self.status
+                    .uploaded_bytes
+                    .fetch_add(upload.plain_len, std::sync::atomic::Ordering::Relaxed);
             }
             UploadOutcome::Failed(upload, error) => {
+                self.status.record_upload_error(&error);
                 let pause = if error.is_permanent() {
                     PERMANENT_PAUSE
                 } else {

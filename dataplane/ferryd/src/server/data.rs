@@ -114,7 +114,7 @@ fn owned_disk(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<DiskView
     Ok(view)
 }
 
-fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
+pub(super) fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
     let upload = state.pipeline.disk(view.meta.disk_id).unwrap_or_default();
     let error = upload.error.clone().or_else(|| state.pipeline.target_error());
     DiskInfo {
@@ -389,10 +389,13 @@ async fn put_batch(
         Admission::CacheFull => return Err(cache_full()),
     }
     match state.cache.append(disk_id, seq, record, batch_len, header_crc).await {
-        Ok(durable_seq) => Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "seq": seq, "durable_seq": durable_seq }),
-        )),
+        Ok(durable_seq) => {
+            state.ingested_bytes.fetch_add(u64::from(batch_len), Ordering::Relaxed);
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "seq": seq, "durable_seq": durable_seq }),
+            ))
+        }
         Err(AppendError::CacheFull) => Err(cache_full()),
         Err(AppendError::ShuttingDown) => {
             Err(ApiError::new(503, "draining", "the server is shutting down").retry_after(5))

@@ -6,6 +6,7 @@
 //! close, in-flight requests finish (at most [`DRAIN_TIMEOUT`]), the cache thread writes what
 //! is queued and stops, and the process exits 0.
 
+pub mod control;
 pub mod data;
 pub mod http;
 pub mod register;
@@ -41,6 +42,10 @@ pub struct AppState {
     pub layout: ApplianceLayout,
     pub draining: AtomicBool,
     pub throttle: register::Throttle,
+    /// Batch bytes acknowledged since start (status rates).
+    pub ingested_bytes: std::sync::atomic::AtomicU64,
+    pub started: std::time::Instant,
+    pub rates: control::RateSampler,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -149,7 +154,12 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         layout,
         draining: AtomicBool::new(false),
         throttle: Default::default(),
+        ingested_bytes: Default::default(),
+        started: std::time::Instant::now(),
+        rates: Default::default(),
     });
+    let control_socket = state.layout.resolve(&state.config.server.control_socket);
+    let control_listener = control::bind(&control_socket)?;
     // One line tests and operators can wait for: both endpoints accept connections now.
     tracing::info!(data = %data_listener.local_addr()?, management = %management_listener.local_addr()?, "ferryd is serving");
 
@@ -162,6 +172,8 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         graceful.clone(),
         stopped.clone(),
     ));
+    let control_loop = tokio::spawn(control::serve(control_listener, state.clone(), stopped.clone()));
+    tokio::spawn(control::sample_rates(state.clone(), stopped.clone()));
     let management_loop = tokio::spawn(serve(
         management_listener,
         tls,
@@ -177,6 +189,8 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     let _ = stop.send(true);
     let _ = data_loop.await;
     let _ = management_loop.await;
+    let _ = control_loop.await;
+    let _ = std::fs::remove_file(&control_socket);
     // The accept loops have returned, so this is the last reference.
     if let Ok(graceful) = Arc::try_unwrap(graceful) {
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {

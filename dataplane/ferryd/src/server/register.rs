@@ -71,6 +71,29 @@ pub struct MachineRecord {
     pub registered_from: String,
 }
 
+/// Every registered machine's record (`state/machines/*.meta`); damaged files are skipped
+/// with a warning.
+pub fn machine_records(layout: &ferry_config::layout::ApplianceLayout) -> std::io::Result<Vec<MachineRecord>> {
+    let dir = layout.root().join("state/machines");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut records = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("meta") {
+            continue;
+        }
+        match state_file::read::<MachineRecord>(&path, MACHINE_MAGIC, 1) {
+            Ok(record) => records.push(record),
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping a damaged machine record"),
+        }
+    }
+    Ok(records)
+}
+
 pub async fn handle(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_string();
     let result = match (request.method().clone(), path.as_str()) {

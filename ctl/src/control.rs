@@ -1,0 +1,178 @@
+//! Commands that ask a running ferryd over its control socket (ferry_client::control):
+//! `status`, `disks`, `machines`. The socket is found from the appliance's ferry.toml
+//! (`server.control_socket`, relative to the appliance directory).
+
+use anyhow::Context;
+use clap::Args;
+use ferry_client::control::{ControlClient, Status};
+use ferry_config::config::ApplianceConfig;
+use ferry_config::layout::ApplianceLayout;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ApplianceArg {
+    /// The appliance directory ferryd runs on.
+    #[arg(long, default_value = "/var/lib/ferry")]
+    pub config: PathBuf,
+}
+
+impl ApplianceArg {
+    pub fn client(&self) -> anyhow::Result<ControlClient> {
+        let layout = ApplianceLayout::new(&self.config);
+        let config = ApplianceConfig::load(&layout.config_file())
+            .with_context(|| format!("reading the appliance at {}", self.config.display()))?;
+        Ok(ControlClient::new(&layout.resolve(&config.server.control_socket)))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub appliance: ApplianceArg,
+    /// Refresh every N seconds (default 2) until interrupted.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2", value_name = "SECS")]
+    pub watch: Option<u64>,
+}
+
+fn mb(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.0} KiB", b as f64 / 1024.0),
+    }
+}
+
+fn duration(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
+}
+
+fn short(id: &uuid::Uuid) -> String {
+    id.to_string()[..8].to_string()
+}
+
+pub fn render_disks(status: &Status) -> String {
+    let mut out = format!(
+        "{:<10} {:<20} {:<10} {:>10} {:>10} {:>11} {:>9}  {}\n",
+        "DISK", "NAME", "MACHINE", "DURABLE", "UPLOADED", "BACKLOG", "RPO", "STATE"
+    );
+    for d in &status.disks {
+        out.push_str(&format!(
+            "{:<10} {:<20} {:<10} {:>10} {:>10} {:>11} {:>9}  {}\n",
+            short(&d.disk_id),
+            d.name,
+            short(&d.machine_id),
+            d.durable_seq,
+            d.uploaded_seq,
+            mb(d.backlog_bytes),
+            d.rpo_secs.map_or("-".into(), duration),
+            d.state
+        ));
+        if let Some(error) = &d.error {
+            out.push_str(&format!("           {error}\n"));
+        }
+    }
+    if status.disks.is_empty() {
+        out.push_str("(no disks yet)\n");
+    }
+    out
+}
+
+pub fn render_status(status: &Status) -> String {
+    let c = &status.cache;
+    let mut out = format!(
+        "ferryd {}, up {}: {}\n",
+        status.version,
+        duration(status.uptime_secs as f64),
+        status.health
+    );
+    if let Some(error) = &status.target_error {
+        out.push_str(&format!("target     {error}\n"));
+    }
+    out.push_str(&format!(
+        "cache      {} used of {} ({} free); backlog {}{}\n",
+        mb(c.used_bytes),
+        mb(c.limit_bytes),
+        mb(c.free_bytes),
+        mb(c.backlog_bytes),
+        c.drain_eta_secs
+            .map_or(String::new(), |s| format!(", drains in about {}", duration(s)))
+    ));
+    for (name, rates) in [("ingest", &status.ingest), ("upload", &status.upload)] {
+        out.push_str(&format!(
+            "{name:<10} {:.1} MB/s over 10 s, {:.1} MB/s over 1 min\n",
+            rates.last_10s_mb_per_s, rates.last_60s_mb_per_s
+        ));
+    }
+    let errors = if status.upload_errors.is_empty() {
+        "none".to_string()
+    } else {
+        status
+            .upload_errors
+            .iter()
+            .map(|(reason, n)| format!("{reason}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push_str(&format!("upload errors since start: {errors}\n\n"));
+    out.push_str(&render_disks(status));
+    out
+}
+
+pub async fn status(args: StatusArgs, json: bool, disks_only: bool) -> anyhow::Result<()> {
+    let client = args.appliance.client()?;
+    loop {
+        let status = client.status().await?;
+        if json {
+            let value = if disks_only {
+                serde_json::to_string(&status.disks)?
+            } else {
+                serde_json::to_string(&status)?
+            };
+            println!("{value}");
+        } else {
+            if args.watch.is_some() {
+                print!("\x1b[2J\x1b[H");
+            }
+            if disks_only {
+                print!("{}", render_disks(&status));
+            } else {
+                print!("{}", render_status(&status));
+            }
+        }
+        match args.watch {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
+            None => return Ok(()),
+        }
+    }
+}
+
+pub async fn machines(args: ApplianceArg, json: bool) -> anyhow::Result<()> {
+    let machines = args.client()?.machines().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&machines)?);
+        return Ok(());
+    }
+    println!(
+        "{:<38} {:<24} {:>5}  {:<24} FROM",
+        "MACHINE", "NAME", "DISKS", "REGISTERED (UTC)"
+    );
+    for m in &machines {
+        println!(
+            "{:<38} {:<24} {:>5}  {:<24} {}",
+            m.machine_id,
+            m.machine_name,
+            m.disks,
+            ferry_format::time::format_unix_ms(m.registered_unix_ms),
+            m.registered_from
+        );
+    }
+    if machines.is_empty() {
+        println!("(no machines registered yet)");
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! ferryd's control API: typed requests and answers shared by ferryd and ferryctl (STYLE.md
+//! 14), served as HTTP/1.1 JSON on an owner-only Unix socket (`server.control_socket` in
+//! ferry.toml; the socket's permissions are its access control). The same types can be
+//! served over HTTPS later.
+//!
+//! - `GET /v1/status` -> [`Status`]: health, cache, throughput, upload errors, disks.
+//! - `GET /v1/machines` -> `Vec<`[`MachineInfo`]`>`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+use crate::client::ClientError;
+
+/// Throughput over the last 10 s and the last minute (MB/s, 10^6 B/s of batch bytes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub last_10s_mb_per_s: f64,
+    pub last_60s_mb_per_s: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheStatus {
+    /// Space the cache's segment files take.
+    pub used_bytes: u64,
+    /// The configured limit (cache.limit_percent / cache.limit_bytes).
+    pub limit_bytes: u64,
+    pub free_bytes: u64,
+    /// Batches acknowledged but not yet uploaded (all disks).
+    pub backlog_bytes: u64,
+    /// `backlog_bytes` over the last minute's upload rate; none while nothing uploads.
+    pub drain_eta_secs: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub disk_id: Uuid,
+    pub machine_id: Uuid,
+    pub name: String,
+    pub size_bytes: u64,
+    pub durable_seq: u64,
+    pub uploaded_seq: u64,
+    /// Bytes of this disk's batches still in the cache.
+    pub backlog_bytes: u64,
+    /// Now minus the source time of the newest write in the latest restorable point.
+    pub rpo_secs: Option<f64>,
+    pub latest_point: Option<String>,
+    /// replicating, upload_error, resync_required
+    pub state: String,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: u64,
+    /// ok, draining, or upload_error (the worst condition).
+    pub health: String,
+    pub draining: bool,
+    pub cache: CacheStatus,
+    pub ingest: Rates,
+    pub upload: Rates,
+    /// Batch bytes acknowledged, and stored in the target, since ferryd started.
+    pub ingested_bytes: u64,
+    pub uploaded_bytes: u64,
+    /// Failed uploads since start, by reason (each is retried; the data stays cached).
+    pub upload_errors: BTreeMap<String, u64>,
+    /// Why the pipeline cannot use the target, while it cannot.
+    pub target_error: Option<String>,
+    pub disks: Vec<DiskStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub machine_id: Uuid,
+    pub machine_name: String,
+    pub registered_unix_ms: u64,
+    pub registered_from: String,
+    pub disks: usize,
+}
+
+/// Talks to ferryd's control socket.
+pub struct ControlClient {
+    socket: PathBuf,
+}
+
+impl ControlClient {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
+            ClientError::Transport(format!(
+                "cannot reach ferryd's control socket {}: {e} (is ferryd running, and may this user open it?)",
+                self.socket.display()
+            ))
+        })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Transport(format!("control socket: {e}")))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header("host", "ferryd")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Transport(format!("control socket: {e}")))?;
+        let status = response.status().as_u16();
+        let body = http_body_util::Limited::new(response.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(format!("control socket: {e}")))?
+            .to_bytes();
+        if status != 200 {
+            return Err(ClientError::Status {
+                status,
+                code: String::new(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+                expected_seq: None,
+                retry_after_secs: None,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Invalid(format!("unexpected answer: {e}")))
+    }
+
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get("/v1/status").await
+    }
+
+    pub async fn machines(&self) -> Result<Vec<MachineInfo>, ClientError> {
+        self.get("/v1/machines").await
+    }
+}

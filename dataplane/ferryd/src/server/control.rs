@@ -1,0 +1,234 @@
+//! The control API (ferry_client::control): HTTP/1.1 JSON on an owner-only Unix socket.
+//! The socket file is created mode 0600 inside the appliance directory (itself owner-only),
+//! so only ferryd's user (and root) can use it; a stale socket from a crash is replaced, a live
+//! one (another ferryd) is refused. Read-only answers for now: status and machines.
+//!
+//! Rates come from [`RateSampler`]: once a second it records the ingested and uploaded byte
+//! counters, keeping 61 samples (one minute); "last 10 s" and "last minute" are the counters
+//! now minus the oldest sample inside the window.
+
+use ferry_client::control::{CacheStatus, DiskStatus, MachineInfo, Rates, Status};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UnixListener;
+
+use super::http::{json, ApiError, Body};
+use super::AppState;
+
+const SAMPLES: usize = 61;
+
+/// One sample a second of (time, ingested bytes, uploaded bytes), seeded with ferryd's start
+/// (zero bytes), so rates are right during the first minute too.
+pub struct RateSampler {
+    samples: Mutex<VecDeque<(Instant, u64, u64)>>,
+}
+
+impl Default for RateSampler {
+    fn default() -> Self {
+        Self {
+            samples: Mutex::new(VecDeque::from([(Instant::now(), 0, 0)])),
+        }
+    }
+}
+
+impl RateSampler {
+    fn push(&self, ingested: u64, uploaded: u64) {
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.push_back((Instant::now(), ingested, uploaded));
+        while samples.len() > SAMPLES {
+            samples.pop_front();
+        }
+    }
+
+    /// (ingest, upload) MB/s from the oldest sample within the last `seconds` to the counters
+    /// `now` (ingested, uploaded).
+    fn rates(&self, seconds: u64, now: (u64, u64)) -> (f64, f64) {
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let at = Instant::now();
+        let since = at.checked_sub(Duration::from_secs(seconds)).unwrap_or(at);
+        let Some(&(then, ingested_then, uploaded_then)) = samples
+            .iter()
+            .find(|(when, _, _)| *when >= since)
+            .or_else(|| samples.back())
+        else {
+            return (0.0, 0.0);
+        };
+        let span = at.duration_since(then).as_secs_f64().max(1e-3);
+        (
+            now.0.saturating_sub(ingested_then) as f64 / 1e6 / span,
+            now.1.saturating_sub(uploaded_then) as f64 / 1e6 / span,
+        )
+    }
+}
+
+pub async fn sample_rates(state: Arc<AppState>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        state.rates.push(
+            state.ingested_bytes.load(Ordering::Relaxed),
+            state.pipeline.uploaded_bytes(),
+        );
+    }
+}
+
+/// Binds the control socket owner-only, replacing a stale one.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another ferryd answers on the control socket {}; stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} owner-only", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, state: Arc<AppState>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&state, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    // Requests carry no body; drain whatever came, bounded.
+    let _ = http_body_util::Limited::new(body, 64 * 1024).collect().await;
+    let answer = match (parts.method, parts.uri.path()) {
+        (Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &status(state))),
+        (Method::GET, "/v1/machines") => machines(state).map(|m| json(StatusCode::OK, &m)),
+        (_, path) => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no such control endpoint: {path}"),
+        )),
+    };
+    answer.unwrap_or_else(|e| e.into_response())
+}
+
+fn status(state: &AppState) -> Status {
+    let now_ms = super::now_unix_ms();
+    let mut disks: Vec<DiskStatus> = state
+        .cache
+        .disks()
+        .iter()
+        .map(|view| {
+            let info = super::data::disk_info(state, view);
+            DiskStatus {
+                disk_id: info.disk_id,
+                machine_id: info.machine_id,
+                name: info.name,
+                size_bytes: info.size_bytes,
+                durable_seq: info.durable_seq,
+                uploaded_seq: info.uploaded_seq,
+                backlog_bytes: state.cache.backlog_bytes(info.disk_id),
+                rpo_secs: info
+                    .latest_point
+                    .as_ref()
+                    .map(|p| now_ms.saturating_sub(p.source_time_unix_ms) as f64 / 1000.0),
+                latest_point: info.latest_point.map(|p| p.bookmark_id),
+                state: info.state,
+                error: info.error.or(info.resync_reason),
+            }
+        })
+        .collect();
+    disks.sort_by(|a, b| (a.machine_id, &a.name).cmp(&(b.machine_id, &b.name)));
+    let usage = state.cache.usage();
+    let backlog: u64 = disks.iter().map(|d| d.backlog_bytes).sum();
+    let counters = (
+        state.ingested_bytes.load(Ordering::Relaxed),
+        state.pipeline.uploaded_bytes(),
+    );
+    let (ingest_10, upload_10) = state.rates.rates(10, counters);
+    let (ingest_60, upload_60) = state.rates.rates(60, counters);
+    let draining = state.draining.load(Ordering::Relaxed);
+    let target_error = state.pipeline.target_error();
+    let upload_error = target_error.is_some() || disks.iter().any(|d| d.state == "upload_error");
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        health: if draining {
+            "draining"
+        } else if upload_error {
+            "upload_error"
+        } else {
+            "ok"
+        }
+        .to_string(),
+        draining,
+        cache: CacheStatus {
+            used_bytes: usage.segment_bytes_total,
+            limit_bytes: usage.limit_bytes,
+            free_bytes: usage.limit_bytes.saturating_sub(usage.segment_bytes_total),
+            backlog_bytes: backlog,
+            drain_eta_secs: (upload_60 > 0.0).then(|| backlog as f64 / 1e6 / upload_60),
+        },
+        ingest: Rates {
+            last_10s_mb_per_s: ingest_10,
+            last_60s_mb_per_s: ingest_60,
+        },
+        upload: Rates {
+            last_10s_mb_per_s: upload_10,
+            last_60s_mb_per_s: upload_60,
+        },
+        ingested_bytes: counters.0,
+        uploaded_bytes: counters.1,
+        upload_errors: state.pipeline.upload_errors(),
+        target_error,
+        disks,
+    }
+}
+
+fn machines(state: &AppState) -> Result<Vec<MachineInfo>, ApiError> {
+    let disks = state.cache.disks();
+    let mut machines: Vec<MachineInfo> = super::register::machine_records(&state.layout)
+        .map_err(|e| ApiError::new(500, "internal", format!("reading the machine records: {e}")))?
+        .into_iter()
+        .map(|record| MachineInfo {
+            disks: disks.iter().filter(|d| d.meta.machine_id == record.machine_id).count(),
+            machine_id: record.machine_id,
+            machine_name: record.machine_name,
+            registered_unix_ms: record.registered_unix_ms,
+            registered_from: record.registered_from,
+        })
+        .collect();
+    machines.sort_by_key(|m| m.registered_unix_ms);
+    Ok(machines)
+}

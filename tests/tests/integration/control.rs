@@ -1,0 +1,130 @@
+//! ferryctl status, disks and machines against a running ferryd: the numbers match a known
+//! workload, the control socket is owner-only, and a stopped ferryd gives a clear error.
+
+use bytes::Bytes;
+use ferry_client::{BatchSender, DiskSpec, RetryPolicy};
+use ferry_format::bookmark::{Bookmark, BookmarkId, BookmarkKind};
+use ferry_format::BatchEncoder;
+use ferry_tests::{ferryctl, Appliance, Ferryd};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn batches(count: u64) -> (Vec<(u64, Bytes)>, u64) {
+    let mut total = 0;
+    let batches = (1..=count)
+        .map(|seq| {
+            let mut encoder = BatchEncoder::new(seq, now_unix_ms());
+            encoder.write(seq * 4096, &vec![seq as u8; 8192]);
+            if seq == count {
+                encoder.bookmark(&Bookmark {
+                    id: BookmarkId::new("last").unwrap(),
+                    kind: BookmarkKind::Crash,
+                    tag: None,
+                    group_id: None,
+                });
+            }
+            let batch = encoder.finish();
+            total += batch.len() as u64;
+            (seq, batch)
+        })
+        .collect();
+    (batches, total)
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn status(appliance: &Appliance) -> serde_json::Value {
+    let run = ferryctl(&["--json", "status", "--config", appliance.dir.to_str().unwrap()]);
+    assert!(run.success, "{}", run.stderr);
+    run.json()
+}
+
+#[tokio::test]
+async fn status_disks_and_machines_match_a_known_workload() {
+    let appliance = Appliance::init(|c| c);
+    let ferryd = Ferryd::start(&appliance).await;
+    let socket = appliance.dir.join("ferryd.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "the control socket is owner-only");
+
+    let machine = appliance.register("web-01").await;
+    let client = machine.data_client().unwrap();
+    let mut total = 0;
+    let disks = [Uuid::new_v4(), Uuid::new_v4()];
+    for (i, disk) in disks.iter().enumerate() {
+        let spec = DiskSpec {
+            name: format!("disk-{i}"),
+            size_bytes: 1 << 30,
+            sector_size: 4096,
+            write_ordered: true,
+        };
+        client.put_disk(*disk, &spec).await.unwrap();
+        let (work, bytes) = batches(10 + i as u64);
+        total += bytes;
+        BatchSender::new(client.clone(), *disk, 4, RetryPolicy::default())
+            .send_all(work)
+            .await
+            .unwrap();
+    }
+    // Uploads follow the acks; wait until the status says everything is stored.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown = loop {
+        let shown = status(&appliance);
+        if shown["uploaded_bytes"].as_u64() == Some(total) && shown["cache"]["backlog_bytes"] == 0 {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "uploads never caught up: {shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(shown["health"], "ok");
+    assert_eq!(
+        shown["ingested_bytes"].as_u64(),
+        Some(total),
+        "every acknowledged byte counted once"
+    );
+    assert!(shown["ingest"]["last_60s_mb_per_s"].as_f64().unwrap() > 0.0, "{shown}");
+    let listed = shown["disks"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    for (i, disk) in listed.iter().enumerate() {
+        let count = 10 + i as u64;
+        assert_eq!(disk["name"], format!("disk-{i}"));
+        assert_eq!(
+            (disk["durable_seq"].as_u64(), disk["uploaded_seq"].as_u64()),
+            (Some(count), Some(count))
+        );
+        assert_eq!(disk["backlog_bytes"], 0);
+        assert_eq!(disk["latest_point"], "last");
+        assert!(disk["rpo_secs"].as_f64().is_some(), "{disk}");
+        assert_eq!(disk["state"], "replicating");
+    }
+    let run = ferryctl(&["status", "--config", appliance.dir.to_str().unwrap()]);
+    assert!(
+        run.success && run.stdout.contains(": ok") && run.stdout.contains("disk-1"),
+        "{}",
+        run.stdout
+    );
+    let run = ferryctl(&["--json", "disks", "--config", appliance.dir.to_str().unwrap()]);
+    assert_eq!(run.json().as_array().map(Vec::len), Some(2));
+
+    let run = ferryctl(&["--json", "machines", "--config", appliance.dir.to_str().unwrap()]);
+    assert!(run.success, "{}", run.stderr);
+    let machines = run.json();
+    assert_eq!(machines.as_array().map(Vec::len), Some(1));
+    assert_eq!(machines[0]["machine_name"], "web-01");
+    assert_eq!(machines[0]["machine_id"], machine.machine_id.to_string());
+    assert_eq!(machines[0]["disks"], 2);
+
+    assert!(ferryd.terminate().await.success());
+    assert!(!socket.exists(), "ferryd removes its socket on a clean stop");
+    let run = ferryctl(&["status", "--config", appliance.dir.to_str().unwrap()]);
+    assert!(
+        !run.success && run.stderr.contains("is ferryd running"),
+        "{}",
+        run.stderr
+    );
+}
