@@ -21,6 +21,16 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot fsync {}", path.display()))
 }
 
+/// Replaces `path` so a crash leaves the old or the new content, never a torn file: a
+/// temporary file beside it (mode 0600, fsync'd), a rename, an fsync of the directory.
+pub fn replace_private_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp); // left by an interrupted replace
+    write_private_file(&tmp, contents)?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Creates the directory `path` with mode 0700.
 pub fn create_private_dir(path: &Path) -> Result<()> {
     fs::DirBuilder::new()

@@ -66,7 +66,7 @@ fn host_name() -> Option<String> {
 }
 
 /// 24 characters from an alphabet without look-alikes (~119 bits), in groups of four.
-fn generate_passphrase() -> Result<String> {
+pub(crate) fn generate_passphrase() -> Result<String> {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
     let mut out = String::new();
     let mut pool = [0u8; 64];

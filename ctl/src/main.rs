@@ -14,6 +14,7 @@ mod files;
 mod init;
 mod points;
 mod restore;
+mod secrets;
 mod target_args;
 mod vault;
 mod vault_access;
@@ -52,6 +53,8 @@ enum Command {
     Disks(control::StatusArgs),
     /// The machines registered with this appliance.
     Machines(control::ApplianceArg),
+    /// Show (or --rotate) the registration passphrase agents register with.
+    Passphrase(secrets::PassphraseArgs),
     /// Run Ferry end to end in a scratch directory: appliance, ferryd, an agent replicating a
     /// sample disk, and verified restores; then clean up.
     Demo(demo::DemoArgs),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Status(args) => control::status(args, cli.json, false).await,
             Command::Disks(args) => control::status(args, cli.json, true).await,
             Command::Machines(args) => control::machines(args, cli.json).await,
+            Command::Passphrase(args) => secrets::passphrase(args, cli.json),
         }
     });
     match result {

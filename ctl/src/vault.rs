@@ -11,6 +11,8 @@ use crate::vault_access::{self, VaultArgs};
 pub enum VaultCommand {
     /// Check a vault key against a target's vault.json ("wrong vault key" if it does not match).
     Check(VaultArgs),
+    /// Print the appliance's vault key in its text form (with a warning), to keep it offline.
+    ExportKey(crate::secrets::ExportKeyArgs),
 }
 
 #[derive(Serialize)]
@@ -23,6 +25,7 @@ struct CheckReport {
 
 pub async fn run(command: VaultCommand, json: bool) -> Result<()> {
     match command {
+        VaultCommand::ExportKey(args) => crate::secrets::export_key(args, json),
         VaultCommand::Check(args) => {
             let opened = vault_access::open(&args).await?;
             let report = CheckReport {

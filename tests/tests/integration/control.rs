@@ -128,3 +128,57 @@ async fn status_disks_and_machines_match_a_known_workload() {
         run.stderr
     );
 }
+
+/// `passphrase --rotate` takes effect at the next registration without a restart; the old
+/// passphrase is refused; machines already registered keep working. `vault export-key`
+/// prints the key file's text form, with a warning on stderr only.
+#[tokio::test]
+async fn passphrase_rotation_and_key_export() {
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let dir = appliance.dir.to_str().unwrap();
+    let before = appliance.passphrase();
+    let earlier = appliance.register("before").await;
+
+    let shown = ferryctl(&["passphrase", "--config", dir]);
+    assert!(shown.success);
+    assert_eq!(shown.stdout.trim(), before);
+    let rotated = ferryctl(&["--json", "passphrase", "--rotate", "--config", dir]);
+    assert!(rotated.success, "{}", rotated.stderr);
+    let after = rotated.json()["passphrase"].as_str().unwrap().to_string();
+    assert_ne!(after, before);
+    assert_eq!(appliance.passphrase(), after, "written to the passphrase file");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(appliance.dir.join("passphrase"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "still owner-only");
+
+    let old = ferry_client::register(&appliance.management, None, "late", &before).await;
+    assert_eq!(
+        old.err().and_then(|e| e.code().map(str::to_string)).as_deref(),
+        Some("bad_passphrase")
+    );
+    ferry_client::register(&appliance.management, None, "late", &after)
+        .await
+        .expect("the new passphrase registers at once");
+    earlier
+        .data_client()
+        .unwrap()
+        .health()
+        .await
+        .expect("a machine registered before the rotation still connects");
+
+    let exported = ferryctl(&["vault", "export-key", "--config", dir]);
+    assert!(exported.success, "{}", exported.stderr);
+    let key_file = std::fs::read_to_string(appliance.dir.join("vault.key")).unwrap();
+    assert_eq!(exported.stdout.trim(), key_file.trim());
+    assert!(exported.stderr.contains("WARNING") && !exported.stderr.contains(key_file.trim()));
+    let missing = ferryctl(&["vault", "export-key", "--config", "/nonexistent/appliance"]);
+    assert!(
+        !missing.success && missing.stderr.contains("reading the vault key"),
+        "{}",
+        missing.stderr
+    );
+}
