@@ -176,3 +176,67 @@ pub async fn machines(args: ApplianceArg, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub appliance: ApplianceArg,
+    /// Accept data again (ends a drain).
+    #[arg(long)]
+    pub resume: bool,
+    /// Ask for the drain and return without waiting for the cache to empty.
+    #[arg(long, conflicts_with = "resume")]
+    pub no_wait: bool,
+}
+
+/// `ferryctl drain`: ferryd refuses new data (agents keep theirs and retry), uploads what is
+/// cached, and this command reports progress until every disk's `uploaded_seq` has reached
+/// its `durable_seq`. Ctrl-C stops waiting, not the drain; `--resume` ends it.
+pub async fn drain(args: DrainArgs, json: bool) -> anyhow::Result<()> {
+    let client = args.appliance.client()?;
+    if args.resume {
+        let status = client.resume().await?;
+        if json {
+            println!("{}", serde_json::to_string(&status)?);
+        } else {
+            println!("ferryd accepts data again ({})", status.health);
+        }
+        return Ok(());
+    }
+    let mut status = client.drain().await?;
+    if !json {
+        eprintln!("draining: ferryd refuses new data (agents keep it and retry) and uploads its cache");
+    }
+    let drained = |s: &Status| s.cache.backlog_bytes == 0 && s.disks.iter().all(|d| d.uploaded_seq >= d.durable_seq);
+    while !args.no_wait && !drained(&status) {
+        if !json {
+            let note = status
+                .target_error
+                .clone()
+                .or_else(|| status.disks.iter().find_map(|d| d.error.clone()))
+                .map_or(String::new(), |e| format!(" (uploads failing: {e})"));
+            eprintln!(
+                "  backlog {} uploading at {:.1} MB/s{}{note}",
+                mb(status.cache.backlog_bytes),
+                status.upload.last_10s_mb_per_s,
+                status
+                    .cache
+                    .drain_eta_secs
+                    .map_or(String::new(), |s| format!(", about {} left", duration(s)))
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        status = client.status().await?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else if drained(&status) {
+        println!(
+            "cache drained: every acknowledged batch is in storage. ferryd refuses data until \
+             `ferryctl drain --resume` (or a restart)."
+        );
+    } else {
+        println!("drain requested; `ferryctl status` shows the backlog");
+    }
+    Ok(())
+}

@@ -53,6 +53,8 @@ enum Command {
     Disks(control::StatusArgs),
     /// The machines registered with this appliance.
     Machines(control::ApplianceArg),
+    /// Stop accepting data, upload everything cached, report when the cache is empty (--resume ends it).
+    Drain(control::DrainArgs),
     /// Show (or --rotate) the registration passphrase agents register with.
     Passphrase(secrets::PassphraseArgs),
     /// Run Ferry end to end in a scratch directory: appliance, ferryd, an agent replicating a
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
             Command::Disks(args) => control::status(args, cli.json, true).await,
             Command::Machines(args) => control::machines(args, cli.json).await,
             Command::Passphrase(args) => secrets::passphrase(args, cli.json),
+            Command::Drain(args) => control::drain(args, cli.json).await,
         }
     });
     match result {

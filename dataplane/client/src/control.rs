@@ -5,6 +5,8 @@
 //!
 //! - `GET /v1/status` -> [`Status`]: health, cache, throughput, upload errors, disks.
 //! - `GET /v1/machines` -> `Vec<`[`MachineInfo`]`>`.
+//! - `POST /v1/drain`, `POST /v1/resume` -> [`Status`]: stop accepting data (for maintenance;
+//!   uploads go on until the cache is empty), or accept it again.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -93,6 +95,10 @@ impl ControlClient {
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(hyper::Method::GET, path).await
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(&self, method: hyper::Method, path: &str) -> Result<T, ClientError> {
         use http_body_util::BodyExt;
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
             ClientError::Transport(format!(
@@ -104,7 +110,9 @@ impl ControlClient {
             .await
             .map_err(|e| ClientError::Transport(format!("control socket: {e}")))?;
         tokio::spawn(connection);
-        let request = hyper::Request::get(path)
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "ferryd")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
@@ -136,5 +144,15 @@ impl ControlClient {
 
     pub async fn machines(&self) -> Result<Vec<MachineInfo>, ClientError> {
         self.get("/v1/machines").await
+    }
+
+    /// Stops accepting data (503 draining) while uploads go on; answers the status.
+    pub async fn drain(&self) -> Result<Status, ClientError> {
+        self.call(hyper::Method::POST, "/v1/drain").await
+    }
+
+    /// Accepts data again after a drain.
+    pub async fn resume(&self) -> Result<Status, ClientError> {
+        self.call(hyper::Method::POST, "/v1/resume").await
     }
 }

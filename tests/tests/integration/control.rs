@@ -182,3 +182,46 @@ async fn passphrase_rotation_and_key_export() {
         missing.stderr
     );
 }
+
+/// `drain` refuses new data at once, returns when the cache is empty, and `--resume` ends it.
+#[tokio::test]
+async fn drain_empties_the_cache_then_resume_accepts_data() {
+    // Slow uploads (200 ms a call, every 4th a 503 retried), so the drain has something to wait for.
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start_with_env(&appliance, &[("FERRY_TEST_FAULTS", "503:4:200")]).await;
+    let dir = appliance.dir.to_str().unwrap();
+    let machine = appliance.register("db-01").await;
+    let client = machine.data_client().unwrap();
+    let disk = Uuid::new_v4();
+    let spec = DiskSpec {
+        name: "data".into(),
+        size_bytes: 1 << 30,
+        sector_size: 4096,
+        write_ordered: true,
+    };
+    client.put_disk(disk, &spec).await.unwrap();
+    let (work, _) = batches(20);
+    BatchSender::new(client.clone(), disk, 4, RetryPolicy::default())
+        .send_all(work)
+        .await
+        .unwrap();
+    let run = ferryctl(&["drain", "--config", dir]);
+    assert!(run.success, "{}", run.stderr);
+    assert!(run.stdout.contains("cache drained"), "{}", run.stdout);
+    let shown = status(&appliance);
+    assert_eq!(shown["health"], "draining");
+    assert_eq!(shown["cache"]["backlog_bytes"], 0);
+    assert_eq!(shown["disks"][0]["uploaded_seq"], 20);
+
+    let mut next = BatchEncoder::new(21, now_unix_ms());
+    next.write(0, &[1u8; 4096]);
+    let refused = client.put_batch(disk, 21, next.finish()).await.unwrap_err();
+    assert_eq!((refused.status(), refused.code()), (Some(503), Some("draining")));
+
+    let run = ferryctl(&["drain", "--resume", "--config", dir]);
+    assert!(run.success, "{}", run.stderr);
+    let mut next = BatchEncoder::new(21, now_unix_ms());
+    next.write(0, &[1u8; 4096]);
+    assert_eq!(client.put_batch(disk, 21, next.finish()).await.unwrap().durable_seq, 21);
+    assert_eq!(status(&appliance)["health"], "ok");
+}

@@ -1,7 +1,7 @@
 //! The control API (ferry_client::control): HTTP/1.1 JSON on an owner-only Unix socket.
 //! The socket file is created mode 0600 inside the appliance directory (itself owner-only),
 //! so only ferryd's user (and root) can use it; a stale socket from a crash is replaced, a live
-//! one (another ferryd) is refused. Read-only answers for now: status and machines.
+//! one (another ferryd) is refused. Status and machines; drain and resume.
 //!
 //! Rates come from [`RateSampler`]: once a second it records the ingested and uploaded byte
 //! counters, keeping 61 samples (one minute); "last 10 s" and "last minute" are the counters
@@ -134,6 +134,18 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
     let answer = match (parts.method, parts.uri.path()) {
         (Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &status(state))),
         (Method::GET, "/v1/machines") => machines(state).map(|m| json(StatusCode::OK, &m)),
+        (Method::POST, "/v1/drain") => {
+            if !state.draining.swap(true, Ordering::SeqCst) {
+                tracing::info!("draining for maintenance: refusing new data, uploading the cache");
+            }
+            Ok(json(StatusCode::OK, &status(state)))
+        }
+        (Method::POST, "/v1/resume") => {
+            if state.draining.swap(false, Ordering::SeqCst) {
+                tracing::info!("accepting data again");
+            }
+            Ok(json(StatusCode::OK, &status(state)))
+        }
         (_, path) => Err(ApiError::new(
             404,
             "not_found",
