@@ -48,6 +48,7 @@ pub fn make_appliance(
     });
     config.server.data_listen = data.clone();
     config.server.management_listen = management.clone();
+    config.server.metrics_listen = format!("127.0.0.1:{}", free_port());
     config.server.advertised_data_endpoint = data.clone();
     config.cache.engine = engine;
     config.cache.limit_bytes = 8 << 30;

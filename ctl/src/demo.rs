@@ -81,6 +81,7 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<()> {
             .args(["--json", "init"])
             .arg(&appliance)
             .args(["--data-listen", &data, "--management-listen", &management])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port()?)])
             .args(["--server-name", "127.0.0.1"]),
     )?;
     step("appliance initialised (vault key, CA, passphrase, local target)");

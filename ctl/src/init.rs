@@ -37,6 +37,9 @@ pub struct InitArgs {
     /// Management endpoint address (default 0.0.0.0:443).
     #[arg(long, value_name = "ADDR")]
     pub management_listen: Option<String>,
+    /// Prometheus /metrics address (default 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -182,6 +185,9 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
     }
     if let Some(listen) = &args.management_listen {
         config.server.management_listen = listen.clone();
+    }
+    if let Some(listen) = &args.metrics_listen {
+        config.server.metrics_listen = listen.clone();
     }
     let mut server_names = args.server_names.clone();
     if server_names.is_empty() {

@@ -90,6 +90,8 @@ pub fn launch(target: &str, keep: bool) -> anyhow::Result<Ferryd> {
     init.args(["--json", "init"]).arg(&appliance).args([
         "--data-listen",
         &data,
+        "--metrics-listen",
+        &format!("127.0.0.1:{}", free_port()?),
         "--management-listen",
         &management,
         "--server-name",

@@ -95,6 +95,8 @@ pub struct Appliance {
     pub dir: PathBuf,
     pub data: String,
     pub management: String,
+    /// Prometheus /metrics (plain HTTP, loopback).
+    pub metrics: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -110,6 +112,7 @@ impl Appliance {
         let dir = tmp.path().join("appliance");
         let data = format!("127.0.0.1:{}", free_port());
         let management = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "init",
             dir.to_str().expect("utf-8 path"),
@@ -117,6 +120,8 @@ impl Appliance {
             &data,
             "--management-listen",
             &management,
+            "--metrics-listen",
+            &metrics,
             "--server-name",
             "127.0.0.1",
             "--server-name",
@@ -132,6 +137,7 @@ impl Appliance {
             dir,
             data,
             management,
+            metrics,
             _tmp: tmp,
         }
     }

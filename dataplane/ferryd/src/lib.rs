@@ -2,6 +2,7 @@
 //! endpoints ([`server`]) and small checksummed state files ([`state_file`]).
 
 pub mod cache;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod state_file;

@@ -38,6 +38,33 @@ fn now_unix_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// `GET /metrics`, as Prometheus would scrape it.
+async fn scrape(address: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ferryd\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("text/plain; version=0.0.4"),
+        "{answer}"
+    );
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `name` (with its labels, if any) in an exposition text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 fn status(appliance: &Appliance) -> serde_json::Value {
     let run = ferryctl(&["--json", "status", "--config", appliance.dir.to_str().unwrap()]);
     assert!(run.success, "{}", run.stderr);
@@ -108,8 +135,42 @@ async fn status_disks_and_machines_match_a_known_workload() {
         "{}",
         run.stdout
     );
+    let human = run.stdout.clone();
     let run = ferryctl(&["--json", "disks", "--config", appliance.dir.to_str().unwrap()]);
     assert_eq!(run.json().as_array().map(Vec::len), Some(2));
+
+    let metrics = scrape(&appliance.metrics).await;
+    assert_eq!(sample(&metrics, "ferry_ingest_batches_total"), Some(21.0), "{metrics}");
+    assert_eq!(sample(&metrics, "ferry_ingest_bytes_total"), Some(total as f64));
+    assert_eq!(sample(&metrics, "ferry_upload_bytes_total"), Some(total as f64));
+    assert_eq!(sample(&metrics, "ferry_ack_latency_seconds_count"), Some(21.0));
+    assert_eq!(
+        sample(&metrics, "ferry_ack_latency_seconds_bucket{le=\"+Inf\"}"),
+        Some(21.0)
+    );
+    let uploads = sample(&metrics, "ferry_upload_latency_seconds_count").unwrap();
+    assert!(uploads >= 2.0, "one change set per disk at least: {uploads}");
+    assert!(
+        sample(&metrics, "ferry_compression_ratio").unwrap() > 1.0,
+        "repeated bytes compress"
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ferry_disk_rpo_seconds{"))
+            .count(),
+        2
+    );
+    // No secret in anything ferryd shows.
+    let passphrase = appliance.passphrase();
+    let key = std::fs::read_to_string(appliance.dir.join("vault.key")).unwrap();
+    let key_hex = key.trim().rsplit(':').next().unwrap().to_string();
+    for shown in [&metrics, &human, &shown.to_string(), &appliance.log()] {
+        assert!(
+            !shown.contains(&passphrase) && !shown.contains(&key_hex),
+            "a secret leaked: {shown}"
+        );
+    }
 
     let run = ferryctl(&["--json", "machines", "--config", appliance.dir.to_str().unwrap()]);
     assert!(run.success, "{}", run.stderr);

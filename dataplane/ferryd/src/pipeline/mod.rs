@@ -105,9 +105,20 @@ pub struct PipelineStatus {
     uploaded_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Failed uploads since start, by reason.
     upload_errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    /// Sealed bytes stored since start.
+    sealed_bytes: Arc<std::sync::atomic::AtomicU64>,
+    upload_latency: Arc<crate::metrics::LatencyHistogram>,
 }
 
 impl PipelineStatus {
+    pub fn sealed_bytes(&self) -> u64 {
+        self.sealed_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn upload_latency(&self) -> &crate::metrics::LatencyHistogram {
+        &self.upload_latency
+    }
+
     pub fn uploaded_bytes(&self) -> u64 {
         self.uploaded_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -515,19 +526,27 @@ impl Coordinator {
     }
 
     fn start_upload(&self, upload: Upload) {
-        let (storage, uploads, bucket, outcomes) = (
+        let (storage, uploads, bucket, outcomes, status) = (
             self.storage.clone(),
             self.uploads.clone(),
             self.bucket.clone(),
             self.outcomes_tx.clone(),
+            self.status.clone(),
         );
         tokio::spawn(async move {
             let Ok(_permit) = uploads.acquire_owned().await else {
                 return;
             };
             bucket.take(upload.sealed.len() as u64).await;
+            let started = Instant::now();
             let outcome = match storage.put(&upload.name, upload.sealed.clone()).await {
-                Ok(()) => UploadOutcome::Stored(upload),
+                Ok(()) => {
+                    status.upload_latency.observe(started.elapsed());
+                    status
+                        .sealed_bytes
+                        .fetch_add(upload.sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    UploadOutcome::Stored(upload)
+                }
                 Err(error) => UploadOutcome::Failed(upload, error),
             };
             let _ = outcomes.send(outcome);

@@ -330,6 +330,7 @@ async fn put_batch(
     seq: u64,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let arrived = std::time::Instant::now();
     draining(state)?;
     let disk = owned_disk(state, machine, disk_id)?;
     let max_batch_bytes = state.config.ingest.max_batch_bytes;
@@ -391,6 +392,8 @@ async fn put_batch(
     match state.cache.append(disk_id, seq, record, batch_len, header_crc).await {
         Ok(durable_seq) => {
             state.ingested_bytes.fetch_add(u64::from(batch_len), Ordering::Relaxed);
+            state.metrics.batches.fetch_add(1, Ordering::Relaxed);
+            state.metrics.ack_latency.observe(arrived.elapsed());
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({ "seq": seq, "durable_seq": durable_seq }),

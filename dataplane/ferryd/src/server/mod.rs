@@ -46,6 +46,7 @@ pub struct AppState {
     pub ingested_bytes: std::sync::atomic::AtomicU64,
     pub started: std::time::Instant,
     pub rates: control::RateSampler,
+    pub metrics: crate::metrics::IngestMetrics,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -111,6 +112,9 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     )?;
     let data_listener = bind(&config.server.data_listen).await?;
     let management_listener = bind(&config.server.management_listen).await?;
+    let metrics_listener = bind(&config.server.metrics_listen)
+        .await
+        .context("server.metrics_listen (Prometheus /metrics)")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let pipeline = crate::pipeline::PipelineStatus::default();
     // A wrong vault key or a target without a vault is a configuration error: refuse to start.
@@ -157,6 +161,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         ingested_bytes: Default::default(),
         started: std::time::Instant::now(),
         rates: Default::default(),
+        metrics: Default::default(),
     });
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
     let control_listener = control::bind(&control_socket)?;
@@ -174,6 +179,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     ));
     let control_loop = tokio::spawn(control::serve(control_listener, state.clone(), stopped.clone()));
     tokio::spawn(control::sample_rates(state.clone(), stopped.clone()));
+    tokio::spawn(crate::metrics::serve(metrics_listener, state.clone(), stopped.clone()));
     let management_loop = tokio::spawn(serve(
         management_listener,
         tls,

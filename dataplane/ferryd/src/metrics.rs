@@ -1,0 +1,219 @@
+//! Prometheus metrics: counters and histograms updated on the hot path with one atomic add
+//! each, rendered in the text exposition format (0.0.4) on `server.metrics_listen` (plain
+//! HTTP, loopback by default: the numbers are not secret, but the endpoint is not meant to be
+//! exposed). No label carries a secret: disk ids and names only.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, seconds.
+const BOUNDS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A latency histogram with fixed buckets (cumulative when rendered).
+pub struct LatencyHistogram {
+    counts: [AtomicU64; BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        let bucket = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(latency.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in BOUNDS.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[BOUNDS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// Metrics of the ingest path (the pipeline keeps its own in `PipelineStatus`).
+#[derive(Default)]
+pub struct IngestMetrics {
+    pub batches: AtomicU64,
+    /// From the request's arrival to its 200 (durable).
+    pub ack_latency: LatencyHistogram,
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+/// The exposition text of everything ferryd measures.
+pub fn render(state: &crate::server::AppState) -> String {
+    let mut out = String::new();
+    let ingested = state.ingested_bytes.load(Ordering::Relaxed);
+    let uploaded = state.pipeline.uploaded_bytes();
+    let sealed = state.pipeline.sealed_bytes();
+    metric(
+        &mut out,
+        "ferry_ingest_batches_total",
+        "counter",
+        "Batches acknowledged (durable in the cache).",
+        state.metrics.batches.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "ferry_ingest_bytes_total",
+        "counter",
+        "Batch bytes acknowledged.",
+        ingested,
+    );
+    metric(
+        &mut out,
+        "ferry_upload_bytes_total",
+        "counter",
+        "Batch bytes stored in the target (before compression).",
+        uploaded,
+    );
+    metric(
+        &mut out,
+        "ferry_upload_sealed_bytes_total",
+        "counter",
+        "Sealed (compressed, encrypted) bytes stored in the target.",
+        sealed,
+    );
+    let ratio = if sealed > 0 {
+        uploaded as f64 / sealed as f64
+    } else {
+        0.0
+    };
+    metric(
+        &mut out,
+        "ferry_compression_ratio",
+        "gauge",
+        "Batch bytes over sealed bytes stored since start.",
+        ratio,
+    );
+    state.metrics.ack_latency.render(
+        &mut out,
+        "ferry_ack_latency_seconds",
+        "Batch arrival to acknowledgement.",
+    );
+    state.pipeline.upload_latency().render(
+        &mut out,
+        "ferry_upload_latency_seconds",
+        "One change set's upload, retries included.",
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ferry_upload_errors_total Failed uploads by reason (each is retried).\n# TYPE ferry_upload_errors_total counter"
+    );
+    for (reason, count) in state.pipeline.upload_errors() {
+        let _ = writeln!(
+            out,
+            "ferry_upload_errors_total{{reason=\"{}\"}} {count}",
+            label(&reason)
+        );
+    }
+    let usage = state.cache.usage();
+    metric(
+        &mut out,
+        "ferry_cache_used_bytes",
+        "gauge",
+        "Space the cache's segments take.",
+        usage.segment_bytes_total,
+    );
+    metric(
+        &mut out,
+        "ferry_cache_limit_bytes",
+        "gauge",
+        "The cache's configured limit.",
+        usage.limit_bytes,
+    );
+    let now_ms = crate::server::now_unix_ms();
+    let disks = state.cache.disks();
+    let _ = writeln!(out, "# HELP ferry_cache_backlog_bytes Batch bytes of a disk not yet uploaded.\n# TYPE ferry_cache_backlog_bytes gauge");
+    for view in &disks {
+        let _ = writeln!(
+            out,
+            "ferry_cache_backlog_bytes{{disk_id=\"{}\",name=\"{}\"}} {}",
+            view.meta.disk_id,
+            label(&view.meta.name),
+            state.cache.backlog_bytes(view.meta.disk_id)
+        );
+    }
+    let _ = writeln!(out, "# HELP ferry_disk_rpo_seconds Now minus the source time of the newest write in the disk's latest restorable point.\n# TYPE ferry_disk_rpo_seconds gauge");
+    for view in &disks {
+        if let Some(point) = state.pipeline.disk(view.meta.disk_id).and_then(|d| d.latest_point) {
+            let rpo = now_ms.saturating_sub(point.source_time_unix_ms) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "ferry_disk_rpo_seconds{{disk_id=\"{}\",name=\"{}\"}} {rpo}",
+                view.meta.disk_id,
+                label(&view.meta.name)
+            );
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` until `stopped`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: std::sync::Arc<crate::server::AppState>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stopped.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move {
+                    let response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+                        hyper::Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(crate::server::http::Body::from(render(&state)))
+                    } else {
+                        hyper::Response::builder()
+                            .status(404)
+                            .body(crate::server::http::Body::from("only /metrics here\n"))
+                    };
+                    Ok::<_, std::convert::Infallible>(response.unwrap_or_default())
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
