@@ -53,12 +53,22 @@ pub struct DiskStatus {
     pub error: Option<String>,
 }
 
+/// One health alert: a stable code, `warning` or `critical`, and a plain message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub code: String,
+    pub severity: String,
+    pub message: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
     pub uptime_secs: u64,
-    /// ok, draining, or upload_error (the worst condition).
+    /// ok, warning or critical: the worst alert.
     pub health: String,
+    pub alerts: Vec<Alert>,
+    /// Refusing new data (ferryctl drain, or stopping).
     pub draining: bool,
     pub cache: CacheStatus,
     pub ingest: Rates,

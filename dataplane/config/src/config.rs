@@ -127,6 +127,44 @@ impl Default for PipelineConfig {
     }
 }
 
+/// Health alert thresholds (ASR's process-server alerts as defaults).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub cpu_warning_percent: u32,
+    pub cpu_critical_percent: u32,
+    pub memory_warning_percent: u32,
+    pub memory_critical_percent: u32,
+    /// CPU and memory alerts fire when the level held this long.
+    pub sustained_secs: u64,
+    pub cache_free_warning_percent: u32,
+    pub cache_free_critical_percent: u32,
+    pub drain_warning_secs: u64,
+    pub drain_critical_secs: u64,
+    /// A disk whose RPO exceeds this is alerted.
+    pub rpo_threshold_secs: u64,
+    /// Below this share of free cache space, new batches get 503 with Retry-After (0: never).
+    pub throttle_free_percent: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            cpu_warning_percent: 80,
+            cpu_critical_percent: 95,
+            memory_warning_percent: 80,
+            memory_critical_percent: 95,
+            sustained_secs: 900,
+            cache_free_warning_percent: 30,
+            cache_free_critical_percent: 25,
+            drain_warning_secs: 1800,
+            drain_critical_secs: 2700,
+            rpo_threshold_secs: 900,
+            throttle_free_percent: 20,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApplianceConfig {
@@ -141,6 +179,8 @@ pub struct ApplianceConfig {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub storage_retry: RetryPolicy,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     pub target: TargetConfig,
 }
 
@@ -154,6 +194,7 @@ impl ApplianceConfig {
             ingest: IngestConfig::default(),
             pipeline: PipelineConfig::default(),
             storage_retry: RetryPolicy::default(),
+            alerts: AlertsConfig::default(),
             target,
         }
     }
@@ -279,6 +320,38 @@ impl ApplianceConfig {
                 ),
             ));
         }
+        let a = &self.alerts;
+        range("alerts.cpu_warning_percent", a.cpu_warning_percent, 1, 100)?;
+        range(
+            "alerts.cpu_critical_percent",
+            a.cpu_critical_percent,
+            a.cpu_warning_percent,
+            100,
+        )?;
+        range("alerts.memory_warning_percent", a.memory_warning_percent, 1, 100)?;
+        range(
+            "alerts.memory_critical_percent",
+            a.memory_critical_percent,
+            a.memory_warning_percent,
+            100,
+        )?;
+        range("alerts.sustained_secs", a.sustained_secs, 0, 86_400)?;
+        range("alerts.cache_free_warning_percent", a.cache_free_warning_percent, 1, 99)?;
+        range(
+            "alerts.cache_free_critical_percent",
+            a.cache_free_critical_percent,
+            1,
+            a.cache_free_warning_percent,
+        )?;
+        range("alerts.drain_warning_secs", a.drain_warning_secs, 1, 7 * 86_400)?;
+        range(
+            "alerts.drain_critical_secs",
+            a.drain_critical_secs,
+            a.drain_warning_secs,
+            7 * 86_400,
+        )?;
+        range("alerts.rpo_threshold_secs", a.rpo_threshold_secs, 1, 30 * 86_400)?;
+        range("alerts.throttle_free_percent", a.throttle_free_percent, 0, 90)?;
         self.storage_retry
             .validate()
             .map_err(|message| ("storage_retry", message))?;
@@ -308,6 +381,7 @@ impl ApplianceConfig {
         let c = &self.cache;
         let p = &self.pipeline;
         let r = &self.storage_retry;
+        let a = &self.alerts;
         let engine = match c.engine {
             CacheEngine::Auto => "auto",
             CacheEngine::IoUring => "io_uring",
@@ -369,6 +443,26 @@ memory_budget_bytes = {memory_budget_bytes}
 # Upload bandwidth cap in bytes per second; 0 = unlimited.
 bandwidth_cap_bytes_per_sec = {bandwidth}
 
+[alerts]
+# Health alerts (ferryctl status; ASR's process-server thresholds as defaults).
+# CPU and memory use of the machine, warning and critical, when held for sustained_secs.
+cpu_warning_percent = {cpu_w}
+cpu_critical_percent = {cpu_c}
+memory_warning_percent = {mem_w}
+memory_critical_percent = {mem_c}
+sustained_secs = {sustained}
+# Free cache space below these shares of the limit.
+cache_free_warning_percent = {free_w}
+cache_free_critical_percent = {free_c}
+# Estimated time to upload the cached backlog at the last minute's rate.
+drain_warning_secs = {drain_w}
+drain_critical_secs = {drain_c}
+# A disk's RPO (now minus the source time of its latest restorable point) above this.
+rpo_threshold_secs = {rpo}
+# Below this share of free cache space new batches get 503 cache_full with Retry-After
+# (agents keep their data and retry) before the cache is actually full; 0 = never.
+throttle_free_percent = {throttle}
+
 [storage_retry]
 # Transient storage errors (timeouts, resets, 500, 503, 429) are retried with exponential
 # backoff and full jitter, within these bounds; permanent ones (403, 404) are not.
@@ -401,6 +495,17 @@ total_budget_ms = {total_budget_ms}
             initial_backoff_ms = r.initial_backoff_ms,
             max_backoff_ms = r.max_backoff_ms,
             total_budget_ms = r.total_budget_ms,
+            cpu_w = a.cpu_warning_percent,
+            cpu_c = a.cpu_critical_percent,
+            mem_w = a.memory_warning_percent,
+            mem_c = a.memory_critical_percent,
+            sustained = a.sustained_secs,
+            free_w = a.cache_free_warning_percent,
+            free_c = a.cache_free_critical_percent,
+            drain_w = a.drain_warning_secs,
+            drain_c = a.drain_critical_secs,
+            rpo = a.rpo_threshold_secs,
+            throttle = a.throttle_free_percent,
         );
         out.push_str(
             "# Where sealed objects go (FORMATS.md). kind = \"local\" (a directory) or \"azure\" (Blob Storage).\n",

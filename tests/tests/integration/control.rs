@@ -270,7 +270,10 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
     assert!(run.success, "{}", run.stderr);
     assert!(run.stdout.contains("cache drained"), "{}", run.stdout);
     let shown = status(&appliance);
-    assert_eq!(shown["health"], "draining");
+    assert_eq!(
+        (shown["draining"].as_bool(), shown["health"].as_str()),
+        (Some(true), Some("ok"))
+    );
     assert_eq!(shown["cache"]["backlog_bytes"], 0);
     assert_eq!(shown["disks"][0]["uploaded_seq"], 20);
 

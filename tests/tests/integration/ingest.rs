@@ -573,3 +573,74 @@ async fn an_expired_client_certificate_is_refused() {
         "an expired certificate fails the handshake: {result:?}"
     );
 }
+
+/// A small cache fills while storage is down: `ferryctl status` raises the cache alerts in
+/// order (warning, then critical) and ingest is throttled (503 cache_full, Retry-After)
+/// before the cache is actually full.
+#[tokio::test]
+async fn a_filling_cache_raises_alerts_and_throttles_before_it_is_full() {
+    let limit: u64 = 8 * (16 << 20);
+    let appliance =
+        Appliance::init(|c| small_segments(c).replace("limit_bytes = 0", &format!("limit_bytes = {limit}")));
+    let _ferryd = Ferryd::start_with_env(&appliance, STORAGE_DOWN).await;
+    let machine = appliance.register("m").await;
+    let client = machine.data_client().unwrap();
+    let disk = Uuid::new_v4();
+    client.put_disk(disk, &spec()).await.unwrap();
+    let status = || {
+        let run = ferry_tests::ferryctl(&["--json", "status", "--config", appliance.dir.to_str().unwrap()]);
+        assert!(run.success, "{}", run.stderr);
+        run.json()
+    };
+    let alert = |shown: &serde_json::Value, code: &str| {
+        shown["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["code"] == code)
+            .map(|a| a["severity"].as_str().unwrap().to_string())
+    };
+    let mut seen = Vec::new();
+    let mut seq = 1;
+    let refused = loop {
+        match client.put_batch(disk, seq, batch(disk, seq, 2048)).await {
+            Ok(_) => seq += 1,
+            Err(error) => break error,
+        }
+        let shown = status();
+        if let Some(severity) = alert(&shown, "cache_free_low") {
+            if seen.last() != Some(&severity) {
+                seen.push(severity);
+            }
+        }
+        assert!(seq < 200, "a 128 MiB cache fills with 1 MiB batches");
+    };
+    assert_eq!(seen, ["warning", "critical"], "warning first, then critical");
+    match &refused {
+        ClientError::Status {
+            status,
+            code,
+            message,
+            retry_after_secs,
+            ..
+        } => {
+            assert_eq!((*status, code.as_str()), (503, "cache_full"));
+            assert!(message.contains("throttled") && retry_after_secs.is_some(), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let shown = status();
+    assert_eq!(alert(&shown, "ingest_throttled").as_deref(), Some("critical"));
+    assert_eq!(alert(&shown, "upload_failing").as_deref(), Some("warning"));
+    assert_eq!(shown["health"], "critical");
+    assert!(
+        shown["cache"]["used_bytes"].as_u64().unwrap() < limit,
+        "throttled before full: {}",
+        shown["cache"]
+    );
+    assert_eq!(
+        client.get_disk(disk).await.unwrap().durable_seq,
+        seq - 1,
+        "nothing partial"
+    );
+}

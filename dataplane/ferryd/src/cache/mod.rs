@@ -582,6 +582,15 @@ impl Cache {
             .map_or(0, |d| d.entries.values().map(|e| u64::from(e.batch_len)).sum())
     }
 
+    /// (space the segment files take, the limit): cheap enough for every batch.
+    pub fn space(&self) -> (u64, u64) {
+        let segments = self.shared.state().segments.len() as u64;
+        (
+            segments * self.shared.options.segment_bytes,
+            self.shared.options.limit_bytes,
+        )
+    }
+
     pub fn usage(&self) -> Usage {
         let state = self.shared.state();
         Usage {

@@ -68,13 +68,19 @@ impl RateSampler {
     }
 }
 
+/// Once a second: the byte counters; every 5 s: the machine's CPU and memory (alerts.rs).
 pub async fn sample_rates(state: Arc<AppState>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopped.changed() => return,
         }
+        if ticks.is_multiple_of(5) {
+            state.system.sample_proc();
+        }
+        ticks += 1;
         state.rates.push(
             state.ingested_bytes.load(Ordering::Relaxed),
             state.pipeline.uploaded_bytes(),
@@ -192,25 +198,41 @@ fn status(state: &AppState) -> Status {
     let (ingest_60, upload_60) = state.rates.rates(60, counters);
     let draining = state.draining.load(Ordering::Relaxed);
     let target_error = state.pipeline.target_error();
-    let upload_error = target_error.is_some() || disks.iter().any(|d| d.state == "upload_error");
+    let drain_eta_secs = (upload_60 > 0.0).then(|| backlog as f64 / 1e6 / upload_60);
+    let (cpu, memory) = state.system.sustained(Instant::now());
+    let upload_failure = target_error.clone().or_else(|| {
+        disks
+            .iter()
+            .find(|d| d.state == "upload_error")
+            .and_then(|d| d.error.clone())
+    });
+    let alerts = crate::alerts::evaluate(
+        &state.config.alerts,
+        &crate::alerts::Inputs {
+            cache_used_bytes: usage.segment_bytes_total,
+            cache_limit_bytes: usage.limit_bytes,
+            drain_eta_secs,
+            disk_rpos: disks
+                .iter()
+                .filter_map(|d| d.rpo_secs.map(|r| (d.name.clone(), r)))
+                .collect(),
+            cpu_sustained_percent: cpu,
+            memory_sustained_percent: memory,
+            upload_failure,
+        },
+    );
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
-        health: if draining {
-            "draining"
-        } else if upload_error {
-            "upload_error"
-        } else {
-            "ok"
-        }
-        .to_string(),
+        health: crate::alerts::health(&alerts).to_string(),
+        alerts,
         draining,
         cache: CacheStatus {
             used_bytes: usage.segment_bytes_total,
             limit_bytes: usage.limit_bytes,
             free_bytes: usage.limit_bytes.saturating_sub(usage.segment_bytes_total),
             backlog_bytes: backlog,
-            drain_eta_secs: (upload_60 > 0.0).then(|| backlog as f64 / 1e6 / upload_60),
+            drain_eta_secs,
         },
         ingest: Rates {
             last_10s_mb_per_s: ingest_10,

@@ -368,7 +368,12 @@ async fn put_batch(
         .admit(disk_id, seq, header_crc, record_len)
         .map_err(internal)?
     {
-        Admission::Accept => {}
+        Admission::Accept => {
+            if let Some(refusal) = throttled(state) {
+                state.cache.abandon(disk_id, seq, record_len);
+                return Err(refusal);
+            }
+        }
         Admission::AlreadyStored { durable_seq } => {
             return Ok(json(
                 StatusCode::OK,
@@ -417,6 +422,22 @@ fn out_of_window(seq: u64, expected_seq: u64) -> ApiError {
         format!("seq {seq} is beyond the window; send {expected_seq} first"),
     )
     .expected(expected_seq)
+}
+
+/// Below `alerts.throttle_free_percent` of free cache space, new batches wait (503 with
+/// Retry-After; the agent keeps the data) so the cache never runs completely full.
+fn throttled(state: &AppState) -> Option<ApiError> {
+    let threshold = state.config.alerts.throttle_free_percent;
+    let (used, limit) = state.cache.space();
+    let free = crate::alerts::cache_free_percent(used, limit);
+    (threshold > 0 && free < f64::from(threshold)).then(|| {
+        ApiError::new(
+            503,
+            "cache_full",
+            format!("ingest is throttled: {free:.0}% of the cache is free (threshold {threshold}%); nothing was stored; retry later"),
+        )
+        .retry_after(2)
+    })
 }
 
 fn cache_full() -> ApiError {

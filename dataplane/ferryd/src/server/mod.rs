@@ -47,6 +47,7 @@ pub struct AppState {
     pub started: std::time::Instant,
     pub rates: control::RateSampler,
     pub metrics: crate::metrics::IngestMetrics,
+    pub system: crate::alerts::SystemMonitor,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -151,6 +152,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         pipeline.clone(),
         stopped.clone(),
     ));
+    let config_sustained = config.alerts.sustained_secs;
     let state = Arc::new(AppState {
         cache: cache.clone(),
         pipeline,
@@ -162,6 +164,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         started: std::time::Instant::now(),
         rates: Default::default(),
         metrics: Default::default(),
+        system: crate::alerts::SystemMonitor::new(Duration::from_secs(config_sustained)),
     });
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
     let control_listener = control::bind(&control_socket)?;
