@@ -169,6 +169,62 @@ impl Appliance {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("ferryd.log")).unwrap_or_default()
     }
+
+    /// Everything an operator sees of this appliance: `ferryctl status` (JSON and text),
+    /// `/metrics`, and ferryd's log.
+    pub async fn everything_shown(&self) -> Vec<String> {
+        let dir = self.dir.to_str().expect("utf-8 path");
+        let json = ferryctl(&["--json", "status", "--config", dir]);
+        let text = ferryctl(&["status", "--config", dir]);
+        let metrics = scrape_metrics(&self.metrics).await;
+        vec![json.stdout, json.stderr, text.stdout, text.stderr, metrics, self.log()]
+    }
+
+    /// Asserts that no secret of the appliance (passphrase, vault key, CA and server private
+    /// keys) nor any of `extra` appears in `shown`.
+    pub fn assert_no_secrets(&self, shown: &[String], extra: &[&str]) {
+        let read = |name: &str| std::fs::read_to_string(self.dir.join(name)).expect("appliance file");
+        let mut secrets: Vec<(String, String)> = vec![
+            ("passphrase".into(), read("passphrase").trim().to_string()),
+            (
+                "vault key".into(),
+                read("vault.key")
+                    .trim()
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        ];
+        for key in ["pki/ca.key", "pki/server.key"] {
+            // A line from the middle of the PEM body: unmistakably the key.
+            let pem = read(key);
+            let line = pem.lines().nth(1).expect("PEM body").to_string();
+            secrets.push((key.to_string(), line));
+        }
+        secrets.extend(extra.iter().map(|s| ("extra".to_string(), s.to_string())));
+        for (what, secret) in &secrets {
+            assert!(secret.len() >= 16, "{what} is too short to look for");
+            for text in shown {
+                assert!(!text.contains(secret.as_str()), "the {what} appears in: {text}");
+            }
+        }
+    }
+}
+
+/// `GET /metrics` over plain HTTP.
+pub async fn scrape_metrics(address: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return String::new();
+    };
+    let request = b"GET /metrics HTTP/1.1\r\nHost: ferryd\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return String::new();
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    answer
 }
 
 /// A running ferryd.

@@ -462,6 +462,9 @@ async fn a_wrong_account_key_is_a_clear_state_and_nothing_is_lost_once_fixed() {
     let error = info.error.unwrap_or_default();
     assert!(error.contains("authentication failed"), "{error}");
     assert!(!error.contains(wrong_key), "no secret in the status");
+    let shown = appliance.everything_shown().await;
+    assert!(shown[0].contains("upload_failing"), "the alert is shown: {}", shown[0]);
+    appliance.assert_no_secrets(&shown, &[wrong_key, AZURITE_KEY]);
     assert_eq!(ferryd.terminate().await.code(), Some(0));
 
     std::fs::write(&config, good).unwrap();
