@@ -118,7 +118,24 @@ pub fn render_status(status: &Status) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    out.push_str(&format!("upload errors since start: {errors}\n\n"));
+    let u = &status.utilisation;
+    out.push_str(&format!(
+        "workers    sealing {:.0}% busy over 10 s ({} threads); uploads {} of {} in flight\n",
+        u.seal_busy_10s * 100.0,
+        u.seal_workers,
+        u.uploads_in_flight,
+        u.upload_concurrency
+    ));
+    out.push_str(&format!("upload errors since start: {errors}\n"));
+    for alert in &status.alerts {
+        out.push_str(&format!(
+            "{:<8}   {} ({})\n",
+            alert.severity.to_uppercase(),
+            alert.message,
+            alert.code
+        ));
+    }
+    out.push('\n');
     out.push_str(&render_disks(status));
     out
 }

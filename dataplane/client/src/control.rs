@@ -53,6 +53,16 @@ pub struct DiskStatus {
     pub error: Option<String>,
 }
 
+/// How busy the pipeline's workers are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Utilisation {
+    pub seal_workers: usize,
+    /// Share of the seal workers' time spent sealing over the last 10 s (0..1).
+    pub seal_busy_10s: f64,
+    pub upload_concurrency: usize,
+    pub uploads_in_flight: usize,
+}
+
 /// One health alert: a stable code, `warning` or `critical`, and a plain message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
@@ -76,6 +86,7 @@ pub struct Status {
     /// Batch bytes acknowledged, and stored in the target, since ferryd started.
     pub ingested_bytes: u64,
     pub uploaded_bytes: u64,
+    pub utilisation: Utilisation,
     /// Failed uploads since start, by reason (each is retried; the data stays cached).
     pub upload_errors: BTreeMap<String, u64>,
     /// Why the pipeline cannot use the target, while it cannot.

@@ -109,6 +109,11 @@ async fn status_disks_and_machines_match_a_known_workload() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(shown["health"], "ok");
+    assert_eq!(shown["alerts"], serde_json::json!([]));
+    let utilisation = &shown["utilisation"];
+    assert_eq!(utilisation["upload_concurrency"], 32, "the default, from ferry.toml");
+    assert_eq!(utilisation["uploads_in_flight"], 0, "everything is stored");
+    assert!(utilisation["seal_workers"].as_u64().unwrap() >= 1);
     assert_eq!(
         shown["ingested_bytes"].as_u64(),
         Some(total),

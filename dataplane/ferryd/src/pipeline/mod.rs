@@ -96,6 +96,15 @@ pub async fn open_vault(storage: &dyn ObjectStorage, key: &VaultKey) -> Result<K
     vault.open(key).map_err(ConnectError::WrongKey)
 }
 
+/// Decrements the in-flight upload count when dropped.
+struct InFlightGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The running pipeline's shared status.
 #[derive(Clone, Default)]
 pub struct PipelineStatus {
@@ -107,10 +116,30 @@ pub struct PipelineStatus {
     upload_errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
     /// Sealed bytes stored since start.
     sealed_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Time the seal workers spent sealing, summed over workers, since start.
+    seal_busy_nanos: Arc<std::sync::atomic::AtomicU64>,
+    seal_workers: Arc<std::sync::atomic::AtomicUsize>,
+    upload_concurrency: Arc<std::sync::atomic::AtomicUsize>,
+    uploads_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     upload_latency: Arc<crate::metrics::LatencyHistogram>,
 }
 
 impl PipelineStatus {
+    /// (seal workers, their summed busy nanoseconds since start).
+    pub fn seal_work(&self) -> (usize, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.seal_workers.load(Relaxed), self.seal_busy_nanos.load(Relaxed))
+    }
+
+    /// (uploads in flight now, upload_concurrency).
+    pub fn uploads(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.uploads_in_flight.load(Relaxed),
+            self.upload_concurrency.load(Relaxed),
+        )
+    }
+
     pub fn sealed_bytes(&self) -> u64 {
         self.sealed_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -229,6 +258,12 @@ pub fn start(
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(SEAL_QUEUE_DEPTH);
     let (sealed_tx, sealed_rx) = tokio::sync::mpsc::channel(SEAL_QUEUE_DEPTH);
     let level = Arc::new(AtomicI32::new(options.compression_level));
+    status
+        .seal_workers
+        .store(options.workers.max(1), std::sync::atomic::Ordering::Relaxed);
+    status
+        .upload_concurrency
+        .store(options.upload_concurrency.max(1), std::sync::atomic::Ordering::Relaxed);
     worker::start(
         options.workers.max(1),
         jobs_rx,
@@ -236,6 +271,7 @@ pub fn start(
         cache.clone(),
         keyring.clone(),
         level,
+        status.seal_busy_nanos.clone(),
     );
     let (outcomes_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
     let coordinator = Coordinator {
@@ -537,6 +573,10 @@ impl Coordinator {
             let Ok(_permit) = uploads.acquire_owned().await else {
                 return;
             };
+            let in_flight = status.uploads_in_flight.clone();
+            in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Counted down however the task ends.
+            let _counted = InFlightGuard(in_flight);
             bucket.take(upload.sealed.len() as u64).await;
             let started = Instant::now();
             let outcome = match storage.put(&upload.name, upload.sealed.clone()).await {

@@ -46,14 +46,16 @@ pub fn start(
     cache: Cache,
     keyring: Keyring,
     level: Arc<AtomicI32>,
+    busy_nanos: Arc<std::sync::atomic::AtomicU64>,
 ) {
     for index in 0..threads {
-        let (jobs, results, cache, keyring, level) = (
+        let (jobs, results, cache, keyring, level, busy_nanos) = (
             jobs.clone(),
             results.clone(),
             cache.clone(),
             keyring.clone(),
             level.clone(),
+            busy_nanos.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name(format!("ferry-seal-{index}"))
@@ -70,7 +72,9 @@ pub fn start(
                     if wanted != sealer.level() {
                         let _ = sealer.set_level(wanted);
                     }
+                    let started = std::time::Instant::now();
                     let sealed = seal(&mut sealer, &cache, &keyring, &job);
+                    busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if results.blocking_send(sealed).is_err() {
                         return; // the coordinator stopped
                     }

@@ -7,7 +7,7 @@
 //! counters, keeping 61 samples (one minute); "last 10 s" and "last minute" are the counters
 //! now minus the oldest sample inside the window.
 
-use ferry_client::control::{CacheStatus, DiskStatus, MachineInfo, Rates, Status};
+use ferry_client::control::{CacheStatus, DiskStatus, MachineInfo, Rates, Status, Utilisation};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,46 +24,50 @@ use super::AppState;
 
 const SAMPLES: usize = 61;
 
-/// One sample a second of (time, ingested bytes, uploaded bytes), seeded with ferryd's start
-/// (zero bytes), so rates are right during the first minute too.
+/// Counters sampled together: ingested bytes, uploaded bytes, seal-busy nanoseconds.
+type Counters = (u64, u64, u64);
+
+/// One sample a second of the counters, seeded with ferryd's start (all zero), so rates are
+/// right during the first minute too.
 pub struct RateSampler {
-    samples: Mutex<VecDeque<(Instant, u64, u64)>>,
+    samples: Mutex<VecDeque<(Instant, Counters)>>,
 }
 
 impl Default for RateSampler {
     fn default() -> Self {
         Self {
-            samples: Mutex::new(VecDeque::from([(Instant::now(), 0, 0)])),
+            samples: Mutex::new(VecDeque::from([(Instant::now(), (0, 0, 0))])),
         }
     }
 }
 
 impl RateSampler {
-    fn push(&self, ingested: u64, uploaded: u64) {
+    fn push(&self, counters: Counters) {
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        samples.push_back((Instant::now(), ingested, uploaded));
+        samples.push_back((Instant::now(), counters));
         while samples.len() > SAMPLES {
             samples.pop_front();
         }
     }
 
-    /// (ingest, upload) MB/s from the oldest sample within the last `seconds` to the counters
-    /// `now` (ingested, uploaded).
-    fn rates(&self, seconds: u64, now: (u64, u64)) -> (f64, f64) {
+    /// (ingest MB/s, upload MB/s, seal-busy seconds per second) from the oldest sample within
+    /// the last `seconds` to the counters `now`.
+    fn rates(&self, seconds: u64, now: Counters) -> (f64, f64, f64) {
         let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let at = Instant::now();
         let since = at.checked_sub(Duration::from_secs(seconds)).unwrap_or(at);
-        let Some(&(then, ingested_then, uploaded_then)) = samples
+        let Some(&(then, before)) = samples
             .iter()
-            .find(|(when, _, _)| *when >= since)
+            .find(|(when, _)| *when >= since)
             .or_else(|| samples.back())
         else {
-            return (0.0, 0.0);
+            return (0.0, 0.0, 0.0);
         };
         let span = at.duration_since(then).as_secs_f64().max(1e-3);
         (
-            now.0.saturating_sub(ingested_then) as f64 / 1e6 / span,
-            now.1.saturating_sub(uploaded_then) as f64 / 1e6 / span,
+            now.0.saturating_sub(before.0) as f64 / 1e6 / span,
+            now.1.saturating_sub(before.1) as f64 / 1e6 / span,
+            now.2.saturating_sub(before.2) as f64 / 1e9 / span,
         )
     }
 }
@@ -81,10 +85,7 @@ pub async fn sample_rates(state: Arc<AppState>, mut stopped: tokio::sync::watch:
             state.system.sample_proc();
         }
         ticks += 1;
-        state.rates.push(
-            state.ingested_bytes.load(Ordering::Relaxed),
-            state.pipeline.uploaded_bytes(),
-        );
+        state.rates.push(counters(&state));
     }
 }
 
@@ -161,6 +162,14 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
     answer.unwrap_or_else(|e| e.into_response())
 }
 
+fn counters(state: &AppState) -> Counters {
+    (
+        state.ingested_bytes.load(Ordering::Relaxed),
+        state.pipeline.uploaded_bytes(),
+        state.pipeline.seal_work().1,
+    )
+}
+
 fn status(state: &AppState) -> Status {
     let now_ms = super::now_unix_ms();
     let mut disks: Vec<DiskStatus> = state
@@ -190,12 +199,11 @@ fn status(state: &AppState) -> Status {
     disks.sort_by(|a, b| (a.machine_id, &a.name).cmp(&(b.machine_id, &b.name)));
     let usage = state.cache.usage();
     let backlog: u64 = disks.iter().map(|d| d.backlog_bytes).sum();
-    let counters = (
-        state.ingested_bytes.load(Ordering::Relaxed),
-        state.pipeline.uploaded_bytes(),
-    );
-    let (ingest_10, upload_10) = state.rates.rates(10, counters);
-    let (ingest_60, upload_60) = state.rates.rates(60, counters);
+    let now = counters(state);
+    let (ingest_10, upload_10, busy_10) = state.rates.rates(10, now);
+    let (ingest_60, upload_60, _) = state.rates.rates(60, now);
+    let (seal_workers, _) = state.pipeline.seal_work();
+    let (uploads_in_flight, upload_concurrency) = state.pipeline.uploads();
     let draining = state.draining.load(Ordering::Relaxed);
     let target_error = state.pipeline.target_error();
     let drain_eta_secs = (upload_60 > 0.0).then(|| backlog as f64 / 1e6 / upload_60);
@@ -242,8 +250,14 @@ fn status(state: &AppState) -> Status {
             last_10s_mb_per_s: upload_10,
             last_60s_mb_per_s: upload_60,
         },
-        ingested_bytes: counters.0,
-        uploaded_bytes: counters.1,
+        ingested_bytes: now.0,
+        uploaded_bytes: now.1,
+        utilisation: Utilisation {
+            seal_workers,
+            seal_busy_10s: (busy_10 / seal_workers.max(1) as f64).min(1.0),
+            upload_concurrency,
+            uploads_in_flight,
+        },
         upload_errors: state.pipeline.upload_errors(),
         target_error,
         disks,
