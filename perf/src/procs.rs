@@ -1,5 +1,6 @@
 //! Small helpers for the tools that start ferryd and measure what it stores (ferry-perf and
-//! `ferryctl demo`): a free loopback port, waiting for a child to listen, bytes under a directory.
+//! `ferryctl demo`): a free loopback port, waiting for a child to listen, bytes under a directory,
+//! one value from ferryd's /metrics.
 
 use anyhow::bail;
 use std::process::Child;
@@ -37,4 +38,19 @@ pub fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The value of metric `name` (no labels) from ferryd's `/metrics` at `address`, if it answers.
+pub fn scrape_metric(address: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ferryd\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
 }

@@ -49,7 +49,8 @@ pub struct Report {
     /// ferryd's CPU over the run as a share of the machine (all cores).
     pub ferryd_cpu_share: Option<f64>,
     pub ferryd_peak_rss_mib: Option<f64>,
-    /// Data bytes over sealed bytes in the local target (none for discard and azurite).
+    /// Data bytes over sealed bytes in the local target; for other targets ferryd's
+    /// `ferry_compression_ratio` (batch bytes over sealed bytes stored).
     pub compression_ratio: Option<f64>,
     pub retries: std::collections::BTreeMap<String, u64>,
     pub limits: Option<Limits>,
@@ -163,7 +164,12 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
             let stored = crate::procs::dir_bytes(&dir.join("target")).context("measuring the local target")?;
             (stored > 0).then(|| uploaded as f64 / stored as f64)
         }
-        _ => None,
+        // Elsewhere ferryd's own count: batch bytes over sealed bytes stored.
+        _ => ferryd
+            .metrics
+            .as_deref()
+            .and_then(|address| crate::procs::scrape_metric(address, "ferry_compression_ratio"))
+            .filter(|ratio| *ratio > 0.0),
     };
     let ingest_mb_per_s = ingested as f64 / 1e6 / load_seconds;
     let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);

@@ -15,6 +15,8 @@ pub struct Ferryd {
     pub management: String,
     pub passphrase: String,
     pub pid: Option<u32>,
+    /// ferryd's /metrics address, when ferry-perf started it.
+    pub metrics: Option<String>,
     /// The appliance directory when ferry-perf made it (its local target is measured).
     pub appliance: Option<PathBuf>,
     child: Option<Child>,
@@ -86,12 +88,13 @@ pub fn launch(target: &str, keep: bool) -> anyhow::Result<Ferryd> {
     let appliance = scratch.path().join("appliance");
     let data = format!("127.0.0.1:{}", free_port()?);
     let management = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
     let mut init = Command::new(sibling("ferryctl")?);
     init.args(["--json", "init"]).arg(&appliance).args([
         "--data-listen",
         &data,
         "--metrics-listen",
-        &format!("127.0.0.1:{}", free_port()?),
+        &metrics,
         "--management-listen",
         &management,
         "--server-name",
@@ -150,6 +153,7 @@ pub fn launch(target: &str, keep: bool) -> anyhow::Result<Ferryd> {
         management,
         passphrase,
         pid,
+        metrics: Some(metrics),
         appliance: Some(appliance),
         child: Some(child),
         azurite,
@@ -173,6 +177,7 @@ pub fn existing(management: &str, data: &str, passphrase_file: &Path, pid: Optio
         management: management.to_string(),
         passphrase,
         pid,
+        metrics: None,
         appliance: None,
         child: None,
         azurite: None,
