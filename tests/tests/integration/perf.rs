@@ -82,6 +82,11 @@ fn the_discard_target_is_named_and_bad_scenarios_are_refused() {
         "{}",
         run.stdout
     );
+    assert!(
+        run.stdout.contains("compression      2."),
+        "ferryd counts what it sealed: {}",
+        run.stdout
+    );
 
     let run = perf(&["run", "--window", "0", "--no-limits", "--out-dir", out_dir]);
     assert!(!run.success && run.stderr.contains("window"), "{}", run.stderr);
