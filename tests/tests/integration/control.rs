@@ -280,3 +280,28 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
     assert_eq!(client.put_batch(disk, 21, next.finish()).await.unwrap().durable_seq, 21);
     assert_eq!(status(&appliance)["health"], "ok");
 }
+
+/// `FERRY_LOG_FORMAT=json`: every line of ferryd's log is one JSON object with a level, a
+/// message and the event's fields.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let appliance = Appliance::init(|c| c);
+    let ferryd = Ferryd::start_with_env(&appliance, &[("FERRY_LOG_FORMAT", "json")]).await;
+    let machine = appliance.register("json-logs").await;
+    assert!(ferryd.terminate().await.success());
+    let log = appliance.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["fields"]["message"].is_string()));
+    let registered = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "machine registered")
+        .expect("the registration is logged");
+    assert_eq!(registered["fields"]["machine_id"], machine.machine_id.to_string());
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "ferryd stopped cleanly"));
+    appliance.assert_no_secrets(&[log], &[]);
+}
