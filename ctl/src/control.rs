@@ -257,3 +257,68 @@ pub async fn drain(args: DrainArgs, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub appliance: ApplianceArg,
+    /// Changes as key=value (values as in ferry.toml; the schedule as JSON). None: show.
+    pub changes: Vec<String>,
+    /// Put every tunable back to its default.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// `ferryctl tune`: show the tunables (ferry.toml value, default, what the running pipeline
+/// uses now), or change them at run time; ferryd writes ferry.toml so they survive a restart.
+pub async fn tune(args: TuneArgs, json: bool) -> anyhow::Result<()> {
+    use ferry_client::control::TuneRequest;
+    let client = args.appliance.client()?;
+    let state = if args.changes.is_empty() && !args.reset {
+        client.tune_state().await?
+    } else {
+        let mut set = Vec::new();
+        for change in &args.changes {
+            let (key, value) = change
+                .split_once('=')
+                .with_context(|| format!("{change:?}: write key=value, e.g. upload_concurrency=16"))?;
+            set.push((key.trim().to_string(), value.trim().to_string()));
+        }
+        client.tune(&TuneRequest { set, reset: args.reset }).await?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(());
+    }
+    let values = serde_json::to_value(&state.values)?;
+    let defaults = serde_json::to_value(&state.defaults)?;
+    let in_effect = serde_json::to_value(&state.in_effect)?;
+    fn effect_key(key: &str) -> &str {
+        match key {
+            "worker_threads" => "seal_workers",
+            "cache_limit_percent" => "cache_limit_bytes",
+            other => other,
+        }
+    }
+    println!(
+        "{:<28} {:>14} {:>14} {:>14}",
+        "TUNABLE", "VALUE", "DEFAULT", "IN EFFECT"
+    );
+    if let Some(map) = values.as_object() {
+        for (key, value) in map {
+            if key == "bandwidth_schedule" {
+                continue;
+            }
+            let shown = |v: &serde_json::Value| v.to_string();
+            println!(
+                "{:<28} {:>14} {:>14} {:>14}",
+                key,
+                shown(value),
+                shown(&defaults[key]),
+                in_effect.get(effect_key(key)).map_or("-".into(), shown)
+            );
+        }
+    }
+    println!("bandwidth_schedule           {}", values["bandwidth_schedule"]);
+    Ok(())
+}

@@ -53,6 +53,8 @@ enum Command {
     Disks(control::StatusArgs),
     /// The machines registered with this appliance.
     Machines(control::ApplianceArg),
+    /// Show or change ferryd's tunables at run time (written to ferry.toml; --reset for defaults).
+    Tune(control::TuneArgs),
     /// Stop accepting data, upload everything cached, report when the cache is empty (--resume ends it).
     Drain(control::DrainArgs),
     /// Show (or --rotate) the registration passphrase agents register with.
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
             Command::Machines(args) => control::machines(args, cli.json).await,
             Command::Passphrase(args) => secrets::passphrase(args, cli.json),
             Command::Drain(args) => control::drain(args, cli.json).await,
+            Command::Tune(args) => control::tune(args, cli.json).await,
         }
     });
     match result {

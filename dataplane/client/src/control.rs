@@ -5,6 +5,7 @@
 //!
 //! - `GET /v1/status` -> [`Status`]: health, cache, throughput, upload errors, disks.
 //! - `GET /v1/machines` -> `Vec<`[`MachineInfo`]`>`.
+//! - `GET /v1/tune` -> [`TuneState`]; `PUT /v1/tune` with [`TuneRequest`] -> [`TuneState`].
 //! - `POST /v1/drain`, `POST /v1/resume` -> [`Status`]: stop accepting data (for maintenance;
 //!   uploads go on until the cache is empty), or accept it again.
 
@@ -103,6 +104,54 @@ pub struct MachineInfo {
     pub disks: usize,
 }
 
+/// The tunables `ferryctl tune` shows and changes (ferry.toml keys of `[pipeline]`, and the
+/// cache limit of `[cache]`), as ferry.toml says them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tunables {
+    pub upload_concurrency: u32,
+    pub compression_level: i32,
+    pub worker_threads: u32,
+    pub change_set_bytes: u64,
+    pub flush_delay_ms: u64,
+    pub memory_budget_bytes: u64,
+    pub bandwidth_cap_bytes_per_sec: u64,
+    /// `[{days, start_hour, end_hour, cap_bytes_per_sec}]`, local time.
+    pub bandwidth_schedule: serde_json::Value,
+    pub cache_limit_percent: u32,
+    pub cache_limit_bytes: u64,
+}
+
+/// What the running pipeline is doing now, read from its own state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InEffect {
+    pub compression_level: i32,
+    pub seal_workers: usize,
+    pub upload_concurrency: usize,
+    pub change_set_bytes: u64,
+    pub flush_delay_ms: u64,
+    pub memory_budget_bytes: u64,
+    /// The cap in force now (schedule applied); 0 = unlimited.
+    pub bandwidth_cap_bytes_per_sec: u64,
+    pub cache_limit_bytes: u64,
+}
+
+/// `GET /v1/tune` and the answer to `PUT /v1/tune`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TuneState {
+    pub values: Tunables,
+    pub defaults: Tunables,
+    pub in_effect: InEffect,
+}
+
+/// `PUT /v1/tune`: `key=value` changes (values as in ferry.toml, JSON for the schedule), or
+/// every tunable back to its default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneRequest {
+    pub set: Vec<(String, String)>,
+    pub reset: bool,
+}
+
 /// Talks to ferryd's control socket.
 pub struct ControlClient {
     socket: PathBuf,
@@ -120,6 +169,15 @@ impl ControlClient {
     }
 
     async fn call<T: serde::de::DeserializeOwned>(&self, method: hyper::Method, path: &str) -> Result<T, ClientError> {
+        self.call_with(method, path, bytes::Bytes::new()).await
+    }
+
+    async fn call_with<T: serde::de::DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: bytes::Bytes,
+    ) -> Result<T, ClientError> {
         use http_body_util::BodyExt;
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
             ClientError::Transport(format!(
@@ -135,7 +193,8 @@ impl ControlClient {
             .method(method)
             .uri(path)
             .header("host", "ferryd")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(body))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -148,10 +207,13 @@ impl ControlClient {
             .map_err(|e| ClientError::Transport(format!("control socket: {e}")))?
             .to_bytes();
         if status != 200 {
+            let parsed: Option<crate::api::ErrorBody> = serde_json::from_slice(&body).ok();
             return Err(ClientError::Status {
                 status,
-                code: String::new(),
-                message: String::from_utf8_lossy(&body).into_owned(),
+                code: parsed.as_ref().map(|b| b.error.clone()).unwrap_or_default(),
+                message: parsed
+                    .map(|b| b.message)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
                 expected_seq: None,
                 retry_after_secs: None,
             });
@@ -170,6 +232,16 @@ impl ControlClient {
     /// Stops accepting data (503 draining) while uploads go on; answers the status.
     pub async fn drain(&self) -> Result<Status, ClientError> {
         self.call(hyper::Method::POST, "/v1/drain").await
+    }
+
+    pub async fn tune_state(&self) -> Result<TuneState, ClientError> {
+        self.get("/v1/tune").await
+    }
+
+    /// Changes tunables at run time; ferryd validates, writes ferry.toml, then applies.
+    pub async fn tune(&self, request: &TuneRequest) -> Result<TuneState, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call_with(hyper::Method::PUT, "/v1/tune", body.into()).await
     }
 
     /// Accepts data again after a drain.

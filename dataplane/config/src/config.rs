@@ -111,6 +111,42 @@ pub struct PipelineConfig {
     pub memory_budget_bytes: u64,
     /// 0: unlimited.
     pub bandwidth_cap_bytes_per_sec: u64,
+    /// Other caps during given hours and days (local time), like ASR's throttling schedule;
+    /// the first window that matches wins, `bandwidth_cap_bytes_per_sec` applies outside them.
+    pub bandwidth_schedule: Vec<BandwidthWindow>,
+}
+
+/// A bandwidth cap for some hours of some days.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthWindow {
+    /// mon, tue, wed, thu, fri, sat, sun.
+    pub days: Vec<String>,
+    /// From `start_hour` (inclusive) to `end_hour` (exclusive), 0-24.
+    pub start_hour: u32,
+    pub end_hour: u32,
+    /// 0: unlimited.
+    pub cap_bytes_per_sec: u64,
+}
+
+pub const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+impl BandwidthWindow {
+    /// Whether the window covers `weekday` (0 = Sunday) at `hour`.
+    pub fn covers(&self, weekday: u32, hour: u32) -> bool {
+        let day = WEEKDAYS.get(weekday as usize).copied().unwrap_or("");
+        self.days.iter().any(|d| d == day) && hour >= self.start_hour && hour < self.end_hour
+    }
+}
+
+impl PipelineConfig {
+    /// The cap in force at `weekday` (0 = Sunday) and `hour` (local time).
+    pub fn bandwidth_cap_at(&self, weekday: u32, hour: u32) -> u64 {
+        self.bandwidth_schedule
+            .iter()
+            .find(|w| w.covers(weekday, hour))
+            .map_or(self.bandwidth_cap_bytes_per_sec, |w| w.cap_bytes_per_sec)
+    }
 }
 
 impl Default for PipelineConfig {
@@ -123,6 +159,7 @@ impl Default for PipelineConfig {
             upload_concurrency: 32,
             memory_budget_bytes: 512 * MIB,
             bandwidth_cap_bytes_per_sec: 0,
+            bandwidth_schedule: Vec::new(),
         }
     }
 }
@@ -219,6 +256,29 @@ impl ApplianceConfig {
         }
         let text = std::fs::read_to_string(path).map_err(read_error)?;
         Self::parse(&text, path)
+    }
+
+    /// Writes the configuration (documented form) to `path` so a crash leaves the old or the
+    /// new file: owner-only temporary file, fsync, rename, fsync of the directory.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("toml.tmp");
+        {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(self.to_documented_toml().as_bytes())?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Parses and validates configuration text; `path` is only used in messages.
@@ -319,6 +379,23 @@ impl ApplianceConfig {
                     self.pipeline.memory_budget_bytes
                 ),
             ));
+        }
+        for window in &self.pipeline.bandwidth_schedule {
+            if window.days.is_empty() || window.days.iter().any(|d| !WEEKDAYS.contains(&d.as_str())) {
+                return Err((
+                    "pipeline.bandwidth_schedule",
+                    format!("days must be some of {}, got {:?}", WEEKDAYS.join(", "), window.days),
+                ));
+            }
+            if window.start_hour >= window.end_hour || window.end_hour > 24 {
+                return Err((
+                    "pipeline.bandwidth_schedule",
+                    format!(
+                        "hours must satisfy 0 <= start_hour < end_hour <= 24, got {}-{}",
+                        window.start_hour, window.end_hour
+                    ),
+                ));
+            }
         }
         let a = &self.alerts;
         range("alerts.cpu_warning_percent", a.cpu_warning_percent, 1, 100)?;
@@ -442,6 +519,9 @@ upload_concurrency = {upload_concurrency}
 memory_budget_bytes = {memory_budget_bytes}
 # Upload bandwidth cap in bytes per second; 0 = unlimited.
 bandwidth_cap_bytes_per_sec = {bandwidth}
+# Other caps for some hours of some days (local time; the first matching window wins), e.g.
+# [{{ days = ["mon", "tue", "wed", "thu", "fri"], start_hour = 8, end_hour = 18, cap_bytes_per_sec = 50000000 }}]
+bandwidth_schedule = {schedule}
 
 [alerts]
 # Health alerts (ferryctl status; ASR's process-server thresholds as defaults).
@@ -491,6 +571,7 @@ total_budget_ms = {total_budget_ms}
             upload_concurrency = p.upload_concurrency,
             memory_budget_bytes = p.memory_budget_bytes,
             bandwidth = p.bandwidth_cap_bytes_per_sec,
+            schedule = render_schedule(&p.bandwidth_schedule),
             max_attempts = r.max_attempts,
             initial_backoff_ms = r.initial_backoff_ms,
             max_backoff_ms = r.max_backoff_ms,
@@ -513,6 +594,19 @@ total_budget_ms = {total_budget_ms}
         out.push_str(&render_target(&self.target));
         out
     }
+}
+
+fn render_schedule(windows: &[BandwidthWindow]) -> String {
+    let rendered: Vec<String> = windows
+        .iter()
+        .map(|w| {
+            format!(
+                "{{ days = {:?}, start_hour = {}, end_hour = {}, cap_bytes_per_sec = {} }}",
+                w.days, w.start_hour, w.end_hour, w.cap_bytes_per_sec
+            )
+        })
+        .collect();
+    format!("[{}]", rendered.join(", "))
 }
 
 fn render_target(target: &TargetConfig) -> String {
@@ -555,6 +649,35 @@ mod tests {
             ApplianceConfig::parse(&azure.to_documented_toml(), Path::new("f")).unwrap(),
             azure
         );
+    }
+
+    #[test]
+    fn a_bandwidth_schedule_round_trips_and_picks_the_first_matching_window() {
+        let mut config = local();
+        config.pipeline.bandwidth_cap_bytes_per_sec = 100;
+        config.pipeline.bandwidth_schedule = vec![
+            BandwidthWindow {
+                days: vec!["mon".into(), "tue".into()],
+                start_hour: 8,
+                end_hour: 18,
+                cap_bytes_per_sec: 10,
+            },
+            BandwidthWindow {
+                days: vec!["mon".into()],
+                start_hour: 0,
+                end_hour: 24,
+                cap_bytes_per_sec: 50,
+            },
+        ];
+        let text = config.to_documented_toml();
+        assert_eq!(ApplianceConfig::parse(&text, Path::new("f")).unwrap(), config);
+        let p = &config.pipeline;
+        assert_eq!(p.bandwidth_cap_at(1, 9), 10, "Monday 09:00: the first window");
+        assert_eq!(p.bandwidth_cap_at(1, 18), 50, "Monday 18:00: end_hour is exclusive");
+        assert_eq!(p.bandwidth_cap_at(2, 7), 100, "Tuesday 07:00: no window");
+        assert_eq!(p.bandwidth_cap_at(0, 12), 100, "Sunday: no window");
+        config.pipeline.bandwidth_schedule[0].start_hour = 18;
+        assert_eq!(config.validate().unwrap_err().0, "pipeline.bandwidth_schedule");
     }
 
     #[test]

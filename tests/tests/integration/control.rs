@@ -305,3 +305,148 @@ async fn json_logs_are_one_object_per_line() {
     assert!(lines.iter().any(|l| l["fields"]["message"] == "ferryd stopped cleanly"));
     appliance.assert_no_secrets(&[log], &[]);
 }
+
+fn tune(appliance: &Appliance, args: &[&str]) -> ferry_tests::Run {
+    let mut all = vec!["--json", "tune", "--config", appliance.dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    ferryctl(&all)
+}
+
+/// Polls `ferryctl tune` until `check` holds for what the running pipeline uses.
+async fn wait_in_effect(appliance: &Appliance, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = tune(appliance, &[]);
+        assert!(run.success, "{}", run.stderr);
+        let state = run.json();
+        if check(&state["in_effect"]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} never took effect: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `ferryctl tune` changes the running pipeline (seen in its own accounting: upload permits,
+/// live seal workers, the token bucket's rate), survives a restart through ferry.toml, refuses
+/// bad values without touching anything, and `--reset` restores the defaults.
+#[tokio::test]
+async fn tune_takes_effect_survives_a_restart_and_resets() {
+    let appliance = Appliance::init(|c| c);
+    let ferryd = Ferryd::start(&appliance).await;
+    let config = appliance.dir.join("ferry.toml");
+    let run = tune(
+        &appliance,
+        &[
+            "upload_concurrency=4",
+            "worker_threads=1",
+            "compression_level=5",
+            "flush_delay_ms=200",
+        ],
+    );
+    assert!(run.success, "{}", run.stderr);
+    let values = run.json()["values"].clone();
+    assert_eq!(
+        (
+            &values["upload_concurrency"],
+            &values["worker_threads"],
+            &values["compression_level"]
+        ),
+        (&serde_json::json!(4), &serde_json::json!(1), &serde_json::json!(5))
+    );
+    wait_in_effect(&appliance, "the tuning", |e| {
+        e["upload_concurrency"] == 4
+            && e["seal_workers"] == 1
+            && e["compression_level"] == 5
+            && e["flush_delay_ms"] == 200
+    })
+    .await;
+    assert_eq!(status(&appliance)["utilisation"]["upload_concurrency"], 4);
+    let schedule = r#"[{"days":["sun","mon","tue","wed","thu","fri","sat"],"start_hour":0,"end_hour":24,"cap_bytes_per_sec":1234567}]"#;
+    let run = tune(
+        &appliance,
+        &[
+            "bandwidth_cap_bytes_per_sec=50000000",
+            &format!("bandwidth_schedule={schedule}"),
+        ],
+    );
+    assert!(run.success, "{}", run.stderr);
+    wait_in_effect(&appliance, "the schedule", |e| {
+        e["bandwidth_cap_bytes_per_sec"] == 1234567
+    })
+    .await;
+
+    // Bad values: a clear message naming the key, and nothing changed.
+    let before = std::fs::read_to_string(&config).unwrap();
+    for (bad, expected) in [
+        (
+            "upload_concurrency=0",
+            "pipeline.upload_concurrency: must be between 1 and 1024",
+        ),
+        ("compression_level=99", "pipeline.compression_level"),
+        ("cache_size=5", "not tunable at run time"),
+        (
+            "bandwidth_schedule=[{\"days\":[\"someday\"],\"start_hour\":1,\"end_hour\":2,\"cap_bytes_per_sec\":1}]",
+            "pipeline.bandwidth_schedule",
+        ),
+        ("change_set_bytes=lots", "not a value"),
+    ] {
+        let run = tune(&appliance, &[bad]);
+        assert!(!run.success, "{bad} was accepted");
+        assert!(
+            run.stdout.contains(expected) || run.stderr.contains(expected),
+            "{bad}: {}{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        before,
+        "a refused change leaves ferry.toml alone"
+    );
+
+    // Data still flows through the tuned pipeline.
+    let machine = appliance.register("tuned").await;
+    let client = machine.data_client().unwrap();
+    let disk = Uuid::new_v4();
+    let spec = DiskSpec {
+        name: "d".into(),
+        size_bytes: 1 << 30,
+        sector_size: 4096,
+        write_ordered: true,
+    };
+    client.put_disk(disk, &spec).await.unwrap();
+    let (work, _) = batches(6);
+    BatchSender::new(client.clone(), disk, 4, RetryPolicy::default())
+        .send_all(work)
+        .await
+        .unwrap();
+
+    // A restart reads the tuned ferry.toml.
+    assert!(ferryd.terminate().await.success());
+    let _ferryd = Ferryd::start(&appliance).await;
+    let values = tune(&appliance, &[]).json()["values"].clone();
+    assert_eq!(
+        (&values["upload_concurrency"], &values["compression_level"]),
+        (&serde_json::json!(4), &serde_json::json!(5))
+    );
+    wait_in_effect(&appliance, "the tuning after a restart", |e| {
+        e["upload_concurrency"] == 4 && e["seal_workers"] == 1
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get_disk(disk).await.unwrap().uploaded_seq < 6 {
+        assert!(Instant::now() < deadline, "the tuned pipeline did not upload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let run = tune(&appliance, &["--reset"]);
+    assert!(run.success, "{}", run.stderr);
+    let state = run.json();
+    assert_eq!(state["values"], state["defaults"]);
+    wait_in_effect(&appliance, "the reset", |e| {
+        e["upload_concurrency"] == 32 && e["bandwidth_cap_bytes_per_sec"] == 0
+    })
+    .await;
+}

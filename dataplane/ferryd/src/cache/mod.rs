@@ -242,6 +242,9 @@ struct State {
 
 pub(crate) struct Shared {
     options: CacheOptions,
+    /// `options.limit_bytes` and `options.resident_budget_bytes` as tuned at run time.
+    limit_bytes: std::sync::atomic::AtomicU64,
+    resident_budget_bytes: std::sync::atomic::AtomicU64,
     /// Signalled after every group commit that made batches durable (the pipeline waits on it).
     durable: Arc<tokio::sync::Notify>,
     state: Mutex<State>,
@@ -250,6 +253,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn limit_bytes(&self) -> u64 {
+        self.limit_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn resident_budget_bytes(&self) -> u64 {
+        self.resident_budget_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug already reported; the state stays usable.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -275,7 +286,7 @@ impl Shared {
         let needed = state.pending_bytes + more;
         let new_segments = needed.saturating_sub(active_free).div_ceil(usable);
         let total = state.segments.len() as u64 * segment;
-        total + new_segments * segment <= self.options.limit_bytes
+        total + new_segments * segment <= self.limit_bytes()
     }
 }
 
@@ -313,6 +324,8 @@ impl Cache {
             release_lock: Mutex::new(()),
             durable: Arc::new(tokio::sync::Notify::new()),
             engine_name: engine.name(),
+            limit_bytes: options.limit_bytes.into(),
+            resident_budget_bytes: options.resident_budget_bytes.into(),
             options,
         });
         let mut report = recovered.report;
@@ -582,20 +595,39 @@ impl Cache {
             .map_or(0, |d| d.entries.values().map(|e| u64::from(e.batch_len)).sum())
     }
 
+    /// Changes the space limit at run time (at least two segments). Lowering it below what is
+    /// in use refuses new batches until uploads release segments; nothing is dropped.
+    pub fn set_limit_bytes(&self, limit: u64) -> Result<(), CacheError> {
+        let minimum = 2 * self.shared.options.segment_bytes;
+        if limit < minimum {
+            return Err(CacheError::Config(format!(
+                "the cache limit must be at least two segments ({minimum} bytes)"
+            )));
+        }
+        self.shared
+            .limit_bytes
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Changes how much of received batches the cache keeps in memory for the seal workers.
+    pub fn set_resident_budget_bytes(&self, budget: u64) {
+        self.shared
+            .resident_budget_bytes
+            .store(budget, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// (space the segment files take, the limit): cheap enough for every batch.
     pub fn space(&self) -> (u64, u64) {
         let segments = self.shared.state().segments.len() as u64;
-        (
-            segments * self.shared.options.segment_bytes,
-            self.shared.options.limit_bytes,
-        )
+        (segments * self.shared.options.segment_bytes, self.shared.limit_bytes())
     }
 
     pub fn usage(&self) -> Usage {
         let state = self.shared.state();
         Usage {
             segment_bytes_total: state.segments.len() as u64 * self.shared.options.segment_bytes,
-            limit_bytes: self.shared.options.limit_bytes,
+            limit_bytes: self.shared.limit_bytes(),
             live_bytes: state.segments.values().map(|s| s.live_bytes).sum(),
             segments: state.segments.len(),
             resident_bytes: state.resident_bytes,

@@ -170,7 +170,7 @@ impl Writer {
         let segment_bytes = self.shared.options.segment_bytes;
         {
             let state = self.shared.state();
-            if (state.segments.len() as u64 + 1) * segment_bytes > self.shared.options.limit_bytes {
+            if (state.segments.len() as u64 + 1) * segment_bytes > self.shared.limit_bytes() {
                 return Err(PlaceError::Full);
             }
         }
@@ -302,7 +302,7 @@ impl Writer {
         refused: Vec<(WriteRequest, AppendError)>,
         outcome: Result<(), String>,
     ) {
-        let budget = self.shared.options.resident_budget_bytes;
+        let budget = self.shared.resident_budget_bytes();
         let mut answers = Vec::with_capacity(placed.len() + refused.len());
         let mut guard = self.shared.state();
         let state = &mut *guard;

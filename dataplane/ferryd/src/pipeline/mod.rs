@@ -19,6 +19,7 @@
 //!   `memory_budget_bytes` (one change set may always proceed, so progress is guaranteed).
 
 pub mod bandwidth;
+pub mod tuning;
 pub mod worker;
 
 use bytes::Bytes;
@@ -28,7 +29,6 @@ use ferry_format::plaintexts::{DiskDescriptor, RecoveryPoint, PLAINTEXT_FORMAT};
 use ferry_format::{BookmarkId, Keyring, VaultDescriptor, VaultError, VaultKey};
 use ferry_storage::{ObjectStorage, StorageError};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicI32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -43,17 +43,6 @@ pub const TRANSIENT_PAUSE: Duration = Duration::from_secs(5);
 pub const PERMANENT_PAUSE: Duration = Duration::from_secs(30);
 /// Seal jobs queued for the workers at most.
 const SEAL_QUEUE_DEPTH: usize = 64;
-
-#[derive(Clone, Debug)]
-pub struct PipelineOptions {
-    pub change_set_bytes: u64,
-    pub flush_delay: Duration,
-    pub upload_concurrency: usize,
-    pub workers: usize,
-    pub compression_level: i32,
-    pub memory_budget_bytes: u64,
-    pub bandwidth_cap_bytes_per_sec: u64,
-}
 
 /// A recovery point as the status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +110,8 @@ pub struct PipelineStatus {
     seal_workers: Arc<std::sync::atomic::AtomicUsize>,
     upload_concurrency: Arc<std::sync::atomic::AtomicUsize>,
     uploads_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The token bucket's rate as the coordinator last set it (0 = unlimited).
+    bandwidth_cap_now: Arc<std::sync::atomic::AtomicU64>,
     upload_latency: Arc<crate::metrics::LatencyHistogram>,
 }
 
@@ -138,6 +129,10 @@ impl PipelineStatus {
             self.uploads_in_flight.load(Relaxed),
             self.upload_concurrency.load(Relaxed),
         )
+    }
+
+    pub fn bandwidth_cap_now(&self) -> u64 {
+        self.bandwidth_cap_now.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn sealed_bytes(&self) -> u64 {
@@ -231,7 +226,10 @@ struct Coordinator {
     cache: Cache,
     storage: Arc<dyn ObjectStorage>,
     keyring: Keyring,
-    options: PipelineOptions,
+    tuning: Arc<tuning::Tuning>,
+    workers: worker::WorkerPool,
+    /// Permits the upload semaphore has in all (in use or free): what `tuning` last set.
+    upload_permits: usize,
     status: PipelineStatus,
     disks: HashMap<Uuid, DiskProgress>,
     in_flight_bytes: u64,
@@ -245,42 +243,44 @@ struct Coordinator {
     retry_jobs: Vec<(Instant, SealJob)>,
 }
 
-/// Starts the pipeline on an opened target, publishing into `status`; it runs until `stop`
-/// turns true.
+/// Starts the pipeline on an opened target, publishing into `status`, with the tunables in
+/// `tuning` (read live); it runs until `stop` turns true.
 pub fn start(
     cache: Cache,
     storage: Arc<dyn ObjectStorage>,
     keyring: Keyring,
-    options: PipelineOptions,
+    tuning: Arc<tuning::Tuning>,
     status: PipelineStatus,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(SEAL_QUEUE_DEPTH);
     let (sealed_tx, sealed_rx) = tokio::sync::mpsc::channel(SEAL_QUEUE_DEPTH);
-    let level = Arc::new(AtomicI32::new(options.compression_level));
-    status
-        .seal_workers
-        .store(options.workers.max(1), std::sync::atomic::Ordering::Relaxed);
+    let workers = worker::WorkerPool {
+        jobs: jobs_rx,
+        results: sealed_tx,
+        cache: cache.clone(),
+        keyring: keyring.clone(),
+        level: tuning.compression_level.clone(),
+        busy_nanos: status.seal_busy_nanos.clone(),
+        alive: status.seal_workers.clone(),
+        wanted: Default::default(),
+        spawned: Default::default(),
+    };
+    workers.resize(tuning.workers());
+    let permits = tuning.upload_concurrency();
     status
         .upload_concurrency
-        .store(options.upload_concurrency.max(1), std::sync::atomic::Ordering::Relaxed);
-    worker::start(
-        options.workers.max(1),
-        jobs_rx,
-        sealed_tx,
-        cache.clone(),
-        keyring.clone(),
-        level,
-        status.seal_busy_nanos.clone(),
-    );
+        .store(permits, std::sync::atomic::Ordering::Relaxed);
     let (outcomes_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
     let coordinator = Coordinator {
-        uploads: Arc::new(tokio::sync::Semaphore::new(options.upload_concurrency.max(1))),
-        bucket: Arc::new(bandwidth::TokenBucket::new(options.bandwidth_cap_bytes_per_sec)),
+        uploads: Arc::new(tokio::sync::Semaphore::new(permits)),
+        upload_permits: permits,
+        bucket: Arc::new(bandwidth::TokenBucket::new(tuning.bandwidth_cap_now())),
         cache,
         storage,
         keyring,
-        options,
+        tuning,
+        workers,
         status: status.clone(),
         disks: HashMap::new(),
         in_flight_bytes: 0,
@@ -313,10 +313,45 @@ impl Coordinator {
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
+            self.retune();
             self.requeue_due();
             self.dispatch().await;
             self.commit().await;
         }
+    }
+
+    /// Applies the tunables (cheap; every cycle): upload permits, seal workers, bandwidth.
+    fn retune(&mut self) {
+        let wanted = self.tuning.upload_concurrency();
+        if wanted > self.upload_permits {
+            self.uploads.add_permits(wanted - self.upload_permits);
+        } else if wanted < self.upload_permits {
+            // Take the excess out as uploads finish (never cancelling one in flight).
+            let excess = (self.upload_permits - wanted) as u32;
+            let uploads = self.uploads.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = uploads.acquire_many_owned(excess).await {
+                    permits.forget();
+                }
+            });
+        }
+        if wanted != self.upload_permits {
+            tracing::info!(from = self.upload_permits, to = wanted, "upload concurrency changed");
+            self.upload_permits = wanted;
+            self.status
+                .upload_concurrency
+                .store(wanted, std::sync::atomic::Ordering::Relaxed);
+        }
+        let workers = self.tuning.workers();
+        if workers != self.workers.wanted.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(to = workers, "seal workers changed");
+            self.workers.resize(workers);
+        }
+        let cap = self.tuning.bandwidth_cap_now();
+        self.bucket.set_rate(cap);
+        self.status
+            .bandwidth_cap_now
+            .store(cap, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The next moment something is due: a flush delay ending or a retry.
@@ -324,7 +359,7 @@ impl Coordinator {
         let mut deadline = Instant::now() + Duration::from_secs(1);
         for progress in self.disks.values() {
             if let Some(since) = progress.waiting_since {
-                deadline = deadline.min(since + self.options.flush_delay);
+                deadline = deadline.min(since + self.tuning.flush_delay());
             }
         }
         for (due, _) in self.retry_uploads.iter() {
@@ -473,9 +508,9 @@ impl Coordinator {
             sector_size: view.meta.sector_size,
         };
         let (limit, delay, budget) = (
-            self.options.change_set_bytes,
-            self.options.flush_delay,
-            self.options.memory_budget_bytes,
+            self.tuning.change_set_bytes(),
+            self.tuning.flush_delay(),
+            self.tuning.memory_budget_bytes(),
         );
         loop {
             let in_flight = self.in_flight_bytes;

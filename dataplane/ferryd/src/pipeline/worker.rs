@@ -9,7 +9,7 @@ use ferry_format::batch::{Record, BATCH_HEADER_LEN};
 use ferry_format::names::ObjectName;
 use ferry_format::seal::Sealer;
 use ferry_format::{Bookmark, Keyring};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -39,49 +39,94 @@ pub struct Sealed {
     pub plain_len: u64,
 }
 
-pub fn start(
-    threads: usize,
-    jobs: Receiver<SealJob>,
-    results: tokio::sync::mpsc::Sender<Sealed>,
-    cache: Cache,
-    keyring: Keyring,
-    level: Arc<AtomicI32>,
-    busy_nanos: Arc<std::sync::atomic::AtomicU64>,
-) {
-    for index in 0..threads {
-        let (jobs, results, cache, keyring, level, busy_nanos) = (
-            jobs.clone(),
-            results.clone(),
-            cache.clone(),
-            keyring.clone(),
-            level.clone(),
-            busy_nanos.clone(),
-        );
-        let spawned = std::thread::Builder::new()
-            .name(format!("ferry-seal-{index}"))
-            .spawn(move || {
-                let mut sealer = match Sealer::new(level.load(Ordering::Relaxed)) {
-                    Ok(sealer) => sealer,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot create a sealer");
-                        return;
-                    }
-                };
-                while let Ok(job) = jobs.recv() {
-                    let wanted = level.load(Ordering::Relaxed);
+/// The seal workers: a pool that can grow and shrink at run time (`ferryctl tune
+/// worker_threads`). `alive` counts workers that have not decided to exit; a worker leaves
+/// (after its current job) only by decrementing it while it is above `wanted`, so the pool
+/// never drops below what is wanted and never grows past it.
+#[derive(Clone)]
+pub struct WorkerPool {
+    pub jobs: Receiver<SealJob>,
+    pub results: tokio::sync::mpsc::Sender<Sealed>,
+    pub cache: Cache,
+    pub keyring: Keyring,
+    pub level: Arc<AtomicI32>,
+    pub busy_nanos: Arc<AtomicU64>,
+    pub alive: Arc<AtomicUsize>,
+    pub wanted: Arc<AtomicUsize>,
+    pub spawned: Arc<AtomicUsize>,
+}
+
+impl WorkerPool {
+    /// Sets the number of workers: starts new ones now; extra ones leave after their job.
+    pub fn resize(&self, wanted: usize) {
+        let wanted = wanted.max(1);
+        self.wanted.store(wanted, Ordering::SeqCst);
+        while self.alive.load(Ordering::SeqCst) < wanted {
+            self.alive.fetch_add(1, Ordering::SeqCst);
+            let worker = self.clone();
+            let index = self.spawned.fetch_add(1, Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name(format!("ferry-seal-{index}"))
+                .spawn(move || worker.work());
+            if let Err(e) = spawned {
+                self.alive.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot start a seal worker");
+                return;
+            }
+        }
+    }
+
+    /// True (and counted out) when this worker is one too many.
+    fn leave_if_extra(&self) -> bool {
+        loop {
+            let alive = self.alive.load(Ordering::SeqCst);
+            if alive <= self.wanted.load(Ordering::SeqCst) {
+                return false;
+            }
+            if self
+                .alive
+                .compare_exchange(alive, alive - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    fn work(self) {
+        let mut sealer = match Sealer::new(self.level.load(Ordering::Relaxed)) {
+            Ok(sealer) => sealer,
+            Err(e) => {
+                self.alive.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot create a sealer");
+                return;
+            }
+        };
+        loop {
+            match self.jobs.recv_timeout(std::time::Duration::from_millis(500)) {
+                Ok(job) => {
+                    let wanted = self.level.load(Ordering::Relaxed);
                     if wanted != sealer.level() {
                         let _ = sealer.set_level(wanted);
                     }
                     let started = std::time::Instant::now();
-                    let sealed = seal(&mut sealer, &cache, &keyring, &job);
-                    busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    if results.blocking_send(sealed).is_err() {
+                    let sealed = seal(&mut sealer, &self.cache, &self.keyring, &job);
+                    self.busy_nanos
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    if self.results.blocking_send(sealed).is_err() {
+                        self.alive.fetch_sub(1, Ordering::SeqCst);
                         return; // the coordinator stopped
                     }
                 }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a seal worker");
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.alive.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+            if self.leave_if_extra() {
+                return;
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The control API (ferry_client::control): HTTP/1.1 JSON on an owner-only Unix socket.
 //! The socket file is created mode 0600 inside the appliance directory (itself owner-only),
 //! so only ferryd's user (and root) can use it; a stale socket from a crash is replaced, a live
-//! one (another ferryd) is refused. Status and machines; drain and resume.
+//! one (another ferryd) is refused. Status and machines; tune (tune.rs); drain and resume.
 //!
 //! Rates come from [`RateSampler`]: once a second it records the ingested and uploaded byte
 //! counters, keeping 61 samples (one minute); "last 10 s" and "last minute" are the counters
@@ -136,11 +136,19 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>, mut stopped: to
 
 async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    // Requests carry no body; drain whatever came, bounded.
-    let _ = http_body_util::Limited::new(body, 64 * 1024).collect().await;
+    // Bodies are small JSON (a tune request); anything past 64 KiB is refused.
+    let body = match http_body_util::Limited::new(body, 64 * 1024).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return ApiError::new(413, "too_large", "control requests are at most 64 KiB").into_response(),
+    };
     let answer = match (parts.method, parts.uri.path()) {
         (Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &status(state))),
         (Method::GET, "/v1/machines") => machines(state).map(|m| json(StatusCode::OK, &m)),
+        (Method::GET, "/v1/tune") => Ok(json(StatusCode::OK, &super::tune::state(state))),
+        (Method::PUT, "/v1/tune") => match serde_json::from_slice::<ferry_client::control::TuneRequest>(&body) {
+            Ok(request) => super::tune::put(state, &request).map(|s| json(StatusCode::OK, &s)),
+            Err(e) => Err(ApiError::new(400, "bad_request", format!("tune request: {e}"))),
+        },
         (Method::POST, "/v1/drain") => {
             if !state.draining.swap(true, Ordering::SeqCst) {
                 tracing::info!("draining for maintenance: refusing new data, uploading the cache");

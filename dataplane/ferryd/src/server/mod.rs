@@ -11,6 +11,7 @@ pub mod data;
 pub mod http;
 pub mod register;
 pub mod tls;
+pub mod tune;
 
 use anyhow::{Context, Result};
 use ferry_config::{ApplianceConfig, ApplianceLayout};
@@ -48,6 +49,10 @@ pub struct AppState {
     pub rates: control::RateSampler,
     pub metrics: crate::metrics::IngestMetrics,
     pub system: crate::alerts::SystemMonitor,
+    /// The pipeline's run-time tunables (ferryctl tune).
+    pub tuning: Arc<crate::pipeline::tuning::Tuning>,
+    /// The configuration as last tuned (what ferry.toml says now).
+    pub tuned: std::sync::Mutex<ApplianceConfig>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -58,7 +63,7 @@ pub fn now_unix_ms() -> u64 {
 }
 
 /// The cache limit: `limit_bytes`, or `limit_percent` of the cache file system.
-fn cache_limit(config: &ApplianceConfig, directory: &Path) -> Result<u64> {
+pub(crate) fn cache_limit(config: &ApplianceConfig, directory: &Path) -> Result<u64> {
     if config.cache.limit_bytes != 0 {
         return Ok(config.cache.limit_bytes);
     }
@@ -144,15 +149,18 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     // The startup look only decides whether to refuse; the pipeline opens its own storage with
     // the configured retry policy.
     drop(first_try);
+    let tuning = Arc::new(crate::pipeline::tuning::Tuning::new(&config.pipeline));
     tokio::spawn(start_pipeline(
         cache.clone(),
         target,
         config.clone(),
         vault_key,
         pipeline.clone(),
+        tuning.clone(),
         stopped.clone(),
     ));
     let config_sustained = config.alerts.sustained_secs;
+    let tuned = config.clone();
     let state = Arc::new(AppState {
         cache: cache.clone(),
         pipeline,
@@ -165,6 +173,8 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         rates: Default::default(),
         metrics: Default::default(),
         system: crate::alerts::SystemMonitor::new(Duration::from_secs(config_sustained)),
+        tuned: std::sync::Mutex::new(tuned),
+        tuning,
     });
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
     let control_listener = control::bind(&control_socket)?;
@@ -277,6 +287,7 @@ async fn start_pipeline(
     config: ApplianceConfig,
     key: ferry_format::VaultKey,
     status: crate::pipeline::PipelineStatus,
+    tuning: Arc<crate::pipeline::tuning::Tuning>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut first = true;
@@ -298,23 +309,8 @@ async fn start_pipeline(
         }
     };
     status.set_target_error(None);
-    let p = &config.pipeline;
-    let workers = if p.worker_threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    } else {
-        p.worker_threads as usize
-    };
-    let options = crate::pipeline::PipelineOptions {
-        change_set_bytes: p.change_set_bytes,
-        flush_delay: Duration::from_millis(p.flush_delay_ms),
-        upload_concurrency: p.upload_concurrency as usize,
-        workers,
-        compression_level: p.compression_level,
-        memory_budget_bytes: p.memory_budget_bytes,
-        bandwidth_cap_bytes_per_sec: p.bandwidth_cap_bytes_per_sec,
-    };
-    tracing::info!(target = %storage.describe(), workers, "upload pipeline running");
-    crate::pipeline::start(cache, storage, keyring, options, status, stopped);
+    tracing::info!(target = %storage.describe(), workers = tuning.workers(), "upload pipeline running");
+    crate::pipeline::start(cache, storage, keyring, tuning, status, stopped);
 }
 
 async fn bind(address: &str) -> Result<TcpListener> {

@@ -1,0 +1,103 @@
+//! The pipeline's run-time tunables (`ferryctl tune`): the coordinator and the seal workers
+//! read them on every cycle (at least once a second), so a change takes effect without a
+//! restart and without dropping anything: a smaller upload concurrency waits for uploads in
+//! flight to finish, extra seal workers leave after their current job, a smaller memory
+//! budget stops new change sets until enough in flight complete.
+
+use ferry_config::config::PipelineConfig;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Tuning {
+    pub compression_level: Arc<AtomicI32>,
+    workers: AtomicUsize,
+    upload_concurrency: AtomicUsize,
+    change_set_bytes: AtomicU64,
+    flush_delay_ms: AtomicU64,
+    memory_budget_bytes: AtomicU64,
+    /// The whole pipeline section, for the bandwidth cap and its schedule.
+    pipeline: Mutex<PipelineConfig>,
+}
+
+/// `worker_threads` 0 means one per core.
+pub fn resolve_workers(worker_threads: u32) -> usize {
+    if worker_threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        worker_threads as usize
+    }
+}
+
+impl Tuning {
+    pub fn new(config: &PipelineConfig) -> Self {
+        let tuning = Self {
+            compression_level: Arc::new(AtomicI32::new(config.compression_level)),
+            workers: AtomicUsize::new(1),
+            upload_concurrency: AtomicUsize::new(1),
+            change_set_bytes: AtomicU64::new(0),
+            flush_delay_ms: AtomicU64::new(0),
+            memory_budget_bytes: AtomicU64::new(0),
+            pipeline: Mutex::new(config.clone()),
+        };
+        tuning.apply(config);
+        tuning
+    }
+
+    /// Takes a new (validated) pipeline section.
+    pub fn apply(&self, config: &PipelineConfig) {
+        self.compression_level
+            .store(config.compression_level, Ordering::Relaxed);
+        self.workers
+            .store(resolve_workers(config.worker_threads), Ordering::Relaxed);
+        self.upload_concurrency
+            .store((config.upload_concurrency as usize).max(1), Ordering::Relaxed);
+        self.change_set_bytes.store(config.change_set_bytes, Ordering::Relaxed);
+        self.flush_delay_ms.store(config.flush_delay_ms, Ordering::Relaxed);
+        self.memory_budget_bytes
+            .store(config.memory_budget_bytes, Ordering::Relaxed);
+        *self.pipeline.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.load(Ordering::Relaxed)
+    }
+
+    pub fn upload_concurrency(&self) -> usize {
+        self.upload_concurrency.load(Ordering::Relaxed)
+    }
+
+    pub fn change_set_bytes(&self) -> u64 {
+        self.change_set_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn flush_delay(&self) -> Duration {
+        Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.memory_budget_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The bandwidth cap in force now (local time), schedule included; 0 = unlimited.
+    pub fn bandwidth_cap_now(&self) -> u64 {
+        let (weekday, hour) = local_weekday_hour();
+        self.pipeline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bandwidth_cap_at(weekday, hour)
+    }
+}
+
+/// (weekday with 0 = Sunday, hour) in the machine's local time.
+fn local_weekday_hour() -> (u32, u32) {
+    // SAFETY: time(NULL) and localtime_r into a zeroed struct we own.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return (0, 0);
+        }
+        (tm.tm_wday.max(0) as u32, tm.tm_hour.max(0) as u32)
+    }
+}

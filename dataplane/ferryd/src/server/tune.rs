@@ -1,0 +1,126 @@
+//! `GET` and `PUT /v1/tune` (ferry_client::control): the run-time tunables. A change is
+//! applied to a copy of the configuration, validated by the same rules as ferry.toml (errors
+//! name the key), written to ferry.toml durably (so it survives a restart), and only then
+//! handed to the running pipeline (pipeline/tuning.rs) and the cache. `reset` puts every
+//! tunable back to its default. Keys that need a restart are refused by name.
+
+use ferry_client::control::{InEffect, Tunables, TuneRequest, TuneState};
+use ferry_config::config::{ApplianceConfig, CacheConfig, PipelineConfig};
+use std::sync::atomic::Ordering;
+
+use super::http::ApiError;
+use super::AppState;
+
+/// ferry.toml path of each tunable.
+const KEYS: [(&str, &str, &str); 10] = [
+    ("upload_concurrency", "pipeline", "upload_concurrency"),
+    ("compression_level", "pipeline", "compression_level"),
+    ("worker_threads", "pipeline", "worker_threads"),
+    ("change_set_bytes", "pipeline", "change_set_bytes"),
+    ("flush_delay_ms", "pipeline", "flush_delay_ms"),
+    ("memory_budget_bytes", "pipeline", "memory_budget_bytes"),
+    ("bandwidth_cap_bytes_per_sec", "pipeline", "bandwidth_cap_bytes_per_sec"),
+    ("bandwidth_schedule", "pipeline", "bandwidth_schedule"),
+    ("cache_limit_percent", "cache", "limit_percent"),
+    ("cache_limit_bytes", "cache", "limit_bytes"),
+];
+
+fn tunables(pipeline: &PipelineConfig, cache: &CacheConfig) -> Tunables {
+    Tunables {
+        upload_concurrency: pipeline.upload_concurrency,
+        compression_level: pipeline.compression_level,
+        worker_threads: pipeline.worker_threads,
+        change_set_bytes: pipeline.change_set_bytes,
+        flush_delay_ms: pipeline.flush_delay_ms,
+        memory_budget_bytes: pipeline.memory_budget_bytes,
+        bandwidth_cap_bytes_per_sec: pipeline.bandwidth_cap_bytes_per_sec,
+        bandwidth_schedule: serde_json::to_value(&pipeline.bandwidth_schedule).unwrap_or_default(),
+        cache_limit_percent: u32::from(cache.limit_percent),
+        cache_limit_bytes: cache.limit_bytes,
+    }
+}
+
+pub fn state(app: &AppState) -> TuneState {
+    let config = app.tuned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (seal_workers, _) = app.pipeline.seal_work();
+    let (_, upload_concurrency) = app.pipeline.uploads();
+    TuneState {
+        values: tunables(&config.pipeline, &config.cache),
+        defaults: tunables(&PipelineConfig::default(), &CacheConfig::default()),
+        in_effect: InEffect {
+            compression_level: app.tuning.compression_level.load(Ordering::Relaxed),
+            seal_workers,
+            upload_concurrency,
+            change_set_bytes: app.tuning.change_set_bytes(),
+            flush_delay_ms: app.tuning.flush_delay().as_millis() as u64,
+            memory_budget_bytes: app.tuning.memory_budget_bytes(),
+            bandwidth_cap_bytes_per_sec: app.pipeline.bandwidth_cap_now(),
+            cache_limit_bytes: app.cache.space().1,
+        },
+    }
+}
+
+/// The configuration with `request` applied, validated.
+fn changed(current: &ApplianceConfig, request: &TuneRequest) -> Result<ApplianceConfig, ApiError> {
+    let bad = |message: String| ApiError::new(400, "bad_tunable", message);
+    let mut config = current.clone();
+    if request.reset {
+        let (p, c) = (PipelineConfig::default(), CacheConfig::default());
+        config.pipeline = p;
+        config.cache.limit_percent = c.limit_percent;
+        config.cache.limit_bytes = c.limit_bytes;
+    }
+    let mut json = serde_json::to_value(&config).map_err(|e| bad(e.to_string()))?;
+    for (key, value) in &request.set {
+        let Some((_, section, field)) = KEYS.iter().find(|(name, _, _)| name == key) else {
+            let known: Vec<&str> = KEYS.iter().map(|(name, _, _)| *name).collect();
+            return Err(bad(format!(
+                "{key} is not tunable at run time; tunables: {}",
+                known.join(", ")
+            )));
+        };
+        // Values as in ferry.toml: numbers as numbers, the schedule as JSON.
+        let parsed: serde_json::Value = serde_json::from_str(value).map_err(|_| {
+            bad(format!(
+                "{key}: {value:?} is not a value (a number, or JSON for the schedule)"
+            ))
+        })?;
+        json[*section][*field] = parsed;
+    }
+    let config: ApplianceConfig = serde_json::from_value(json).map_err(|e| bad(format!("{e}")))?;
+    config
+        .validate()
+        .map_err(|(key, message)| bad(format!("{key}: {message}")))?;
+    Ok(config)
+}
+
+pub fn put(app: &AppState, request: &TuneRequest) -> Result<TuneState, ApiError> {
+    let mut tuned = app.tuned.lock().unwrap_or_else(|p| p.into_inner());
+    let config = changed(&tuned, request)?;
+    let cache_dir = app.layout.resolve(&config.cache.directory);
+    let limit = super::cache_limit(&config, &cache_dir)
+        .map_err(|e| ApiError::new(400, "bad_tunable", format!("cache limit: {e:#}")))?;
+    let minimum = 2 * config.cache.segment_bytes;
+    if limit < minimum {
+        return Err(ApiError::new(
+            400,
+            "bad_tunable",
+            format!("cache limit: {limit} bytes is less than two segments ({minimum})"),
+        ));
+    }
+    // Durable first: what is applied is what a restart will read.
+    config.save(&app.layout.config_file()).map_err(|e| {
+        tracing::error!(error = %e, "cannot write ferry.toml");
+        ApiError::new(500, "internal", format!("cannot write ferry.toml: {e}"))
+    })?;
+    app.tuning.apply(&config.pipeline);
+    app.cache.set_resident_budget_bytes(config.pipeline.memory_budget_bytes);
+    app.cache
+        .set_limit_bytes(limit)
+        .map_err(|e| ApiError::new(400, "bad_tunable", e.to_string()))?;
+    let changes: Vec<String> = request.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!(reset = request.reset, changes = %changes.join(" "), "tuned; ferry.toml written");
+    *tuned = config;
+    drop(tuned);
+    Ok(state(app))
+}
