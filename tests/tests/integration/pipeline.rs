@@ -476,3 +476,35 @@ async fn a_wrong_account_key_is_a_clear_state_and_nothing_is_lost_once_fixed() {
         work.hash_after[&20]
     );
 }
+
+/// A SAS credential the storage refuses: the state says why, and the signature appears in
+/// no status, metric or log line.
+#[tokio::test]
+async fn a_refused_sas_never_shows_its_signature() {
+    let Some(azurite) = ferry_tests::PrivateAzurite::start().await else {
+        return;
+    };
+    let (appliance, _keys) = azure_appliance(&azurite.endpoint(), AZURITE_KEY, "badsas", true).await;
+    let config = appliance.dir.join("ferry.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let signature = "c2lnbmF0dXJlVGhhdE11c3ROZXZlckJlU2hvd24rK3NlY3JldA%3D%3D";
+    let sas = format!("sv=2019-12-12&ss=b&srt=sco&sp=rwdlac&se=2035-01-01T00:00:00Z&sig={signature}");
+    let edited = text.replace("kind = \"shared_key\"", "kind = \"sas\"").replace(
+        &format!("account_key = \"{AZURITE_KEY}\""),
+        &format!("token = \"{sas}\""),
+    );
+    assert_ne!(edited, text, "the credential was replaced");
+    std::fs::write(&config, edited).unwrap();
+    let ferryd = Ferryd::start(&appliance).await;
+    let work = workload(12, 5);
+    let disk = Uuid::new_v4();
+    let client = replicate_one(&appliance, &ferryd, &work, disk).await;
+    let info = client.get_disk(disk).await.unwrap();
+    assert_eq!((info.durable_seq, info.state.as_str()), (5, "upload_error"), "{info:?}");
+    let shown = appliance.everything_shown().await;
+    assert!(shown[0].contains("upload_failing"), "{}", shown[0]);
+    let decoded = "c2lnbmF0dXJlVGhhdE11c3ROZXZlckJlU2hvd24rK3NlY3JldA==";
+    appliance.assert_no_secrets(&shown, &[signature, decoded]);
+    let answer = format!("{info:?}");
+    assert!(!answer.contains(signature) && !answer.contains(decoded), "{answer}");
+}
