@@ -86,6 +86,8 @@ fn changed(current: &ApplianceConfig, request: &TuneRequest) -> Result<Appliance
             ))
         })?;
         json[*section][*field] = parsed;
+        // Type errors name the key being set (the rest of the file was valid).
+        serde_json::from_value::<ApplianceConfig>(json.clone()).map_err(|e| bad(format!("{key}: {e}")))?;
     }
     let config: ApplianceConfig = serde_json::from_value(json).map_err(|e| bad(format!("{e}")))?;
     config
@@ -123,4 +125,63 @@ pub fn put(app: &AppState, request: &TuneRequest) -> Result<TuneState, ApiError>
     *tuned = config;
     drop(tuned);
     Ok(state(app))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_storage::config::{AzureCredentialConfig, AzureTargetConfig, Secret, TargetConfig};
+
+    fn azure() -> ApplianceConfig {
+        ApplianceConfig::with_target(TargetConfig::Azure(AzureTargetConfig {
+            account: "acct1".into(),
+            container: "ferry".into(),
+            endpoint: None,
+            create_container: false,
+            request_timeout_secs: 60,
+            credential: AzureCredentialConfig::SharedKey {
+                account_key: Secret::new("a2V5LXRoYXQtbXVzdC1zdXJ2aXZl"),
+            },
+        }))
+    }
+
+    fn set(pairs: &[(&str, &str)]) -> TuneRequest {
+        TuneRequest {
+            set: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            reset: false,
+        }
+    }
+
+    #[test]
+    fn a_change_keeps_everything_else_including_credentials() {
+        let before = azure();
+        let after = changed(
+            &before,
+            &set(&[("upload_concurrency", "7"), ("cache_limit_percent", "50")]),
+        )
+        .unwrap();
+        assert_eq!(after.pipeline.upload_concurrency, 7);
+        assert_eq!(after.cache.limit_percent, 50);
+        let mut expected = before.clone();
+        expected.pipeline.upload_concurrency = 7;
+        expected.cache.limit_percent = 50;
+        assert_eq!(after, expected, "the target and its account key are untouched");
+        let reset = changed(
+            &after,
+            &TuneRequest {
+                set: Vec::new(),
+                reset: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(reset, before);
+    }
+
+    #[test]
+    fn bad_changes_name_the_key() {
+        let message = |pairs: &[(&str, &str)]| changed(&azure(), &set(pairs)).unwrap_err().message;
+        assert!(message(&[("worker_threads", "-1")]).contains("worker_threads"));
+        assert!(message(&[("flush_delay_ms", "1")]).contains("pipeline.flush_delay_ms"));
+        assert!(message(&[("data_listen", "1")]).contains("not tunable"));
+    }
 }
