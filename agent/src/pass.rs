@@ -18,7 +18,7 @@ use ferry_format::batch::{BatchEncoder, RECORD_HEADER_LEN};
 use ferry_format::bookmark::{Bookmark, BookmarkId, BookmarkKind};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -46,7 +46,6 @@ pub struct PassCounters {
     pub scanned_bytes: AtomicU64,
     pub changed_blocks: AtomicU64,
     pub sent_bytes: AtomicU64,
-    pub reads_done: AtomicBool,
 }
 
 /// What the pass's bookmark says, decided by the caller once the reads are done (the
@@ -169,7 +168,6 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
                     Some(ReadItem::Done { next_seq: next }) => {
                         next_seq = Some(next);
                         read_seconds = started.elapsed().as_secs_f64();
-                        counters.reads_done.store(true, Ordering::Relaxed);
                         if let Some(done) = reads_done.take() {
                             let _ = done.send(());
                         }

@@ -155,17 +155,17 @@ pub async fn run(
             }
         })
     };
+    let agent_started_ms = now_unix_ms();
     let work = async {
-        let mut last_app = Instant::now();
         loop {
             let round_started = Instant::now();
-            let app_interval = config.bookmarks.app_interval_secs;
-            let app_due = app_interval > 0 && last_app.elapsed() >= Duration::from_secs(app_interval);
-            let app = if options.once { options.app } else { app_due };
-            let reports = round(&config, &client, &anonymous, &endpoint, machine_id, &board, app).await?;
-            if app {
-                last_app = round_started;
-            }
+            set_up_disks(&config, &client, &anonymous, &endpoint, machine_id, &board).await?;
+            let app = if options.once {
+                options.app
+            } else {
+                app_due(&board, config.bookmarks.app_interval_secs, agent_started_ms)
+            };
+            let reports = round(&config, &client, &board, app).await?;
             if options.once {
                 let failed: Vec<String> = board
                     .slots()
@@ -201,17 +201,35 @@ pub async fn run(
     result
 }
 
-/// One round over every disk; errors only for what stops the agent (a refused certificate).
-async fn round(
+/// Whether this round should quiesce: every disk is past its initial copy and out of resync
+/// (a quiesce holds writes for a whole read of the disk), and some disk's last app-consistent
+/// bookmark (persisted, so restarts do not postpone it; the agent's start when there is none)
+/// is older than the interval.
+fn app_due(board: &Board, interval_secs: u64, agent_started_ms: u64) -> bool {
+    if interval_secs == 0 {
+        return false;
+    }
+    let slots = board.slots();
+    let sessions: Vec<&Session> = slots.iter().filter_map(|s| s.session.as_ref()).collect();
+    let settled = !sessions.is_empty() && sessions.iter().all(|s| s.progress.phase() == Phase::Continuous);
+    let now = now_unix_ms();
+    settled
+        && sessions.iter().any(|s| {
+            let last = s.progress.last_app_unix_ms.unwrap_or(agent_started_ms);
+            now.saturating_sub(last) >= interval_secs * 1000
+        })
+}
+
+/// Sets up every disk that needs it (first round, or after a failure once its retry is due);
+/// errors only for what stops the agent (a refused certificate).
+async fn set_up_disks(
     config: &AgentConfig,
     client: &DataClient,
     anonymous: &DataClient,
     endpoint: &str,
     machine_id: Uuid,
     board: &Board,
-    app: bool,
-) -> anyhow::Result<Vec<PassReport>> {
-    // Set up disks that need it.
+) -> anyhow::Result<()> {
     for (index, disk) in config.disks.iter().enumerate() {
         let due = {
             let slots = board.slots();
@@ -251,6 +269,11 @@ async fn round(
         }
     }
 
+    Ok(())
+}
+
+/// One round of passes over every disk that is set up.
+async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bool) -> anyhow::Result<Vec<PassReport>> {
     // Start a pass on every disk that is set up.
     let started_ms = now_unix_ms();
     let mut passes = Vec::new();
@@ -459,4 +482,107 @@ async fn finish_pass(
     }
     progress::save(&config.state_dir, progress).context("saving progress")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blockmap::BlockMap;
+    use crate::config::DiskConfig;
+    use crate::device::Device;
+    use crate::pass::PassSettings;
+    use crate::progress::DiskProgress;
+
+    fn board_with(dir: &std::path::Path, progresses: Vec<DiskProgress>) -> Board {
+        let slots = progresses
+            .into_iter()
+            .enumerate()
+            .map(|(i, progress)| {
+                let path = dir.join(format!("disk{i}.img"));
+                std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+                let device = Device::open(&DiskConfig {
+                    path,
+                    name: None,
+                    identity: None,
+                    sector_size: None,
+                })
+                .unwrap();
+                let (map, _) = BlockMap::open(&dir.join(format!("map{i}")), progress.disk_id, 65536, 1 << 20).unwrap();
+                Slot {
+                    session: Some(Session {
+                        device: Arc::new(device),
+                        disk_id: progress.disk_id,
+                        map: Arc::new(map),
+                        progress,
+                        settings: PassSettings {
+                            block_bytes: 65536,
+                            read_bytes: 1 << 20,
+                            batch_bytes: 8 << 20,
+                            window: 1,
+                            read_rate_bytes_per_sec: 0,
+                            keep_page_cache: false,
+                        },
+                        next_seq: 1,
+                    }),
+                    status: DiskStatus::default(),
+                    counters: None,
+                    retry_at: None,
+                }
+            })
+            .collect();
+        Board {
+            machine_id: Uuid::nil(),
+            slots: Mutex::new(slots),
+        }
+    }
+
+    fn progress(initial_done: bool, resync: bool, last_app_unix_ms: Option<u64>) -> DiskProgress {
+        let mut p = DiskProgress::new(Uuid::new_v4(), "/d".into(), 1 << 20);
+        p.initial_done = initial_done;
+        p.resync_reason = resync.then(|| "resized".to_string());
+        p.last_app_unix_ms = last_app_unix_ms;
+        p
+    }
+
+    #[test]
+    fn app_bookmarks_follow_the_persisted_schedule_and_skip_long_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_unix_ms();
+        let hour = 3600;
+        let long_ago = Some(now - 2 * hour * 1000);
+        let recent = Some(now - 60 * 1000);
+        // The last app bookmark survives a restart: an agent started just now is still due.
+        assert!(app_due(
+            &board_with(dir.path(), vec![progress(true, false, long_ago)]),
+            hour,
+            now
+        ));
+        assert!(!app_due(
+            &board_with(dir.path(), vec![progress(true, false, recent)]),
+            hour,
+            now
+        ));
+        // Never had one: counted from the agent's start.
+        assert!(!app_due(
+            &board_with(dir.path(), vec![progress(true, false, None)]),
+            hour,
+            now
+        ));
+        assert!(app_due(
+            &board_with(dir.path(), vec![progress(true, false, None)]),
+            hour,
+            now - 2 * hour * 1000
+        ));
+        // No quiesce around an initial copy or a resync, on any disk.
+        let mixed = vec![progress(true, false, long_ago), progress(false, false, None)];
+        assert!(!app_due(&board_with(dir.path(), mixed), hour, now));
+        let mixed = vec![progress(true, false, long_ago), progress(true, true, long_ago)];
+        assert!(!app_due(&board_with(dir.path(), mixed), hour, now));
+        // Interval 0: never.
+        assert!(!app_due(
+            &board_with(dir.path(), vec![progress(true, false, long_ago)]),
+            0,
+            now
+        ));
+    }
 }

@@ -35,8 +35,6 @@ pub struct Session {
     pub settings: PassSettings,
     /// The server's `durable_seq + 1`: the next batch's seq.
     pub next_seq: u64,
-    /// Batches a previous run left past a gap, given up at this setup.
-    pub abandoned: u64,
 }
 
 /// A setup failure, and whether trying again can help.
@@ -186,7 +184,6 @@ pub async fn setup(
         progress,
         settings,
         next_seq: info.durable_seq + 1,
-        abandoned: abandoned.abandoned,
     })
 }
 

@@ -55,8 +55,6 @@ pub struct Disk {
     pub client: DataClient,
     /// Acknowledged batches not yet seen uploaded: seq -> (ack time, data bytes).
     pending: Mutex<BTreeMap<u64, (Instant, u64)>>,
-    /// Highest seq sent (all acknowledged once the sender is done).
-    pub last_seq: AtomicU64,
 }
 
 impl Disk {
@@ -112,7 +110,6 @@ pub async fn setup(scenario: &Scenario, management: &str, passphrase: &str) -> a
                 disk_id,
                 client: client.clone(),
                 pending: Mutex::new(BTreeMap::new()),
-                last_seq: AtomicU64::new(0),
             }));
         }
     }
@@ -200,7 +197,6 @@ pub async fn run_disk(shared: Arc<LoadShared>, disk: Arc<Disk>, index: usize) ->
         if rate > 0.0 {
             paced = paced.max(shared.started) + Duration::from_secs_f64(bytes as f64 / rate);
         }
-        disk.last_seq.store(seq, Ordering::Relaxed);
         in_flight.push(tokio::spawn(send(shared.clone(), disk.clone(), seq, batch, bytes)));
     }
     while let Some(done) = in_flight.next().await {
