@@ -25,7 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{AzureCredentialConfig, AzureTargetConfig};
 use crate::{
-    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError, LIST_PAGE_MAX,
+    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError, TokenBucket,
+    LIST_PAGE_MAX,
 };
 
 /// The REST API version used for the container call.
@@ -318,6 +319,27 @@ impl ObjectStorage for AzureBlob {
             .await
             .map(|_| ())
             .map_err(|e| map_error(Operation::Put, name, e))
+    }
+
+    /// An object larger than a slice goes up as blocks (Put Block, one per slice, each admitted
+    /// by the bucket) committed by one Put Block List, so the blob appears whole and no request
+    /// sends more than a slice. Uncommitted blocks of a failed attempt are discarded by Azure.
+    async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
+        let Some(slice) = pace.slice_bytes().filter(|slice| data.len() > *slice) else {
+            pace.admit(data.len() as u64).await;
+            return self.put(name, data).await;
+        };
+        let path = self.path(name)?;
+        let failed = |e| map_error(Operation::Put, name, e);
+        let mut upload = self.store.put_multipart(&path).await.map_err(failed)?;
+        for piece in crate::slices(&data, slice) {
+            pace.admit(piece.len() as u64).await;
+            if let Err(e) = upload.put_part(PutPayload::from_bytes(piece)).await {
+                let _ = upload.abort().await;
+                return Err(failed(e));
+            }
+        }
+        upload.complete().await.map(|_| ()).map_err(failed)
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {

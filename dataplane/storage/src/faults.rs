@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::{ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError};
+use crate::{ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError, TokenBucket};
 
 /// What the wrapper pretends the backend answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +171,11 @@ impl<S: ObjectStorage> FaultInjecting<S> {
 impl<S: ObjectStorage> ObjectStorage for FaultInjecting<S> {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
         self.run(Operation::Put, name, self.inner.put(name, data)).await
+    }
+
+    async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
+        self.run(Operation::Put, name, self.inner.put_paced(name, data, pace))
+            .await
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {

@@ -25,9 +25,11 @@ pub mod config;
 pub mod discard;
 pub mod faults;
 pub mod local;
+pub mod pacing;
 pub mod retry;
 
 pub use config::{open_target, AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};
+pub use pacing::TokenBucket;
 pub use retry::RetryPolicy;
 
 /// Longest object name accepted (Azure's limit is 1024 characters).
@@ -143,6 +145,11 @@ impl StorageError {
 pub trait ObjectStorage: Send + Sync + fmt::Debug {
     /// Stores `data` under `name`, atomically and durably, replacing any object there.
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError>;
+    /// `put` under the bandwidth cap: the bytes leave in slices of at most
+    /// [`TokenBucket::slice_bytes`], each admitted by `pace` first, and the object still
+    /// appears atomically (a temporary file renamed; blocks committed by one block list).
+    /// With an unlimited bucket it is `put`.
+    async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError>;
     /// The whole object.
     async fn get(&self, name: &str) -> Result<Bytes, StorageError>;
     /// Bytes `range` of the object; the range must lie within it.
@@ -169,6 +176,9 @@ impl<T: ObjectStorage + ?Sized> ObjectStorage for std::sync::Arc<T> {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
         (**self).put(name, data).await
     }
+    async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
+        (**self).put_paced(name, data, pace).await
+    }
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {
         (**self).get(name).await
     }
@@ -192,6 +202,14 @@ impl<T: ObjectStorage + ?Sized> ObjectStorage for std::sync::Arc<T> {
     fn describe(&self) -> String {
         (**self).describe()
     }
+}
+
+/// `data` cut into pieces of at most `slice` bytes (views of the same buffer, no copy).
+pub fn slices(data: &Bytes, slice: usize) -> impl Iterator<Item = Bytes> + '_ {
+    let slice = slice.max(1);
+    (0..data.len())
+        .step_by(slice)
+        .map(move |start| data.slice(start..(start + slice).min(data.len())))
 }
 
 /// Every object below `prefix`, following pages. Memory grows with the listing: for prefixes

@@ -21,7 +21,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{
-    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError, LIST_PAGE_MAX,
+    pacing::TokenBucket, validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind,
+    StorageError, LIST_PAGE_MAX,
 };
 
 #[derive(Clone, Debug)]
@@ -160,27 +161,63 @@ fn temporary_path(target: &Path) -> io::Result<PathBuf> {
     Ok(target.with_file_name(format!(".{file_name}.{}.tmp", hex::encode(random))))
 }
 
-fn put_blocking(root: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("object path has no parent"))?;
-    create_directories_durably(root, dir)?;
-    let temporary = temporary_path(path)?;
-    let written = (|| {
-        let mut file = OpenOptions::new()
+/// An object being written: a temporary file beside its final path. Dropped before
+/// [`PendingObject::commit`], it removes the temporary file.
+struct PendingObject {
+    file: File,
+    temporary: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl PendingObject {
+    fn create(root: &Path, path: &Path) -> io::Result<Self> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| io::Error::other("object path has no parent"))?;
+        create_directories_durably(root, dir)?;
+        let temporary = temporary_path(path)?;
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&temporary)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(e);
+        Ok(Self {
+            file,
+            temporary,
+            path: path.to_path_buf(),
+            committed: false,
+        })
     }
-    fsync_directory(dir)
+
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)
+    }
+
+    /// fsync the data, rename over the object, fsync the directory.
+    fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        fs::rename(&self.temporary, &self.path)?;
+        self.committed = true;
+        match self.path.parent() {
+            Some(dir) => fsync_directory(dir),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PendingObject {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+fn put_blocking(root: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut object = PendingObject::create(root, path)?;
+    object.append(data)?;
+    object.commit()
 }
 
 fn get_range_blocking(path: &Path, range: Range<u64>) -> io::Result<Vec<u8>> {
@@ -252,6 +289,30 @@ impl ObjectStorage for LocalDirectory {
         blocking(Operation::Put, name, move || put_blocking(&root, &path, &data))
             .await
             .map_err(|(e, n)| map_io(Operation::Put, &n, e))
+    }
+
+    /// Writes the temporary file a slice at a time, each admitted by the bucket, then commits
+    /// it as `put` does: the object appears whole, after its bytes were paced.
+    async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
+        let Some(slice) = pace.slice_bytes().filter(|slice| data.len() > *slice) else {
+            pace.admit(data.len() as u64).await;
+            return self.put(name, data).await;
+        };
+        let path = self.path_of(name)?;
+        let root = self.root.clone();
+        let to_storage_error = |(e, n): (io::Error, String)| map_io(Operation::Put, &n, e);
+        let mut object = blocking(Operation::Put, name, move || PendingObject::create(&root, &path))
+            .await
+            .map_err(to_storage_error)?;
+        for piece in crate::slices(&data, slice) {
+            pace.admit(piece.len() as u64).await;
+            object = blocking(Operation::Put, name, move || object.append(&piece).map(|()| object))
+                .await
+                .map_err(to_storage_error)?;
+        }
+        blocking(Operation::Put, name, move || object.commit())
+            .await
+            .map_err(to_storage_error)
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {

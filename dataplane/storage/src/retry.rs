@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{ObjectMeta, ObjectStorage, StorageError};
+use crate::{ObjectMeta, ObjectStorage, StorageError, TokenBucket};
 
 /// Bounds of the retry loop. Defaults: 8 attempts, 100 ms doubling to at most 10 s, within
 /// 120 s in all (an object PUT is retried for about two minutes before the caller hears).
@@ -126,6 +126,12 @@ impl<S: ObjectStorage> Retrying<S> {
 impl<S: ObjectStorage> ObjectStorage for Retrying<S> {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
         self.with_retries(|| self.inner.put(name, data.clone())).await
+    }
+
+    /// A retried attempt is paced again: its bytes cross the link again.
+    async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
+        self.with_retries(|| self.inner.put_paced(name, data.clone(), pace))
+            .await
     }
 
     async fn get(&self, name: &str) -> Result<Bytes, StorageError> {

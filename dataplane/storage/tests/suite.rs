@@ -93,7 +93,8 @@ suite!(
     listing_scope_order_and_pages,
     delete_is_idempotent,
     invalid_names_are_refused_before_io,
-    large_and_concurrent_puts
+    large_and_concurrent_puts,
+    paced_puts_land_whole_and_keep_the_rate
 );
 
 mod cases {
@@ -221,6 +222,38 @@ mod cases {
         for (i, meta) in listed.iter().enumerate() {
             assert_eq!(meta.size_bytes, 4096 + i as u64);
         }
+    }
+
+    /// An object of several slices lands whole and byte-exact, replaces an older one, and
+    /// takes at least the time the cap demands (wall clock: the promise itself, measured from
+    /// below, so a slow machine cannot fail it). An unlimited bucket is a plain put.
+    pub async fn paced_puts_land_whole_and_keep_the_rate(s: &dyn ObjectStorage) {
+        let rate = 2_000_000u64;
+        let bucket = ferry_storage::TokenBucket::new(rate);
+        let name = "ferry/v1/disks/d/log/paced.fseal";
+        s.put(name, pattern(100, 9)).await.unwrap();
+        let data = pattern(5_000_001, 7); // 3 slices of 2 MB, the last one short
+        let started = std::time::Instant::now();
+        s.put_paced(name, data.clone(), &bucket).await.unwrap();
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(s.get(name).await.unwrap(), data, "the paced object is whole");
+        // A full bucket admits the first second's worth at once; the other 3 MB wait.
+        let least = (data.len() as u64 - rate) as f64 / rate as f64;
+        assert!(
+            elapsed >= least * 0.98,
+            "5 MB at 2 MB/s went in {elapsed:.2} s (at least {least:.2} s)"
+        );
+        let small = pattern(1000, 1);
+        s.put_paced("p/small", small.clone(), &bucket).await.unwrap();
+        assert_eq!(s.get("p/small").await.unwrap(), small);
+        let unlimited = ferry_storage::TokenBucket::unlimited();
+        s.put_paced("p/free", data.clone(), &unlimited).await.unwrap();
+        assert_eq!(s.get("p/free").await.unwrap(), data);
+        assert_eq!(
+            list_all(s, "p/").await.unwrap().len(),
+            2,
+            "no temporaries or pieces are listed"
+        );
     }
 
     trait PutOwned {

@@ -8,7 +8,8 @@
 //! - **Seal workers** ([`worker`]): OS threads that read the batches where they lie in the
 //!   cache and zstd + AES-GCM seal them; a bounded crossbeam channel feeds them.
 //! - **Uploads**: one PUT per object on tokio, at most `upload_concurrency` at once, through
-//!   the bandwidth cap ([`bandwidth`]); the storage layer retries transient errors. An object
+//!   the bandwidth cap (`ferry_storage::TokenBucket`, which paces every byte: objects go
+//!   out in slices of a second of the rate); the storage layer retries transient errors. An object
 //!   whose upload still fails waits and is tried again (5 s after a transient error, 30 s after
 //!   a permanent one, with the disk's state saying why): nothing is dropped, nothing spins.
 //! - **Ordered commit**: a disk's `uploaded_seq` advances over the contiguous prefix of
@@ -18,7 +19,6 @@
 //! - **Memory**: the plaintext bytes of change sets between dispatch and commit stay within
 //!   `memory_budget_bytes` (one change set may always proceed, so progress is guaranteed).
 
-pub mod bandwidth;
 pub mod tuning;
 pub mod worker;
 
@@ -238,7 +238,7 @@ struct Coordinator {
     outcomes_tx: tokio::sync::mpsc::UnboundedSender<UploadOutcome>,
     outcomes: tokio::sync::mpsc::UnboundedReceiver<UploadOutcome>,
     uploads: Arc<tokio::sync::Semaphore>,
-    bucket: Arc<bandwidth::TokenBucket>,
+    bucket: Arc<ferry_storage::TokenBucket>,
     retry_uploads: Vec<(Instant, Upload)>,
     retry_jobs: Vec<(Instant, SealJob)>,
 }
@@ -275,7 +275,7 @@ pub fn start(
     let coordinator = Coordinator {
         uploads: Arc::new(tokio::sync::Semaphore::new(permits)),
         upload_permits: permits,
-        bucket: Arc::new(bandwidth::TokenBucket::new(tuning.bandwidth_cap_now())),
+        bucket: Arc::new(ferry_storage::TokenBucket::new(tuning.bandwidth_cap_now())),
         cache,
         storage,
         keyring,
@@ -469,6 +469,8 @@ impl Coordinator {
         let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
         let key = self.keyring.disk_key(disk_id);
         let sealed = ferry_format::seal::seal(&key, name, &json, 1).map_err(|e| e.to_string())?;
+        // Metadata is small and must not queue behind uploads: it goes now, charged to the cap.
+        self.bucket.charge(sealed.len() as u64);
         self.storage
             .put(name, Bytes::from(sealed))
             .await
@@ -612,9 +614,8 @@ impl Coordinator {
             in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Counted down however the task ends.
             let _counted = InFlightGuard(in_flight);
-            bucket.take(upload.sealed.len() as u64).await;
             let started = Instant::now();
-            let outcome = match storage.put(&upload.name, upload.sealed.clone()).await {
+            let outcome = match storage.put_paced(&upload.name, upload.sealed.clone(), &bucket).await {
                 Ok(()) => {
                     status.upload_latency.observe(started.elapsed());
                     status

@@ -1,0 +1,188 @@
+//! The upload bandwidth cap: a token bucket that every byte sent to the target is charged to,
+//! and the slice size that keeps what a single request sends within a second of the rate.
+//!
+//! The promise (what users plan a WAN link around): over any stretch of wall-clock time `t`,
+//! the bytes sent are at most `rate × t` plus one second's worth (the bucket's depth). Two
+//! things make that true:
+//! - every byte is charged: [`TokenBucket::admit`] waits until the bucket holds the slice (or a
+//!   whole second's worth, for a slice larger than that), then takes all of it, going into
+//!   debt if it must; later callers wait for the debt to be paid;
+//! - nothing is sent in a bigger piece than a slice: [`crate::ObjectStorage::put_paced`]
+//!   writes an object in slices of at most [`TokenBucket::slice_bytes`] (a second of the rate),
+//!   each admitted first, so a large object cannot go out at line speed on one admission.
+//!
+//! Callers are admitted first come, first served (a fair async lock is held while waiting),
+//! so many concurrent uploads share the rate without starving one another. The rate can change
+//! at any time (`ferryctl tune`, or the schedule's hours); a waiter re-reads it at least every
+//! [`RECHECK`], so lifting the cap releases waiters promptly. It runs on tokio's clock, so unit
+//! tests check it in paused time; an end-to-end test checks the real binary in wall-clock time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A waiter re-reads the rate at least this often.
+const RECHECK: Duration = Duration::from_millis(200);
+/// Smallest slice: below this, per-request overhead would dominate (a cap under 64 KB/s
+/// still holds on average; the bucket goes into debt for the rest of the slice).
+const MIN_SLICE_BYTES: u64 = 64 * 1024;
+/// Largest slice: one request's worth when the cap is high.
+const MAX_SLICE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct TokenBucket {
+    /// Bytes per second; 0 = unlimited.
+    rate: AtomicU64,
+    /// (tokens, last refill). Tokens may be negative: a debt later callers wait out.
+    state: tokio::sync::Mutex<(f64, Instant)>,
+    /// Bytes sent without waiting ([`TokenBucket::charge`]), taken from the tokens by the next
+    /// admission.
+    charged: AtomicU64,
+}
+
+impl TokenBucket {
+    /// A bucket that starts full (one second's worth).
+    pub fn new(rate_bytes_per_sec: u64) -> Self {
+        Self {
+            rate: AtomicU64::new(rate_bytes_per_sec),
+            state: tokio::sync::Mutex::new((rate_bytes_per_sec as f64, Instant::now())),
+            charged: AtomicU64::new(0),
+        }
+    }
+
+    /// An unlimited bucket (admits everything at once).
+    pub fn unlimited() -> Self {
+        Self::new(0)
+    }
+
+    pub fn set_rate(&self, rate_bytes_per_sec: u64) {
+        self.rate.store(rate_bytes_per_sec, Ordering::Relaxed);
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    /// The most one request may send on one admission: a second of the rate, within
+    /// [64 KiB, 8 MiB]; `None` when unlimited (send whole objects).
+    pub fn slice_bytes(&self) -> Option<usize> {
+        match self.rate() {
+            0 => None,
+            rate => Some(rate.clamp(MIN_SLICE_BYTES, MAX_SLICE_BYTES) as usize),
+        }
+    }
+
+    /// Counts `bytes` already sent without waiting (small metadata objects that must not queue
+    /// behind uploads): later admissions wait them out, so the long-run rate still holds.
+    pub fn charge(&self, bytes: u64) {
+        if self.rate() != 0 {
+            self.charged.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until `bytes` may be sent, then charges all of them.
+    pub async fn admit(&self, bytes: u64) {
+        if self.rate() == 0 {
+            return;
+        }
+        // Held while waiting: admissions are served in arrival order (tokio's lock is fair).
+        let mut state = self.state.lock().await;
+        loop {
+            let rate = self.rate();
+            if rate == 0 {
+                return;
+            }
+            let (tokens, last) = &mut *state;
+            let now = Instant::now();
+            let depth = rate as f64;
+            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * depth).min(depth);
+            *tokens -= self.charged.swap(0, Ordering::Relaxed) as f64;
+            *last = now;
+            // A slice bigger than the bucket waits for a full bucket, then leaves a debt.
+            let need = (bytes as f64).min(depth);
+            if *tokens >= need {
+                *tokens -= bytes as f64;
+                return;
+            }
+            let wait = Duration::from_secs_f64((need - *tokens) / depth);
+            tokio::time::sleep(wait.min(RECHECK)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In paused time the clock only moves by the bucket's own sleeps: the elapsed virtual
+    /// time is exactly what the cap demands.
+    #[tokio::test(start_paused = true)]
+    async fn every_byte_is_charged_and_bursts_stay_within_a_second() {
+        let bucket = TokenBucket::new(1_000_000);
+        let start = Instant::now();
+        bucket.admit(1_000_000).await; // the first second's worth is there at once
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        for _ in 0..4 {
+            bucket.admit(500_000).await;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!((1.99..=2.01).contains(&elapsed), "2 MB more at 1 MB/s took {elapsed} s");
+
+        // A slice larger than a second's worth is charged whole: the debt delays what follows.
+        let bucket = TokenBucket::new(1_000_000);
+        let start = Instant::now();
+        bucket.admit(3_000_000).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        bucket.admit(1_000_000).await;
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(
+            (2.99..=3.01).contains(&elapsed),
+            "4 MB at 1 MB/s, 1 MB of burst, took {elapsed} s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_changes_reach_waiters() {
+        let bucket = std::sync::Arc::new(TokenBucket::new(1_000));
+        bucket.admit(1_000).await;
+        let waiter = {
+            let bucket = bucket.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                bucket.admit(1_000_000).await; // 1000 s at this rate
+                start.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        bucket.set_rate(0);
+        let waited = waiter.await.unwrap_or_default();
+        assert!(
+            waited <= Duration::from_millis(1_300),
+            "lifting the cap released the waiter after {waited:?}"
+        );
+        assert_eq!(bucket.slice_bytes(), None, "0 means unlimited");
+        let before = Instant::now();
+        bucket.admit(u64::MAX).await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn charged_bytes_delay_later_admissions() {
+        let bucket = TokenBucket::new(1_000_000);
+        bucket.charge(2_000_000);
+        let start = Instant::now();
+        bucket.admit(1_000_000).await;
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(
+            (1.99..=2.01).contains(&elapsed),
+            "2 MB of debt at 1 MB/s took {elapsed} s to repay"
+        );
+    }
+
+    #[test]
+    fn slices_are_a_second_of_the_rate_within_bounds() {
+        assert_eq!(TokenBucket::new(1_000_000).slice_bytes(), Some(1_000_000));
+        assert_eq!(TokenBucket::new(1_000).slice_bytes(), Some(64 * 1024));
+        assert_eq!(TokenBucket::new(1 << 40).slice_bytes(), Some(8 << 20));
+    }
+}
