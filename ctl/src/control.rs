@@ -85,10 +85,15 @@ pub fn render_disks(status: &Status) -> String {
 pub fn render_status(status: &Status) -> String {
     let c = &status.cache;
     let mut out = format!(
-        "ferryd {}, up {}: {}\n",
+        "ferryd {}, up {}: {}{}\n",
         status.version,
         duration(status.uptime_secs as f64),
-        status.health
+        status.health,
+        if status.draining {
+            ", DRAINING: new data is refused until `ferryctl drain --resume`"
+        } else {
+            ""
+        }
     );
     if let Some(error) = &status.target_error {
         out.push_str(&format!("target     {error}\n"));

@@ -11,6 +11,7 @@
 //! | `drain_time_high` | the backlog would take longer than the thresholds to upload |
 //! | `rpo_exceeded`    | a disk's RPO above `rpo_threshold_secs` (one alert per disk)|
 //! | `upload_failing`  | uploads fail (target unreachable, credentials refused, ...) |
+//! | `draining`        | new data is refused: `ferryctl drain` (or shutting down)     |
 //!
 //! [`evaluate`] is a pure function of measured inputs (tested directly); [`SystemMonitor`]
 //! samples /proc every 5 s and keeps `sustained_secs` of samples to decide "sustained".
@@ -36,6 +37,8 @@ pub struct Inputs {
     pub cpu_sustained_percent: Option<f64>,
     pub memory_sustained_percent: Option<f64>,
     pub upload_failure: Option<String>,
+    /// Why new data is refused, if it is.
+    pub draining: Option<crate::admission::Refusal>,
 }
 
 fn alert(code: &str, severity: &str, message: String) -> Alert {
@@ -155,6 +158,21 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
             WARNING,
             format!("uploads are failing: {reason}"),
         ));
+    }
+    match inputs.draining {
+        Some(crate::admission::Refusal::Maintenance) => alerts.push(alert(
+            "draining",
+            WARNING,
+            "draining for maintenance: new data is refused (agents keep it and retry) while the cache \
+             uploads; `ferryctl drain --resume` accepts data again"
+                .into(),
+        )),
+        Some(crate::admission::Refusal::ShuttingDown) => alerts.push(alert(
+            "draining",
+            WARNING,
+            "shutting down: new data is refused while requests in flight finish".into(),
+        )),
+        None => {}
     }
     alerts
 }
@@ -310,6 +328,13 @@ mod tests {
         );
         assert!(alerts[3].message.contains("sda"));
         assert_eq!(health(&alerts), CRITICAL);
+        let drained = Inputs {
+            draining: Some(crate::admission::Refusal::Maintenance),
+            ..Inputs::default()
+        };
+        let alerts = evaluate(&config, &drained);
+        assert_eq!(codes(&alerts), vec![pair("draining", WARNING)]);
+        assert!(alerts[0].message.contains("ferryctl drain --resume"), "{}", alerts[0].message);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! ferryd, the process server: the durable cache of received batches ([`cache`]), the HTTPS
 //! endpoints ([`server`]) and small checksummed state files ([`state_file`]).
 
+pub mod admission;
 pub mod alerts;
 pub mod cache;
 pub mod metrics;

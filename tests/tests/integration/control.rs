@@ -263,22 +263,39 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
     let shown = status(&appliance);
     assert_eq!(
         (shown["draining"].as_bool(), shown["health"].as_str()),
-        (Some(true), Some("ok"))
+        (Some(true), Some("warning")),
+        "a drain is a health line, not ok"
     );
+    assert_eq!(shown["alerts"][0]["code"], "draining");
     assert_eq!(shown["cache"]["backlog_bytes"], 0);
     assert_eq!(shown["disks"][0]["uploaded_seq"], 20);
+    assert_eq!(shown["disks"][0]["state"], "draining");
+    let text = ferryctl(&["status", "--config", dir]);
+    assert!(text.success, "{}", text.stderr);
+    let first_line = text.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first_line.contains("warning, DRAINING") && first_line.contains("ferryctl drain --resume"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("  draining\n"), "the disk's state: {}", text.stdout);
 
     let mut next = BatchEncoder::new(21, now_unix_ms());
     next.write(0, &[1u8; 4096]);
     let refused = client.put_batch(disk, 21, next.finish()).await.unwrap_err();
     assert_eq!((refused.status(), refused.code()), (Some(503), Some("draining")));
+    assert!(
+        refused.to_string().contains("draining for maintenance") && !refused.to_string().contains("shutting down"),
+        "agents are told why: {refused}"
+    );
 
     let run = ferryctl(&["drain", "--resume", "--config", dir]);
     assert!(run.success, "{}", run.stderr);
     let mut next = BatchEncoder::new(21, now_unix_ms());
     next.write(0, &[1u8; 4096]);
     assert_eq!(client.put_batch(disk, 21, next.finish()).await.unwrap().durable_seq, 21);
-    assert_eq!(status(&appliance)["health"], "ok");
+    let shown = status(&appliance);
+    assert_eq!((shown["health"].as_str(), shown["disks"][0]["state"].as_str()), (Some("ok"), Some("replicating")));
 }
 
 /// `FERRY_LOG_FORMAT=json`: every line of ferryd's log is one JSON object with a level, a

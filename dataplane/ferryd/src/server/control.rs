@@ -150,13 +150,13 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
             Err(e) => Err(ApiError::new(400, "bad_request", format!("tune request: {e}"))),
         },
         (Method::POST, "/v1/drain") => {
-            if !state.draining.swap(true, Ordering::SeqCst) {
+            if state.admission.set_maintenance(true) {
                 tracing::info!("draining for maintenance: refusing new data, uploading the cache");
             }
             Ok(json(StatusCode::OK, &status(state)))
         }
         (Method::POST, "/v1/resume") => {
-            if state.draining.swap(false, Ordering::SeqCst) {
+            if state.admission.set_maintenance(false) {
                 tracing::info!("accepting data again");
             }
             Ok(json(StatusCode::OK, &status(state)))
@@ -212,7 +212,7 @@ fn status(state: &AppState) -> Status {
     let (ingest_60, upload_60, _) = state.rates.rates(60, now);
     let (seal_workers, _) = state.pipeline.seal_work();
     let (uploads_in_flight, upload_concurrency) = state.pipeline.uploads();
-    let draining = state.draining.load(Ordering::Relaxed);
+    let draining = state.admission.refusal().is_some();
     let target_error = state.pipeline.target_error();
     let drain_eta_secs = (upload_60 > 0.0).then(|| backlog as f64 / 1e6 / upload_60);
     let (cpu, memory) = state.system.sustained(Instant::now());
@@ -235,6 +235,7 @@ fn status(state: &AppState) -> Status {
             cpu_sustained_percent: cpu,
             memory_sustained_percent: memory,
             upload_failure,
+            draining: state.admission.refusal(),
         },
     );
     Status {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use ferry_client::api::{AbandonAnswer, DiskInfo, DiskSpec, ResyncState};
 use ferry_format::batch::{self, DiskGeometry, BATCH_HEADER_LEN};
 use ferry_format::ids::parse_canonical_uuid;
+use crate::admission::Refusal;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -73,7 +74,7 @@ async fn route(
 }
 
 fn health(state: &AppState) -> Response<Body> {
-    let status = if state.draining.load(Ordering::Relaxed) {
+    let status = if state.admission.refusal().is_some() {
         "draining"
     } else {
         "ok"
@@ -87,13 +88,8 @@ fn health(state: &AppState) -> Response<Body> {
 }
 
 fn draining(state: &AppState) -> Result<(), ApiError> {
-    if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::new(
-            503,
-            "draining",
-            "the server is shutting down; retry against it or another",
-        )
-        .retry_after(5));
+    if let Some(refusal) = state.admission.refusal() {
+        return Err(ApiError::new(503, "draining", refusal.message()).retry_after(5));
     }
     Ok(())
 }
@@ -138,6 +134,8 @@ pub(super) fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
             "resync_required".into()
         } else if error.is_some() {
             "upload_error".into()
+        } else if state.admission.refusal().is_some() {
+            "draining".into()
         } else {
             "replicating".into()
         },
@@ -406,7 +404,7 @@ async fn put_batch(
         }
         Err(AppendError::CacheFull) => Err(cache_full()),
         Err(AppendError::ShuttingDown) => {
-            Err(ApiError::new(503, "draining", "the server is shutting down").retry_after(5))
+            Err(ApiError::new(503, "draining", Refusal::ShuttingDown.message()).retry_after(5))
         }
         Err(AppendError::Io(message)) => {
             tracing::error!(%message, "cache write failed");

@@ -20,7 +20,6 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -41,7 +40,8 @@ pub struct AppState {
     pub pipeline: crate::pipeline::PipelineStatus,
     pub config: ApplianceConfig,
     pub layout: ApplianceLayout,
-    pub draining: AtomicBool,
+    /// Open, drained for maintenance, or shutting down.
+    pub admission: crate::admission::Admission,
     pub throttle: register::Throttle,
     /// Batch bytes acknowledged since start (status rates).
     pub ingested_bytes: std::sync::atomic::AtomicU64,
@@ -166,7 +166,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         pipeline,
         config,
         layout,
-        draining: AtomicBool::new(false),
+        admission: Default::default(),
         throttle: Default::default(),
         ingested_bytes: Default::default(),
         started: std::time::Instant::now(),
@@ -204,7 +204,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
 
     until.await;
     tracing::info!("draining: refusing new requests, finishing those in flight");
-    state.draining.store(true, Ordering::SeqCst);
+    state.admission.shut_down();
     let _ = stop.send(true);
     let _ = data_loop.await;
     let _ = management_loop.await;
