@@ -92,11 +92,15 @@ struct RunArgs {
     /// With --once: quiesce ([quiesce] in the config) and ask for an app-consistent bookmark.
     #[arg(long, requires = "once")]
     app: bool,
+    /// With --once: how long to keep retrying a disk the appliance cannot take yet (503 with
+    /// Retry-After while it drains or its cache is full, or unreachable) before giving up.
+    #[arg(long, requires = "once", default_value_t = 300, value_name = "SECS")]
+    retry_for: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    ferry_client::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -173,6 +177,7 @@ async fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
     let options = RunOptions {
         once: args.once,
         app: args.app,
+        once_retry_for: std::time::Duration::from_secs(args.retry_for),
     };
     let reports = replicate::run(config, options, shutdown_signal()).await?;
     if args.once {
@@ -259,18 +264,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-/// Logs to stderr: levels from `FERRY_LOG` (default info, e.g. `FERRY_LOG=debug`), one JSON
-/// object per line with `FERRY_LOG_FORMAT=json` (for journald/log shippers), text otherwise.
-fn init_logging() {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
-    if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -114,7 +114,8 @@ pub struct DiskStatus {
     pub name: String,
     pub path: PathBuf,
     pub size_bytes: u64,
-    /// initial | continuous | resync | error (before the disk could be set up)
+    /// starting | initial | continuous | resync | waiting (set-up failed; retried, the error
+    /// says why) | error (set-up failed for good)
     pub phase: String,
     pub resync_reason: Option<String>,
     /// The pass running now, or the last one.

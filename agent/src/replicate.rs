@@ -4,9 +4,12 @@
 //! bookmark is due, runs one pass per disk concurrently (pass.rs), thaws as soon as every
 //! disk has been read, and gives each pass its bookmark kind. A disk whose pass fails is set
 //! up again next round (a restarted or unreachable ferryd, a lost connection); a refused
-//! certificate stops the agent. Rounds start every `crash_interval_secs`; a failed disk is
-//! retried after at most 30 s. SIGTERM or SIGINT cancel the round (safely: see blockmap.rs)
-//! and exit.
+//! certificate stops the agent. Rounds start every `crash_interval_secs`; a disk whose set-up
+//! failed is retried when the appliance's `Retry-After` says (a 503 while it drains or its
+//! cache is full), else after 30 s; `--once` keeps retrying so for up to `--retry-for`.
+//! While a disk waits, its status keeps the last good bookmark (carried over from the
+//! previous run's status.json) and shows the error on its own line. SIGTERM or SIGINT cancel
+//! the round (safely: see blockmap.rs) and exit.
 
 use anyhow::{bail, Context};
 use ferry_client::DataClient;
@@ -27,8 +30,12 @@ use crate::progress::{self, AgentStatus, BookmarkRecord, DiskStatus, PassStatus,
 use crate::quiesce::Quiesce;
 use crate::session::{self, Session};
 
-/// Longest wait before a failed disk is set up again.
+/// Wait before a failed disk is set up again, when the appliance gave no Retry-After.
 const RETRY_FAILED_DISK: Duration = Duration::from_secs(30);
+/// A Retry-After is honoured within these bounds (a wrong or hostile value neither spins
+/// nor parks the disk for hours).
+const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 
 /// What one pass of one disk did, as `run --once` prints it.
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +110,8 @@ pub struct RunOptions {
     pub once: bool,
     /// Quiesce this round (with `once`), whatever the schedule says.
     pub app: bool,
+    /// With `once`: how long to keep retrying disks that could not be set up yet.
+    pub once_retry_for: Duration,
 }
 
 /// Runs until `shutdown` resolves (or one round with `once`); returns the last round's passes.
@@ -125,22 +134,33 @@ pub async fn run(
         ferry_client::tls::ca_verified(&stored.identity.ca_pem, None).context("loading the appliance CA")?,
     );
     let machine_id = stored.identity.machine_id;
+    // What the previous run knew of each disk (its last good bookmark above all), shown until
+    // this run knows better. A missing or damaged file only means starting blank.
+    let previous = crate::status::load(&config.state_dir).ok().flatten();
     let board = Arc::new(Board {
         machine_id,
         slots: Mutex::new(
             config
                 .disks
                 .iter()
-                .map(|disk| Slot {
-                    session: None,
-                    status: DiskStatus {
-                        name: disk.name.clone().unwrap_or_default(),
-                        path: disk.path.clone(),
-                        phase: "starting".into(),
-                        ..DiskStatus::default()
-                    },
-                    counters: None,
-                    retry_at: None,
+                .map(|disk| {
+                    let known = previous
+                        .as_ref()
+                        .and_then(|p| p.disks.iter().find(|d| d.path == disk.path));
+                    Slot {
+                        session: None,
+                        status: DiskStatus {
+                            name: disk.name.clone().unwrap_or_default(),
+                            path: disk.path.clone(),
+                            phase: "starting".into(),
+                            disk_id: known.and_then(|d| d.disk_id),
+                            size_bytes: known.map_or(0, |d| d.size_bytes),
+                            last_bookmark: known.and_then(|d| d.last_bookmark.clone()),
+                            ..DiskStatus::default()
+                        },
+                        counters: None,
+                        retry_at: None,
+                    }
                 })
                 .collect(),
         ),
@@ -157,9 +177,23 @@ pub async fn run(
     };
     let agent_started_ms = now_unix_ms();
     let work = async {
+        let once_deadline = Instant::now() + options.once_retry_for;
         loop {
             let round_started = Instant::now();
             set_up_disks(&config, &client, &anonymous, &endpoint, machine_id, &board).await?;
+            if options.once {
+                // One pass of every disk: wait for those the appliance cannot take yet.
+                let retry = board
+                    .slots()
+                    .iter()
+                    .filter(|s| s.session.is_none())
+                    .filter_map(|s| s.retry_at)
+                    .max();
+                if let Some(at) = retry.filter(|at| *at <= once_deadline) {
+                    tokio::time::sleep_until(at.into()).await;
+                    continue;
+                }
+            }
             let app = if options.once {
                 options.app
             } else {
@@ -256,12 +290,13 @@ async fn set_up_disks(
             }
             Err(failure) => {
                 let text = format!("{:#}", failure.error);
-                tracing::error!(disk = %disk.path.display(), error = %text, "cannot set the disk up");
+                let wait = failure
+                    .retry_after
+                    .map_or(RETRY_FAILED_DISK, |hint| hint.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX));
+                tracing::error!(disk = %disk.path.display(), error = %text, retry_in_s = wait.as_secs(), "cannot set the disk up");
                 slot.status.last_error = Some(text.clone());
-                if slot.status.disk_id.is_none() {
-                    slot.status.phase = "error".into();
-                }
-                slot.retry_at = Some(Instant::now() + RETRY_FAILED_DISK);
+                slot.status.phase = if failure.fatal { "error" } else { "waiting" }.into();
+                slot.retry_at = Some(Instant::now() + wait);
                 if failure.fatal {
                     bail!("{}: {text}", disk.path.display());
                 }

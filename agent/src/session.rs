@@ -18,6 +18,7 @@ use anyhow::Context;
 use ferry_client::{ClientError, DataClient, DiskSpec};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 use crate::blockmap::{BlockMap, Opened};
@@ -44,6 +45,8 @@ pub struct SetupError {
     /// The appliance refused this machine's certificate, or the disk cannot be served as
     /// configured: retrying will not help.
     pub fatal: bool,
+    /// The appliance's `Retry-After` (a 503 while it drains or its cache is full).
+    pub retry_after: Option<Duration>,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for SetupError {
@@ -51,6 +54,7 @@ impl<E: Into<anyhow::Error>> From<E> for SetupError {
         SetupError {
             error: error.into(),
             fatal: false,
+            retry_after: None,
         }
     }
 }
@@ -76,15 +80,24 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
                  machine registered with; register again with `ferry-agent register`"
             ),
             fatal: true,
+            retry_after: None,
         };
     }
     let fatal = matches!(
         error.code(),
         Some("size_shrink" | "disk_conflict" | "forbidden" | "bad_request")
     );
+    let retry_after = match &error {
+        ClientError::Status {
+            retry_after_secs: Some(secs),
+            ..
+        } => Some(Duration::from_secs(*secs)),
+        _ => None,
+    };
     SetupError {
         error: anyhow::anyhow!("{endpoint}: {error}"),
         fatal,
+        retry_after,
     }
 }
 
@@ -112,7 +125,11 @@ pub async fn setup(
     config: &AgentConfig,
     disk: &DiskConfig,
 ) -> Result<Session, SetupError> {
-    let device = Arc::new(Device::open(disk).map_err(|error| SetupError { error, fatal: false })?);
+    let device = Arc::new(Device::open(disk).map_err(|error| SetupError {
+        error,
+        fatal: false,
+        retry_after: None,
+    })?);
     let disk_id = device.disk_id(machine_id);
     let dir = progress::disk_dir(&config.state_dir, disk_id);
     private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;

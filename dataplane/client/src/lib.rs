@@ -12,6 +12,7 @@
 pub mod api;
 pub mod client;
 pub mod control;
+pub mod logging;
 pub mod register;
 pub mod sender;
 pub mod tls;

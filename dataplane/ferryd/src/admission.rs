@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(admission.refusal(), None);
         admission.set_maintenance(true);
         admission.shut_down();
-        assert!(!admission.set_maintenance(false), "a resume cannot reopen a server shutting down");
+        assert!(
+            !admission.set_maintenance(false),
+            "a resume cannot reopen a server shutting down"
+        );
         assert_eq!(admission.refusal(), Some(Refusal::ShuttingDown));
     }
 }

@@ -334,7 +334,11 @@ mod tests {
         };
         let alerts = evaluate(&config, &drained);
         assert_eq!(codes(&alerts), vec![pair("draining", WARNING)]);
-        assert!(alerts[0].message.contains("ferryctl drain --resume"), "{}", alerts[0].message);
+        assert!(
+            alerts[0].message.contains("ferryctl drain --resume"),
+            "{}",
+            alerts[0].message
+        );
     }
 
     #[test]

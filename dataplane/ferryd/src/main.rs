@@ -21,7 +21,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
+    ferry_client::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferryd")
@@ -39,18 +39,5 @@ fn main() -> ExitCode {
             eprintln!("ferryd: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs to stderr: levels from `FERRY_LOG` (default info, e.g. `FERRY_LOG=debug`), one JSON
-/// object per line with `FERRY_LOG_FORMAT=json` (for journald/log shippers), text otherwise.
-fn init_logging() {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
-    if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

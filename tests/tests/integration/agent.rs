@@ -780,3 +780,72 @@ async fn a_grown_disk_is_resized_and_resynced() {
     assert_eq!(sha256(&restored[..IMAGE_BYTES as usize]), before_hash);
     assert!(restored[IMAGE_BYTES as usize..].iter().all(|b| *b == 0));
 }
+
+/// A draining appliance answers disk set-up with 503 and Retry-After 5: `run --once` waits
+/// that long (not its 30 s default) and tries again instead of exiting, and meanwhile
+/// `status` keeps the last good bookmark, with the error on its own line. Once the drain is
+/// resumed the pass completes.
+#[tokio::test]
+async fn an_agent_meeting_503_with_retry_after_waits_and_keeps_its_bookmark() {
+    let Setup {
+        appliance,
+        ferryd: _ferryd,
+        agent,
+        scratch: _scratch,
+        image: _image,
+    } = setup(6, "[bookmarks]\napp_interval_secs = 0\n").await;
+    let first = agent.run_once(&[]);
+    assert!(first.success, "{}", first.stderr);
+    let bookmark = pass_report(&first)["bookmark_id"].as_str().unwrap().to_string();
+    let dir = appliance.dir.to_str().unwrap();
+    let drained = ferryctl(&["drain", "--config", dir]);
+    assert!(drained.success, "{}", drained.stderr);
+
+    let mut child = agent.spawn(true);
+    let pid = u64::from(child.id());
+    let shown = poll_status(&agent, &mut child, "a disk waiting on the drain", 60, |status| {
+        let disk = &status["disks"][0];
+        (status["pid"].as_u64() == Some(pid) && disk["phase"] == "waiting").then(|| disk.clone())
+    });
+    assert_eq!(
+        shown["last_bookmark"]["id"],
+        bookmark.as_str(),
+        "the last good bookmark stays: {shown}"
+    );
+    assert!(shown["lag_seconds"].is_number(), "{shown}");
+    let error = shown["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("draining for maintenance"), "{error}");
+    let text = Agent::command(&["status", "--config", agent.config.to_str().unwrap()]);
+    assert!(
+        text.stdout.contains(&bookmark) && text.stdout.contains("\n  error: ") && text.stdout.contains("waiting"),
+        "{}",
+        text.stdout
+    );
+
+    let resumed = ferryctl(&["drain", "--resume", "--config", dir]);
+    assert!(resumed.success, "{}", resumed.stderr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "run --once did not finish after the resume");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = agent.log_text();
+    assert!(
+        status.success(),
+        "run --once gave up on a 503 instead of retrying:\n{log}"
+    );
+    assert!(
+        log.contains("retry_in_s=5"),
+        "the appliance's Retry-After was used:\n{log}"
+    );
+    let after = agent.status().unwrap();
+    assert_ne!(
+        after["disks"][0]["last_bookmark"]["id"],
+        bookmark.as_str(),
+        "a new pass completed"
+    );
+    assert!(after["disks"][0]["last_error"].is_null(), "{after}");
+}

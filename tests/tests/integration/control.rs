@@ -278,7 +278,11 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
         "{}",
         text.stdout
     );
-    assert!(text.stdout.contains("  draining\n"), "the disk's state: {}", text.stdout);
+    assert!(
+        text.stdout.contains("  draining\n"),
+        "the disk's state: {}",
+        text.stdout
+    );
 
     let mut next = BatchEncoder::new(21, now_unix_ms());
     next.write(0, &[1u8; 4096]);
@@ -295,7 +299,29 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
     next.write(0, &[1u8; 4096]);
     assert_eq!(client.put_batch(disk, 21, next.finish()).await.unwrap().durable_seq, 21);
     let shown = status(&appliance);
-    assert_eq!((shown["health"].as_str(), shown["disks"][0]["state"].as_str()), (Some("ok"), Some("replicating")));
+    assert_eq!(
+        (shown["health"].as_str(), shown["disks"][0]["state"].as_str()),
+        (Some("ok"), Some("replicating"))
+    );
+}
+
+/// Text logs written to a file (or the journal) carry no ANSI colour codes: ferryd's and
+/// ferry-agent's stderr is a file here, not a terminal.
+#[tokio::test]
+async fn text_logs_in_a_file_have_no_escape_codes() {
+    let appliance = Appliance::init(|c| c);
+    let ferryd = Ferryd::start(&appliance).await;
+    let agent = ferry_tests::Agent::register(&appliance);
+    let image = appliance.dir.join("small.img");
+    std::fs::write(&image, vec![7u8; 1 << 20]).unwrap();
+    agent.configure(&[&image], "");
+    let run = agent.run_once(&[]);
+    assert!(run.success, "{}", run.stderr);
+    assert!(ferryd.terminate().await.success());
+    for (who, log) in [("ferryd", appliance.log()), ("ferry-agent", agent.log_text())] {
+        assert!(log.contains("INFO"), "{who} logged: {log}");
+        assert!(!log.contains('\u{1b}'), "{who}'s log file has escape codes: {log:?}");
+    }
 }
 
 /// `FERRY_LOG_FORMAT=json`: every line of ferryd's log is one JSON object with a level, a

@@ -6,11 +6,11 @@
 //! anything touches the cache. Limits: a body above `max_batch_bytes + 40` is refused from its
 //! Content-Length before it is read (413), or as soon as it grows past it.
 
+use crate::admission::Refusal;
 use bytes::Bytes;
 use ferry_client::api::{AbandonAnswer, DiskInfo, DiskSpec, ResyncState};
 use ferry_format::batch::{self, DiskGeometry, BATCH_HEADER_LEN};
 use ferry_format::ids::parse_canonical_uuid;
-use crate::admission::Refusal;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
