@@ -18,6 +18,7 @@ mod secrets;
 mod target_args;
 mod vault;
 mod vault_access;
+mod vault_disks;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,7 +44,8 @@ enum Command {
     /// Vault key commands.
     #[command(subcommand)]
     Vault(vault::VaultCommand),
-    /// List a disk's recovery points (reads storage only; no ferryd needed).
+    /// List a disk's recovery points, or without --disk every disk of the vault (reads storage
+    /// only; no ferryd needed).
     Points(points::PointsArgs),
     /// Write a disk image at a seq or recovery point (reads storage only; no ferryd needed).
     Restore(restore::RestoreArgs),

@@ -1,4 +1,5 @@
-//! `ferryctl points --disk ID`: the recovery points of a disk, read from storage alone.
+//! `ferryctl points --disk DISK`: the recovery points of a disk, read from storage alone;
+//! without `--disk`, every disk of the vault with its newest point (as `ferryctl vault disks`).
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -11,9 +12,10 @@ use crate::vault_access::{self, OpenVault, VaultArgs};
 
 #[derive(Args, Debug)]
 pub struct PointsArgs {
-    /// The disk (its lowercase UUID).
-    #[arg(long, value_name = "ID")]
-    pub disk: Uuid,
+    /// The disk: its id, a unique prefix of it (as `ferryctl status` prints), or MACHINE/NAME
+    /// (machine id prefix and disk name). Without it, every disk of the vault is listed.
+    #[arg(long, value_name = "DISK")]
+    pub disk: Option<String>,
     #[command(flatten)]
     pub vault: VaultArgs,
 }
@@ -49,13 +51,17 @@ pub use ferry_format::time::format_unix_ms;
 
 pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
     let opened = vault_access::open(&args.vault).await?;
-    let points = read_points(&opened, args.disk).await?;
+    let Some(selector) = &args.disk else {
+        return crate::vault_disks::print(&opened, json).await;
+    };
+    let disk = crate::vault_disks::resolve(&opened, selector).await?;
+    let points = read_points(&opened, disk).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&points).unwrap_or_default());
         return Ok(());
     }
     if points.is_empty() {
-        println!("No recovery points for disk {} yet.", args.disk);
+        println!("No recovery points for disk {disk} yet.");
         return Ok(());
     }
     println!(

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use clap::Args;
 use ferry_format::batch::{self, DiskGeometry, Record};
 use ferry_format::names::ObjectName;
-use ferry_format::plaintexts::{split_change_set, DiskDescriptor};
+use ferry_format::plaintexts::split_change_set;
 use ferry_storage::list_all;
 use futures::StreamExt;
 use serde::Serialize;
@@ -28,9 +28,10 @@ use crate::vault_access::{self, OpenVault, VaultArgs};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// The disk to restore (its lowercase UUID).
-    #[arg(long, value_name = "ID")]
-    pub disk: Uuid,
+    /// The disk to restore: its id, a unique prefix of it (as `ferryctl status` prints), or
+    /// MACHINE/NAME (machine id prefix and disk name); `ferryctl vault disks` lists them.
+    #[arg(long, value_name = "DISK")]
+    pub disk: String,
     /// Restore the state after this batch.
     #[arg(long, value_name = "N", conflicts_with_all = ["point", "latest"])]
     pub seq: Option<u64>,
@@ -96,14 +97,14 @@ fn cover(mut objects: Vec<LogObject>, target: u64) -> Result<Vec<LogObject>> {
     Ok(chain)
 }
 
-async fn target_seq(args: &RestoreArgs, opened: &OpenVault) -> Result<u64> {
+async fn target_seq(args: &RestoreArgs, opened: &OpenVault, disk_id: Uuid) -> Result<u64> {
     if let Some(seq) = args.seq {
         if seq == 0 {
             bail!("--seq counts from 1");
         }
         return Ok(seq);
     }
-    let points = crate::points::read_points(opened, args.disk).await?;
+    let points = crate::points::read_points(opened, disk_id).await?;
     let chosen = match &args.point {
         Some(id) => points.iter().filter(|p| &p.bookmark_id == id).max_by_key(|p| p.seq),
         None if args.latest => points.last(),
@@ -111,11 +112,7 @@ async fn target_seq(args: &RestoreArgs, opened: &OpenVault) -> Result<u64> {
     };
     match chosen {
         Some(point) => Ok(point.seq),
-        None => bail!(
-            "disk {} has no such recovery point (ferryctl points --disk {} lists them)",
-            args.disk,
-            args.disk
-        ),
+        None => bail!("disk {disk_id} has no such recovery point (ferryctl points --disk {disk_id} lists them)"),
     }
 }
 
@@ -146,21 +143,13 @@ fn punch_zeros(file: &File, offset: u64, length: u64) -> std::io::Result<()> {
 pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
     let started = Instant::now();
     let opened = vault_access::open(&args.vault).await?;
-    let key = opened.keyring.disk_key(args.disk);
-    let descriptor_name = ObjectName::DiskMeta { disk_id: args.disk }.to_string();
-    let sealed = opened
-        .storage
-        .get(&descriptor_name)
-        .await
-        .with_context(|| format!("disk {} is not in this vault", args.disk))?;
-    let plain = ferry_format::seal::unseal(&key, &descriptor_name, &sealed)
-        .with_context(|| format!("object {descriptor_name} is corrupt"))?;
-    let descriptor: DiskDescriptor =
-        serde_json::from_slice(&plain).with_context(|| format!("object {descriptor_name} is not a disk descriptor"))?;
-    let target = target_seq(&args, &opened).await?;
+    let disk_id = crate::vault_disks::resolve(&opened, &args.disk).await?;
+    let key = opened.keyring.disk_key(disk_id);
+    let descriptor = crate::vault_disks::read_descriptor(&opened, disk_id).await?;
+    let target = target_seq(&args, &opened, disk_id).await?;
 
     let mut objects = Vec::new();
-    for meta in list_all(&*opened.storage, &ObjectName::disk_prefix(args.disk, "log/"))
+    for meta in list_all(&*opened.storage, &ObjectName::disk_prefix(disk_id, "log/"))
         .await
         .context("cannot list the log")?
     {
@@ -174,6 +163,19 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
                 last_seq,
             });
         }
+    }
+    let newest = objects.iter().map(|o| o.last_seq).max().unwrap_or(0);
+    if target > newest {
+        let point = match crate::vault_disks::newest_point(&opened, disk_id).await? {
+            Some(p) => format!(
+                "the newest recovery point is {} at seq {} ({} UTC)",
+                p.bookmark_id,
+                p.seq,
+                ferry_format::time::format_unix_ms(p.source_time_unix_ms)
+            ),
+            None => "the disk has no recovery point yet".into(),
+        };
+        bail!("seq {target} is past the newest seq in storage ({newest}); {point}");
     }
     let chain = cover(objects, target)?;
 
@@ -250,7 +252,7 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
     file.sync_all()
         .with_context(|| format!("cannot fsync {}", args.out.display()))?;
     let report = RestoreReport {
-        disk_id: args.disk,
+        disk_id,
         seq: target,
         out: args.out.clone(),
         size_bytes: descriptor.size_bytes,

@@ -13,6 +13,9 @@ pub enum VaultCommand {
     Check(VaultArgs),
     /// Print the appliance's vault key in its text form (with a warning), to keep it offline.
     ExportKey(crate::secrets::ExportKeyArgs),
+    /// Every disk in the vault with its machine, size and newest recovery point (storage and
+    /// the vault key only: works when the site is gone).
+    Disks(VaultArgs),
 }
 
 #[derive(Serialize)]
@@ -26,6 +29,7 @@ struct CheckReport {
 pub async fn run(command: VaultCommand, json: bool) -> Result<()> {
     match command {
         VaultCommand::ExportKey(args) => crate::secrets::export_key(args, json),
+        VaultCommand::Disks(args) => crate::vault_disks::print(&vault_access::open(&args).await?, json).await,
         VaultCommand::Check(args) => {
             let opened = vault_access::open(&args).await?;
             let report = CheckReport {

@@ -429,6 +429,30 @@ impl ObjectStorage for AzureBlob {
         Ok(page)
     }
 
+    async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        validate_prefix(prefix)?;
+        let store_prefix = match prefix.strip_suffix('/') {
+            Some(directory) => Some(StorePath::parse(directory).map_err(|_| StorageError::InvalidName {
+                name: prefix.to_string(),
+                reason: "not a valid blob path",
+            })?),
+            None => None,
+        };
+        let listed = self
+            .store
+            .list_with_delimiter(store_prefix.as_ref())
+            .await
+            .map_err(|e| map_error(Operation::List, prefix, e))?;
+        let mut found: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .map(|p| format!("{p}/"))
+            .filter(|p| p.strip_suffix('/').is_some_and(|name| validate_name(name).is_ok()))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         let path = self.path(name)?;
         match self.store.delete(&path).await {

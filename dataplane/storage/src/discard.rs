@@ -83,6 +83,10 @@ impl ObjectStorage for Discard {
         self.metadata.list_page(prefix, start_after, max_results).await
     }
 
+    async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.metadata.list_directories(prefix).await
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         self.metadata.delete(name).await
     }

@@ -204,6 +204,11 @@ impl<S: ObjectStorage> ObjectStorage for FaultInjecting<S> {
         .await
     }
 
+    async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.run(Operation::List, prefix, self.inner.list_directories(prefix))
+            .await
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         self.run(Operation::Delete, name, self.inner.delete(name)).await
     }

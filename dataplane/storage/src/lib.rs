@@ -163,6 +163,10 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug {
         start_after: Option<&str>,
         max_results: usize,
     ) -> Result<Vec<ObjectMeta>, StorageError>;
+    /// The names of the "directories" directly below `prefix` (empty, or ending in '/'): each
+    /// a valid name ending in '/', in byte order. For one level of a listing (every disk of
+    /// a vault) without listing every object below it.
+    async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// Removes the object; a missing object is not an error.
     async fn delete(&self, name: &str) -> Result<(), StorageError>;
     /// Where this target points, for status and logs; never contains a secret.
@@ -195,6 +199,9 @@ impl<T: ObjectStorage + ?Sized> ObjectStorage for std::sync::Arc<T> {
         max_results: usize,
     ) -> Result<Vec<ObjectMeta>, StorageError> {
         (**self).list_page(prefix, start_after, max_results).await
+    }
+    async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        (**self).list_directories(prefix).await
     }
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         (**self).delete(name).await

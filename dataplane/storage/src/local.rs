@@ -377,6 +377,41 @@ impl ObjectStorage for LocalDirectory {
             .collect())
     }
 
+    async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        validate_prefix(prefix)?;
+        if self.root_missing() {
+            return Err(map_io(
+                Operation::List,
+                prefix,
+                io::Error::new(io::ErrorKind::NotFound, "target directory is missing"),
+            ));
+        }
+        let dir = self.root.join(prefix);
+        let owned_prefix = prefix.to_string();
+        blocking(Operation::List, prefix, move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut found = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                let Ok(file_name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let name = format!("{owned_prefix}{file_name}");
+                if entry.file_type()?.is_dir() && validate_name(&name).is_ok() {
+                    found.push(format!("{name}/"));
+                }
+            }
+            found.sort();
+            Ok(found)
+        })
+        .await
+        .map_err(|(e, n)| map_io(Operation::List, &n, e))
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         let path = self.path_of(name)?;
         let removed = blocking(Operation::Delete, name, move || {

@@ -156,6 +156,10 @@ impl<S: ObjectStorage> ObjectStorage for Retrying<S> {
             .await
     }
 
+    async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.with_retries(|| self.inner.list_directories(prefix)).await
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         self.with_retries(|| self.inner.delete(name)).await
     }

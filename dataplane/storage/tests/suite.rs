@@ -94,7 +94,8 @@ suite!(
     delete_is_idempotent,
     invalid_names_are_refused_before_io,
     large_and_concurrent_puts,
-    paced_puts_land_whole_and_keep_the_rate
+    paced_puts_land_whole_and_keep_the_rate,
+    directories_one_level_down
 );
 
 mod cases {
@@ -254,6 +255,17 @@ mod cases {
             2,
             "no temporaries or pieces are listed"
         );
+    }
+
+    pub async fn directories_one_level_down(s: &dyn ObjectStorage) {
+        for name in ["d/a/x", "d/a/y/z", "d/b/q", "d/c", "e/f"] {
+            s.put(name, pattern(10, 1)).await.unwrap();
+        }
+        assert_eq!(s.list_directories("d/").await.unwrap(), ["d/a/", "d/b/"]);
+        assert_eq!(s.list_directories("d/a/").await.unwrap(), ["d/a/y/"]);
+        assert_eq!(s.list_directories("").await.unwrap(), ["d/", "e/"]);
+        assert!(s.list_directories("missing/").await.unwrap().is_empty());
+        assert!(s.list_directories("d").await.is_err(), "a prefix ends with '/'");
     }
 
     trait PutOwned {

@@ -508,3 +508,117 @@ async fn a_refused_sas_never_shows_its_signature() {
     let answer = format!("{info:?}");
     assert!(!answer.contains(signature) && !answer.contains(decoded), "{answer}");
 }
+
+/// With storage and the vault key alone (no ferryd, no appliance): `vault disks` and `points`
+/// without `--disk` list every disk with its machine, size and newest point; `--disk` takes a
+/// unique id prefix or MACHINE/NAME (an ambiguous prefix or an unknown name is refused by
+/// name); restoring past the end says so and names the newest point.
+#[tokio::test]
+async fn disks_are_found_by_prefix_and_name_from_storage_alone() {
+    let appliance = Appliance::init(fast_pipeline);
+    let ferryd = Ferryd::start(&appliance).await;
+    let machine = appliance.register("m").await;
+    let client = machine.data_client().unwrap();
+    // Two ids that share their first 8 characters, as `ferryctl status` prints them.
+    let ids: [Uuid; 2] = [
+        "aaaaaaaa-0000-4000-8000-000000000001".parse().unwrap(),
+        "aaaaaaaa-1111-4000-8000-000000000002".parse().unwrap(),
+    ];
+    let works = [workload(21, 10), workload(22, 10)];
+    for ((disk, work), name) in ids.iter().zip(&works).zip(["sda", "sdb"]) {
+        let spec = DiskSpec {
+            name: name.into(),
+            ..spec()
+        };
+        client.put_disk(*disk, &spec).await.unwrap();
+        BatchSender::new(client.clone(), *disk, 4, RetryPolicy::default())
+            .send_all(work.batches.clone())
+            .await
+            .unwrap();
+        wait_uploaded(&client, *disk, 10).await;
+    }
+    drop(ferryd);
+
+    let target = appliance.dir.join("target");
+    let key = appliance.dir.join("vault.key");
+    let offline = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&[
+            "--target-dir",
+            target.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ]);
+        ferryctl(&all)
+    };
+    let listed = offline(&["--json", "vault", "disks"]);
+    assert!(listed.success, "{}", listed.stderr);
+    let disks = listed.json();
+    let disks = disks.as_array().unwrap();
+    assert_eq!(disks.len(), 2, "{disks:?}");
+    for (disk, (id, name)) in disks.iter().zip(ids.iter().zip(["sda", "sdb"])) {
+        assert_eq!(disk["disk_id"], id.to_string());
+        assert_eq!(disk["name"], name);
+        assert_eq!(disk["machine_id"], machine.machine_id.to_string());
+        assert_eq!(disk["size_bytes"], DISK_BYTES as u64);
+        assert_eq!(disk["newest_point"]["bookmark_id"], "bm-10");
+        assert_eq!(disk["newest_point"]["seq"], 10);
+    }
+    let table = offline(&["points"]);
+    assert!(table.success, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("bm-10 (10)") && table.stdout.contains("sda") && table.stdout.contains("sdb"),
+        "{}",
+        table.stdout
+    );
+
+    let ambiguous = offline(&["points", "--disk", "aaaaaaaa"]);
+    assert!(
+        !ambiguous.success && ambiguous.stderr.contains("is the start of 2 disk ids"),
+        "{}",
+        ambiguous.stderr
+    );
+    let by_prefix = offline(&["--json", "points", "--disk", "aaaaaaaa-1"]);
+    assert!(by_prefix.success, "{}", by_prefix.stderr);
+    assert_eq!(by_prefix.json()[0]["disk_id"], ids[1].to_string());
+    let unknown = offline(&["points", "--disk", "sdc"]);
+    assert!(
+        !unknown.success && unknown.stderr.contains("no disk in this vault matches \"sdc\""),
+        "{}",
+        unknown.stderr
+    );
+
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("sdb.img");
+    let by_name = format!("{}/sdb", &machine.machine_id.to_string()[..8]);
+    let run = offline(&[
+        "restore",
+        "--disk",
+        &by_name,
+        "--latest",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(sha256(&std::fs::read(&out).unwrap()), works[1].hash_after[&10]);
+
+    let past = scratch.path().join("past.img");
+    let run = offline(&[
+        "restore",
+        "--disk",
+        "aaaaaaaa-0",
+        "--seq",
+        "99",
+        "--out",
+        past.to_str().unwrap(),
+    ]);
+    assert!(
+        !run.success
+            && run.stderr.contains("seq 99 is past the newest seq in storage (10)")
+            && run.stderr.contains("the newest recovery point is bm-10 at seq 10"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("damaged"), "{}", run.stderr);
+    assert!(!past.exists(), "nothing is written");
+}
