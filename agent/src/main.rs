@@ -144,13 +144,15 @@ async fn register(args: RegisterArgs, json: bool) -> anyhow::Result<()> {
         Some(name) => name,
         None => host_name(),
     };
-    let registered = ferry_client::register(&args.server, args.fingerprint.as_deref(), &name, &passphrase)
+    let registration = ferry_client::register(&args.server, args.fingerprint.as_deref(), &name, &passphrase)
         .await
         .map_err(|e| match e.code() {
             Some("bad_passphrase") => anyhow::anyhow!("the appliance at {} refused the passphrase: {e}", args.server),
             _ => anyhow::anyhow!("registering with {}: {e}", args.server),
         })?;
-    identity::save(&state_dir, &registered, &name, &args.server)?;
+    let registered = &registration.identity;
+    identity::save(&state_dir, registered, &name, &args.server)?;
+    let trusted_on_first_use = args.fingerprint.is_none();
     if json {
         println!(
             "{}",
@@ -159,6 +161,8 @@ async fn register(args: RegisterArgs, json: bool) -> anyhow::Result<()> {
                 "machine_name": name,
                 "data_endpoint": registered.data_endpoint,
                 "state_dir": state_dir,
+                "server_fingerprint": registration.server_fingerprint,
+                "trusted_on_first_use": trusted_on_first_use,
             })
         );
     } else {
@@ -167,6 +171,15 @@ async fn register(args: RegisterArgs, json: bool) -> anyhow::Result<()> {
             registered.machine_id,
             registered.data_endpoint,
             identity::identity_dir(&state_dir).display()
+        );
+    }
+    if trusted_on_first_use {
+        // On stderr too with --json: a person must see it whatever the output is piped to.
+        eprintln!(
+            "warning: no --fingerprint was given, so the first certificate {} presented was trusted:\n  \
+             SHA-256 {}\n  Compare it with the one `ferryctl init` printed on the appliance; to pin it next time:\n  \
+             ferry-agent register --server {} --fingerprint {} ...",
+            args.server, registration.server_fingerprint, args.server, registration.server_fingerprint
         );
     }
     Ok(())

@@ -96,7 +96,9 @@ pub async fn start_ferryd(
         if server.is_finished() {
             panic!("ferryd stopped during start: {:?}", server.await);
         }
-        if let Ok(identity) = ferry_client::register(management, None, "bench", "bench-passphrase").await {
+        if let Ok(ferry_client::Registration { identity, .. }) =
+            ferry_client::register(management, None, "bench", "bench-passphrase").await
+        {
             return (identity, stop, server);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

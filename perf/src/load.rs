@@ -86,10 +86,10 @@ impl Disk {
 pub async fn setup(scenario: &Scenario, management: &str, passphrase: &str) -> anyhow::Result<Vec<Arc<Disk>>> {
     let machines: Vec<anyhow::Result<DataClient>> = futures::stream::iter(0..scenario.machines)
         .map(|m| async move {
-            let identity = ferry_client::register(management, None, &format!("perf-{m}"), passphrase)
+            let registration = ferry_client::register(management, None, &format!("perf-{m}"), passphrase)
                 .await
                 .with_context(|| format!("registering simulated machine {m} at {management}"))?;
-            Ok(identity.data_client()?)
+            Ok(registration.identity.data_client()?)
         })
         .buffered(16)
         .collect()

@@ -164,6 +164,7 @@ impl Appliance {
         ferry_client::register(&self.management, None, name, &self.passphrase())
             .await
             .expect("registration")
+            .identity
     }
 
     pub fn log(&self) -> String {

@@ -19,5 +19,5 @@ pub mod tls;
 
 pub use api::{BatchAck, DiskInfo, DiskSpec};
 pub use client::{ClientError, DataClient};
-pub use register::{register, Identity};
+pub use register::{register, Identity, Registration};
 pub use sender::{BatchSender, RetryPolicy};

@@ -24,6 +24,15 @@ impl Identity {
     }
 }
 
+/// A registration's outcome: the identity, and the management endpoint's certificate
+/// fingerprint it was made with (what a trust-on-first-use registration trusted).
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub identity: Identity,
+    /// SHA-256, `AA:BB:...` as `ferryctl init` prints it.
+    pub server_fingerprint: String,
+}
+
 /// Registers `machine_name` with the management endpoint `management` (`host:port`), whose
 /// certificate must have SHA-256 `fingerprint` (or anything, on first use, when `None`).
 pub async fn register(
@@ -31,7 +40,7 @@ pub async fn register(
     fingerprint: Option<&str>,
     machine_name: &str,
     passphrase: &str,
-) -> Result<Identity, ClientError> {
+) -> Result<Registration, ClientError> {
     let key = rcgen::KeyPair::generate().map_err(|e| ClientError::Invalid(format!("key generation: {e}")))?;
     let mut params =
         rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ClientError::Invalid(e.to_string()))?;
@@ -40,18 +49,23 @@ pub async fn register(
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
         .map_err(|e| ClientError::Invalid(format!("CSR: {e}")))?;
-    let client = DataClient::new(management, crate::tls::pinned(fingerprint)?);
+    let (tls, seen) = crate::tls::pinned_recording(fingerprint)?;
+    let client = DataClient::new(management, tls);
     let request = RegisterRequest {
         machine_name: machine_name.to_string(),
         passphrase: passphrase.to_string(),
         csr_pem,
     };
     let (_, answer): (u16, RegisterResponse) = client.post_json("/v1/register", &request).await?;
-    Ok(Identity {
+    let identity = Identity {
         machine_id: answer.machine_id,
         cert_pem: answer.cert_pem,
         key_pem: key.serialize_pem(),
         ca_pem: answer.ca_pem,
         data_endpoint: answer.data_endpoint,
+    };
+    Ok(Registration {
+        identity,
+        server_fingerprint: seen.get().unwrap_or_default(),
     })
 }

@@ -53,6 +53,12 @@ pub fn ca_verified(ca_pem: &str, client: Option<(&str, &str)>) -> Result<ClientC
 /// Accepts the server whose certificate has this SHA-256 fingerprint (hex, colons optional),
 /// or any server when `None` (trust on first use).
 pub fn pinned(fingerprint: Option<&str>) -> Result<ClientConfig, ClientError> {
+    Ok(pinned_recording(fingerprint)?.0)
+}
+
+/// As [`pinned`], and a record of the fingerprint the server presented (so a client that
+/// trusted on first use can say what it trusted), as `AA:BB:...` like `ferryctl init` prints.
+pub fn pinned_recording(fingerprint: Option<&str>) -> Result<(ClientConfig, SeenFingerprint), ClientError> {
     let expected = match fingerprint {
         Some(text) => {
             let digits: String = text.chars().filter(|c| *c != ':').collect();
@@ -65,20 +71,34 @@ pub fn pinned(fingerprint: Option<&str>) -> Result<ClientConfig, ClientError> {
         }
         None => None,
     };
+    let seen = SeenFingerprint::default();
     let verifier = Arc::new(PinnedFingerprint {
         expected,
         provider: provider(),
+        seen: seen.clone(),
     });
-    Ok(builder()?
+    let config = builder()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    Ok((config, seen))
+}
+
+/// The SHA-256 fingerprint of the last server certificate a pinned client was shown.
+#[derive(Clone, Debug, Default)]
+pub struct SeenFingerprint(Arc<std::sync::Mutex<Option<String>>>);
+
+impl SeenFingerprint {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[derive(Debug)]
 struct PinnedFingerprint {
     expected: Option<Vec<u8>>,
     provider: Arc<CryptoProvider>,
+    seen: SeenFingerprint,
 }
 
 impl ServerCertVerifier for PinnedFingerprint {
@@ -90,10 +110,12 @@ impl ServerCertVerifier for PinnedFingerprint {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let actual = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
+        let shown: Vec<String> = actual.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        *self.seen.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(shown.join(":"));
         let Some(expected) = &self.expected else {
             return Ok(ServerCertVerified::assertion());
         };
-        let actual = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity.as_ref());
         if actual.as_ref() == expected.as_slice() {
             Ok(ServerCertVerified::assertion())
         } else {

@@ -422,6 +422,40 @@ async fn registration_certificate_and_config_errors_are_clear() {
     assert!(run.stderr.contains("refused the passphrase"), "{}", run.stderr);
     assert!(!state.join("identity").exists(), "nothing kept after a refusal");
 
+    // Trust on first use says what it trusted and how to pin it; that fingerprint pins.
+    let right = scratch.path().join("right");
+    std::fs::write(&right, appliance.passphrase()).unwrap();
+    let register = |extra: &[&str]| {
+        let mut args = vec![
+            "register",
+            "--server",
+            &appliance.management,
+            "--passphrase-file",
+            right.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--force",
+        ];
+        args.extend_from_slice(extra);
+        Agent::command(&args)
+    };
+    let tofu = register(&[]);
+    assert!(tofu.success, "{}", tofu.stderr);
+    let fingerprint = tofu
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SHA-256 "))
+        .unwrap_or_else(|| panic!("no fingerprint printed: {}", tofu.stderr))
+        .to_string();
+    assert_eq!(fingerprint.len(), 32 * 3 - 1, "{fingerprint}");
+    assert!(tofu.stderr.contains(&format!("--fingerprint {fingerprint}")), "{}", tofu.stderr);
+    let pinned = register(&["--fingerprint", &fingerprint]);
+    assert!(pinned.success, "the printed fingerprint pins: {}", pinned.stderr);
+    assert!(!pinned.stderr.contains("warning"), "{}", pinned.stderr);
+    let other = if fingerprint.starts_with("00") { "11" } else { "00" };
+    let mismatched = register(&["--fingerprint", &format!("{other}{}", &fingerprint[2..])]);
+    assert!(!mismatched.success, "a different fingerprint is refused");
+
     let agent = Agent::register(&appliance);
     let identity_dir = agent.state_dir.join("identity");
     let mode = std::os::unix::fs::PermissionsExt::mode(
