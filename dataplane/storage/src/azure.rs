@@ -84,7 +84,21 @@ impl AzureBlob {
                 .with_tenant_id(tenant_id)
                 .with_federated_token_file(federated_token_file),
         };
-        let store = builder.build().map_err(|e| invalid(redact(&e.to_string())))?;
+        let store = builder.build().map_err(|e| {
+            let text = redact(&e.to_string());
+            if text.contains("Invalid Access Key") {
+                StorageError::Permanent {
+                    operation: Operation::CreateContainer,
+                    name: config.container.clone(),
+                    kind: PermanentKind::AuthenticationFailed,
+                    message:
+                        "the account key is not valid base64: copy it again from the storage account's access keys"
+                            .into(),
+                }
+            } else {
+                invalid(concise(&text))
+            }
+        })?;
         let blob = Self {
             store,
             config: config.clone(),
@@ -138,7 +152,7 @@ impl AzureBlob {
         let response = request.send().await.map_err(|e| StorageError::Transient {
             operation,
             name: container.clone(),
-            message: redact(&e.to_string()),
+            message: concise(&redact(&format!("{e:?}"))),
         })?;
         let status = response.status().as_u16();
         let body = response.text().await.unwrap_or_default();
@@ -234,7 +248,32 @@ pub fn redact(message: &str) -> String {
     out
 }
 
+/// One readable sentence from object_store's error text: Azure's own error code and the first
+/// line of its message when the answer has them (instead of the raw XML), else the last part
+/// of the chain ("error sending request" for an endpoint that does not answer), without the
+/// request URL and timings.
+pub(crate) fn concise(text: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].trim().to_string())
+    };
+    if let Some(code) = between("<Code>", "</Code>") {
+        let message = between("<Message>", "</Message>").unwrap_or_default();
+        let first_line = message.lines().next().unwrap_or_default().trim();
+        return format!("Azure answered {code}: {first_line}");
+    }
+    if text.contains("error sending request") || text.contains("Connection refused") {
+        return "no answer from the endpoint (connection failed: check the endpoint, DNS, proxy and firewall)".into();
+    }
+    match text.rsplit_once(" - ") {
+        Some((_, last)) if !last.trim().is_empty() => last.trim().to_string(),
+        _ => text.trim_start_matches("Generic MicrosoftAzure error: ").to_string(),
+    }
+}
+
 fn classify_status(operation: Operation, name: &str, status: u16, detail: &str) -> StorageError {
+    let detail = &concise(detail);
     let permanent = |kind| StorageError::Permanent {
         operation,
         name: name.to_string(),
@@ -269,7 +308,7 @@ fn map_error(operation: Operation, name: &str, error: object_store::Error) -> St
         operation,
         name: name.to_string(),
         kind,
-        message: text.clone(),
+        message: concise(&text),
     };
     match error {
         object_store::Error::NotFound { .. } => {
@@ -302,7 +341,7 @@ fn map_error(operation: Operation, name: &str, error: object_store::Error) -> St
                 None => StorageError::Transient {
                     operation,
                     name: name.to_string(),
-                    message: text,
+                    message: concise(&text),
                 },
             }
         }

@@ -91,34 +91,50 @@ impl fmt::Display for PermanentKind {
             PermanentKind::AuthenticationFailed => {
                 "authentication failed (check the account key, SAS token or identity)"
             }
-            PermanentKind::PermissionDenied => "permission denied",
-            PermanentKind::ContainerMissing => "the container or target directory does not exist",
-            PermanentKind::NoSpace => "no space left on the target",
+            PermanentKind::PermissionDenied => {
+                "permission denied (the credential needs read, write, list and delete on the container)"
+            }
+            PermanentKind::ContainerMissing => {
+                "the container or target directory does not exist (create it, or let `ferryctl init \
+                 --create-container` create it; check the name)"
+            }
+            PermanentKind::NoSpace => "no space left on the target (free space or grow it; the cache keeps the data)",
             PermanentKind::InvalidRequest => "invalid request",
             PermanentKind::Other => "permanent error",
         })
     }
 }
 
+/// Every error is one line: what was being done, on what, why, and (for permanent errors) what
+/// fixes it; never a raw XML answer, a URL with a signature, or a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("object {name} does not exist")]
     NotFound { name: String },
     #[error("{name:?} is not a valid object name: {reason}")]
     InvalidName { name: String, reason: &'static str },
-    #[error("{operation} {name}: transient error (retrying may help): {message}")]
+    #[error("{}: transient error (retrying may help): {message}", what(*operation, name))]
     Transient {
         operation: Operation,
         name: String,
         message: String,
     },
-    #[error("{operation} {name}: {kind}: {message}")]
+    #[error("{}: {kind}: {message}", what(*operation, name))]
     Permanent {
         operation: Operation,
         name: String,
         kind: PermanentKind,
         message: String,
     },
+}
+
+/// "put ferry/v1/x", or "list" for a listing of the whole container (an empty name).
+fn what(operation: Operation, name: &str) -> String {
+    if name.is_empty() {
+        operation.to_string()
+    } else {
+        format!("{operation} {name}")
+    }
 }
 
 impl StorageError {

@@ -418,7 +418,25 @@ async fn azure_missing_container_and_wrong_key_are_permanent() {
         ferry_storage::azure::AzureBlob::connect(&azure_config(&endpoint, &container, "not base64!", false))
             .await
             .unwrap_err();
-    assert!(malformed.to_string().contains("Invalid Access Key"), "{malformed}");
+    assert_eq!(
+        malformed.permanent_kind(),
+        Some(PermanentKind::AuthenticationFailed),
+        "{malformed}"
+    );
+    assert!(malformed.to_string().contains("not valid base64"), "{malformed}");
+    // An endpoint that does not answer: one sentence that says what to check.
+    let nobody = format!("http://127.0.0.1:{}/devstoreaccount1", {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    });
+    let unreachable = ferry_storage::azure::AzureBlob::connect(&azure_config(&nobody, &container, AZURITE_KEY, false))
+        .await
+        .unwrap_err();
+    assert!(unreachable.is_transient(), "{unreachable}");
+    assert!(
+        unreachable.to_string().contains("no answer from the endpoint"),
+        "{unreachable}"
+    );
 }
 
 #[tokio::test]

@@ -448,7 +448,11 @@ async fn registration_certificate_and_config_errors_are_clear() {
         .unwrap_or_else(|| panic!("no fingerprint printed: {}", tofu.stderr))
         .to_string();
     assert_eq!(fingerprint.len(), 32 * 3 - 1, "{fingerprint}");
-    assert!(tofu.stderr.contains(&format!("--fingerprint {fingerprint}")), "{}", tofu.stderr);
+    assert!(
+        tofu.stderr.contains(&format!("--fingerprint {fingerprint}")),
+        "{}",
+        tofu.stderr
+    );
     let pinned = register(&["--fingerprint", &fingerprint]);
     assert!(pinned.success, "the printed fingerprint pins: {}", pinned.stderr);
     assert!(!pinned.stderr.contains("warning"), "{}", pinned.stderr);

@@ -218,6 +218,28 @@ fn init_on_azurite_creates_joins_and_refuses() {
         "{}",
         missing.stdout
     );
+    // One sentence with the fix, not Azure's raw XML.
+    assert!(
+        missing.stdout.contains("--create-container")
+            && missing.stdout.contains("ContainerNotFound")
+            && !missing.stdout.contains("<?xml")
+            && !missing.stdout.contains("RequestId"),
+        "{}",
+        missing.stdout
+    );
+    let text = ferryctl(&[
+        "init",
+        s(&tmp.path().join("m")),
+        "--azure-account",
+        AZURITE_ACCOUNT,
+        "--azure-container",
+        &container,
+        "--azure-endpoint",
+        &endpoint,
+        "--azure-key-file",
+        s(&key_file),
+    ]);
+    assert_eq!(text.stderr.trim().lines().count(), 1, "one line: {}", text.stderr);
     assert!(!tmp.path().join("m").exists());
 
     let first = tmp.path().join("first");
