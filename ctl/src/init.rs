@@ -53,6 +53,20 @@ struct InitReport {
     passphrase_file: PathBuf,
     ca_cert_file: PathBuf,
     server_cert_sha256: String,
+    /// The commands that come next: start ferryd, register an agent.
+    next_steps: Vec<String>,
+}
+
+/// What to run after `init`: ferryd on this directory, then `ferry-agent register` on each
+/// protected machine against the management endpoint, pinned to this certificate.
+fn next_steps(dir: &Path, server_name: &str, management_listen: &str, fingerprint: &str) -> Vec<String> {
+    let port = management_listen.rsplit_once(':').map_or("443", |(_, p)| p);
+    vec![
+        format!("ferryd --config {}", dir.display()),
+        format!(
+            "ferry-agent register --server {server_name}:{port} --passphrase-file PASSPHRASE_FILE --fingerprint {fingerprint}"
+        ),
+    ]
 }
 
 fn now_unix_ms() -> u64 {
@@ -256,6 +270,7 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
         vault_key_file: layout.vault_key_file(),
         passphrase_file: layout.passphrase_file(),
         ca_cert_file: layout.ca_cert_file(),
+        next_steps: next_steps(&dir, &server_names[0], &config.server.management_listen, &fingerprint),
         server_cert_sha256: fingerprint,
     };
     print_report(&report, json);
@@ -285,6 +300,15 @@ fn print_report(report: &InitReport, json: bool) {
     println!("  server certificate SHA-256 {}", report.server_cert_sha256);
     println!();
     println!("Copy the vault key somewhere safe, away from this machine: without it no disk can be restored.");
+    if let [start, register, ..] = report.next_steps.as_slice() {
+        println!();
+        println!("Next:");
+        println!("  1. Start the process server (or enable its systemd unit):");
+        println!("       {start}");
+        println!("  2. On each protected machine, with a copy of the passphrase file:");
+        println!("       {register}");
+        println!("     then list its disks in agent.toml and run `ferry-agent run --config agent.toml`.");
+    }
 }
 
 /// Exposed for `vault check`: the target of an appliance directory, resolved.

@@ -12,10 +12,21 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FORMAT: u32 = 1;
 const MIB: u64 = 1024 * 1024;
 
+/// For a ferry.toml that is not where it was looked for: what `--config` expects.
+fn appliance_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+            " (--config takes the appliance directory that `ferryctl init` made, or its ferry.toml)"
+        }
+        _ => "",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// The reason is in the message (not a `source`), so a printed error chain says it once.
+    #[error("cannot read {path}: {error}{}", appliance_hint(error))]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {key}: {message}")]
@@ -239,9 +250,9 @@ impl ApplianceConfig {
     /// Reads, parses and validates `path`. Refuses a file others can read: it may hold
     /// storage credentials.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read_error = |source| ConfigError::Read {
+        let read_error = |error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let metadata = std::fs::metadata(path).map_err(read_error)?;
         if metadata.permissions().mode() & 0o077 != 0 {

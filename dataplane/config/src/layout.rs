@@ -19,8 +19,15 @@ pub struct ApplianceLayout {
 }
 
 impl ApplianceLayout {
+    /// `root` is the appliance directory; its `ferry.toml` is taken to mean the directory
+    /// (users type `--config /var/lib/ferry/ferry.toml` as often as the directory).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        let root = match root.parent() {
+            Some(dir) if root.file_name().is_some_and(|f| f == CONFIG_FILE) && root.is_file() => dir.to_path_buf(),
+            _ => root,
+        };
+        Self { root }
     }
 
     pub fn root(&self) -> &Path {

@@ -61,6 +61,48 @@ fn init_creates_a_private_appliance_and_a_vault() {
         check.stderr
     );
 
+    // The ferry.toml itself is taken for its directory; a wrong path says what --config takes, once.
+    let by_file = ferryctl(&["vault", "check", "--config", s(&dir.join("ferry.toml"))]);
+    assert!(
+        by_file.success && by_file.stdout.contains("matches"),
+        "{}",
+        by_file.stderr
+    );
+    let wrong = ferryctl(&["vault", "check", "--config", s(&dir.join("vault.key"))]);
+    assert!(!wrong.success, "{}", wrong.stdout);
+    assert_eq!(wrong.stderr.matches("Not a directory").count(), 1, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("--config takes the appliance directory"),
+        "{}",
+        wrong.stderr
+    );
+
+    // The next steps, with this appliance's certificate pinned.
+    let steps: Vec<&str> = report["next_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(steps[0], format!("ferryd --config {}", s(&dir)));
+    assert!(
+        steps[1].starts_with("ferry-agent register --server ")
+            && steps[1].ends_with(&format!(
+                "--fingerprint {}",
+                report["server_cert_sha256"].as_str().unwrap()
+            )),
+        "{steps:?}"
+    );
+    let text = ferryctl(&["init", s(&tmp.path().join("text"))]);
+    assert!(
+        text.stdout.contains("Next:")
+            && text
+                .stdout
+                .contains(&format!("ferryd --config {}", s(&tmp.path().join("text")))),
+        "{}",
+        text.stdout
+    );
+
     let again = ferryctl(&["init", s(&dir)]);
     assert!(
         !again.success && again.stderr.contains("refusing to overwrite"),

@@ -309,6 +309,7 @@ impl Coordinator {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = durable.notified() => {}
+                _ = self.tuning.changed.notified() => {}
                 Some(sealed) = self.sealed.recv() => self.on_sealed(sealed),
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -322,6 +323,7 @@ impl Coordinator {
 
     /// Applies the tunables (cheap; every cycle): upload permits, seal workers, bandwidth.
     fn retune(&mut self) {
+        let generation = self.tuning.generation();
         let wanted = self.tuning.upload_concurrency();
         if wanted > self.upload_permits {
             self.uploads.add_permits(wanted - self.upload_permits);
@@ -352,6 +354,7 @@ impl Coordinator {
         self.status
             .bandwidth_cap_now
             .store(cap, std::sync::atomic::Ordering::Relaxed);
+        self.tuning.mark_applied(generation);
     }
 
     /// The next moment something is due: a flush delay ending or a retry.

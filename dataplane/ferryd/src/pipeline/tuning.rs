@@ -18,6 +18,12 @@ pub struct Tuning {
     memory_budget_bytes: AtomicU64,
     /// The whole pipeline section, for the bandwidth cap and its schedule.
     pipeline: Mutex<PipelineConfig>,
+    /// Bumped by every [`Tuning::apply`]; the coordinator records in `applied` the generation
+    /// its last retune read, so `ferryctl tune` can answer with what is really in effect.
+    generation: AtomicU64,
+    applied: AtomicU64,
+    /// Wakes the coordinator when something changed (it re-reads at least every second anyway).
+    pub changed: tokio::sync::Notify,
 }
 
 /// `worker_threads` 0 means one per core.
@@ -39,6 +45,9 @@ impl Tuning {
             flush_delay_ms: AtomicU64::new(0),
             memory_budget_bytes: AtomicU64::new(0),
             pipeline: Mutex::new(config.clone()),
+            generation: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         };
         tuning.apply(config);
         tuning
@@ -57,6 +66,32 @@ impl Tuning {
         self.memory_budget_bytes
             .store(config.memory_budget_bytes, Ordering::Relaxed);
         *self.pipeline.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// The generation the coordinator is about to apply (read before it reads the values).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The coordinator applied everything up to `generation`.
+    pub fn mark_applied(&self, generation: u64) {
+        self.applied.fetch_max(generation, Ordering::SeqCst);
+    }
+
+    /// Waits (at most `limit`) until the coordinator has applied the latest change; false if
+    /// it has not (no pipeline runs while the target is unreachable at start).
+    pub async fn wait_applied(&self, limit: Duration) -> bool {
+        let wanted = self.generation();
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.applied.load(Ordering::SeqCst) < wanted {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     pub fn workers(&self) -> usize {

@@ -146,7 +146,9 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
         (Method::GET, "/v1/machines") => machines(state).map(|m| json(StatusCode::OK, &m)),
         (Method::GET, "/v1/tune") => Ok(json(StatusCode::OK, &super::tune::state(state))),
         (Method::PUT, "/v1/tune") => match serde_json::from_slice::<ferry_client::control::TuneRequest>(&body) {
-            Ok(request) => super::tune::put(state, &request).map(|s| json(StatusCode::OK, &s)),
+            Ok(request) => super::tune::put(state, &request)
+                .await
+                .map(|s| json(StatusCode::OK, &s)),
             Err(e) => Err(ApiError::new(400, "bad_request", format!("tune request: {e}"))),
         },
         (Method::POST, "/v1/drain") => {

@@ -74,10 +74,24 @@ fn changed(current: &ApplianceConfig, request: &TuneRequest) -> Result<Appliance
     for (key, value) in &request.set {
         let Some((_, section, field)) = KEYS.iter().find(|(name, _, _)| name == key) else {
             let known: Vec<&str> = KEYS.iter().map(|(name, _, _)| *name).collect();
-            return Err(bad(format!(
-                "{key} is not tunable at run time; tunables: {}",
-                known.join(", ")
-            )));
+            // A ferry.toml key that needs a restart, named with its section.
+            let in_file = json.as_object().and_then(|sections| {
+                sections
+                    .iter()
+                    .find(|(_, fields)| fields.get(key.as_str()).is_some())
+                    .map(|(section, _)| format!("{section}.{key}"))
+            });
+            return Err(bad(match in_file {
+                Some(path) => format!(
+                    "{path} cannot change while ferryd runs: edit it in ferry.toml, then restart ferryd \
+                     (systemctl restart ferryd); tunable at run time: {}",
+                    known.join(", ")
+                ),
+                None => format!(
+                    "{key} is not a setting of ferry.toml; tunable at run time: {}",
+                    known.join(", ")
+                ),
+            }));
         };
         // Values as in ferry.toml: numbers as numbers, the schedule as JSON.
         let parsed: serde_json::Value = serde_json::from_str(value).map_err(|_| {
@@ -96,7 +110,19 @@ fn changed(current: &ApplianceConfig, request: &TuneRequest) -> Result<Appliance
     Ok(config)
 }
 
-pub fn put(app: &AppState, request: &TuneRequest) -> Result<TuneState, ApiError> {
+/// How long a tune answer waits for the pipeline to apply the change (it does so within a
+/// cycle, at most a second), so the table it prints shows what is in effect.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+pub async fn put(app: &AppState, request: &TuneRequest) -> Result<TuneState, ApiError> {
+    apply(app, request)?;
+    if !app.tuning.wait_applied(APPLY_WAIT).await {
+        tracing::warn!("the pipeline has not applied the change yet (is the target reachable?)");
+    }
+    Ok(state(app))
+}
+
+fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
     let mut tuned = app.tuned.lock().unwrap_or_else(|p| p.into_inner());
     let config = changed(&tuned, request)?;
     let cache_dir = app.layout.resolve(&config.cache.directory);
@@ -123,8 +149,7 @@ pub fn put(app: &AppState, request: &TuneRequest) -> Result<TuneState, ApiError>
     let changes: Vec<String> = request.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(reset = request.reset, changes = %changes.join(" "), "tuned; ferry.toml written");
     *tuned = config;
-    drop(tuned);
-    Ok(state(app))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -182,6 +207,11 @@ mod tests {
         let message = |pairs: &[(&str, &str)]| changed(&azure(), &set(pairs)).unwrap_err().message;
         assert!(message(&[("worker_threads", "-1")]).contains("worker_threads"));
         assert!(message(&[("flush_delay_ms", "1")]).contains("pipeline.flush_delay_ms"));
-        assert!(message(&[("data_listen", "1")]).contains("not tunable"));
+        let restart = message(&[("window", "8")]);
+        assert!(
+            restart.contains("ingest.window cannot change while ferryd runs: edit it in ferry.toml, then restart"),
+            "{restart}"
+        );
+        assert!(message(&[("no_such_key", "1")]).contains("no_such_key is not a setting of ferry.toml"));
     }
 }
