@@ -109,7 +109,11 @@ async fn run(bytes: usize) {
     };
     config.validate().unwrap();
     let cpu_before = cpu_seconds();
-    let options = RunOptions { once: true, app: false };
+    let options = RunOptions {
+        once: true,
+        app: false,
+        once_retry_for: std::time::Duration::ZERO,
+    };
     let reports = replicate::run(config, options, std::future::pending()).await.unwrap();
     let agent_cpu = cpu_seconds() - cpu_before;
     let pass = &reports[0];

@@ -46,7 +46,7 @@ async fn disk_ids(opened: &OpenVault) -> Result<Vec<Uuid>> {
     Ok(directories
         .iter()
         .filter_map(|d| d.strip_prefix(&prefix)?.strip_suffix('/'))
-        .filter_map(|id| ferry_format::ids::parse_canonical_uuid(id))
+        .filter_map(ferry_format::ids::parse_canonical_uuid)
         .collect())
 }
 
