@@ -2,6 +2,9 @@
 //! bytes: the question is what sealing adds on top of compression (the AES-GCM pass, the
 //! header, the copy-free layout), measured in the same run.
 //!
+//! `seal_8_parts` seals the same bytes given as 8 separate parts (a change set of 8 batches as
+//! they lie in the cache), the seal workers' usual case.
+//!
 //! Data: `ferry_perf::datagen` (mixed: zstd-1 ratio 2.37, like LIMITS.md's yardstick; random:
 //! incompressible). Objects of 1, 4 and 8 MiB; zstd levels -1, 1 and 3.
 //! Run: `cargo bench -p ferry-benches --bench seal` (add `-- seal/mixed/4MiB` to filter).
@@ -34,6 +37,11 @@ fn bench_seal(c: &mut Criterion) {
                 let mut sealer = Sealer::new(level).expect("valid level");
                 group.bench_function(BenchmarkId::new("seal", level), |b| {
                     b.iter(|| sealer.seal(&key, NAME, &plain).expect("seals"))
+                });
+                // A change set as it lies in the cache: one batch after another, 8 parts.
+                let parts: Vec<&[u8]> = plain.chunks(plain.len().div_ceil(8)).collect();
+                group.bench_function(BenchmarkId::new("seal_8_parts", level), |b| {
+                    b.iter(|| sealer.seal_parts(&key, NAME, &parts).expect("seals"))
                 });
                 let mut cctx = zstd::bulk::Compressor::new(level).expect("valid level");
                 let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()));

@@ -360,23 +360,30 @@ impl ObjectStorage for AzureBlob {
             .map_err(|e| map_error(Operation::Put, name, e))
     }
 
-    /// An object larger than a slice goes up as blocks (Put Block, one per slice, each admitted
-    /// by the bucket) committed by one Put Block List, so the blob appears whole and no request
+    /// An object the bucket does not grant at once goes up as blocks (Put Block, one per
+    /// granted piece) committed by one Put Block List, so the blob appears whole and no request
     /// sends more than a slice. Uncommitted blocks of a failed attempt are discarded by Azure.
     async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
-        let Some(slice) = pace.slice_bytes().filter(|slice| data.len() > *slice) else {
-            pace.admit(data.len() as u64).await;
+        let first = pace.take(data.len() as u64).await as usize;
+        if first == data.len() {
             return self.put(name, data).await;
-        };
+        }
         let path = self.path(name)?;
         let failed = |e| map_error(Operation::Put, name, e);
         let mut upload = self.store.put_multipart(&path).await.map_err(failed)?;
-        for piece in crate::slices(&data, slice) {
-            pace.admit(piece.len() as u64).await;
+        let mut granted = first;
+        let mut at = 0;
+        loop {
+            let piece = data.slice(at..at + granted);
+            at += granted;
             if let Err(e) = upload.put_part(PutPayload::from_bytes(piece)).await {
                 let _ = upload.abort().await;
                 return Err(failed(e));
             }
+            if at == data.len() {
+                break;
+            }
+            granted = pace.take((data.len() - at) as u64).await as usize;
         }
         upload.complete().await.map(|_| ()).map_err(failed)
     }

@@ -51,13 +51,9 @@ impl ObjectStorage for Discard {
 
     /// Dropped objects are paced too, so a benchmark of the cap sees what a real link would.
     async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
-        match pace.slice_bytes() {
-            Some(slice) => {
-                for piece in crate::slices(&data, slice) {
-                    pace.admit(piece.len() as u64).await;
-                }
-            }
-            None => pace.admit(data.len() as u64).await,
+        let mut left = data.len() as u64;
+        while left > 0 {
+            left -= pace.take(left).await;
         }
         self.put(name, data).await
     }

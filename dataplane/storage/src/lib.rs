@@ -161,10 +161,10 @@ impl StorageError {
 pub trait ObjectStorage: Send + Sync + fmt::Debug {
     /// Stores `data` under `name`, atomically and durably, replacing any object there.
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError>;
-    /// `put` under the bandwidth cap: the bytes leave in slices of at most
-    /// [`TokenBucket::slice_bytes`], each admitted by `pace` first, and the object still
-    /// appears atomically (a temporary file renamed; blocks committed by one block list).
-    /// With an unlimited bucket it is `put`.
+    /// `put` under the bandwidth cap: the bytes leave in pieces granted by `pace` (each at
+    /// most a second of the rate in force when granted), and the object still appears
+    /// atomically (a temporary file renamed; blocks committed by one block list). With an
+    /// unlimited bucket it is `put`.
     async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError>;
     /// The whole object.
     async fn get(&self, name: &str) -> Result<Bytes, StorageError>;
@@ -225,14 +225,6 @@ impl<T: ObjectStorage + ?Sized> ObjectStorage for std::sync::Arc<T> {
     fn describe(&self) -> String {
         (**self).describe()
     }
-}
-
-/// `data` cut into pieces of at most `slice` bytes (views of the same buffer, no copy).
-pub fn slices(data: &Bytes, slice: usize) -> impl Iterator<Item = Bytes> + '_ {
-    let slice = slice.max(1);
-    (0..data.len())
-        .step_by(slice)
-        .map(move |start| data.slice(start..(start + slice).min(data.len())))
 }
 
 /// Every object below `prefix`, following pages. Memory grows with the listing: for prefixes

@@ -291,24 +291,30 @@ impl ObjectStorage for LocalDirectory {
             .map_err(|(e, n)| map_io(Operation::Put, &n, e))
     }
 
-    /// Writes the temporary file a slice at a time, each admitted by the bucket, then commits
-    /// it as `put` does: the object appears whole, after its bytes were paced.
+    /// Writes the temporary file a piece at a time, each granted by the bucket first, then
+    /// commits it as `put` does: the object appears whole, after its bytes were paced.
     async fn put_paced(&self, name: &str, data: Bytes, pace: &TokenBucket) -> Result<(), StorageError> {
-        let Some(slice) = pace.slice_bytes().filter(|slice| data.len() > *slice) else {
-            pace.admit(data.len() as u64).await;
-            return self.put(name, data).await;
-        };
+        let mut granted = pace.take(data.len() as u64).await as usize;
+        if granted == data.len() {
+            return self.put(name, data).await; // unlimited, or small enough: one piece
+        }
         let path = self.path_of(name)?;
         let root = self.root.clone();
         let to_storage_error = |(e, n): (io::Error, String)| map_io(Operation::Put, &n, e);
         let mut object = blocking(Operation::Put, name, move || PendingObject::create(&root, &path))
             .await
             .map_err(to_storage_error)?;
-        for piece in crate::slices(&data, slice) {
-            pace.admit(piece.len() as u64).await;
+        let mut at = 0;
+        loop {
+            let piece = data.slice(at..at + granted);
+            at += granted;
             object = blocking(Operation::Put, name, move || object.append(&piece).map(|()| object))
                 .await
                 .map_err(to_storage_error)?;
+            if at == data.len() {
+                break;
+            }
+            granted = pace.take((data.len() - at) as u64).await as usize;
         }
         blocking(Operation::Put, name, move || object.commit())
             .await

@@ -4,12 +4,14 @@
 //! The promise (what users plan a WAN link around): over any stretch of wall-clock time `t`,
 //! the bytes sent are at most `rate × t` plus one second's worth (the bucket's depth). Two
 //! things make that true:
-//! - every byte is charged: [`TokenBucket::admit`] waits until the bucket holds the slice (or a
-//!   whole second's worth, for a slice larger than that), then takes all of it, going into
-//!   debt if it must; later callers wait for the debt to be paid;
+//! - every byte is charged: [`TokenBucket::take`] waits until the bucket holds the piece it
+//!   grants (or a whole second's worth, for a piece larger than that), then charges all of
+//!   it, going into debt if it must; later callers wait for the debt to be paid;
 //! - nothing is sent in a bigger piece than a slice: [`crate::ObjectStorage::put_paced`]
-//!   writes an object in slices of at most [`TokenBucket::slice_bytes`] (a second of the rate),
-//!   each admitted first, so a large object cannot go out at line speed on one admission.
+//!   writes an object piece by piece, each no larger than [`TokenBucket::slice_bytes`] (a
+//!   second of the rate) *at the moment it is granted*, so a large object cannot go out at
+//!   line speed on one admission, and a lower rate (the schedule's hour turning) shrinks the
+//!   very next piece.
 //!
 //! Callers are admitted first come, first served (a fair async lock is held while waiting),
 //! so many concurrent uploads share the rate without starving one another. The rate can change
@@ -80,18 +82,21 @@ impl TokenBucket {
         }
     }
 
-    /// Waits until `bytes` may be sent, then charges all of them.
-    pub async fn admit(&self, bytes: u64) {
-        if self.rate() == 0 {
-            return;
+    /// Waits until up to `wanted` bytes may be sent; charges and returns how many: `wanted`
+    /// when unlimited, else at most a slice of the rate in force when granted (never 0 for a
+    /// non-zero `wanted`).
+    pub async fn take(&self, wanted: u64) -> u64 {
+        if self.rate() == 0 || wanted == 0 {
+            return wanted;
         }
         // Held while waiting: admissions are served in arrival order (tokio's lock is fair).
         let mut state = self.state.lock().await;
         loop {
             let rate = self.rate();
             if rate == 0 {
-                return;
+                return wanted;
             }
+            let bytes = wanted.min(rate.clamp(MIN_SLICE_BYTES, MAX_SLICE_BYTES));
             let (tokens, last) = &mut *state;
             let now = Instant::now();
             let depth = rate as f64;
@@ -102,7 +107,7 @@ impl TokenBucket {
             let need = (bytes as f64).min(depth);
             if *tokens >= need {
                 *tokens -= bytes as f64;
-                return;
+                return bytes;
             }
             let wait = Duration::from_secs_f64((need - *tokens) / depth);
             tokio::time::sleep(wait.min(RECHECK)).await;
@@ -120,50 +125,59 @@ mod tests {
     async fn every_byte_is_charged_and_bursts_stay_within_a_second() {
         let bucket = TokenBucket::new(1_000_000);
         let start = Instant::now();
-        bucket.admit(1_000_000).await; // the first second's worth is there at once
+        assert_eq!(bucket.take(1_000_000).await, 1_000_000); // the first second's worth at once
         assert_eq!(start.elapsed(), Duration::ZERO);
         for _ in 0..4 {
-            bucket.admit(500_000).await;
+            assert_eq!(bucket.take(500_000).await, 500_000);
         }
         let elapsed = start.elapsed().as_secs_f64();
         assert!((1.99..=2.01).contains(&elapsed), "2 MB more at 1 MB/s took {elapsed} s");
 
-        // A slice larger than a second's worth is charged whole: the debt delays what follows.
+        // More than a slice is granted a slice at a time.
         let bucket = TokenBucket::new(1_000_000);
+        assert_eq!(bucket.take(3_000_000).await, 1_000_000);
+
+        // Below the smallest slice a piece is charged whole: the debt delays what follows.
+        let bucket = TokenBucket::new(10_000);
         let start = Instant::now();
-        bucket.admit(3_000_000).await;
+        assert_eq!(bucket.take(1 << 20).await, 64 * 1024);
         assert_eq!(start.elapsed(), Duration::ZERO);
-        bucket.admit(1_000_000).await;
+        bucket.take(10_000).await;
         let elapsed = start.elapsed().as_secs_f64();
-        assert!(
-            (2.99..=3.01).contains(&elapsed),
-            "4 MB at 1 MB/s, 1 MB of burst, took {elapsed} s"
-        );
+        let expected = 64.0 * 1024.0 / 10_000.0; // the debt, then a full bucket
+        assert!((elapsed - expected).abs() < 0.01, "took {elapsed} s, expected {expected}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn rate_changes_reach_waiters() {
         let bucket = std::sync::Arc::new(TokenBucket::new(1_000));
-        bucket.admit(1_000).await;
+        bucket.take(1_000).await;
         let waiter = {
             let bucket = bucket.clone();
             tokio::spawn(async move {
                 let start = Instant::now();
-                bucket.admit(1_000_000).await; // 1000 s at this rate
-                start.elapsed()
+                let granted = bucket.take(1_000_000).await; // 65 s at this rate
+                (start.elapsed(), granted)
             })
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
         bucket.set_rate(0);
-        let waited = waiter.await.unwrap_or_default();
-        assert!(
-            waited <= Duration::from_millis(1_300),
-            "lifting the cap released the waiter after {waited:?}"
-        );
+        let (waited, granted) = waiter.await.unwrap_or_default();
+        assert!(waited <= Duration::from_millis(1_300), "lifting the cap released the waiter after {waited:?}");
+        assert_eq!(granted, 1_000_000, "unlimited grants everything asked");
         assert_eq!(bucket.slice_bytes(), None, "0 means unlimited");
         let before = Instant::now();
-        bucket.admit(u64::MAX).await;
+        assert_eq!(bucket.take(u64::MAX).await, u64::MAX);
         assert_eq!(before.elapsed(), Duration::ZERO);
+    }
+
+    /// A lower rate shrinks the very next piece.
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_rate_shrinks_the_next_piece() {
+        let bucket = TokenBucket::new(3_000_000);
+        assert_eq!(bucket.take(10_000_000).await, 3_000_000);
+        bucket.set_rate(1_000_000);
+        assert_eq!(bucket.take(10_000_000).await, 1_000_000);
     }
 
     #[tokio::test(start_paused = true)]
@@ -171,12 +185,9 @@ mod tests {
         let bucket = TokenBucket::new(1_000_000);
         bucket.charge(2_000_000);
         let start = Instant::now();
-        bucket.admit(1_000_000).await;
+        bucket.take(1_000_000).await;
         let elapsed = start.elapsed().as_secs_f64();
-        assert!(
-            (1.99..=2.01).contains(&elapsed),
-            "2 MB of debt at 1 MB/s took {elapsed} s to repay"
-        );
+        assert!((1.99..=2.01).contains(&elapsed), "2 MB of debt at 1 MB/s took {elapsed} s to repay");
     }
 
     #[test]

@@ -142,7 +142,7 @@ async fn a_cap_of_1_mb_per_s_holds_in_wall_clock_time() {
 /// The schedule holds the same way: ferryd runs in a time zone whose next hour begins a few
 /// seconds after it starts (POSIX TZ offsets take seconds), with a 3 MB/s window for this
 /// hour and 1 MB/s after it. Before the switch the bytes stay within the higher cap; from a
-/// second after it (the coordinator re-reads the schedule every second) within the lower.
+/// second and a half after it within the lower.
 #[tokio::test]
 async fn a_schedule_that_lowers_the_cap_mid_run_holds() {
     const HIGH: f64 = 3_000_000.0;
@@ -183,8 +183,9 @@ async fn a_schedule_that_lowers_the_cap_mid_run_holds() {
             "{bytes} bytes after {t:.1} s under 3 MB/s then 1 MB/s from {switch:.1} s (at most {allowed:.0})"
         );
     }
-    // From a second after the switch, the lower cap alone, with one second of its burst.
-    let settled = switch + 1.0;
+    // From 1.5 s after the switch (the coordinator re-reads the schedule every second; a loaded
+    // machine may run it a little late), the lower cap alone, with one second of its burst.
+    let settled = switch + 1.5;
     let Some(&(t0, b0)) = samples.iter().find(|(t, _)| *t >= settled) else {
         panic!("no sample after the switch");
     };
