@@ -145,7 +145,10 @@ mod tests {
         bucket.take(10_000).await;
         let elapsed = start.elapsed().as_secs_f64();
         let expected = 64.0 * 1024.0 / 10_000.0; // the debt, then a full bucket
-        assert!((elapsed - expected).abs() < 0.01, "took {elapsed} s, expected {expected}");
+        assert!(
+            (elapsed - expected).abs() < 0.01,
+            "took {elapsed} s, expected {expected}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -163,7 +166,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         bucket.set_rate(0);
         let (waited, granted) = waiter.await.unwrap_or_default();
-        assert!(waited <= Duration::from_millis(1_300), "lifting the cap released the waiter after {waited:?}");
+        assert!(
+            waited <= Duration::from_millis(1_300),
+            "lifting the cap released the waiter after {waited:?}"
+        );
         assert_eq!(granted, 1_000_000, "unlimited grants everything asked");
         assert_eq!(bucket.slice_bytes(), None, "0 means unlimited");
         let before = Instant::now();
@@ -187,7 +193,10 @@ mod tests {
         let start = Instant::now();
         bucket.take(1_000_000).await;
         let elapsed = start.elapsed().as_secs_f64();
-        assert!((1.99..=2.01).contains(&elapsed), "2 MB of debt at 1 MB/s took {elapsed} s to repay");
+        assert!(
+            (1.99..=2.01).contains(&elapsed),
+            "2 MB of debt at 1 MB/s took {elapsed} s to repay"
+        );
     }
 
     #[test]
