@@ -3,7 +3,8 @@
 //! header, the copy-free layout), measured in the same run.
 //!
 //! `seal_8_parts` seals the same bytes given as 8 separate parts (a change set of 8 batches as
-//! they lie in the cache), the seal workers' usual case.
+//! they lie in the cache), the seal workers' usual case; `seal_8_parts_reused` also reuses the
+//! previous object's output buffer, as the workers do once an upload hands it back.
 //!
 //! Data: `ferry_perf::datagen` (mixed: zstd-1 ratio 2.37, like LIMITS.md's yardstick; random:
 //! incompressible). Objects of 1, 4 and 8 MiB; zstd levels -1, 1 and 3.
@@ -42,6 +43,16 @@ fn bench_seal(c: &mut Criterion) {
                 let parts: Vec<&[u8]> = plain.chunks(plain.len().div_ceil(8)).collect();
                 group.bench_function(BenchmarkId::new("seal_8_parts", level), |b| {
                     b.iter(|| sealer.seal_parts(&key, NAME, &parts).expect("seals"))
+                });
+                // As the seal workers do: the output buffer of the previous object reused.
+                let mut spare = Vec::new();
+                group.bench_function(BenchmarkId::new("seal_8_parts_reused", level), |b| {
+                    b.iter(|| {
+                        let sealed = sealer
+                            .seal_parts_into(&key, NAME, &parts, std::mem::take(&mut spare))
+                            .expect("seals");
+                        spare = sealed;
+                    })
                 });
                 let mut cctx = zstd::bulk::Compressor::new(level).expect("valid level");
                 let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()));

@@ -67,6 +67,25 @@ fn parts_seal_like_one_buffer() {
     assert_eq!(seal::unseal(&key, NAME, &sealed).unwrap(), noise);
 }
 
+/// A reused output buffer (larger, and full of an earlier object's bytes) changes nothing: the
+/// object unseals to its own plaintext, compressed or stored, and is exactly as long as one
+/// sealed into a fresh buffer.
+#[test]
+fn a_reused_output_buffer_leaves_no_trace() {
+    let key = key();
+    let mut sealer = Sealer::new(1).unwrap();
+    let mut spare = vec![0xA5u8; 2_000_000];
+    for plain in [compressible(300_000), random(200_000), compressible(10), Vec::new()] {
+        let parts: Vec<&[u8]> = plain.chunks(70_001).collect();
+        let fresh_len = sealer.seal_parts(&key, NAME, &parts).unwrap().len();
+        let sealed = sealer.seal_parts_into(&key, NAME, &parts, spare).unwrap();
+        assert_eq!(seal::unseal(&key, NAME, &sealed).unwrap(), plain);
+        assert_eq!(sealed.len(), fresh_len, "nothing of the old contents is kept");
+        spare = sealed;
+        spare.resize(spare.capacity(), 0x5A); // dirty it again for the next round
+    }
+}
+
 #[test]
 fn nonces_are_fresh() {
     let key = key();

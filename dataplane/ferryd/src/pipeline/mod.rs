@@ -234,6 +234,8 @@ struct Coordinator {
     disks: HashMap<Uuid, DiskProgress>,
     in_flight_bytes: u64,
     jobs: crossbeam_channel::Sender<SealJob>,
+    /// Output buffers of stored objects, back to the seal workers (full: dropped).
+    spare_buffers: crossbeam_channel::Sender<Vec<u8>>,
     sealed: tokio::sync::mpsc::Receiver<Sealed>,
     outcomes_tx: tokio::sync::mpsc::UnboundedSender<UploadOutcome>,
     outcomes: tokio::sync::mpsc::UnboundedReceiver<UploadOutcome>,
@@ -254,10 +256,12 @@ pub fn start(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(SEAL_QUEUE_DEPTH);
+    let (spare_tx, spare_rx) = crossbeam_channel::bounded(worker::SPARE_BUFFERS);
     let (sealed_tx, sealed_rx) = tokio::sync::mpsc::channel(SEAL_QUEUE_DEPTH);
     let workers = worker::WorkerPool {
         jobs: jobs_rx,
         results: sealed_tx,
+        spare_buffers: spare_rx,
         cache: cache.clone(),
         keyring: keyring.clone(),
         level: tuning.compression_level.clone(),
@@ -285,6 +289,7 @@ pub fn start(
         disks: HashMap::new(),
         in_flight_bytes: 0,
         jobs: jobs_tx,
+        spare_buffers: spare_tx,
         sealed: sealed_rx,
         outcomes_tx,
         outcomes,
@@ -634,7 +639,11 @@ impl Coordinator {
 
     fn on_outcome(&mut self, outcome: UploadOutcome) {
         match outcome {
-            UploadOutcome::Stored(upload) => {
+            UploadOutcome::Stored(mut upload) => {
+                // The storage layer kept no reference: the buffer goes back for the next object.
+                if let Ok(buffer) = std::mem::take(&mut upload.sealed).try_into_mut() {
+                    let _ = self.spare_buffers.try_send(Vec::from(buffer));
+                }
                 let Some(progress) = self.disks.get_mut(&upload.disk_id) else {
                     return;
                 };

@@ -1,7 +1,10 @@
 //! Seal workers: OS threads (one per core by default) that take a change set's batch range,
 //! read the batches from the cache (from memory while resident, else from the segment files),
-//! collect its bookmarks, and zstd + AES-GCM seal it straight from those buffers. Jobs arrive
-//! on a bounded crossbeam channel; results go back to the coordinator on a tokio channel.
+//! collect its bookmarks, and zstd + AES-GCM seal them (joined into one contiguous input, see
+//! `Sealer::seal_parts`). Jobs arrive on a bounded crossbeam channel; results go back to the
+//! coordinator on a tokio channel. Output buffers come back from finished uploads through
+//! [`SPARE_BUFFERS`] slots and are reused, so a steady stream of objects allocates (and
+//! page-faults) nothing new.
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -14,6 +17,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::cache::Cache;
+
+/// Sealed-object buffers kept for reuse at most (each about a change set: at the default
+/// 8 MiB, 64 MiB retained in all).
+pub const SPARE_BUFFERS: usize = 8;
 
 pub struct SealJob {
     pub disk_id: Uuid,
@@ -47,6 +54,8 @@ pub struct Sealed {
 pub struct WorkerPool {
     pub jobs: Receiver<SealJob>,
     pub results: tokio::sync::mpsc::Sender<Sealed>,
+    /// Output buffers of uploaded objects, handed back by the coordinator.
+    pub spare_buffers: Receiver<Vec<u8>>,
     pub cache: Cache,
     pub keyring: Keyring,
     pub level: Arc<AtomicI32>,
@@ -110,7 +119,8 @@ impl WorkerPool {
                         let _ = sealer.set_level(wanted);
                     }
                     let started = std::time::Instant::now();
-                    let sealed = seal(&mut sealer, &self.cache, &self.keyring, &job);
+                    let spare = self.spare_buffers.try_recv().unwrap_or_default();
+                    let sealed = seal(&mut sealer, &self.cache, &self.keyring, &job, spare);
                     self.busy_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if self.results.blocking_send(sealed).is_err() {
@@ -131,7 +141,7 @@ impl WorkerPool {
     }
 }
 
-fn seal(sealer: &mut Sealer, cache: &Cache, keyring: &Keyring, job: &SealJob) -> Sealed {
+fn seal(sealer: &mut Sealer, cache: &Cache, keyring: &Keyring, job: &SealJob, spare: Vec<u8>) -> Sealed {
     let name = ObjectName::Log {
         disk_id: job.disk_id,
         first_seq: job.first_seq,
@@ -170,7 +180,7 @@ fn seal(sealer: &mut Sealer, cache: &Cache, keyring: &Keyring, job: &SealJob) ->
     let slices: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
     let key = keyring.disk_key(job.disk_id);
     let result = sealer
-        .seal_parts(&key, &name, &slices)
+        .seal_parts_into(&key, &name, &slices, spare)
         .map(|sealed| (Bytes::from(sealed), bookmarks))
         .map_err(|e| e.to_string());
     Sealed {
