@@ -4,6 +4,7 @@ mod agent;
 mod bandwidth;
 mod control;
 mod ctl_init;
+mod early_answers;
 mod ingest;
 mod perf;
 mod pipeline;

@@ -329,26 +329,21 @@ async fn put_batch(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let arrived = std::time::Instant::now();
-    draining(state)?;
-    let disk = owned_disk(state, machine, disk_id)?;
     let max_batch_bytes = state.config.ingest.max_batch_bytes;
     let limit = max_batch_bytes as usize + BATCH_HEADER_LEN;
-    if let Some(Admission::OutOfWindow { expected_seq }) = state.cache.window_check(disk_id, seq).map_err(internal)? {
-        return Err(out_of_window(seq, expected_seq));
-    }
     let content_length = request
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let record = match content_length {
-        Some(len) if len > limit => {
-            return Err(ApiError::new(
-                413,
-                "too_large",
-                format!("the batch is {len} bytes; payload_len may be at most {max_batch_bytes}"),
-            ));
+    let disk = match refuse_before_reading(state, machine, disk_id, seq, content_length, limit) {
+        Ok(disk) => disk,
+        Err(refusal) => {
+            discard_body(request.into_body(), limit).await;
+            return Err(refusal);
         }
+    };
+    let record = match content_length {
         Some(len) => read_body_into_record(request.into_body(), len).await?,
         None => read_unsized_body(request.into_body(), limit).await?,
     };
@@ -411,6 +406,55 @@ async fn put_batch(
             Err(ApiError::new(500, "internal", "the cache could not store the batch; retry").retry_after(1))
         }
     }
+}
+
+/// What can be refused from the headers alone: draining, a disk that is not the caller's, a
+/// seq past the window, a declared length over the limit.
+fn refuse_before_reading(
+    state: &AppState,
+    machine: Uuid,
+    disk_id: Uuid,
+    seq: u64,
+    content_length: Option<usize>,
+    limit: usize,
+) -> Result<DiskView, ApiError> {
+    draining(state)?;
+    let disk = owned_disk(state, machine, disk_id)?;
+    if let Some(Admission::OutOfWindow { expected_seq }) = state.cache.window_check(disk_id, seq).map_err(internal)? {
+        return Err(out_of_window(seq, expected_seq));
+    }
+    if let Some(len) = content_length.filter(|len| *len > limit) {
+        let max_batch_bytes = limit - BATCH_HEADER_LEN;
+        return Err(ApiError::new(
+            413,
+            "too_large",
+            format!("the batch is {len} bytes; payload_len may be at most {max_batch_bytes}"),
+        ));
+    }
+    Ok(disk)
+}
+
+/// Longest a refused body is read for.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads and drops a refused body, at most `limit` bytes and [`DISCARD_TIMEOUT`], before the
+/// answer goes out. Answering first and resetting the stream is allowed by RFC 9113 (8.1), but
+/// curl 7.88 then reports error 92 with no answer, and a client that sends its whole body
+/// before reading (httpx) stalls on flow control: neither would see the code or Retry-After.
+/// Reading the rest is what the client sends anyway, and memory-free (frames are dropped).
+async fn discard_body(mut body: Incoming, limit: usize) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > limit {
+                    return; // more than any batch may be: stop reading, the stream is reset
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
 }
 
 fn out_of_window(seq: u64, expected_seq: u64) -> ApiError {
