@@ -523,10 +523,11 @@ change_set_bytes = {change_set_bytes}
 flush_delay_ms = {flush_delay_ms}
 # Uploads in flight at once (1-1024).
 upload_concurrency = {upload_concurrency}
-# Memory bound, used twice: the cache keeps at most this much of received batches in memory
-# for the seal workers (older ones are read back from disk), and the pipeline has at most this
-# much plaintext in flight (at the limit it waits). With sealed objects on top, ferryd's peak
-# memory stays under about 2.5 x this value.
+# Memory bound, used three times: the cache keeps at most this much of received batches in
+# memory for the seal workers (older ones are read back from disk), the pipeline has at most
+# this much plaintext in flight (at the limit it waits), and batch bodies being received
+# reserve at most a quarter of it (more get 503 busy with Retry-After). With sealed objects on
+# top, ferryd's peak memory stays under about 2.5 x this value.
 memory_budget_bytes = {memory_budget_bytes}
 # Upload bandwidth cap in bytes per second; 0 = unlimited.
 bandwidth_cap_bytes_per_sec = {bandwidth}

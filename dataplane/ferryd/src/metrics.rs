@@ -84,6 +84,21 @@ pub fn render(state: &crate::server::AppState) -> String {
         "Batches acknowledged (durable in the cache).",
         state.metrics.batches.load(Ordering::Relaxed),
     );
+    let (reserved, _, refused) = state.ingest_memory.usage();
+    metric(
+        &mut out,
+        "ferry_ingest_body_bytes",
+        "gauge",
+        "Bytes reserved by batch bodies being received now (at most a quarter of the memory budget).",
+        reserved,
+    );
+    metric(
+        &mut out,
+        "ferry_ingest_busy_total",
+        "counter",
+        "Batches refused with 503 busy because their bodies would not fit the memory budget.",
+        refused,
+    );
     metric(
         &mut out,
         "ferry_ingest_bytes_total",

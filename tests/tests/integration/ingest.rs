@@ -644,3 +644,53 @@ async fn a_filling_cache_raises_alerts_and_throttles_before_it_is_full() {
         "nothing partial"
     );
 }
+
+/// Batch bodies reserve their bytes from the memory budget before they are read: with a
+/// budget that leaves room for one 4 MiB body, 16 bodies sent at once get `503 busy` with
+/// Retry-After instead of 64 MiB of buffers, and every batch is stored once retried.
+#[tokio::test]
+async fn many_concurrent_large_bodies_get_busy_instead_of_memory() {
+    let appliance = Appliance::init(|config| {
+        small_segments(config)
+            .replace("change_set_bytes = 8388608", "change_set_bytes = 1048576")
+            .replace("memory_budget_bytes = 536870912", "memory_budget_bytes = 10485760")
+    });
+    let _ferryd = Ferryd::start(&appliance).await;
+    let client = appliance.register("m").await.data_client().unwrap();
+    let disks: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
+    for disk in &disks {
+        client.put_disk(*disk, &spec()).await.unwrap();
+    }
+    let bodies: Vec<Bytes> = disks.iter().map(|d| batch(*d, 1, 8000)).collect(); // ~4 MiB each
+    let answers = futures::future::join_all(
+        disks
+            .iter()
+            .zip(&bodies)
+            .map(|(disk, body)| client.put_batch(*disk, 1, body.clone())),
+    )
+    .await;
+    let mut busy = 0;
+    for answer in &answers {
+        match answer {
+            Ok(ack) => assert_eq!(ack.durable_seq, 1),
+            Err(ClientError::Status {
+                status: 503,
+                code,
+                retry_after_secs,
+                ..
+            }) if code == "busy" => {
+                assert_eq!(*retry_after_secs, Some(1));
+                busy += 1;
+            }
+            Err(other) => panic!("unexpected answer: {other}"),
+        }
+    }
+    assert!(busy > 0, "16 bodies of 4 MiB at once fit a 2.5 MiB ingest budget?");
+    for (disk, body) in disks.iter().zip(&bodies) {
+        BatchSender::new(client.clone(), *disk, 1, RetryPolicy::default())
+            .send_all(vec![(1, body.clone())])
+            .await
+            .unwrap();
+        assert_eq!(client.get_disk(*disk).await.unwrap().durable_seq, 1);
+    }
+}

@@ -343,6 +343,16 @@ async fn put_batch(
             return Err(refusal);
         }
     };
+    // Reserved before the body is read, held until the answer (the cache then owns the record).
+    let Some(_reserved) = state.ingest_memory.try_reserve(content_length.unwrap_or(limit) as u64) else {
+        discard_body(request.into_body(), limit).await;
+        return Err(ApiError::new(
+            503,
+            "busy",
+            "too many batch bodies are being received at once (memory budget); retry",
+        )
+        .retry_after(1));
+    };
     let record = match content_length {
         Some(len) => read_body_into_record(request.into_body(), len).await?,
         None => read_unsized_body(request.into_body(), limit).await?,

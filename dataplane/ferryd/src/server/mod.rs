@@ -53,6 +53,8 @@ pub struct AppState {
     pub tuning: Arc<crate::pipeline::tuning::Tuning>,
     /// The configuration as last tuned (what ferry.toml says now).
     pub tuned: std::sync::Mutex<ApplianceConfig>,
+    /// Batch bodies being received (a quarter of the memory budget).
+    pub ingest_memory: Arc<crate::ingest_memory::IngestMemory>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -173,6 +175,10 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         rates: Default::default(),
         metrics: Default::default(),
         system: crate::alerts::SystemMonitor::new(Duration::from_secs(config_sustained)),
+        ingest_memory: crate::ingest_memory::IngestMemory::new(crate::ingest_memory::limit_for(
+            tuned.pipeline.memory_budget_bytes,
+            u64::from(tuned.ingest.max_batch_bytes) + ferry_format::batch::BATCH_HEADER_LEN as u64,
+        )),
         tuned: std::sync::Mutex::new(tuned),
         tuning,
     });
