@@ -296,6 +296,19 @@ fn classify_status(operation: Operation, name: &str, status: u16, detail: &str) 
     }
 }
 
+/// A listing prefix (empty, or ending in '/') as object_store's path (without the '/').
+fn store_prefix(prefix: &str) -> Result<Option<StorePath>, StorageError> {
+    match prefix.strip_suffix('/') {
+        Some(directory) => StorePath::parse(directory)
+            .map(Some)
+            .map_err(|_| StorageError::InvalidName {
+                name: prefix.to_string(),
+                reason: "not a valid blob path",
+            }),
+        None => Ok(None),
+    }
+}
+
 /// The three-digit status in object_store's "status code: 503 Service Unavailable" text.
 fn status_in(text: &str) -> Option<u16> {
     let at = text.find("status code: ")? + "status code: ".len();
@@ -445,13 +458,7 @@ impl ObjectStorage for AzureBlob {
     ) -> Result<Vec<ObjectMeta>, StorageError> {
         validate_prefix(prefix)?;
         let limit = max_results.min(LIST_PAGE_MAX);
-        let store_prefix = match prefix.strip_suffix('/') {
-            Some(directory) => Some(StorePath::parse(directory).map_err(|_| StorageError::InvalidName {
-                name: prefix.to_string(),
-                reason: "not a valid blob path",
-            })?),
-            None => None,
-        };
+        let store_prefix = store_prefix(prefix)?;
         let stream = match start_after {
             Some(after) => {
                 let offset = StorePath::parse(after).map_err(|_| StorageError::InvalidName {
@@ -477,13 +484,7 @@ impl ObjectStorage for AzureBlob {
 
     async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         validate_prefix(prefix)?;
-        let store_prefix = match prefix.strip_suffix('/') {
-            Some(directory) => Some(StorePath::parse(directory).map_err(|_| StorageError::InvalidName {
-                name: prefix.to_string(),
-                reason: "not a valid blob path",
-            })?),
-            None => None,
-        };
+        let store_prefix = store_prefix(prefix)?;
         let listed = self
             .store
             .list_with_delimiter(store_prefix.as_ref())

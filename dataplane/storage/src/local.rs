@@ -77,6 +77,19 @@ impl LocalDirectory {
         }
     }
 
+    /// A listing needs a valid prefix and the root (a missing root is not an empty listing).
+    fn check_listing(&self, prefix: &str) -> Result<(), StorageError> {
+        validate_prefix(prefix)?;
+        if self.root_missing() {
+            return Err(map_io(
+                Operation::List,
+                prefix,
+                io::Error::new(io::ErrorKind::NotFound, "target directory is missing"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Deletes temporary files a crash left behind; returns how many.
     pub fn remove_stray_temporaries(&self) -> io::Result<usize> {
         let mut removed = 0;
@@ -362,14 +375,7 @@ impl ObjectStorage for LocalDirectory {
         start_after: Option<&str>,
         max_results: usize,
     ) -> Result<Vec<ObjectMeta>, StorageError> {
-        validate_prefix(prefix)?;
-        if self.root_missing() {
-            return Err(map_io(
-                Operation::List,
-                prefix,
-                io::Error::new(io::ErrorKind::NotFound, "target directory is missing"),
-            ));
-        }
+        self.check_listing(prefix)?;
         let root = self.root.clone();
         let owned_prefix = prefix.to_string();
         let all = blocking(Operation::List, prefix, move || list_blocking(&root, &owned_prefix))
@@ -384,14 +390,7 @@ impl ObjectStorage for LocalDirectory {
     }
 
     async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        validate_prefix(prefix)?;
-        if self.root_missing() {
-            return Err(map_io(
-                Operation::List,
-                prefix,
-                io::Error::new(io::ErrorKind::NotFound, "target directory is missing"),
-            ));
-        }
+        self.check_listing(prefix)?;
         let dir = self.root.join(prefix);
         let owned_prefix = prefix.to_string();
         blocking(Operation::List, prefix, move || {

@@ -269,19 +269,8 @@ fn init_on_azurite_creates_joins_and_refuses() {
         "{}",
         missing.stdout
     );
-    let text = ferryctl(&[
-        "init",
-        s(&tmp.path().join("m")),
-        "--azure-account",
-        AZURITE_ACCOUNT,
-        "--azure-container",
-        &container,
-        "--azure-endpoint",
-        &endpoint,
-        "--azure-key-file",
-        s(&key_file),
-    ]);
-    assert_eq!(text.stderr.trim().lines().count(), 1, "one line: {}", text.stderr);
+    let error = missing.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(!error.is_empty() && !error.contains('\n'), "one line: {error}");
     assert!(!tmp.path().join("m").exists());
 
     let first = tmp.path().join("first");
