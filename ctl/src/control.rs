@@ -131,6 +131,10 @@ pub fn render_status(status: &Status) -> String {
         u.uploads_in_flight,
         u.upload_concurrency
     ));
+    out.push_str(&format!(
+        "objects    {} written since start (each at least one billed PUT); {:.0} per hour over 1 min\n",
+        status.storage_puts, status.storage_puts_per_hour
+    ));
     out.push_str(&format!("upload errors since start: {errors}\n"));
     for alert in &status.alerts {
         out.push_str(&format!(

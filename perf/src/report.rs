@@ -63,6 +63,15 @@ pub fn table(r: &Report) -> String {
         ("ferryd peak RSS", opt(r.ferryd_peak_rss_mib, 0, " MiB")),
         ("compression", opt(r.compression_ratio, 2, "x")),
         (
+            "storage PUTs",
+            format!(
+                "{} objects, {} per GB, {} per hour",
+                r.storage_puts.map_or("-".into(), |p| p.to_string()),
+                opt(r.puts_per_gb, 0, ""),
+                opt(r.puts_per_hour, 0, "")
+            ),
+        ),
+        (
             "retries",
             if r.retries.is_empty() {
                 "none".into()

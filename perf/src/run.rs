@@ -53,6 +53,11 @@ pub struct Report {
     /// `ferry_compression_ratio` (batch bytes over sealed bytes stored).
     pub compression_ratio: Option<f64>,
     pub retries: std::collections::BTreeMap<String, u64>,
+    /// Objects ferryd wrote to the target (`ferry_storage_puts_total`; each at least one billed
+    /// PUT), when ferry-perf started ferryd; per GB ingested and per hour of the run.
+    pub storage_puts: Option<u64>,
+    pub puts_per_gb: Option<f64>,
+    pub puts_per_hour: Option<f64>,
     pub limits: Option<Limits>,
     /// Ingest MB/s over the limits probe's ideal ceiling for this machine.
     pub fraction_of_ceiling: Option<f64>,
@@ -171,6 +176,11 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
             .and_then(|address| crate::procs::scrape_metric(address, "ferry_compression_ratio"))
             .filter(|ratio| *ratio > 0.0),
     };
+    let storage_puts = ferryd
+        .metrics
+        .as_deref()
+        .and_then(|address| crate::procs::scrape_metric(address, "ferry_storage_puts_total"))
+        .map(|puts| puts as u64);
     let ingest_mb_per_s = ingested as f64 / 1e6 / load_seconds;
     let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);
     let machine = machine_description();
@@ -193,6 +203,9 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         ferryd_peak_rss_mib: usage_after.map(|u| u.1),
         compression_ratio,
         retries,
+        storage_puts,
+        puts_per_gb: storage_puts.map(|p| p as f64 / (ingested as f64 / 1e9).max(1e-9)),
+        puts_per_hour: storage_puts.map(|p| p as f64 * 3600.0 / total_seconds.max(1e-9)),
         limits,
         fraction_of_ceiling,
         samples,

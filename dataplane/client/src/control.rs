@@ -87,6 +87,12 @@ pub struct Status {
     /// Batch bytes acknowledged, and stored in the target, since ferryd started.
     pub ingested_bytes: u64,
     pub uploaded_bytes: u64,
+    /// Objects written to the target since start (each at least one billed PUT).
+    #[serde(default)]
+    pub storage_puts: u64,
+    /// The rate of those over the last minute, per hour.
+    #[serde(default)]
+    pub storage_puts_per_hour: f64,
     pub utilisation: Utilisation,
     /// Failed uploads since start, by reason (each is retried; the data stays cached).
     pub upload_errors: BTreeMap<String, u64>,
@@ -113,6 +119,9 @@ pub struct Tunables {
     pub worker_threads: u32,
     pub change_set_bytes: u64,
     pub flush_delay_ms: u64,
+    /// Longest a quiet disk's flush delay grows to.
+    #[serde(default)]
+    pub idle_flush_delay_max_ms: u64,
     pub memory_budget_bytes: u64,
     pub bandwidth_cap_bytes_per_sec: u64,
     /// `[{days, start_hour, end_hour, cap_bytes_per_sec}]`, local time.
@@ -129,6 +138,8 @@ pub struct InEffect {
     pub upload_concurrency: usize,
     pub change_set_bytes: u64,
     pub flush_delay_ms: u64,
+    #[serde(default)]
+    pub idle_flush_delay_max_ms: u64,
     pub memory_budget_bytes: u64,
     /// The cap in force now (schedule applied); 0 = unlimited.
     pub bandwidth_cap_bytes_per_sec: u64,

@@ -118,6 +118,9 @@ pub struct PipelineConfig {
     pub worker_threads: u32,
     pub change_set_bytes: u64,
     pub flush_delay_ms: u64,
+    /// A disk that writes little waits up to this long between objects (doubling from
+    /// `flush_delay_ms` while its change sets stay small); bookmarks are never held back.
+    pub idle_flush_delay_max_ms: u64,
     pub upload_concurrency: u32,
     pub memory_budget_bytes: u64,
     /// 0: unlimited.
@@ -167,6 +170,7 @@ impl Default for PipelineConfig {
             worker_threads: 0,
             change_set_bytes: 8 * MIB,
             flush_delay_ms: 1000,
+            idle_flush_delay_max_ms: 60_000,
             upload_concurrency: 32,
             memory_budget_bytes: 512 * MIB,
             bandwidth_cap_bytes_per_sec: 0,
@@ -380,6 +384,13 @@ impl ApplianceConfig {
             256 * MIB,
         )?;
         range("pipeline.flush_delay_ms", self.pipeline.flush_delay_ms, 10, 600_000)?;
+        // Below flush_delay_ms it simply means "never longer than flush_delay_ms".
+        range(
+            "pipeline.idle_flush_delay_max_ms",
+            self.pipeline.idle_flush_delay_max_ms,
+            10,
+            600_000,
+        )?;
         range("pipeline.upload_concurrency", self.pipeline.upload_concurrency, 1, 1024)?;
         let budget_floor = 2 * (self.pipeline.change_set_bytes + u64::from(self.ingest.max_batch_bytes));
         if self.pipeline.memory_budget_bytes < budget_floor {
@@ -519,8 +530,14 @@ compression_level = {level}
 worker_threads = {workers}
 # Target plaintext size of one change set object (1 MiB - 256 MiB).
 change_set_bytes = {change_set_bytes}
-# Longest a durable batch waits before its change set is cut (bounds the RPO Ferry adds).
+# Longest a durable batch waits before its change set is cut. A batch with a bookmark is cut at
+# once, so recovery points (and their RPO) never wait for it.
 flush_delay_ms = {flush_delay_ms}
+# A quiet disk (its change sets under a quarter of change_set_bytes) waits longer, doubling
+# from flush_delay_ms up to this (10 - 600000; at or below flush_delay_ms: never longer):
+# fewer, larger objects, so fewer billed PUTs; its recovery points still go at once, and a
+# drain (ferryctl drain, or stopping ferryd) cuts everything at once.
+idle_flush_delay_max_ms = {idle_flush_delay_max_ms}
 # Uploads in flight at once (1-1024).
 upload_concurrency = {upload_concurrency}
 # Memory bound, used three times: the cache keeps at most this much of received batches in
@@ -580,6 +597,7 @@ total_budget_ms = {total_budget_ms}
             workers = p.worker_threads,
             change_set_bytes = p.change_set_bytes,
             flush_delay_ms = p.flush_delay_ms,
+            idle_flush_delay_max_ms = p.idle_flush_delay_max_ms,
             upload_concurrency = p.upload_concurrency,
             memory_budget_bytes = p.memory_budget_bytes,
             bandwidth = p.bandwidth_cap_bytes_per_sec,

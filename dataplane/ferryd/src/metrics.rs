@@ -84,6 +84,13 @@ pub fn render(state: &crate::server::AppState) -> String {
         "Batches acknowledged (durable in the cache).",
         state.metrics.batches.load(Ordering::Relaxed),
     );
+    metric(
+        &mut out,
+        "ferry_storage_puts_total",
+        "counter",
+        "Objects written to the target (change sets, points, descriptors): each at least one billed PUT.",
+        state.pipeline.storage_puts(),
+    );
     let (reserved, _, refused) = state.ingest_memory.usage();
     metric(
         &mut out,

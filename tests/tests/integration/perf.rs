@@ -45,6 +45,10 @@ fn a_short_run_drains_and_reports_consistent_totals() {
     let ratio = report["compression_ratio"].as_f64().unwrap();
     assert!(ratio > 1.5 && ratio < 4.0, "mixed data stored sealed: {ratio}");
     assert!(report["ferryd_peak_rss_mib"].as_f64().unwrap() > 0.0);
+    // Each of the 4 disks wrote at least its descriptor, a change set and a point.
+    let puts = report["storage_puts"].as_u64().unwrap_or(0);
+    assert!(puts >= 12, "{report}");
+    assert!(report["puts_per_gb"].as_f64().unwrap() > 0.0 && report["puts_per_hour"].as_f64().unwrap() > 0.0);
     assert!(!report["samples"].as_array().unwrap().is_empty());
     let written: Vec<String> = std::fs::read_dir(out.path())
         .unwrap()

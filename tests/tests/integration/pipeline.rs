@@ -622,3 +622,67 @@ async fn disks_are_found_by_prefix_and_name_from_storage_alone() {
     assert!(!run.stderr.contains("damaged"), "{}", run.stderr);
     assert!(!past.exists(), "nothing is written");
 }
+
+/// A quiet disk (a small batch every 50 ms, no bookmark) with `flush_delay_ms = 50`: its flush
+/// delay doubles while its change sets stay small, so it makes a handful of objects instead of
+/// one per 50 ms (about 100 here); the bookmark at the end still becomes a point, and the data
+/// restores exactly. `ferry_storage_puts_total` counts what was written.
+#[tokio::test]
+async fn a_quiet_disk_makes_few_objects() {
+    let appliance = Appliance::init(|c| {
+        fast_pipeline(c).replace("idle_flush_delay_max_ms = 60000", "idle_flush_delay_max_ms = 3000")
+    });
+    let ferryd = Ferryd::start(&appliance).await;
+    let client = appliance.register("m").await.data_client().unwrap();
+    let disk = Uuid::new_v4();
+    client.put_disk(disk, &spec()).await.unwrap();
+    let mut model = vec![0u8; DISK_BYTES];
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        seq += 1;
+        let mut enc = BatchEncoder::new(seq, 1_790_000_000_000 + seq);
+        let offset = (seq as usize * SECTOR) % DISK_BYTES;
+        let data = vec![seq as u8; SECTOR];
+        model[offset..offset + SECTOR].copy_from_slice(&data);
+        enc.write(offset as u64, &data);
+        client.put_batch(disk, seq, enc.finish()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seq += 1;
+    let mut last = BatchEncoder::new(seq, 1_790_000_000_000 + seq);
+    last.bookmark(&Bookmark {
+        id: BookmarkId::new("quiet-end").unwrap(),
+        kind: BookmarkKind::Crash,
+        tag: None,
+        group_id: None,
+    });
+    client.put_batch(disk, seq, last.finish()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.get_disk(disk).await.unwrap().latest_point.map(|p| p.seq) != Some(seq) {
+        assert!(Instant::now() < deadline, "the point never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = appliance.dir.join(format!("target/ferry/v1/disks/{disk}/log"));
+    let objects = std::fs::read_dir(&log).unwrap().count();
+    assert!(
+        objects <= 20,
+        "{objects} objects for {seq} small batches: the quiet disk's delay did not grow"
+    );
+    let metrics = ferry_tests::scrape_metrics(&appliance.metrics).await;
+    let puts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_storage_puts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        puts >= objects as u64 + 2,
+        "objects, the point and disk.fseal are counted: {puts}"
+    );
+    drop(ferryd);
+    let scratch = tempfile::tempdir().unwrap();
+    assert_eq!(
+        restored_hash(&appliance, disk, &["--point", "quiet-end"], scratch.path(), "quiet"),
+        sha256(&model)
+    );
+}

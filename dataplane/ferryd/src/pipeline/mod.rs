@@ -19,6 +19,7 @@
 //! - **Memory**: the plaintext bytes of change sets between dispatch and commit stay within
 //!   `memory_budget_bytes` (one change set may always proceed, so progress is guaranteed).
 
+pub mod idle_delay;
 pub mod tuning;
 pub mod worker;
 
@@ -105,6 +106,9 @@ pub struct PipelineStatus {
     upload_errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
     /// Sealed bytes stored since start.
     sealed_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Objects written to the target since start (change sets, points, descriptors): each at
+    /// least one billed PUT.
+    storage_puts: Arc<std::sync::atomic::AtomicU64>,
     /// Time the seal workers spent sealing, summed over workers, since start.
     seal_busy_nanos: Arc<std::sync::atomic::AtomicU64>,
     seal_workers: Arc<std::sync::atomic::AtomicUsize>,
@@ -133,6 +137,10 @@ impl PipelineStatus {
 
     pub fn bandwidth_cap_now(&self) -> u64 {
         self.bandwidth_cap_now.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn storage_puts(&self) -> u64 {
+        self.storage_puts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn sealed_bytes(&self) -> u64 {
@@ -200,6 +208,8 @@ struct DiskProgress {
     /// Bookmarks of uploaded batches whose point is not yet written, by seq.
     pending_points: BTreeMap<u64, Vec<FoundBookmark>>,
     waiting_since: Option<Instant>,
+    /// This disk's flush delay ([`idle_delay`]): longer while it writes little.
+    flush_delay: Duration,
     descriptor_written: Option<(u64, String)>,
     latest_point: Option<PointSummary>,
     /// Whether `latest_point` was read back from storage (after a restart it is not in memory).
@@ -362,12 +372,28 @@ impl Coordinator {
         self.tuning.mark_applied(generation);
     }
 
+    fn delay_limits(&self) -> idle_delay::Limits {
+        if self.tuning.flush_all() {
+            return idle_delay::Limits {
+                base: Duration::ZERO,
+                max: Duration::ZERO,
+                change_set_bytes: self.tuning.change_set_bytes(),
+            };
+        }
+        idle_delay::Limits {
+            base: self.tuning.flush_delay(),
+            max: self.tuning.idle_flush_delay_max(),
+            change_set_bytes: self.tuning.change_set_bytes(),
+        }
+    }
+
     /// The next moment something is due: a flush delay ending or a retry.
     fn next_deadline(&self) -> Instant {
         let mut deadline = Instant::now() + Duration::from_secs(1);
+        let limits = self.delay_limits();
         for progress in self.disks.values() {
             if let Some(since) = progress.waiting_since {
-                deadline = deadline.min(since + self.tuning.flush_delay());
+                deadline = deadline.min(since + idle_delay::current(progress.flush_delay, limits));
             }
         }
         for (due, _) in self.retry_uploads.iter() {
@@ -407,6 +433,7 @@ impl Coordinator {
             completed: BTreeMap::new(),
             pending_points: BTreeMap::new(),
             waiting_since: None,
+            flush_delay: Duration::ZERO, // within the limits: the base delay
             descriptor_written: None,
             latest_point: None,
             latest_point_loaded: false,
@@ -482,7 +509,11 @@ impl Coordinator {
         self.storage
             .put(name, Bytes::from(sealed))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.status
+            .storage_puts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     async fn dispatch(&mut self) {
@@ -517,11 +548,8 @@ impl Coordinator {
             size_bytes: view.meta.size_bytes,
             sector_size: view.meta.sector_size,
         };
-        let (limit, delay, budget) = (
-            self.tuning.change_set_bytes(),
-            self.tuning.flush_delay(),
-            self.tuning.memory_budget_bytes(),
-        );
+        let (limit, budget) = (self.tuning.change_set_bytes(), self.tuning.memory_budget_bytes());
+        let limits = self.delay_limits();
         loop {
             let in_flight = self.in_flight_bytes;
             let progress = self.progress(view);
@@ -529,26 +557,32 @@ impl Coordinator {
                 return true;
             }
             let waiting_since = *progress.waiting_since.get_or_insert_with(Instant::now);
+            let delay = idle_delay::current(progress.flush_delay, limits);
             let first = progress.dispatched_through + 1;
-            let (mut last, mut bytes, mut cut) = (progress.dispatched_through, 0u64, false);
+            let (mut last, mut bytes, mut cut) = (progress.dispatched_through, 0u64, None);
             while last < view.durable_seq {
                 let Some(info) = self.cache.batch_info(disk_id, last + 1) else {
                     break;
                 };
                 if bytes > 0 && bytes + u64::from(info.batch_len) > limit {
-                    cut = true;
+                    cut = Some(idle_delay::Cut::Size);
                     break;
                 }
                 bytes += u64::from(info.batch_len);
                 last += 1;
-                if info.has_bookmark || bytes >= limit {
-                    cut = true;
+                if info.has_bookmark {
+                    cut = Some(idle_delay::Cut::Bookmark);
+                    break;
+                }
+                if bytes >= limit {
+                    cut = Some(idle_delay::Cut::Size);
                     break;
                 }
             }
-            if last < first || (!cut && waiting_since.elapsed() < delay) {
-                return true; // wait for more batches or for the flush delay
+            if last < first || (cut.is_none() && waiting_since.elapsed() < delay) {
+                return true; // wait for more batches or for the disk's flush delay
             }
+            let cut = cut.unwrap_or(idle_delay::Cut::Timer);
             if in_flight > 0 && in_flight + bytes > budget {
                 return false;
             }
@@ -565,6 +599,7 @@ impl Coordinator {
             let progress = self.progress(view);
             progress.dispatched_through = last;
             progress.waiting_since = (last < view.durable_seq).then(Instant::now);
+            progress.flush_delay = idle_delay::next(progress.flush_delay, cut, bytes, limits);
         }
     }
 
@@ -629,6 +664,7 @@ impl Coordinator {
                     status
                         .sealed_bytes
                         .fetch_add(upload.sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    status.storage_puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     UploadOutcome::Stored(upload)
                 }
                 Err(error) => UploadOutcome::Failed(upload, error),

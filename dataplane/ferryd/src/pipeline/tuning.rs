@@ -15,6 +15,9 @@ pub struct Tuning {
     upload_concurrency: AtomicUsize,
     change_set_bytes: AtomicU64,
     flush_delay_ms: AtomicU64,
+    idle_flush_delay_max_ms: AtomicU64,
+    /// Set while ferryd drains: every disk's batches are cut at once (no delay at all).
+    flush_all: std::sync::atomic::AtomicBool,
     memory_budget_bytes: AtomicU64,
     /// The whole pipeline section, for the bandwidth cap and its schedule.
     pipeline: Mutex<PipelineConfig>,
@@ -43,6 +46,8 @@ impl Tuning {
             upload_concurrency: AtomicUsize::new(1),
             change_set_bytes: AtomicU64::new(0),
             flush_delay_ms: AtomicU64::new(0),
+            idle_flush_delay_max_ms: AtomicU64::new(0),
+            flush_all: Default::default(),
             memory_budget_bytes: AtomicU64::new(0),
             pipeline: Mutex::new(config.clone()),
             generation: AtomicU64::new(0),
@@ -63,6 +68,8 @@ impl Tuning {
             .store((config.upload_concurrency as usize).max(1), Ordering::Relaxed);
         self.change_set_bytes.store(config.change_set_bytes, Ordering::Relaxed);
         self.flush_delay_ms.store(config.flush_delay_ms, Ordering::Relaxed);
+        self.idle_flush_delay_max_ms
+            .store(config.idle_flush_delay_max_ms, Ordering::Relaxed);
         self.memory_budget_bytes
             .store(config.memory_budget_bytes, Ordering::Relaxed);
         *self.pipeline.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
@@ -108,6 +115,20 @@ impl Tuning {
 
     pub fn flush_delay(&self) -> Duration {
         Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed))
+    }
+
+    /// While draining, nothing waits for a flush delay.
+    pub fn set_flush_all(&self, on: bool) {
+        self.flush_all.store(on, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    pub fn flush_all(&self) -> bool {
+        self.flush_all.load(Ordering::SeqCst)
+    }
+
+    pub fn idle_flush_delay_max(&self) -> Duration {
+        Duration::from_millis(self.idle_flush_delay_max_ms.load(Ordering::Relaxed))
     }
 
     pub fn memory_budget_bytes(&self) -> u64 {

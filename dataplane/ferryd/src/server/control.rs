@@ -25,7 +25,8 @@ use super::AppState;
 const SAMPLES: usize = 61;
 
 /// Counters sampled together: ingested bytes, uploaded bytes, seal-busy nanoseconds.
-type Counters = (u64, u64, u64);
+/// (ingested bytes, uploaded bytes, seal-busy nanoseconds, objects written to the target).
+type Counters = (u64, u64, u64, u64);
 
 /// One sample a second of the counters, seeded with ferryd's start (all zero), so rates are
 /// right during the first minute too.
@@ -36,7 +37,7 @@ pub struct RateSampler {
 impl Default for RateSampler {
     fn default() -> Self {
         Self {
-            samples: Mutex::new(VecDeque::from([(Instant::now(), (0, 0, 0))])),
+            samples: Mutex::new(VecDeque::from([(Instant::now(), (0, 0, 0, 0))])),
         }
     }
 }
@@ -50,9 +51,9 @@ impl RateSampler {
         }
     }
 
-    /// (ingest MB/s, upload MB/s, seal-busy seconds per second) from the oldest sample within
-    /// the last `seconds` to the counters `now`.
-    fn rates(&self, seconds: u64, now: Counters) -> (f64, f64, f64) {
+    /// (ingest MB/s, upload MB/s, seal-busy seconds per second, objects written per second)
+    /// from the oldest sample within the last `seconds` to the counters `now`.
+    fn rates(&self, seconds: u64, now: Counters) -> (f64, f64, f64, f64) {
         let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let at = Instant::now();
         let since = at.checked_sub(Duration::from_secs(seconds)).unwrap_or(at);
@@ -61,13 +62,14 @@ impl RateSampler {
             .find(|(when, _)| *when >= since)
             .or_else(|| samples.back())
         else {
-            return (0.0, 0.0, 0.0);
+            return (0.0, 0.0, 0.0, 0.0);
         };
         let span = at.duration_since(then).as_secs_f64().max(1e-3);
         (
             now.0.saturating_sub(before.0) as f64 / 1e6 / span,
             now.1.saturating_sub(before.1) as f64 / 1e6 / span,
             now.2.saturating_sub(before.2) as f64 / 1e9 / span,
+            now.3.saturating_sub(before.3) as f64 / span,
         )
     }
 }
@@ -152,12 +154,14 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
             Err(e) => Err(ApiError::new(400, "bad_request", format!("tune request: {e}"))),
         },
         (Method::POST, "/v1/drain") => {
+            state.tuning.set_flush_all(true);
             if state.admission.set_maintenance(true) {
                 tracing::info!("draining for maintenance: refusing new data, uploading the cache");
             }
             Ok(json(StatusCode::OK, &status(state)))
         }
         (Method::POST, "/v1/resume") => {
+            state.tuning.set_flush_all(false);
             if state.admission.set_maintenance(false) {
                 tracing::info!("accepting data again");
             }
@@ -177,6 +181,7 @@ fn counters(state: &AppState) -> Counters {
         state.ingested_bytes.load(Ordering::Relaxed),
         state.pipeline.uploaded_bytes(),
         state.pipeline.seal_work().1,
+        state.pipeline.storage_puts(),
     )
 }
 
@@ -210,8 +215,8 @@ fn status(state: &AppState) -> Status {
     let usage = state.cache.usage();
     let backlog: u64 = disks.iter().map(|d| d.backlog_bytes).sum();
     let now = counters(state);
-    let (ingest_10, upload_10, busy_10) = state.rates.rates(10, now);
-    let (ingest_60, upload_60, _) = state.rates.rates(60, now);
+    let (ingest_10, upload_10, busy_10, _) = state.rates.rates(10, now);
+    let (ingest_60, upload_60, _, puts_60) = state.rates.rates(60, now);
     let (seal_workers, _) = state.pipeline.seal_work();
     let (uploads_in_flight, upload_concurrency) = state.pipeline.uploads();
     let draining = state.admission.refusal().is_some();
@@ -263,6 +268,8 @@ fn status(state: &AppState) -> Status {
         },
         ingested_bytes: now.0,
         uploaded_bytes: now.1,
+        storage_puts: now.3,
+        storage_puts_per_hour: puts_60 * 3600.0,
         utilisation: Utilisation {
             seal_workers,
             seal_busy_10s: (busy_10 / seal_workers.max(1) as f64).min(1.0),

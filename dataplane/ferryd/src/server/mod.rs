@@ -211,6 +211,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     until.await;
     tracing::info!("draining: refusing new requests, finishing those in flight");
     state.admission.shut_down();
+    state.tuning.set_flush_all(true);
     let _ = stop.send(true);
     let _ = data_loop.await;
     let _ = management_loop.await;

@@ -12,12 +12,13 @@ use super::http::ApiError;
 use super::AppState;
 
 /// ferry.toml path of each tunable.
-const KEYS: [(&str, &str, &str); 10] = [
+const KEYS: [(&str, &str, &str); 11] = [
     ("upload_concurrency", "pipeline", "upload_concurrency"),
     ("compression_level", "pipeline", "compression_level"),
     ("worker_threads", "pipeline", "worker_threads"),
     ("change_set_bytes", "pipeline", "change_set_bytes"),
     ("flush_delay_ms", "pipeline", "flush_delay_ms"),
+    ("idle_flush_delay_max_ms", "pipeline", "idle_flush_delay_max_ms"),
     ("memory_budget_bytes", "pipeline", "memory_budget_bytes"),
     ("bandwidth_cap_bytes_per_sec", "pipeline", "bandwidth_cap_bytes_per_sec"),
     ("bandwidth_schedule", "pipeline", "bandwidth_schedule"),
@@ -32,6 +33,7 @@ fn tunables(pipeline: &PipelineConfig, cache: &CacheConfig) -> Tunables {
         worker_threads: pipeline.worker_threads,
         change_set_bytes: pipeline.change_set_bytes,
         flush_delay_ms: pipeline.flush_delay_ms,
+        idle_flush_delay_max_ms: pipeline.idle_flush_delay_max_ms,
         memory_budget_bytes: pipeline.memory_budget_bytes,
         bandwidth_cap_bytes_per_sec: pipeline.bandwidth_cap_bytes_per_sec,
         bandwidth_schedule: serde_json::to_value(&pipeline.bandwidth_schedule).unwrap_or_default(),
@@ -53,6 +55,7 @@ pub fn state(app: &AppState) -> TuneState {
             upload_concurrency,
             change_set_bytes: app.tuning.change_set_bytes(),
             flush_delay_ms: app.tuning.flush_delay().as_millis() as u64,
+            idle_flush_delay_max_ms: app.tuning.idle_flush_delay_max().as_millis() as u64,
             memory_budget_bytes: app.tuning.memory_budget_bytes(),
             bandwidth_cap_bytes_per_sec: app.pipeline.bandwidth_cap_now(),
             cache_limit_bytes: app.cache.space().1,
