@@ -60,6 +60,8 @@ struct Slot {
     status: DiskStatus,
     counters: Option<Arc<PassCounters>>,
     retry_at: Option<Instant>,
+    /// The last set-up failed because the appliance was busy or unreachable.
+    waiting_on_appliance: bool,
 }
 
 /// The agent's live state, shared with the status writer.
@@ -160,6 +162,7 @@ pub async fn run(
                         },
                         counters: None,
                         retry_at: None,
+                        waiting_on_appliance: false,
                     }
                 })
                 .collect(),
@@ -182,11 +185,12 @@ pub async fn run(
             let round_started = Instant::now();
             set_up_disks(&config, &client, &anonymous, &endpoint, machine_id, &board).await?;
             if options.once {
-                // One pass of every disk: wait for those the appliance cannot take yet.
+                // One pass of every disk: wait for those the appliance cannot take yet (a disk
+                // that failed here, say a missing device, fails the run at once as before).
                 let retry = board
                     .slots()
                     .iter()
-                    .filter(|s| s.session.is_none())
+                    .filter(|s| s.session.is_none() && s.waiting_on_appliance)
                     .filter_map(|s| s.retry_at)
                     .max();
                 if let Some(at) = retry.filter(|at| *at <= once_deadline) {
@@ -286,6 +290,7 @@ async fn set_up_disks(
                 slot.status.last_bookmark = session.progress.last_bookmark.clone();
                 slot.status.last_error = None;
                 slot.retry_at = None;
+                slot.waiting_on_appliance = false;
                 slot.session = Some(session);
             }
             Err(failure) => {
@@ -297,6 +302,7 @@ async fn set_up_disks(
                 slot.status.last_error = Some(text.clone());
                 slot.status.phase = if failure.fatal { "error" } else { "waiting" }.into();
                 slot.retry_at = Some(Instant::now() + wait);
+                slot.waiting_on_appliance = failure.transient;
                 if failure.fatal {
                     bail!("{}: {text}", disk.path.display());
                 }
@@ -562,6 +568,7 @@ mod tests {
                     status: DiskStatus::default(),
                     counters: None,
                     retry_at: None,
+                    waiting_on_appliance: false,
                 }
             })
             .collect();

@@ -45,6 +45,9 @@ pub struct SetupError {
     /// The appliance refused this machine's certificate, or the disk cannot be served as
     /// configured: retrying will not help.
     pub fatal: bool,
+    /// The appliance was busy (503: draining, cache full) or unreachable: it, not this
+    /// machine, has to change, so `run --once` waits for it rather than failing at once.
+    pub transient: bool,
     /// The appliance's `Retry-After` (a 503 while it drains or its cache is full).
     pub retry_after: Option<Duration>,
 }
@@ -54,6 +57,7 @@ impl<E: Into<anyhow::Error>> From<E> for SetupError {
         SetupError {
             error: error.into(),
             fatal: false,
+            transient: false,
             retry_after: None,
         }
     }
@@ -80,6 +84,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
                  machine registered with; register again with `ferry-agent register`"
             ),
             fatal: true,
+            transient: false,
             retry_after: None,
         };
     }
@@ -95,6 +100,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
         _ => None,
     };
     SetupError {
+        transient: !fatal && error.is_retryable(),
         error: anyhow::anyhow!("{endpoint}: {error}"),
         fatal,
         retry_after,
@@ -128,6 +134,7 @@ pub async fn setup(
     let device = Arc::new(Device::open(disk).map_err(|error| SetupError {
         error,
         fatal: false,
+        transient: false,
         retry_after: None,
     })?);
     let disk_id = device.disk_id(machine_id);

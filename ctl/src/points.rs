@@ -23,7 +23,6 @@ pub struct PointsArgs {
 /// Every recovery point of `disk`, by seq.
 pub async fn read_points(opened: &OpenVault, disk: Uuid) -> Result<Vec<RecoveryPoint>> {
     let prefix = ObjectName::disk_prefix(disk, "points/");
-    let key = opened.keyring.disk_key(disk);
     let mut points = Vec::new();
     for meta in list_all(&*opened.storage, &prefix)
         .await
@@ -32,19 +31,22 @@ pub async fn read_points(opened: &OpenVault, disk: Uuid) -> Result<Vec<RecoveryP
         if ObjectName::parse(&meta.name).is_err() {
             continue; // not an object of this format
         }
-        let sealed = opened
-            .storage
-            .get(&meta.name)
-            .await
-            .with_context(|| format!("cannot read {}", meta.name))?;
-        let plain = ferry_format::seal::unseal(&key, &meta.name, &sealed)
-            .with_context(|| format!("object {} is corrupt", meta.name))?;
-        let point: RecoveryPoint =
-            serde_json::from_slice(&plain).with_context(|| format!("object {} is not a recovery point", meta.name))?;
-        points.push(point);
+        points.push(read_point(opened, disk, &meta.name).await?);
     }
     points.sort_by_key(|p| p.seq);
     Ok(points)
+}
+
+/// One recovery point object of `disk`, read, unsealed and parsed.
+pub async fn read_point(opened: &OpenVault, disk: Uuid, name: &str) -> Result<RecoveryPoint> {
+    let sealed = opened
+        .storage
+        .get(name)
+        .await
+        .with_context(|| format!("cannot read {name}"))?;
+    let plain = ferry_format::seal::unseal(&opened.keyring.disk_key(disk), name, &sealed)
+        .with_context(|| format!("object {name} is corrupt"))?;
+    serde_json::from_slice(&plain).with_context(|| format!("object {name} is not a recovery point"))
 }
 
 pub use ferry_format::time::format_unix_ms;

@@ -5,8 +5,9 @@
 //! characters `ferryctl status` prints, or `MACHINE/NAME` with a machine id prefix, or a
 //! unique disk name) into a disk id.
 //!
-//! Cost: one directory listing of `disks/`, then per disk one descriptor read and one listing
-//! of its `points/` plus a read of the newest point, 8 disks at a time.
+//! Cost: one directory listing of `disks/`, then per disk one descriptor read and (for the
+//! listing, not for resolving a name) one listing of its `points/` plus a read of the newest
+//! point, 8 disks at a time.
 
 use anyhow::{bail, Context, Result};
 use ferry_format::names::{ObjectName, ROOT};
@@ -75,22 +76,15 @@ pub async fn newest_point(opened: &OpenVault, disk_id: Uuid) -> Result<Option<Re
             _ => None,
         })
         .max_by_key(|(seq, _)| *seq);
-    let Some((_, name)) = newest else {
-        return Ok(None);
-    };
-    let sealed = opened
-        .storage
-        .get(name)
-        .await
-        .with_context(|| format!("cannot read {name}"))?;
-    let plain = ferry_format::seal::unseal(&opened.keyring.disk_key(disk_id), name, &sealed)
-        .with_context(|| format!("object {name} is corrupt"))?;
-    let point = serde_json::from_slice(&plain).with_context(|| format!("object {name} is not a recovery point"))?;
-    Ok(Some(point))
+    match newest {
+        Some((_, name)) => Ok(Some(crate::points::read_point(opened, disk_id, name).await?)),
+        None => Ok(None),
+    }
 }
 
-/// Every disk of the vault with its descriptor and newest point, by machine then name.
-pub async fn list(opened: &OpenVault) -> Result<Vec<VaultDisk>> {
+/// Every disk of the vault with its descriptor and, `with_points`, its newest point; by
+/// machine then name.
+pub async fn list(opened: &OpenVault, with_points: bool) -> Result<Vec<VaultDisk>> {
     let ids = disk_ids(opened).await?;
     let mut disks: Vec<VaultDisk> = futures::stream::iter(ids)
         .map(|disk_id| async move {
@@ -112,9 +106,11 @@ pub async fn list(opened: &OpenVault) -> Result<Vec<VaultDisk>> {
                 }
                 Err(e) => disk.problem = Some(format!("{e:#}")),
             }
-            match newest_point(opened, disk_id).await {
-                Ok(point) => disk.newest_point = point,
-                Err(e) => disk.problem = Some(format!("{e:#}")),
+            if with_points {
+                match newest_point(opened, disk_id).await {
+                    Ok(point) => disk.newest_point = point,
+                    Err(e) => disk.problem = Some(format!("{e:#}")),
+                }
             }
             disk
         })
@@ -158,7 +154,7 @@ pub async fn resolve(opened: &OpenVault, selector: &str) -> Result<Uuid> {
         Some((machine, name)) => (Some(machine.to_ascii_lowercase()), name),
         None => (None, selector),
     };
-    let disks = list(opened).await?;
+    let disks = list(opened, false).await?; // names and machines only
     let matching: Vec<&VaultDisk> = disks
         .iter()
         .filter(|d| d.name == name)
@@ -188,7 +184,7 @@ pub fn short(id: &Uuid) -> String {
 
 /// `ferryctl vault disks` (and `ferryctl points` without `--disk`).
 pub async fn print(opened: &OpenVault, json: bool) -> Result<()> {
-    let disks = list(opened).await?;
+    let disks = list(opened, true).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&disks).unwrap_or_default());
     } else {

@@ -31,9 +31,10 @@ impl Drop for Reservation {
     }
 }
 
-/// The limit for a memory budget and a largest batch.
-pub fn limit_for(memory_budget_bytes: u64, largest_batch_bytes: u64) -> u64 {
-    (memory_budget_bytes / 4).max(largest_batch_bytes)
+/// The limit for a configuration: a quarter of the memory budget, at least one largest batch.
+pub fn limit_for(config: &ferry_config::config::ApplianceConfig) -> u64 {
+    let largest_batch = u64::from(config.ingest.max_batch_bytes) + ferry_format::batch::BATCH_HEADER_LEN as u64;
+    (config.pipeline.memory_budget_bytes / 4).max(largest_batch)
 }
 
 impl IngestMemory {
@@ -97,7 +98,16 @@ mod tests {
         drop(big);
         memory.set_limit(100);
         assert!(memory.try_reserve(60).is_some());
-        assert_eq!(limit_for(512 << 20, 16 << 20), 128 << 20);
-        assert_eq!(limit_for(20 << 20, 16 << 20), 16 << 20);
+        let mut config = ferry_config::config::ApplianceConfig::with_target(ferry_storage::TargetConfig::Local(
+            ferry_storage::LocalTargetConfig {
+                path: "target".into(),
+                create: true,
+            },
+        ));
+        config.pipeline.memory_budget_bytes = 512 << 20;
+        config.ingest.max_batch_bytes = 16 << 20;
+        assert_eq!(limit_for(&config), 128 << 20);
+        config.pipeline.memory_budget_bytes = 20 << 20;
+        assert_eq!(limit_for(&config), (16 << 20) + 40, "one largest batch with its header");
     }
 }

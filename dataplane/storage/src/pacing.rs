@@ -31,6 +31,11 @@ const MIN_SLICE_BYTES: u64 = 64 * 1024;
 /// Largest slice: one request's worth when the cap is high.
 const MAX_SLICE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// A second of `rate` (non-zero), within the slice bounds.
+fn slice_for(rate: u64) -> u64 {
+    rate.clamp(MIN_SLICE_BYTES, MAX_SLICE_BYTES)
+}
+
 #[derive(Debug)]
 pub struct TokenBucket {
     /// Bytes per second; 0 = unlimited.
@@ -70,7 +75,7 @@ impl TokenBucket {
     pub fn slice_bytes(&self) -> Option<usize> {
         match self.rate() {
             0 => None,
-            rate => Some(rate.clamp(MIN_SLICE_BYTES, MAX_SLICE_BYTES) as usize),
+            rate => Some(slice_for(rate) as usize),
         }
     }
 
@@ -96,7 +101,7 @@ impl TokenBucket {
             if rate == 0 {
                 return wanted;
             }
-            let bytes = wanted.min(rate.clamp(MIN_SLICE_BYTES, MAX_SLICE_BYTES));
+            let bytes = wanted.min(slice_for(rate));
             let (tokens, last) = &mut *state;
             let now = Instant::now();
             let depth = rate as f64;

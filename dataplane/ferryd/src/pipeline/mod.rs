@@ -677,7 +677,9 @@ impl Coordinator {
         match outcome {
             UploadOutcome::Stored(mut upload) => {
                 // The storage layer kept no reference: the buffer goes back for the next object.
-                if let Ok(buffer) = std::mem::take(&mut upload.sealed).try_into_mut() {
+                // Emptied first: converting keeps the capacity and copies only the contents.
+                if let Ok(mut buffer) = std::mem::take(&mut upload.sealed).try_into_mut() {
+                    buffer.clear();
                     let _ = self.spare_buffers.try_send(Vec::from(buffer));
                 }
                 let Some(progress) = self.disks.get_mut(&upload.disk_id) else {

@@ -161,8 +161,8 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
             Ok(json(StatusCode::OK, &status(state)))
         }
         (Method::POST, "/v1/resume") => {
-            state.tuning.set_flush_all(false);
             if state.admission.set_maintenance(false) {
+                state.tuning.set_flush_all(false); // not when shutting down: that drains to the end
                 tracing::info!("accepting data again");
             }
             Ok(json(StatusCode::OK, &status(state)))

@@ -175,10 +175,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         rates: Default::default(),
         metrics: Default::default(),
         system: crate::alerts::SystemMonitor::new(Duration::from_secs(config_sustained)),
-        ingest_memory: crate::ingest_memory::IngestMemory::new(crate::ingest_memory::limit_for(
-            tuned.pipeline.memory_budget_bytes,
-            u64::from(tuned.ingest.max_batch_bytes) + ferry_format::batch::BATCH_HEADER_LEN as u64,
-        )),
+        ingest_memory: crate::ingest_memory::IngestMemory::new(crate::ingest_memory::limit_for(&tuned)),
         tuned: std::sync::Mutex::new(tuned),
         tuning,
     });

@@ -146,10 +146,7 @@ fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
     })?;
     app.tuning.apply(&config.pipeline);
     app.cache.set_resident_budget_bytes(config.pipeline.memory_budget_bytes);
-    app.ingest_memory.set_limit(crate::ingest_memory::limit_for(
-        config.pipeline.memory_budget_bytes,
-        u64::from(config.ingest.max_batch_bytes) + ferry_format::batch::BATCH_HEADER_LEN as u64,
-    ));
+    app.ingest_memory.set_limit(crate::ingest_memory::limit_for(&config));
     app.cache
         .set_limit_bytes(limit)
         .map_err(|e| ApiError::new(400, "bad_tunable", e.to_string()))?;
