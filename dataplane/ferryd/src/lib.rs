@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod alerts;
 pub mod cache;
+pub mod clock;
 pub mod ingest_memory;
 pub mod metrics;
 pub mod pipeline;

@@ -1,6 +1,7 @@
 //! A fault-injecting storage wrapper, for tests only: it fails the next N calls (or every Nth)
 //! with a chosen fault, adds latency, or performs a write and then reports a timeout (the
-//! case that makes retries write an object twice). Everything it injects is counted, so tests
+//! case that makes retries write an object twice), or slows only the calls on names that
+//! contain a given text (one disk's points, say). Everything it injects is counted, so tests
 //! can assert that the faults actually happened.
 
 use async_trait::async_trait;
@@ -65,6 +66,8 @@ struct Plan {
     /// Fail every Nth call while set (N >= 1).
     fail_every: Option<u32>,
     latency: Duration,
+    /// Extra latency for calls whose name contains the text.
+    slow_names: Vec<(String, Duration)>,
     only: Option<Operation>,
     calls: u64,
     injected: u64,
@@ -113,6 +116,11 @@ impl<S: ObjectStorage> FaultInjecting<S> {
         self.plan().latency = latency;
     }
 
+    /// Calls on names that contain `text` wait `latency` first (on top of any other latency).
+    pub fn slow_names_containing(&self, text: &str, latency: Duration) {
+        self.plan().slow_names.push((text.to_string(), latency));
+    }
+
     /// Stops injecting faults and latency.
     pub fn clear(&self) {
         let mut plan = self.plan();
@@ -120,6 +128,7 @@ impl<S: ObjectStorage> FaultInjecting<S> {
         plan.fail_next = 0;
         plan.fail_every = None;
         plan.latency = Duration::ZERO;
+        plan.slow_names.clear();
     }
 
     /// Faults injected so far.
@@ -128,8 +137,17 @@ impl<S: ObjectStorage> FaultInjecting<S> {
     }
 
     /// Decides this call's fate: the latency to add and the fault to answer, if any.
-    fn decide(&self, operation: Operation) -> (Duration, Option<Fault>) {
+    fn decide(&self, operation: Operation, name: &str) -> (Duration, Option<Fault>) {
         let mut plan = self.plan();
+        let slowed: Duration = plan
+            .slow_names
+            .iter()
+            .filter(|(text, _)| name.contains(text.as_str()))
+            .map(|(_, latency)| *latency)
+            .sum();
+        if !slowed.is_zero() {
+            plan.injected += 1;
+        }
         plan.calls += 1;
         let applies = plan.only.is_none_or(|only| only == operation);
         let fault = match plan.fault {
@@ -145,14 +163,14 @@ impl<S: ObjectStorage> FaultInjecting<S> {
         if fault.is_some() {
             plan.injected += 1;
         }
-        (plan.latency, fault)
+        (plan.latency + slowed, fault)
     }
 
     async fn run<T, Fut>(&self, operation: Operation, name: &str, call: Fut) -> Result<T, StorageError>
     where
         Fut: std::future::Future<Output = Result<T, StorageError>>,
     {
-        let (latency, fault) = self.decide(operation);
+        let (latency, fault) = self.decide(operation, name);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }

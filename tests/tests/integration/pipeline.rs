@@ -686,3 +686,52 @@ async fn a_quiet_disk_makes_few_objects() {
         sha256(&model)
     );
 }
+
+/// One disk's storage calls stuck (each of its point writes held for ten minutes by the
+/// fault layer) must not hold up any other disk: the other disk's points keep appearing,
+/// round after round, while the stuck disk's change sets still upload and its point waits.
+#[tokio::test]
+async fn a_disk_with_stuck_point_writes_does_not_hold_up_another() {
+    let appliance = Appliance::init(fast_pipeline);
+    let stuck = Uuid::new_v4();
+    let slow = format!("{stuck}/points/:600000");
+    let ferryd = Ferryd::start_with_env(&appliance, &[("FERRY_TEST_SLOW_NAMES", &slow)]).await;
+    let client = appliance.register("m").await.data_client().unwrap();
+    let other = Uuid::new_v4();
+    client.put_disk(stuck, &spec()).await.unwrap();
+    client.put_disk(other, &spec()).await.unwrap();
+    let (stuck_work, other_work) = (workload(11, 10), workload(12, 30));
+    let send = |disk, batches: &[(u64, Bytes)]| {
+        let (client, batches) = (client.clone(), batches.to_vec());
+        async move {
+            BatchSender::new(client, disk, 4, RetryPolicy::default())
+                .send_all(batches)
+                .await
+        }
+    };
+    send(stuck, &stuck_work.batches).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.get_disk(stuck).await.unwrap().uploaded_seq < 10 {
+        assert!(Instant::now() < deadline, "the stuck disk's change sets never uploaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its first point write is now held; the other disk goes through three rounds of points.
+    for through in [10usize, 20, 30] {
+        send(other, &other_work.batches[through - 10..through]).await.unwrap();
+        wait_uploaded(&client, other, through as u64).await;
+    }
+    let stuck_info = client.get_disk(stuck).await.unwrap();
+    assert_eq!(stuck_info.uploaded_seq, 10);
+    assert_eq!(stuck_info.latest_point, None, "its point write is still held");
+    assert!(appliance.log().contains("injecting storage faults"));
+    assert_eq!(
+        ferryd.terminate().await.code(),
+        Some(0),
+        "a held call does not block shutdown"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    assert_eq!(
+        restored_hash(&appliance, other, &["--point", "bm-30"], scratch.path(), "other"),
+        other_work.hash_after[&30]
+    );
+}

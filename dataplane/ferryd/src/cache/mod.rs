@@ -141,6 +141,8 @@ pub enum AppendError {
     Io(String),
     #[error("the cache is shutting down")]
     ShuttingDown,
+    #[error("the cache's write queue is full")]
+    QueueFull,
 }
 
 /// What the pipeline needs to know about a cached batch to cut change sets.
@@ -484,9 +486,12 @@ impl Cache {
             header_crc,
             reply,
         };
-        if !self.writer.send(request) {
+        if let Err(refusal) = self.writer.try_send(request) {
             self.abandon(disk_id, seq, record_len);
-            return Err(AppendError::ShuttingDown);
+            return Err(match refusal {
+                writer::QueueRefusal::Full => AppendError::QueueFull,
+                writer::QueueRefusal::Stopped => AppendError::ShuttingDown,
+            });
         }
         answer.await.unwrap_or(Err(AppendError::ShuttingDown))
     }

@@ -14,7 +14,6 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use super::aligned::{AlignedBuf, ALIGNMENT};
@@ -31,6 +30,14 @@ pub(super) struct WriteRequest {
     pub reply: tokio::sync::oneshot::Sender<Result<u64, AppendError>>,
 }
 
+/// Why a write was not queued.
+pub(super) enum QueueRefusal {
+    /// [`WRITE_QUEUE_DEPTH`] writes are waiting already.
+    Full,
+    /// The cache thread has stopped.
+    Stopped,
+}
+
 enum Message {
     Write(WriteRequest),
     Shutdown,
@@ -43,10 +50,14 @@ pub(super) struct WriterHandle {
 }
 
 impl WriterHandle {
-    /// Queues a write; false when the cache thread has stopped. Blocks while the queue is full
-    /// (bounded backpressure; the queue drains at disk speed).
-    pub fn send(&self, request: WriteRequest) -> bool {
-        self.sender.send(Message::Write(request)).is_ok()
+    /// Queues a write without ever blocking the caller (a tokio worker): a full queue is
+    /// refused, and the caller answers `503 busy` so the client retries a moment later.
+    pub fn try_send(&self, request: WriteRequest) -> Result<(), QueueRefusal> {
+        match self.sender.try_send(Message::Write(request)) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(_)) => Err(QueueRefusal::Full),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(QueueRefusal::Stopped),
+        }
     }
 
     /// Lets the thread finish what is queued, then waits for it.
@@ -98,13 +109,6 @@ pub(super) fn start(
         sender,
         thread: Arc::new(Mutex::new(thread)),
     }
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Opens a new segment file for O_DIRECT writes (plain writes where the file system has no
@@ -192,7 +196,11 @@ impl Writer {
             });
         }
         let mut header = AlignedBuf::zeroed(SEGMENT_HEADER_LEN);
-        header.as_mut_slice()[..44].copy_from_slice(&record::encode_segment_header(id, now_unix_ms(), segment_bytes));
+        header.as_mut_slice()[..44].copy_from_slice(&record::encode_segment_header(
+            id,
+            crate::clock::now_unix_ms(),
+            segment_bytes,
+        ));
         let written = file
             .write_all_at(header.as_slice(), 0)
             .and_then(|()| file.sync_all())

@@ -1,10 +1,12 @@
 //! The upload pipeline (DESIGN.md "Data path", FORMATS.md): durable batches in the cache
-//! become sealed change sets in target storage, in order per disk.
+//! become sealed change sets in target storage, in order per disk. This module is the
+//! coordinator: one tokio task that owns every disk's state and never waits on storage,
+//! the disk or the seal workers; it reacts to their answers and hands out the next work.
 //!
-//! - **Batcher** (the coordinator task): per disk, gathers the next durable batches into a
-//!   change set of up to `change_set_bytes` of plaintext, cut early right after a batch that
-//!   holds a BOOKMARK, or when the oldest waiting batch has waited `flush_delay` (which bounds
-//!   the RPO Ferry adds).
+//! - **Batcher** ([`Coordinator::dispatch`]): per disk, gathers the next durable batches into
+//!   a change set of up to `change_set_bytes` of plaintext, cut early right after a batch that
+//!   holds a BOOKMARK, or when the oldest waiting batch has waited the disk's flush delay
+//!   ([`idle_delay`]), which bounds the RPO Ferry adds.
 //! - **Seal workers** ([`worker`]): OS threads that read the batches where they lie in the
 //!   cache and zstd + AES-GCM seal them; a bounded crossbeam channel feeds them.
 //! - **Uploads**: one PUT per object on tokio, at most `upload_concurrency` at once, through
@@ -12,24 +14,28 @@
 //!   out in slices of a second of the rate); the storage layer retries transient errors. An object
 //!   whose upload still fails waits and is tried again (5 s after a transient error, 30 s after
 //!   a permanent one, with the disk's state saying why): nothing is dropped, nothing spins.
-//! - **Ordered commit**: a disk's `uploaded_seq` advances over the contiguous prefix of
-//!   uploaded change sets; then the recovery points of the bookmarks inside it are written;
-//!   then the cache releases those batches (persisting the watermark, so a restart resumes
-//!   from it; change sets re-uploaded after a crash may overlap, which FORMATS.md allows).
+//! - **Ordered commit** ([`ledger`], pure): a disk's `uploaded_seq` advances over the
+//!   contiguous prefix of uploaded change sets; then the recovery points of the bookmarks
+//!   inside it are written; then the cache releases those batches (persisting the watermark,
+//!   so a restart resumes from it; change sets re-uploaded after a crash may overlap, which
+//!   FORMATS.md allows). Those calls, and each disk's `disk.fseal`, run as tasks ([`calls`]):
+//!   a slow or failing call pauses only its own disk's commits.
 //! - **Memory**: the plaintext bytes of change sets between dispatch and commit stay within
 //!   `memory_budget_bytes` (one change set may always proceed, so progress is guaranteed).
 
+pub mod calls;
 pub mod idle_delay;
+pub mod ledger;
 pub mod tuning;
 pub mod worker;
 
 use bytes::Bytes;
 use ferry_format::batch::DiskGeometry;
-use ferry_format::names::{ObjectName, VAULT_JSON};
-use ferry_format::plaintexts::{DiskDescriptor, RecoveryPoint, PLAINTEXT_FORMAT};
-use ferry_format::{BookmarkId, Keyring, VaultDescriptor, VaultError, VaultKey};
+use ferry_format::names::VAULT_JSON;
+use ferry_format::plaintexts::{DiskDescriptor, PLAINTEXT_FORMAT};
+use ferry_format::{Keyring, VaultDescriptor, VaultError, VaultKey};
 use ferry_storage::{ObjectStorage, StorageError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -199,22 +205,40 @@ impl PipelineStatus {
     }
 }
 
+/// What the coordinator keeps per disk: the commit ledger plus the cut timer, the descriptor
+/// and the status it publishes.
 struct DiskProgress {
-    dispatched_through: u64,
-    uploaded_seq: u64,
-    released_through: u64,
-    /// Uploaded change sets beyond `uploaded_seq`: first seq -> last seq.
-    completed: BTreeMap<u64, u64>,
-    /// Bookmarks of uploaded batches whose point is not yet written, by seq.
-    pending_points: BTreeMap<u64, Vec<FoundBookmark>>,
+    ledger: ledger::Ledger<FoundBookmark>,
     waiting_since: Option<Instant>,
     /// This disk's flush delay ([`idle_delay`]): longer while it writes little.
     flush_delay: Duration,
+    /// (size, name) of the `disk.fseal` in storage, once written by this run.
     descriptor_written: Option<(u64, String)>,
+    descriptor_call_out: bool,
     latest_point: Option<PointSummary>,
-    /// Whether `latest_point` was read back from storage (after a restart it is not in memory).
-    latest_point_loaded: bool,
+    /// Whether storage was asked for the newest point (after a restart it is not in memory).
+    newest_point: NewestPoint,
+    /// After a failed call, no new call for this disk before this moment.
+    paused_until: Option<Instant>,
     error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NewestPoint {
+    NotAsked,
+    Asking,
+    Known,
+}
+
+impl DiskProgress {
+    fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| until > now)
+    }
+
+    fn failed(&mut self, message: String, pause: Duration) {
+        self.error = Some(message);
+        self.paused_until = Some(Instant::now() + pause);
+    }
 }
 
 struct Upload {
@@ -235,7 +259,6 @@ enum UploadOutcome {
 struct Coordinator {
     cache: Cache,
     storage: Arc<dyn ObjectStorage>,
-    keyring: Keyring,
     tuning: Arc<tuning::Tuning>,
     workers: worker::WorkerPool,
     /// Permits the upload semaphore has in all (in use or free): what `tuning` last set.
@@ -253,6 +276,9 @@ struct Coordinator {
     bucket: Arc<ferry_storage::TokenBucket>,
     retry_uploads: Vec<(Instant, Upload)>,
     retry_jobs: Vec<(Instant, SealJob)>,
+    /// Descriptor, point and release calls, run as tasks ([`calls`]).
+    calls: calls::Calls,
+    calls_done: tokio::sync::mpsc::Receiver<calls::Done>,
 }
 
 /// Starts the pipeline on an opened target, publishing into `status`, with the tunables in
@@ -286,13 +312,22 @@ pub fn start(
         .upload_concurrency
         .store(permits, std::sync::atomic::Ordering::Relaxed);
     let (outcomes_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let bucket = Arc::new(ferry_storage::TokenBucket::new(tuning.bandwidth_cap_now()));
+    let (calls, calls_done) = calls::Calls::new(
+        storage.clone(),
+        keyring.clone(),
+        cache.clone(),
+        bucket.clone(),
+        status.clone(),
+    );
     let coordinator = Coordinator {
         uploads: Arc::new(tokio::sync::Semaphore::new(permits)),
         upload_permits: permits,
-        bucket: Arc::new(ferry_storage::TokenBucket::new(tuning.bandwidth_cap_now())),
+        bucket,
         cache,
         storage,
-        keyring,
+        calls,
+        calls_done,
         tuning,
         workers,
         status: status.clone(),
@@ -309,10 +344,6 @@ pub fn start(
     tokio::spawn(coordinator.run(stop));
 }
 
-fn now_unix_ms() -> u64 {
-    crate::server::now_unix_ms()
-}
-
 impl Coordinator {
     async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let durable = self.cache.durable_notify();
@@ -327,12 +358,13 @@ impl Coordinator {
                 _ = self.tuning.changed.notified() => {}
                 Some(sealed) = self.sealed.recv() => self.on_sealed(sealed),
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
+                Some(done) = self.calls_done.recv() => self.on_call_done(done),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             self.retune();
             self.requeue_due();
-            self.dispatch().await;
-            self.commit().await;
+            self.dispatch();
+            self.commit();
         }
     }
 
@@ -395,6 +427,9 @@ impl Coordinator {
             if let Some(since) = progress.waiting_since {
                 deadline = deadline.min(since + idle_delay::current(progress.flush_delay, limits));
             }
+            if let Some(until) = progress.paused_until {
+                deadline = deadline.min(until);
+            }
         }
         for (due, _) in self.retry_uploads.iter() {
             deadline = deadline.min(*due);
@@ -427,112 +462,44 @@ impl Coordinator {
 
     fn progress(&mut self, view: &DiskView) -> &mut DiskProgress {
         self.disks.entry(view.meta.disk_id).or_insert_with(|| DiskProgress {
-            dispatched_through: view.released_through,
-            uploaded_seq: view.released_through,
-            released_through: view.released_through,
-            completed: BTreeMap::new(),
-            pending_points: BTreeMap::new(),
+            ledger: ledger::Ledger::resume(view.released_through),
             waiting_since: None,
             flush_delay: Duration::ZERO, // within the limits: the base delay
             descriptor_written: None,
+            descriptor_call_out: false,
             latest_point: None,
-            latest_point_loaded: false,
+            newest_point: NewestPoint::NotAsked,
+            paused_until: None,
             error: None,
         })
     }
 
-    /// The newest recovery point of a disk, from storage: the highest seq under `points/`.
-    async fn newest_point_in_storage(&self, disk_id: Uuid) -> Result<Option<PointSummary>, String> {
-        let prefix = ObjectName::disk_prefix(disk_id, "points/");
-        let listed = ferry_storage::list_all(&*self.storage, &prefix)
-            .await
-            .map_err(|e| e.to_string())?;
-        let newest = listed.iter().filter_map(|m| match ObjectName::parse(&m.name) {
-            Ok(ObjectName::Point { seq, .. }) => Some((seq, m.name.clone())),
-            _ => None,
-        });
-        let Some((_, name)) = newest.max_by_key(|(seq, _)| *seq) else {
-            return Ok(None);
-        };
-        let sealed = self.storage.get(&name).await.map_err(|e| e.to_string())?;
-        let plain = ferry_format::seal::unseal(&self.keyring.disk_key(disk_id), &name, &sealed)
-            .map_err(|e| format!("{name}: {e}"))?;
-        let point: RecoveryPoint = serde_json::from_slice(&plain).map_err(|e| format!("{name}: {e}"))?;
-        Ok(Some(PointSummary {
-            seq: point.seq,
-            bookmark_id: point.bookmark_id,
-            kind: point.kind,
-            source_time_unix_ms: point.source_time_unix_ms,
-        }))
-    }
-
-    /// Writes `disk.fseal` when the disk is new to this run or changed (a resize).
-    async fn ensure_descriptor(&mut self, view: &DiskView) -> bool {
-        let wanted = (view.meta.size_bytes, view.meta.name.clone());
-        if self.progress(view).descriptor_written.as_ref() == Some(&wanted) {
-            return true;
-        }
-        let descriptor = DiskDescriptor {
-            format: PLAINTEXT_FORMAT,
-            disk_id: view.meta.disk_id,
-            machine_id: view.meta.machine_id,
-            name: view.meta.name.clone(),
-            size_bytes: view.meta.size_bytes,
-            sector_size: view.meta.sector_size,
-            write_ordered: view.meta.write_ordered,
-            created_unix_ms: view.meta.created_unix_ms,
-        };
-        let name = ObjectName::DiskMeta {
-            disk_id: view.meta.disk_id,
-        }
-        .to_string();
-        let result = self.put_json(view.meta.disk_id, &name, &descriptor).await;
-        let progress = self.progress(view);
-        match result {
-            Ok(()) => {
-                progress.descriptor_written = Some(wanted);
-                true
-            }
-            Err(e) => {
-                progress.error = Some(format!("cannot write disk.fseal: {e}"));
-                false
-            }
-        }
-    }
-
-    async fn put_json<T: serde::Serialize>(&self, disk_id: Uuid, name: &str, value: &T) -> Result<(), String> {
-        let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-        let key = self.keyring.disk_key(disk_id);
-        let sealed = ferry_format::seal::seal(&key, name, &json, 1).map_err(|e| e.to_string())?;
-        // Metadata is small and must not queue behind uploads: it goes now, charged to the cap.
-        self.bucket.charge(sealed.len() as u64);
-        self.storage
-            .put(name, Bytes::from(sealed))
-            .await
-            .map_err(|e| e.to_string())?;
-        self.status
-            .storage_puts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    async fn dispatch(&mut self) {
+    /// Puts out the calls a disk needs before its change sets can go (its descriptor, and its
+    /// newest point for the status after a restart), then cuts the ready change sets of
+    /// every disk. Never waits: calls run as tasks.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
         for view in self.cache.disks() {
-            if !self.progress(&view).latest_point_loaded {
-                let disk_id = view.meta.disk_id;
-                if let Ok(newest) = self.newest_point_in_storage(disk_id).await {
-                    let progress = self.progress(&view);
-                    progress.latest_point_loaded = true;
-                    if progress.latest_point.as_ref().map_or(0, |p| p.seq) < newest.as_ref().map_or(0, |p| p.seq) {
-                        progress.latest_point = newest;
-                    }
-                    self.publish(disk_id);
-                }
-            }
-            if view.durable_seq <= self.progress(&view).dispatched_through {
+            let disk_id = view.meta.disk_id;
+            let progress = self.progress(&view);
+            if progress.paused(now) {
                 continue;
             }
-            if !self.ensure_descriptor(&view).await {
+            if progress.newest_point == NewestPoint::NotAsked {
+                progress.newest_point = NewestPoint::Asking;
+                self.calls.start(calls::Call::NewestPoint { disk_id });
+            }
+            let progress = self.progress(&view);
+            if view.durable_seq <= progress.ledger.dispatched_through() {
+                continue;
+            }
+            let wanted = (view.meta.size_bytes, view.meta.name.clone());
+            if progress.descriptor_written.as_ref() != Some(&wanted) {
+                // Nothing of a disk goes to storage before its descriptor (a new disk or a resize).
+                if !progress.descriptor_call_out {
+                    progress.descriptor_call_out = true;
+                    self.calls.start(calls::Call::Descriptor(descriptor_of(&view)));
+                }
                 continue;
             }
             if !self.dispatch_disk(&view) {
@@ -553,13 +520,14 @@ impl Coordinator {
         loop {
             let in_flight = self.in_flight_bytes;
             let progress = self.progress(view);
-            if progress.dispatched_through >= view.durable_seq {
+            let dispatched_through = progress.ledger.dispatched_through();
+            if dispatched_through >= view.durable_seq {
                 return true;
             }
             let waiting_since = *progress.waiting_since.get_or_insert_with(Instant::now);
             let delay = idle_delay::current(progress.flush_delay, limits);
-            let first = progress.dispatched_through + 1;
-            let (mut last, mut bytes, mut cut) = (progress.dispatched_through, 0u64, None);
+            let first = dispatched_through + 1;
+            let (mut last, mut bytes, mut cut) = (dispatched_through, 0u64, None);
             while last < view.durable_seq {
                 let Some(info) = self.cache.batch_info(disk_id, last + 1) else {
                     break;
@@ -597,7 +565,10 @@ impl Coordinator {
             }
             self.in_flight_bytes += bytes;
             let progress = self.progress(view);
-            progress.dispatched_through = last;
+            if let Err(e) = progress.ledger.dispatched(first, last) {
+                // Unreachable: `first` is taken from the ledger just above.
+                tracing::error!(disk = %disk_id, error = %e, "pipeline ledger refused a cut");
+            }
             progress.waiting_since = (last < view.durable_seq).then(Instant::now);
             progress.flush_delay = idle_delay::next(progress.flush_delay, cut, bytes, limits);
         }
@@ -619,6 +590,7 @@ impl Coordinator {
                 if let Some(progress) = self.disks.get_mut(&sealed.disk_id) {
                     progress.error = Some(format!("sealing failed: {message}"));
                 }
+                self.publish(sealed.disk_id);
                 let geometry = self
                     .cache
                     .disk(sealed.disk_id)
@@ -686,13 +658,12 @@ impl Coordinator {
                     return;
                 };
                 progress.error = None;
-                progress.completed.insert(upload.first_seq, upload.last_seq);
-                for bookmark in upload.bookmarks {
-                    progress.pending_points.entry(bookmark.seq).or_default().push(bookmark);
+                let points = upload.bookmarks.into_iter().map(|b| (b.seq, b)).collect();
+                if let Err(e) = progress.ledger.uploaded(upload.first_seq, upload.last_seq, points) {
+                    // Unreachable: every upload comes from a cut of this run's ledger.
+                    tracing::error!(disk = %upload.disk_id, error = %e, "pipeline ledger refused an upload");
                 }
-                while let Some(last) = progress.completed.remove(&(progress.uploaded_seq + 1)) {
-                    progress.uploaded_seq = last;
-                }
+                self.publish(upload.disk_id);
                 self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.plain_len);
                 self.status
                     .uploaded_bytes
@@ -712,97 +683,96 @@ impl Coordinator {
                     }
                     progress.error = Some(message);
                 }
+                self.publish(upload.disk_id);
                 self.retry_uploads.push((Instant::now() + pause, upload));
             }
         }
     }
 
-    /// For every disk whose uploaded prefix grew: write its points, then release the cache.
-    async fn commit(&mut self) {
-        let disk_ids: Vec<Uuid> = self.disks.keys().copied().collect();
-        for disk_id in disk_ids {
-            let Some(progress) = self.disks.get(&disk_id) else {
+    /// Puts out, for every disk not waiting on one already, the commit call its ledger asks
+    /// for next: its points once the uploaded prefix covers them, then the cache release.
+    fn commit(&mut self) {
+        let now = Instant::now();
+        for (disk_id, progress) in self.disks.iter_mut() {
+            if progress.ledger.call_out() || progress.paused(now) {
                 continue;
-            };
-            let uploaded = progress.uploaded_seq;
-            let points: Vec<FoundBookmark> = progress
-                .pending_points
-                .range(..=uploaded)
-                .flat_map(|(_, b)| b.iter().cloned())
-                .collect();
-            let needs_release = uploaded > progress.released_through;
-            let mut written = Vec::new();
-            let mut failure = None;
-            for found in &points {
-                match self.write_point(disk_id, found).await {
-                    Ok(summary) => written.push((found.seq, summary)),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
             }
-            let Some(progress) = self.disks.get_mut(&disk_id) else {
-                continue;
-            };
-            for (seq, summary) in written {
-                progress.pending_points.remove(&seq);
-                if progress.latest_point.as_ref().is_none_or(|p| p.seq <= summary.seq) {
-                    progress.latest_point = Some(summary);
-                }
+            match progress.ledger.next_step() {
+                None => {}
+                Some(ledger::Step::WritePoints(points)) => self.calls.start(calls::Call::Points {
+                    disk_id: *disk_id,
+                    points,
+                }),
+                Some(ledger::Step::Release { through }) => self.calls.start(calls::Call::Release {
+                    disk_id: *disk_id,
+                    through,
+                }),
             }
-            if let Some(message) = failure {
-                progress.error = Some(format!("cannot write a recovery point: {message}"));
-                self.publish(disk_id);
-                continue; // the cache keeps the batches until the points exist
-            }
-            if needs_release {
-                let cache = self.cache.clone();
-                let released = tokio::task::spawn_blocking(move || cache.release(disk_id, uploaded)).await;
-                let Some(progress) = self.disks.get_mut(&disk_id) else {
-                    continue;
-                };
-                match released {
-                    Ok(Ok(())) => progress.released_through = uploaded,
-                    Ok(Err(e)) => progress.error = Some(format!("cannot release the cache: {e}")),
-                    Err(e) => progress.error = Some(format!("cannot release the cache: {e}")),
-                }
-            }
-            self.publish(disk_id);
         }
     }
 
-    async fn write_point(&self, disk_id: Uuid, found: &FoundBookmark) -> Result<PointSummary, String> {
-        let bookmark_id = BookmarkId::new(found.bookmark.id.as_str()).map_err(|e| e.to_string())?;
-        let name = ObjectName::Point {
-            disk_id,
-            seq: found.seq,
-            bookmark_id,
-        }
-        .to_string();
-        let summary = PointSummary {
-            seq: found.seq,
-            bookmark_id: found.bookmark.id.as_str().to_string(),
-            kind: found.bookmark.kind.as_str().to_string(),
-            source_time_unix_ms: found.source_time_ms,
+    /// Applies a call's answer to its disk; a failure pauses the disk's calls (not its
+    /// uploads, nor any other disk) and the same call is put out again afterwards.
+    fn on_call_done(&mut self, done: calls::Done) {
+        let disk_id = match &done {
+            calls::Done::Descriptor { descriptor, .. } => descriptor.disk_id,
+            calls::Done::Points { disk_id, .. }
+            | calls::Done::NewestPoint { disk_id, .. }
+            | calls::Done::Release { disk_id, .. } => *disk_id,
         };
-        // A point written before a crash stays as it was (its creation time included).
-        if self.storage.head(&name).await.is_ok() {
-            return Ok(summary);
-        }
-        let point = RecoveryPoint {
-            format: PLAINTEXT_FORMAT,
-            disk_id,
-            seq: found.seq,
-            bookmark_id: summary.bookmark_id.clone(),
-            kind: summary.kind.clone(),
-            tag: found.bookmark.tag.clone(),
-            group_id: found.bookmark.group_id,
-            source_time_unix_ms: found.source_time_ms,
-            created_unix_ms: now_unix_ms(),
+        let Some(progress) = self.disks.get_mut(&disk_id) else {
+            return;
         };
-        self.put_json(disk_id, &name, &point).await?;
-        Ok(summary)
+        match done {
+            calls::Done::Descriptor { descriptor, result } => {
+                progress.descriptor_call_out = false;
+                match result {
+                    Ok(()) => progress.descriptor_written = Some((descriptor.size_bytes, descriptor.name)),
+                    Err(e) => progress.failed(format!("cannot write disk.fseal: {e}"), e.pause()),
+                }
+            }
+            calls::Done::NewestPoint { result, .. } => match result {
+                Ok(newest) => {
+                    progress.newest_point = NewestPoint::Known;
+                    if progress.latest_point.as_ref().map_or(0, |p| p.seq) < newest.as_ref().map_or(0, |p| p.seq) {
+                        progress.latest_point = newest;
+                    }
+                }
+                Err(e) => {
+                    // Only the status lacks it meanwhile; asked again after the pause.
+                    tracing::debug!(disk = %disk_id, error = %e, "cannot read the newest point");
+                    progress.newest_point = NewestPoint::NotAsked;
+                    progress.paused_until = Some(Instant::now() + e.pause());
+                }
+            },
+            calls::Done::Points { written, error, .. } => {
+                let count = written.len();
+                for summary in written {
+                    if progress.latest_point.as_ref().is_none_or(|p| p.seq <= summary.seq) {
+                        progress.latest_point = Some(summary);
+                    }
+                }
+                if let Err(e) = progress.ledger.points_written(count) {
+                    tracing::error!(disk = %disk_id, error = %e, "pipeline ledger refused points");
+                }
+                if let Some(e) = error {
+                    // The cache keeps the batches until the points exist.
+                    progress.failed(format!("cannot write a recovery point: {e}"), e.pause());
+                }
+            }
+            calls::Done::Release { result, .. } => match result {
+                Ok(()) => {
+                    if let Err(e) = progress.ledger.released() {
+                        tracing::error!(disk = %disk_id, error = %e, "pipeline ledger refused a release");
+                    }
+                }
+                Err(e) => {
+                    progress.ledger.call_failed();
+                    progress.failed(e.to_string(), e.pause());
+                }
+            },
+        }
+        self.publish(disk_id);
     }
 
     fn publish(&self, disk_id: Uuid) {
@@ -810,11 +780,25 @@ impl Coordinator {
             self.status.set(
                 disk_id,
                 DiskUploadStatus {
-                    uploaded_seq: progress.uploaded_seq,
+                    uploaded_seq: progress.ledger.uploaded_seq(),
                     latest_point: progress.latest_point.clone(),
                     error: progress.error.clone(),
                 },
             );
         }
+    }
+}
+
+/// The disk's descriptor as `disk.fseal` holds it.
+fn descriptor_of(view: &DiskView) -> DiskDescriptor {
+    DiskDescriptor {
+        format: PLAINTEXT_FORMAT,
+        disk_id: view.meta.disk_id,
+        machine_id: view.meta.machine_id,
+        name: view.meta.name.clone(),
+        size_bytes: view.meta.size_bytes,
+        sector_size: view.meta.sector_size,
+        write_ordered: view.meta.write_ordered,
+        created_unix_ms: view.meta.created_unix_ms,
     }
 }

@@ -202,6 +202,26 @@ fn internal(error: CacheError) -> ApiError {
     )
 }
 
+/// Runs a cache call that fsyncs (a disk's definition) on the blocking pool, so a slow disk
+/// never stalls the tokio workers that serve every other stream.
+async fn off_the_runtime<T: Send + 'static>(
+    state: &AppState,
+    call: impl FnOnce(&crate::cache::Cache) -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let cache = state.cache.clone();
+    match tokio::task::spawn_blocking(move || call(&cache)).await {
+        Ok(result) => result.map_err(internal),
+        Err(e) => {
+            tracing::error!(error = %e, "a cache task failed");
+            Err(ApiError::new(
+                500,
+                "internal",
+                "the cache could not complete the request",
+            ))
+        }
+    }
+}
+
 async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming) -> Result<Response<Body>, ApiError> {
     draining(state)?;
     let bytes = http_body_util::Limited::new(body, DISK_SPEC_MAX_BYTES)
@@ -248,7 +268,7 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
             name: spec.name,
             ..existing.meta
         };
-        let view = state.cache.update_disk(meta).map_err(internal)?;
+        let view = off_the_runtime(state, move |cache| cache.update_disk(meta)).await?;
         return Ok(json(StatusCode::OK, &disk_info(state, &view)));
     }
     let meta = DiskMeta {
@@ -258,10 +278,10 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
         size_bytes: spec.size_bytes,
         sector_size: spec.sector_size,
         write_ordered: spec.write_ordered,
-        created_unix_ms: super::now_unix_ms(),
+        created_unix_ms: crate::clock::now_unix_ms(),
         resync_reason: None,
     };
-    let view = state.cache.create_disk(meta).map_err(internal)?;
+    let view = off_the_runtime(state, move |cache| cache.create_disk(meta)).await?;
     if view.meta.machine_id != machine {
         return Err(ApiError::new(
             403,
@@ -408,6 +428,9 @@ async fn put_batch(
             ))
         }
         Err(AppendError::CacheFull) => Err(cache_full()),
+        Err(AppendError::QueueFull) => {
+            Err(ApiError::new(503, "busy", "the cache's write queue is full; retry in a moment").retry_after(1))
+        }
         Err(AppendError::ShuttingDown) => {
             Err(ApiError::new(503, "draining", Refusal::ShuttingDown.message()).retry_after(5))
         }

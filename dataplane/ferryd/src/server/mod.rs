@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -55,13 +55,6 @@ pub struct AppState {
     pub tuned: std::sync::Mutex<ApplianceConfig>,
     /// Batch bodies being received (a quarter of the memory budget).
     pub ingest_memory: Arc<crate::ingest_memory::IngestMemory>,
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The cache limit: `limit_bytes`, or `limit_percent` of the cache file system.
@@ -230,26 +223,43 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
 
 type Connected = (Arc<dyn ferry_storage::ObjectStorage>, ferry_format::Keyring);
 
-/// Test hook, named as such: `FERRY_TEST_FAULTS=<fault>:<every>[:<latency_ms>]` wraps the
-/// target in the fault-injecting layer (under the retry layer, as real faults would be), so
-/// end-to-end tests can make every Nth storage call fail. Faults: 503, 500, 429, timeout,
-/// reset, timeout-after-success. Never set in production; ferryd logs loudly when it is.
-fn test_faults() -> Option<(ferry_storage::faults::Fault, u32, u64)> {
+/// Test hooks, named as such, that wrap the target in the fault-injecting layer (under the
+/// retry layer, as real faults would be):
+/// - `FERRY_TEST_FAULTS=<fault>:<every>[:<latency_ms>]` makes every Nth storage call fail
+///   (faults: 503, 500, 429, timeout, reset, timeout-after-success), each call delayed by
+///   `latency_ms`;
+/// - `FERRY_TEST_SLOW_NAMES=<text>:<latency_ms>` delays only the calls on object names that
+///   contain `text` (one disk's points, for example).
+///
+/// Never set in production; ferryd logs loudly when either is.
+#[derive(Debug, Default)]
+struct TestFaults {
+    every: Option<(ferry_storage::faults::Fault, u32, u64)>,
+    slow_names: Option<(String, u64)>,
+}
+
+fn test_faults() -> Option<TestFaults> {
     use ferry_storage::faults::Fault;
-    let spec = std::env::var("FERRY_TEST_FAULTS").ok()?;
-    let mut parts = spec.split(':');
-    let fault = match parts.next()? {
-        "503" => Fault::ServerBusy,
-        "500" => Fault::InternalError,
-        "429" => Fault::Throttled,
-        "timeout" => Fault::Timeout,
-        "reset" => Fault::ConnectionReset,
-        "timeout-after-success" => Fault::TimeoutAfterSuccess,
-        _ => return None,
-    };
-    let every = parts.next()?.parse().ok()?;
-    let latency_ms = parts.next().and_then(|l| l.parse().ok()).unwrap_or(0);
-    Some((fault, every, latency_ms))
+    let every = std::env::var("FERRY_TEST_FAULTS").ok().and_then(|spec| {
+        let mut parts = spec.split(':');
+        let fault = match parts.next()? {
+            "503" => Fault::ServerBusy,
+            "500" => Fault::InternalError,
+            "429" => Fault::Throttled,
+            "timeout" => Fault::Timeout,
+            "reset" => Fault::ConnectionReset,
+            "timeout-after-success" => Fault::TimeoutAfterSuccess,
+            _ => return None,
+        };
+        let every = parts.next()?.parse().ok()?;
+        let latency_ms = parts.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        Some((fault, every, latency_ms))
+    });
+    let slow_names = std::env::var("FERRY_TEST_SLOW_NAMES").ok().and_then(|spec| {
+        let (text, latency_ms) = spec.rsplit_once(':')?;
+        Some((text.to_string(), latency_ms.parse().ok()?))
+    });
+    (every.is_some() || slow_names.is_some()).then_some(TestFaults { every, slow_names })
 }
 
 async fn connect(
@@ -259,12 +269,10 @@ async fn connect(
 ) -> Result<Connected, crate::pipeline::ConnectError> {
     let storage: Arc<dyn ferry_storage::ObjectStorage> = match test_faults() {
         None => ferry_storage::open_target(target, retry).await?,
-        Some((fault, every, latency_ms)) => {
+        Some(faults) => {
             tracing::warn!(
-                ?fault,
-                every,
-                latency_ms,
-                "FERRY_TEST_FAULTS is set: injecting storage faults (tests only)"
+                ?faults,
+                "FERRY_TEST_FAULTS or FERRY_TEST_SLOW_NAMES is set: injecting storage faults (tests only)"
             );
             let raw = ferry_storage::open_target(
                 target,
@@ -275,8 +283,13 @@ async fn connect(
             )
             .await?;
             let faulty = ferry_storage::faults::FaultInjecting::new(raw);
-            faulty.fail_every(every, fault, None);
-            faulty.set_latency(Duration::from_millis(latency_ms));
+            if let Some((fault, every, latency_ms)) = faults.every {
+                faulty.fail_every(every, fault, None);
+                faulty.set_latency(Duration::from_millis(latency_ms));
+            }
+            if let Some((text, latency_ms)) = faults.slow_names {
+                faulty.slow_names_containing(&text, Duration::from_millis(latency_ms));
+            }
             Arc::new(ferry_storage::retry::Retrying::new(faulty, retry))
         }
     };

@@ -154,20 +154,24 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     let record = MachineRecord {
         machine_id,
         machine_name: body.machine_name.clone(),
-        registered_unix_ms: super::now_unix_ms(),
+        registered_unix_ms: crate::clock::now_unix_ms(),
         registered_from: peer.to_string(),
     };
     let dir = state.layout.root().join("state/machines");
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| state_file::fsync_dir(&dir))
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot create state/machines");
-            ApiError::new(500, "internal", "registration could not be recorded")
-        })?;
-    state_file::write(&dir.join(format!("{machine_id}.meta")), MACHINE_MAGIC, 1, &record).map_err(|e| {
-        tracing::error!(error = %e, "cannot record the machine");
-        ApiError::new(500, "internal", "registration could not be recorded")
-    })?;
+    // fsyncs: on the blocking pool, not on the workers that serve the data streams.
+    let recorded = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| state_file::fsync_dir(&dir))
+            .map_err(|e| format!("cannot create state/machines: {e}"))?;
+        state_file::write(&dir.join(format!("{machine_id}.meta")), MACHINE_MAGIC, 1, &record)
+            .map_err(|e| format!("cannot record the machine: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the recording task failed: {e}")));
+    if let Err(message) = recorded {
+        tracing::error!(%message, "registration not recorded");
+        return Err(ApiError::new(500, "internal", "registration could not be recorded"));
+    }
     tracing::info!(%machine_id, machine_name = %body.machine_name, %peer, "machine registered");
     let answer = RegisterResponse {
         machine_id,

@@ -1,0 +1,263 @@
+//! The pipeline's slow calls other than change set uploads: writing a disk's descriptor
+//! (`disk.fseal`) and its recovery points, reading its newest point back after a restart, and
+//! releasing cached batches (a state-file fsync and rename). Each runs as its own tokio task
+//! and reports a [`Done`] on a bounded channel, so the coordinator never waits on storage or
+//! the disk, and one disk's slow or failing call never holds up another disk's commits.
+//!
+//! Bounds: at most [`STORAGE_CALLS_MAX`] storage calls and [`RELEASES_MAX`] releases run at
+//! once (the rest wait for a permit); the coordinator puts out at most one call of each kind
+//! per disk (its [`super::ledger::Ledger`] enforces that for points and releases), so the
+//! number of tasks is bounded by the number of disks. Each storage call goes through the
+//! storage layer's own retries; what still fails comes back as an error for the coordinator
+//! to retry after [`super::TRANSIENT_PAUSE`] or [`super::PERMANENT_PAUSE`].
+
+use bytes::Bytes;
+use ferry_format::names::ObjectName;
+use ferry_format::plaintexts::{DiskDescriptor, RecoveryPoint, PLAINTEXT_FORMAT};
+use ferry_format::{BookmarkId, Keyring};
+use ferry_storage::{ObjectStorage, StorageError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use uuid::Uuid;
+
+use super::worker::FoundBookmark;
+use super::{PipelineStatus, PointSummary};
+use crate::cache::Cache;
+
+/// Storage calls (descriptors, points, reads of the newest point) running at once at most.
+pub const STORAGE_CALLS_MAX: usize = 32;
+/// Cache releases running at once at most (they serialize on the cache's state anyway).
+pub const RELEASES_MAX: usize = 2;
+/// Answers waiting for the coordinator at most; a finished task waits for room.
+pub const DONE_QUEUE_DEPTH: usize = 256;
+
+/// A call's failure: from storage (which says whether retrying can help) or local.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Local(String),
+}
+
+impl CallError {
+    /// How long to wait before trying again.
+    pub fn pause(&self) -> Duration {
+        match self {
+            CallError::Storage(e) if e.is_permanent() => super::PERMANENT_PAUSE,
+            _ => super::TRANSIENT_PAUSE,
+        }
+    }
+}
+
+/// The work a call does.
+pub enum Call {
+    /// Write `disk.fseal`.
+    Descriptor(DiskDescriptor),
+    /// Write these recovery points in order, stopping at the first failure.
+    Points {
+        disk_id: Uuid,
+        points: Vec<(u64, FoundBookmark)>,
+    },
+    /// Read the disk's newest recovery point from storage.
+    NewestPoint { disk_id: Uuid },
+    /// Release the cache's batches through `through`.
+    Release { disk_id: Uuid, through: u64 },
+}
+
+/// A call's answer.
+pub enum Done {
+    Descriptor {
+        descriptor: DiskDescriptor,
+        result: Result<(), CallError>,
+    },
+    Points {
+        disk_id: Uuid,
+        /// The points written, in order (a prefix of those asked for).
+        written: Vec<PointSummary>,
+        error: Option<CallError>,
+    },
+    NewestPoint {
+        disk_id: Uuid,
+        result: Result<Option<PointSummary>, CallError>,
+    },
+    Release {
+        disk_id: Uuid,
+        result: Result<(), CallError>,
+    },
+}
+
+/// Starts calls; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Calls {
+    storage: Arc<dyn ObjectStorage>,
+    keyring: Keyring,
+    cache: Cache,
+    bucket: Arc<ferry_storage::TokenBucket>,
+    status: PipelineStatus,
+    storage_permits: Arc<Semaphore>,
+    release_permits: Arc<Semaphore>,
+    done: mpsc::Sender<Done>,
+}
+
+impl Calls {
+    /// The calls' runner and the receiver of their answers.
+    pub fn new(
+        storage: Arc<dyn ObjectStorage>,
+        keyring: Keyring,
+        cache: Cache,
+        bucket: Arc<ferry_storage::TokenBucket>,
+        status: PipelineStatus,
+    ) -> (Self, mpsc::Receiver<Done>) {
+        let (done, answers) = mpsc::channel(DONE_QUEUE_DEPTH);
+        let calls = Self {
+            storage,
+            keyring,
+            cache,
+            bucket,
+            status,
+            storage_permits: Arc::new(Semaphore::new(STORAGE_CALLS_MAX)),
+            release_permits: Arc::new(Semaphore::new(RELEASES_MAX)),
+            done,
+        };
+        (calls, answers)
+    }
+
+    /// Runs `call` in its own task; its answer arrives on the receiver.
+    pub fn start(&self, call: Call) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let permits = match call {
+                Call::Release { .. } => this.release_permits.clone(),
+                _ => this.storage_permits.clone(),
+            };
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let done = this.run(call).await;
+            // Closed only when the pipeline stopped: the answer no longer matters.
+            let _ = this.done.send(done).await;
+        });
+    }
+
+    async fn run(&self, call: Call) -> Done {
+        match call {
+            Call::Descriptor(descriptor) => {
+                let name = ObjectName::DiskMeta {
+                    disk_id: descriptor.disk_id,
+                }
+                .to_string();
+                let result = self.put_sealed_json(descriptor.disk_id, &name, &descriptor).await;
+                Done::Descriptor { descriptor, result }
+            }
+            Call::Points { disk_id, points } => {
+                let mut written = Vec::with_capacity(points.len());
+                let mut error = None;
+                for (_, found) in &points {
+                    match self.write_point(disk_id, found).await {
+                        Ok(summary) => written.push(summary),
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                Done::Points {
+                    disk_id,
+                    written,
+                    error,
+                }
+            }
+            Call::NewestPoint { disk_id } => Done::NewestPoint {
+                disk_id,
+                result: self.newest_point(disk_id).await,
+            },
+            Call::Release { disk_id, through } => {
+                let cache = self.cache.clone();
+                let result = match tokio::task::spawn_blocking(move || cache.release(disk_id, through)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(CallError::Local(format!("cannot release the cache: {e}"))),
+                    Err(e) => Err(CallError::Local(format!("cannot release the cache: {e}"))),
+                };
+                Done::Release { disk_id, result }
+            }
+        }
+    }
+
+    /// Seals `value` as JSON under the disk's key and writes it. Metadata is small and must
+    /// not queue behind uploads: it goes now, charged to the bandwidth cap.
+    async fn put_sealed_json<T: serde::Serialize>(
+        &self,
+        disk_id: Uuid,
+        name: &str,
+        value: &T,
+    ) -> Result<(), CallError> {
+        let json = serde_json::to_vec(value).map_err(|e| CallError::Local(e.to_string()))?;
+        let key = self.keyring.disk_key(disk_id);
+        let sealed = ferry_format::seal::seal(&key, name, &json, 1).map_err(|e| CallError::Local(e.to_string()))?;
+        self.bucket.charge(sealed.len() as u64);
+        self.storage.put(name, Bytes::from(sealed)).await?;
+        self.status
+            .storage_puts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn write_point(&self, disk_id: Uuid, found: &FoundBookmark) -> Result<PointSummary, CallError> {
+        let bookmark_id = BookmarkId::new(found.bookmark.id.as_str()).map_err(|e| CallError::Local(e.to_string()))?;
+        let name = ObjectName::Point {
+            disk_id,
+            seq: found.seq,
+            bookmark_id,
+        }
+        .to_string();
+        let summary = PointSummary {
+            seq: found.seq,
+            bookmark_id: found.bookmark.id.as_str().to_string(),
+            kind: found.bookmark.kind.as_str().to_string(),
+            source_time_unix_ms: found.source_time_ms,
+        };
+        // A point written before a crash stays as it was (its creation time included).
+        if self.storage.head(&name).await.is_ok() {
+            return Ok(summary);
+        }
+        let point = RecoveryPoint {
+            format: PLAINTEXT_FORMAT,
+            disk_id,
+            seq: found.seq,
+            bookmark_id: summary.bookmark_id.clone(),
+            kind: summary.kind.clone(),
+            tag: found.bookmark.tag.clone(),
+            group_id: found.bookmark.group_id,
+            source_time_unix_ms: found.source_time_ms,
+            created_unix_ms: crate::clock::now_unix_ms(),
+        };
+        self.put_sealed_json(disk_id, &name, &point).await?;
+        Ok(summary)
+    }
+
+    /// The newest recovery point of a disk in storage: the highest seq under `points/`.
+    async fn newest_point(&self, disk_id: Uuid) -> Result<Option<PointSummary>, CallError> {
+        let prefix = ObjectName::disk_prefix(disk_id, "points/");
+        let listed = ferry_storage::list_all(&*self.storage, &prefix).await?;
+        let newest = listed.iter().filter_map(|m| match ObjectName::parse(&m.name) {
+            Ok(ObjectName::Point { seq, .. }) => Some((seq, m.name.clone())),
+            _ => None,
+        });
+        let Some((_, name)) = newest.max_by_key(|(seq, _)| *seq) else {
+            return Ok(None);
+        };
+        let sealed = self.storage.get(&name).await?;
+        let plain = ferry_format::seal::unseal(&self.keyring.disk_key(disk_id), &name, &sealed)
+            .map_err(|e| CallError::Local(format!("{name}: {e}")))?;
+        let point: RecoveryPoint =
+            serde_json::from_slice(&plain).map_err(|e| CallError::Local(format!("{name}: {e}")))?;
+        Ok(Some(PointSummary {
+            seq: point.seq,
+            bookmark_id: point.bookmark_id,
+            kind: point.kind,
+            source_time_unix_ms: point.source_time_unix_ms,
+        }))
+    }
+}
