@@ -148,6 +148,8 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
         RetryPolicy::default(),
     );
     let mut in_flight = FuturesUnordered::new();
+    // Slides over seqs, as ferryd's window does (see ferry_client::SendWindow).
+    let mut window = ferry_client::SendWindow::new(settings.window as usize);
     let mut pending = Pending::new();
     let mut durable = first_seq - 1;
     let mut next_seq = None;
@@ -156,11 +158,13 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
     let mut reads_done = Some(reads_done);
     let result: Result<(), PassError> = async {
         loop {
-            let can_take = next_seq.is_none() && in_flight.len() < settings.window as usize;
+            // The reader numbers batches consecutively from first_seq.
+            let can_take = next_seq.is_none() && window.may_send(first_seq + data_batches);
             tokio::select! {
                 item = rx.recv(), if can_take => match item {
                     Some(ReadItem::Batch { seq, bytes, blocks }) => {
                         data_batches += 1;
+                        window.sent(seq);
                         pending.insert(seq, (blocks, bytes.len() as u64));
                         let sender = &sender;
                         in_flight.push(async move { sender.send_one(seq, bytes).await.map(|d| (seq, d)) });
@@ -176,7 +180,8 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
                     None => return Err(PassError::Other("the reader stopped without finishing".into())),
                 },
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                    let (_, durable_now) = answer?;
+                    let (seq, durable_now) = answer?;
+                    window.answered(seq);
                     durable = durable.max(durable_now);
                     record_durable(&map, &mut pending, durable, &counters)?;
                 }

@@ -158,6 +158,8 @@ pub async fn run_disk(shared: Arc<LoadShared>, disk: Arc<Disk>, index: usize) ->
     let mut seq = 0u64;
     let mut last_bookmark = Instant::now();
     let mut in_flight = FuturesUnordered::new();
+    // Slides over seqs, as ferryd's window does (see ferry_client::SendWindow).
+    let mut window = ferry_client::SendWindow::new(s.window as usize);
     loop {
         let now = Instant::now();
         if sent >= per_disk_bytes || end.is_some_and(|e| now >= e) || shared.stop.load(Ordering::Relaxed) {
@@ -180,11 +182,11 @@ pub async fn run_disk(shared: Arc<LoadShared>, disk: Arc<Disk>, index: usize) ->
         // Each batch is its own task, so it is driven (and its ack timed) while this loop
         // sleeps; the window is enforced over the tasks not yet collected.
         while let Some(Some(done)) = in_flight.next().now_or_never() {
-            finished(done)?;
+            finished(done, &mut window)?;
         }
-        while in_flight.len() >= s.window as usize {
+        while !window.may_send(seq + 1) {
             if let Some(done) = in_flight.next().await {
-                finished(done)?;
+                finished(done, &mut window)?;
             }
         }
         seq += 1;
@@ -197,16 +199,22 @@ pub async fn run_disk(shared: Arc<LoadShared>, disk: Arc<Disk>, index: usize) ->
         if rate > 0.0 {
             paced = paced.max(shared.started) + Duration::from_secs_f64(bytes as f64 / rate);
         }
-        in_flight.push(tokio::spawn(send(shared.clone(), disk.clone(), seq, batch, bytes)));
+        window.sent(seq);
+        let sending = send(shared.clone(), disk.clone(), seq, batch, bytes);
+        in_flight.push(tokio::spawn(async move { (seq, sending.await) }));
     }
     while let Some(done) = in_flight.next().await {
-        finished(done)?;
+        finished(done, &mut window)?;
     }
     Ok(())
 }
 
-fn finished(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    done.map_err(|e| anyhow::anyhow!("a batch task failed: {e}"))?
+type Answered = Result<(u64, anyhow::Result<()>), tokio::task::JoinError>;
+
+fn finished(done: Answered, window: &mut ferry_client::SendWindow) -> anyhow::Result<()> {
+    let (seq, result) = done.map_err(|e| anyhow::anyhow!("a batch task failed: {e}"))?;
+    window.answered(seq);
+    result
 }
 
 fn acked(shared: &LoadShared, disk: &Disk, seq: u64, bytes: u64, latency: Duration) {

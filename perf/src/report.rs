@@ -35,6 +35,16 @@ pub fn table(r: &Report) -> String {
             ),
         ),
         (
+            "sustained",
+            format!(
+                "{:.1} MB/s uploaded while loaded; drain {}; {}",
+                r.sustained_upload_mb_per_s,
+                opt(r.drain_upload_mb_per_s, 1, " MB/s"),
+                r.sustained_vs_drain
+                    .map_or("no backlog to compare".into(), |v| format!("{v:.2} of the drain rate"))
+            ),
+        ),
+        (
             "ack latency",
             format!(
                 "p50 {} p99 {} p99.9 {}",
@@ -59,6 +69,17 @@ pub fn table(r: &Report) -> String {
                 opt(r.ferryd_cpu_seconds_per_gb, 2, ""),
                 opt(r.ferryd_cpu_share.map(|v| v * 100.0), 1, "%")
             ),
+        ),
+        (
+            "CPU vs ideal",
+            match (r.cpu_vs_ideal, &r.limits) {
+                (Some(v), Some(l)) => format!(
+                    "{v:.2}x ({} s/GB against the limits ideal {:.2} ns/B)",
+                    opt(r.ferryd_cpu_seconds_per_gb, 2, ""),
+                    l.ideal_ns_per_byte
+                ),
+                _ => "n/a (needs ferryd's CPU and a limits run)".into(),
+            },
         ),
         ("ferryd peak RSS", opt(r.ferryd_peak_rss_mib, 0, " MiB")),
         ("compression", opt(r.compression_ratio, 2, "x")),

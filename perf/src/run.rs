@@ -16,6 +16,8 @@ use crate::server::{self, Ferryd};
 
 /// Longest wait for ferryd to upload the backlog after the load stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+/// A drain shorter than this says nothing about the pipeline's own rate.
+const DRAIN_MEASURABLE: Duration = Duration::from_secs(3);
 
 /// One point of the time series (one per poll).
 #[derive(Clone, Debug, Serialize)]
@@ -42,10 +44,20 @@ pub struct Report {
     pub ingest_mb_per_s: f64,
     /// Uploaded bytes over the time from the start until the backlog drained.
     pub upload_mb_per_s: f64,
+    /// "Sustained": uploaded bytes while the load ran, over the load's duration.
+    pub sustained_upload_mb_per_s: f64,
+    /// Uploaded bytes after the load stopped, over the drain time: the pipeline alone. None
+    /// when the backlog drained in under [`DRAIN_MEASURABLE`] (nothing to measure).
+    pub drain_upload_mb_per_s: Option<f64>,
+    /// Sustained over drain (goal: at least 0.9; under 1 when ingest starves the pipeline).
+    pub sustained_vs_drain: Option<f64>,
     pub ack_ms: Percentiles,
     pub lag_ms: Percentiles,
     pub ferryd_cpu_seconds: Option<f64>,
     pub ferryd_cpu_seconds_per_gb: Option<f64>,
+    /// "CPU vs ideal": ferryd's CPU per byte over the `limits` ideal per byte of the same run
+    /// (s/GB and ns/B are the same unit).
+    pub cpu_vs_ideal: Option<f64>,
     /// ferryd's CPU over the run as a share of the machine (all cores).
     pub ferryd_cpu_share: Option<f64>,
     pub ferryd_peak_rss_mib: Option<f64>,
@@ -109,11 +121,13 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let mut load_seconds = None;
     let mut senders = futures::future::join_all(senders);
     let mut senders_done = None;
+    let mut uploaded_at_load_end = None;
     let drain_deadline = |load_end: Instant| load_end + DRAIN_LIMIT;
     loop {
         tokio::select! {
             results = &mut senders, if senders_done.is_none() => {
                 load_seconds = Some(started.elapsed().as_secs_f64());
+                uploaded_at_load_end = Some(counters.uploaded_bytes.load(Ordering::Relaxed));
                 senders_done = Some(results);
             }
             () = tokio::time::sleep(options.poll) => {}
@@ -182,6 +196,12 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         .and_then(|address| crate::procs::scrape_metric(address, "ferry_storage_puts_total"))
         .map(|puts| puts as u64);
     let ingest_mb_per_s = ingested as f64 / 1e6 / load_seconds;
+    let drain_seconds = total_seconds - load_seconds;
+    let uploaded_at_load_end = uploaded_at_load_end.unwrap_or(uploaded);
+    let sustained_upload_mb_per_s = uploaded_at_load_end as f64 / 1e6 / load_seconds.max(1e-9);
+    let drain_upload_mb_per_s = (drain_seconds >= DRAIN_MEASURABLE.as_secs_f64())
+        .then(|| (uploaded - uploaded_at_load_end) as f64 / 1e6 / drain_seconds);
+    let ferryd_cpu_seconds_per_gb = cpu.map(|c| c / (ingested as f64 / 1e9).max(1e-9));
     let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);
     let machine = machine_description();
     let retries = counters.retries.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -189,16 +209,24 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         disks: disks.len(),
         machine,
         load_seconds,
-        drain_seconds: total_seconds - load_seconds,
+        drain_seconds,
         ingested_bytes: ingested,
         uploaded_bytes: uploaded,
         batches: counters.acked_batches.load(Ordering::Relaxed),
         ingest_mb_per_s,
         upload_mb_per_s: uploaded as f64 / 1e6 / total_seconds,
+        sustained_upload_mb_per_s,
+        drain_upload_mb_per_s,
+        sustained_vs_drain: drain_upload_mb_per_s
+            .filter(|d| *d > 0.0)
+            .map(|d| sustained_upload_mb_per_s / d),
         ack_ms: percentiles(&counters.ack_latency),
         lag_ms: percentiles(&counters.lag),
         ferryd_cpu_seconds: cpu,
-        ferryd_cpu_seconds_per_gb: cpu.map(|c| c / (ingested as f64 / 1e9).max(1e-9)),
+        ferryd_cpu_seconds_per_gb,
+        cpu_vs_ideal: ferryd_cpu_seconds_per_gb
+            .zip(limits.as_ref())
+            .map(|(per_gb, l)| per_gb / l.ideal_ns_per_byte),
         ferryd_cpu_share: cpu.map(|c| c / (total_seconds * cores)),
         ferryd_peak_rss_mib: usage_after.map(|u| u.1),
         compression_ratio,

@@ -20,4 +20,4 @@ pub mod tls;
 pub use api::{BatchAck, DiskInfo, DiskSpec};
 pub use client::{ClientError, DataClient};
 pub use register::{register, Identity, Registration};
-pub use sender::{BatchSender, RetryPolicy};
+pub use sender::{BatchSender, RetryPolicy, SendWindow};

@@ -5,8 +5,12 @@
 //! can make ferryd hold more than the limit in bodies. One batch is always admitted when
 //! nothing is reserved, so a limit below one batch cannot stop ingest.
 //!
-//! The limit is a quarter of `pipeline.memory_budget_bytes` (at least one largest batch),
-//! changed by `ferryctl tune` with the budget.
+//! The limit is the bodies' share of `pipeline.memory_budget_bytes` ([`crate::memory_budget`]:
+//! a quarter, at least one largest batch), changed by `ferryctl tune` with the budget.
+//!
+//! Why not wait for room instead of refusing: a stream that waits does not read its body, and
+//! its unread data holds the HTTP/2 connection's shared flow-control window, which stalls the
+//! other disks' streams on that connection (tried: steady's ingest fell to a third).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,10 +35,9 @@ impl Drop for Reservation {
     }
 }
 
-/// The limit for a configuration: a quarter of the memory budget, at least one largest batch.
+/// The limit for a configuration: the bodies' share of the memory budget.
 pub fn limit_for(config: &ferry_config::config::ApplianceConfig) -> u64 {
-    let largest_batch = u64::from(config.ingest.max_batch_bytes) + ferry_format::batch::BATCH_HEADER_LEN as u64;
-    (config.pipeline.memory_budget_bytes / 4).max(largest_batch)
+    crate::memory_budget::shares(config).ingest_bodies
 }
 
 impl IngestMemory {

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod cache;
 pub mod clock;
 pub mod ingest_memory;
+pub mod memory_budget;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

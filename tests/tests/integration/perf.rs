@@ -50,6 +50,16 @@ fn a_short_run_drains_and_reports_consistent_totals() {
     assert!(puts >= 12, "{report}");
     assert!(report["puts_per_gb"].as_f64().unwrap() > 0.0 && report["puts_per_hour"].as_f64().unwrap() > 0.0);
     assert!(!report["samples"].as_array().unwrap().is_empty());
+    // Uploaded while loaded cannot pass what was acknowledged while loaded.
+    let sustained = report["sustained_upload_mb_per_s"].as_f64().unwrap();
+    assert!(
+        sustained >= 0.0 && sustained <= report["ingest_mb_per_s"].as_f64().unwrap(),
+        "{report}"
+    );
+    assert!(
+        report["cpu_vs_ideal"].is_null(),
+        "no limits run, no ideal to compare with"
+    );
     let written: Vec<String> = std::fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -20,8 +20,9 @@
 //!   so a restart resumes from it; change sets re-uploaded after a crash may overlap, which
 //!   FORMATS.md allows). Those calls, and each disk's `disk.fseal`, run as tasks ([`calls`]):
 //!   a slow or failing call pauses only its own disk's commits.
-//! - **Memory**: the plaintext bytes of change sets between dispatch and commit stay within
-//!   `memory_budget_bytes` (one change set may always proceed, so progress is guaranteed).
+//! - **Memory**: change sets between cut and stored (their plaintext until sealed, then their
+//!   sealed bytes) stay within their share of `memory_budget_bytes` ([`crate::memory_budget`];
+//!   one change set may always proceed, so progress is guaranteed).
 
 pub mod calls;
 pub mod idle_delay;
@@ -515,7 +516,10 @@ impl Coordinator {
             size_bytes: view.meta.size_bytes,
             sector_size: view.meta.sector_size,
         };
-        let (limit, budget) = (self.tuning.change_set_bytes(), self.tuning.memory_budget_bytes());
+        let (limit, budget) = (
+            self.tuning.change_set_bytes(),
+            self.tuning.change_sets_in_flight_bytes(),
+        );
         let limits = self.delay_limits();
         loop {
             let in_flight = self.in_flight_bytes;
@@ -576,15 +580,19 @@ impl Coordinator {
 
     fn on_sealed(&mut self, sealed: Sealed) {
         match sealed.result {
-            Ok((bytes, bookmarks)) => self.start_upload(Upload {
-                disk_id: sealed.disk_id,
-                first_seq: sealed.first_seq,
-                last_seq: sealed.last_seq,
-                name: sealed.name,
-                sealed: bytes,
-                plain_len: sealed.plain_len,
-                bookmarks,
-            }),
+            Ok((bytes, bookmarks)) => {
+                // From here the change set holds its sealed bytes, not its plaintext.
+                self.in_flight_bytes = (self.in_flight_bytes + bytes.len() as u64).saturating_sub(sealed.plain_len);
+                self.start_upload(Upload {
+                    disk_id: sealed.disk_id,
+                    first_seq: sealed.first_seq,
+                    last_seq: sealed.last_seq,
+                    name: sealed.name,
+                    sealed: bytes,
+                    plain_len: sealed.plain_len,
+                    bookmarks,
+                })
+            }
             Err(message) => {
                 tracing::error!(disk = %sealed.disk_id, first = sealed.first_seq, last = sealed.last_seq, %message, "sealing failed; retrying");
                 if let Some(progress) = self.disks.get_mut(&sealed.disk_id) {
@@ -648,6 +656,7 @@ impl Coordinator {
     fn on_outcome(&mut self, outcome: UploadOutcome) {
         match outcome {
             UploadOutcome::Stored(mut upload) => {
+                self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.sealed.len() as u64);
                 // The storage layer kept no reference: the buffer goes back for the next object.
                 // Emptied first: converting keeps the capacity and copies only the contents.
                 if let Ok(mut buffer) = std::mem::take(&mut upload.sealed).try_into_mut() {
@@ -664,7 +673,6 @@ impl Coordinator {
                     tracing::error!(disk = %upload.disk_id, error = %e, "pipeline ledger refused an upload");
                 }
                 self.publish(upload.disk_id);
-                self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.plain_len);
                 self.status
                     .uploaded_bytes
                     .fetch_add(upload.plain_len, std::sync::atomic::Ordering::Relaxed);

@@ -131,6 +131,11 @@ impl Tuning {
         Duration::from_millis(self.idle_flush_delay_max_ms.load(Ordering::Relaxed))
     }
 
+    /// The change sets' share of the memory budget ([`crate::memory_budget`]).
+    pub fn change_sets_in_flight_bytes(&self) -> u64 {
+        crate::memory_budget::change_sets_in_flight(self.memory_budget_bytes())
+    }
+
     pub fn memory_budget_bytes(&self) -> u64 {
         self.memory_budget_bytes.load(Ordering::Relaxed)
     }

@@ -19,8 +19,8 @@ use uuid::Uuid;
 use crate::cache::Cache;
 
 /// Sealed-object buffers kept for reuse at most (each about a change set: at the default
-/// 8 MiB, 64 MiB retained in all).
-pub const SPARE_BUFFERS: usize = 8;
+/// 8 MiB, 32 MiB retained in all; outside the memory budget's shares, see `memory_budget`).
+pub const SPARE_BUFFERS: usize = 4;
 
 pub struct SealJob {
     pub disk_id: Uuid,

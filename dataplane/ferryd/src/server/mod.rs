@@ -9,6 +9,7 @@
 pub mod control;
 pub mod data;
 pub mod http;
+pub mod ingest_runtime;
 pub mod register;
 pub mod tls;
 pub mod tune;
@@ -34,6 +35,10 @@ pub const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once per endpoint; more wait in the kernel's accept queue.
 pub const CONNECTIONS_MAX: usize = 4096;
+/// HTTP/2 receive windows (hyper's defaults are 1 MiB each): enough for a LAN's bandwidth-delay
+/// product at several hundred MB/s per connection; a body is read as soon as it is admitted.
+pub const H2_STREAM_WINDOW_BYTES: u32 = 256 << 10;
+pub const H2_CONNECTION_WINDOW_BYTES: u32 = 512 << 10;
 
 pub struct AppState {
     pub cache: Cache,
@@ -91,7 +96,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         engine: config.cache.engine,
         max_batch_bytes: config.ingest.max_batch_bytes,
         window: config.ingest.window,
-        resident_budget_bytes: config.pipeline.memory_budget_bytes,
+        resident_budget_bytes: crate::memory_budget::shares(&config).resident_batches,
     };
     let (cache, report) = Cache::open(options).context("cannot open the cache")?;
     tracing::info!(
@@ -178,14 +183,19 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     tracing::info!(data = %data_listener.local_addr()?, management = %management_listener.local_addr()?, "ferryd is serving");
 
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-    let data_loop = tokio::spawn(serve(
-        data_listener,
-        tls.clone(),
-        state.clone(),
-        Endpoint::Data,
-        graceful.clone(),
-        stopped.clone(),
-    ));
+    // The data endpoint runs on its own, lower-weight runtime (see ingest_runtime); its
+    // listener moves there so its connections are driven by that runtime's threads.
+    let ingest = ingest_runtime::IngestRuntime::start().context("cannot start the ingest runtime")?;
+    let data_listener = data_listener.into_std()?;
+    let data_loop = {
+        let (tls, state, graceful, stopped) = (tls.clone(), state.clone(), graceful.clone(), stopped.clone());
+        ingest.handle().spawn(async move {
+            match TcpListener::from_std(data_listener) {
+                Ok(listener) => serve(listener, tls, state, Endpoint::Data, graceful, stopped).await,
+                Err(e) => tracing::error!(error = %e, "cannot serve the data endpoint"),
+            }
+        })
+    };
     let control_loop = tokio::spawn(control::serve(control_listener, state.clone(), stopped.clone()));
     tokio::spawn(control::sample_rates(state.clone(), stopped.clone()));
     tokio::spawn(crate::metrics::serve(metrics_listener, state.clone(), stopped.clone()));
@@ -412,7 +422,13 @@ async fn serve(
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // HTTP/2 flow-control windows: what a client may send before ferryd reads it, held
+            // in memory per stream and per connection outside the memory budget, so small.
+            builder
+                .http2()
+                .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES);
             let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

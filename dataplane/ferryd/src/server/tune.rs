@@ -145,7 +145,8 @@ fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
         ApiError::new(500, "internal", format!("cannot write ferry.toml: {e}"))
     })?;
     app.tuning.apply(&config.pipeline);
-    app.cache.set_resident_budget_bytes(config.pipeline.memory_budget_bytes);
+    app.cache
+        .set_resident_budget_bytes(crate::memory_budget::shares(&config).resident_batches);
     app.ingest_memory.set_limit(crate::ingest_memory::limit_for(&config));
     app.cache
         .set_limit_bytes(limit)
