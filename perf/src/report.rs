@@ -41,7 +41,9 @@ pub fn table(r: &Report) -> String {
                 r.sustained_upload_mb_per_s,
                 opt(r.drain_upload_mb_per_s, 1, " MB/s"),
                 r.sustained_vs_drain
-                    .map_or("no backlog to compare".into(), |v| format!("{v:.2} of the drain rate"))
+                    .map_or("the pipeline kept up (no backlog to measure it alone)".into(), |v| {
+                        format!("{v:.2} of the drain rate")
+                    })
             ),
         ),
         (

@@ -16,8 +16,10 @@ use crate::server::{self, Ferryd};
 
 /// Longest wait for ferryd to upload the backlog after the load stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
-/// A drain shorter than this says nothing about the pipeline's own rate.
-const DRAIN_MEASURABLE: Duration = Duration::from_secs(3);
+/// The drain rate is the pipeline's own only when the backlog at the load's end would take at
+/// least this long at the rate uploads kept while loaded; a smaller backlog drains at the
+/// pace of the flush delays (quiet disks), which says nothing about the pipeline.
+const DRAIN_MEASURABLE: Duration = Duration::from_secs(10);
 
 /// One point of the time series (one per poll).
 #[derive(Clone, Debug, Serialize)]
@@ -47,7 +49,7 @@ pub struct Report {
     /// "Sustained": uploaded bytes while the load ran, over the load's duration.
     pub sustained_upload_mb_per_s: f64,
     /// Uploaded bytes after the load stopped, over the drain time: the pipeline alone. None
-    /// when the backlog drained in under [`DRAIN_MEASURABLE`] (nothing to measure).
+    /// when the backlog was too small to measure it (see [`DRAIN_MEASURABLE`]).
     pub drain_upload_mb_per_s: Option<f64>,
     /// Sustained over drain (goal: at least 0.9; under 1 when ingest starves the pipeline).
     pub sustained_vs_drain: Option<f64>,
@@ -199,8 +201,10 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let drain_seconds = total_seconds - load_seconds;
     let uploaded_at_load_end = uploaded_at_load_end.unwrap_or(uploaded);
     let sustained_upload_mb_per_s = uploaded_at_load_end as f64 / 1e6 / load_seconds.max(1e-9);
-    let drain_upload_mb_per_s = (drain_seconds >= DRAIN_MEASURABLE.as_secs_f64())
-        .then(|| (uploaded - uploaded_at_load_end) as f64 / 1e6 / drain_seconds);
+    let backlog_at_load_end = ingested.saturating_sub(uploaded_at_load_end) as f64 / 1e6;
+    let drain_upload_mb_per_s = (drain_seconds > 0.0
+        && backlog_at_load_end >= sustained_upload_mb_per_s * DRAIN_MEASURABLE.as_secs_f64())
+    .then(|| (uploaded - uploaded_at_load_end) as f64 / 1e6 / drain_seconds);
     let ferryd_cpu_seconds_per_gb = cpu.map(|c| c / (ingested as f64 / 1e9).max(1e-9));
     let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);
     let machine = machine_description();
