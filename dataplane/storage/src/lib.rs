@@ -24,6 +24,7 @@ pub mod azure;
 pub mod config;
 pub mod discard;
 pub mod faults;
+pub mod group_sync;
 pub mod local;
 pub mod pacing;
 pub mod retry;

@@ -2,9 +2,11 @@
 //! name spells. The embedded default, so a newcomer needs no cloud account.
 //!
 //! Durability of `put`: write a temporary file `.{file}.{random}.tmp` beside the target,
-//! fsync it, rename it over the target, fsync the directory; directories created on the way
-//! are fsync'd into their parents. After `put` returns, a power loss keeps the new object;
-//! before, the old one (or none). Temporary files start with '.', which no valid object
+//! make it durable, rename it over the target, make the rename durable; directories created
+//! on the way are fsync'd into their parents. "Durable" is a `syncfs` round shared with the
+//! puts running at the same time ([`crate::group_sync`]) rather than an fsync of the file and
+//! of its directory each. After `put` returns, a power loss keeps the new object; before, the
+//! old one (or none). Temporary files start with '.', which no valid object
 //! name segment may (see [`crate::validate_name`]), so listings never see them and a crash
 //! leaves at worst a stray temporary file, which [`LocalDirectory::remove_stray_temporaries`]
 //! cleans.
@@ -28,6 +30,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct LocalDirectory {
     root: PathBuf,
+    /// Shared by every put through this target (and its clones).
+    sync: std::sync::Arc<crate::group_sync::GroupSync>,
 }
 
 impl LocalDirectory {
@@ -44,7 +48,10 @@ impl LocalDirectory {
                 .map_err(|e| map_io(Operation::CreateContainer, &name, e))?;
         }
         match fs::metadata(&root) {
-            Ok(meta) if meta.is_dir() => Ok(Self { root }),
+            Ok(meta) if meta.is_dir() => Ok(Self {
+                root,
+                sync: Default::default(),
+            }),
             Ok(_) => Err(StorageError::Permanent {
                 operation: Operation::CreateContainer,
                 name,
@@ -207,15 +214,13 @@ impl PendingObject {
         self.file.write_all(data)
     }
 
-    /// fsync the data, rename over the object, fsync the directory.
-    fn commit(mut self) -> io::Result<()> {
-        self.file.sync_all()?;
+    /// Makes the data durable, renames over the object, makes the rename durable (each by a
+    /// round of `sync`, shared with other puts).
+    fn commit(mut self, sync: &crate::group_sync::GroupSync) -> io::Result<()> {
+        sync.sync(&self.file)?;
         fs::rename(&self.temporary, &self.path)?;
         self.committed = true;
-        match self.path.parent() {
-            Some(dir) => fsync_directory(dir),
-            None => Ok(()),
-        }
+        sync.sync(&self.file)
     }
 }
 
@@ -227,10 +232,10 @@ impl Drop for PendingObject {
     }
 }
 
-fn put_blocking(root: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+fn put_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_sync::GroupSync) -> io::Result<()> {
     let mut object = PendingObject::create(root, path)?;
     object.append(data)?;
-    object.commit()
+    object.commit(sync)
 }
 
 fn get_range_blocking(path: &Path, range: Range<u64>) -> io::Result<Vec<u8>> {
@@ -298,8 +303,8 @@ async fn blocking<T: Send + 'static>(
 impl ObjectStorage for LocalDirectory {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
         let path = self.path_of(name)?;
-        let root = self.root.clone();
-        blocking(Operation::Put, name, move || put_blocking(&root, &path, &data))
+        let (root, sync) = (self.root.clone(), self.sync.clone());
+        blocking(Operation::Put, name, move || put_blocking(&root, &path, &data, &sync))
             .await
             .map_err(|(e, n)| map_io(Operation::Put, &n, e))
     }
@@ -329,7 +334,8 @@ impl ObjectStorage for LocalDirectory {
             }
             granted = pace.take((data.len() - at) as u64).await as usize;
         }
-        blocking(Operation::Put, name, move || object.commit())
+        let sync = self.sync.clone();
+        blocking(Operation::Put, name, move || object.commit(&sync))
             .await
             .map_err(to_storage_error)
     }

@@ -308,6 +308,12 @@ struct Coordinator {
     /// Disks whose ledger may have a commit step to hand out (uploads stored, calls answered,
     /// or paused after a failure): [`Coordinator::commit`] looks at these only.
     commit_due: std::collections::HashSet<Uuid>,
+    /// Whether the next cycle passes over the disks to cut change sets ([`Self::dispatch`]).
+    dispatch_due: bool,
+    /// The last pass stopped at the memory budget or a full seal queue...
+    dispatch_blocked: bool,
+    /// ...and a change set was sealed or stored since (room may be back).
+    room_freed: bool,
     calls_done: tokio::sync::mpsc::Receiver<calls::Done>,
 }
 
@@ -359,6 +365,9 @@ pub fn start(
         calls,
         calls_done,
         commit_due: Default::default(),
+        dispatch_due: true,
+        dispatch_blocked: false,
+        room_freed: false,
         tuning,
         workers,
         status: status.clone(),
@@ -385,12 +394,12 @@ impl Coordinator {
             let deadline = self.next_deadline();
             tokio::select! {
                 _ = stop.changed() => return,
-                _ = durable.notified() => {}
-                _ = self.tuning.changed.notified() => {}
+                _ = durable.notified() => self.dispatch_due = true,
+                _ = self.tuning.changed.notified() => self.dispatch_due = true,
                 Some(sealed) = self.sealed.recv() => self.on_sealed(sealed),
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
                 Some(done) = self.calls_done.recv() => self.on_call_done(done),
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = tokio::time::sleep_until(deadline.into()) => self.dispatch_due = true,
             }
             // Take every answer already waiting, so one pass over the disks serves them all
             // (with hundreds of disks, a pass per answer was a tenth of ferryd's CPU).
@@ -405,7 +414,17 @@ impl Coordinator {
             }
             self.retune();
             self.requeue_due();
-            self.dispatch();
+            // A pass over every disk only when it can cut something new: new durable batches,
+            // a flush delay or pause ending, a change of tunables, or room again after the
+            // last pass stopped at the memory budget or a full seal queue. (A pass per upload
+            // or call answer was most of the coordinator's CPU with hundreds of disks.)
+            if self.dispatch_blocked && self.room_freed {
+                self.dispatch_due = true;
+            }
+            if std::mem::take(&mut self.dispatch_due) {
+                self.room_freed = false;
+                self.dispatch();
+            }
             self.commit();
         }
     }
@@ -503,18 +522,7 @@ impl Coordinator {
     }
 
     fn progress(&mut self, view: &DiskView) -> &mut DiskProgress {
-        self.disks.entry(view.meta.disk_id).or_insert_with(|| DiskProgress {
-            ledger: ledger::Ledger::resume(view.released_through),
-            waiting_since: None,
-            flush_delay: Duration::ZERO, // within the limits: the base delay
-            next_cut: NextCut::starting_at(view.released_through + 1, 0),
-            descriptor_written: None,
-            descriptor_call_out: false,
-            latest_point: None,
-            newest_point: NewestPoint::NotAsked,
-            paused_until: None,
-            error: None,
-        })
+        progress_of(&mut self.disks, view)
     }
 
     /// Puts out the calls a disk needs before its change sets can go (its descriptor, and its
@@ -522,9 +530,12 @@ impl Coordinator {
     /// every disk. Never waits: calls run as tasks.
     fn dispatch(&mut self) {
         let now = Instant::now();
+        self.dispatch_blocked = false;
         for view in self.cache.disks() {
             let disk_id = view.meta.disk_id;
-            let progress = self.progress(&view);
+            // One map lookup per disk and pass (the pass visits every disk; with hundreds of
+            // them the lookups showed in profiles).
+            let progress = progress_of(&mut self.disks, &view);
             if progress.paused(now) {
                 continue;
             }
@@ -532,7 +543,6 @@ impl Coordinator {
                 progress.newest_point = NewestPoint::Asking;
                 self.calls.start(calls::Call::NewestPoint { disk_id });
             }
-            let progress = self.progress(&view);
             if view.durable_seq <= progress.ledger.dispatched_through() {
                 continue;
             }
@@ -546,6 +556,7 @@ impl Coordinator {
                 continue;
             }
             if !self.dispatch_disk(&view) {
+                self.dispatch_blocked = true;
                 return; // the memory budget or the seal queue is full
             }
         }
@@ -628,6 +639,7 @@ impl Coordinator {
     fn on_sealed(&mut self, sealed: Sealed) {
         match sealed.result {
             Ok((bytes, bookmarks)) => {
+                self.room_freed = true;
                 // From here the change set holds its sealed bytes, not its plaintext.
                 self.in_flight_bytes = (self.in_flight_bytes + bytes.len() as u64).saturating_sub(sealed.plain_len);
                 self.start_upload(Upload {
@@ -703,6 +715,7 @@ impl Coordinator {
     fn on_outcome(&mut self, outcome: UploadOutcome) {
         match outcome {
             UploadOutcome::Stored(mut upload) => {
+                self.room_freed = true;
                 self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.sealed.len() as u64);
                 // The storage layer kept no reference: the buffer goes back for the next object.
                 // Emptied first: converting keeps the capacity and copies only the contents.
@@ -784,6 +797,7 @@ impl Coordinator {
         match done {
             calls::Done::Descriptor { descriptor, result } => {
                 progress.descriptor_call_out = false;
+                self.dispatch_due = true;
                 match result {
                     Ok(()) => progress.descriptor_written = Some((descriptor.size_bytes, descriptor.name)),
                     Err(e) => progress.failed(format!("cannot write disk.fseal: {e}"), e.pause()),
@@ -845,6 +859,22 @@ impl Coordinator {
             );
         }
     }
+}
+
+/// The coordinator's entry for a disk, made on first sight from the cache's view.
+fn progress_of<'a>(disks: &'a mut HashMap<Uuid, DiskProgress>, view: &DiskView) -> &'a mut DiskProgress {
+    disks.entry(view.meta.disk_id).or_insert_with(|| DiskProgress {
+        ledger: ledger::Ledger::resume(view.released_through),
+        waiting_since: None,
+        flush_delay: Duration::ZERO, // within the limits: the base delay
+        next_cut: NextCut::starting_at(view.released_through + 1, 0),
+        descriptor_written: None,
+        descriptor_call_out: false,
+        latest_point: None,
+        newest_point: NewestPoint::NotAsked,
+        paused_until: None,
+        error: None,
+    })
 }
 
 /// The disk's descriptor as `disk.fseal` holds it.
