@@ -27,15 +27,12 @@ pub struct GroupSync {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The id the next round will get (rounds are numbered from 1).
-    next_round: u64,
-    /// The last round that finished.
+    /// The last round that started (rounds are numbered from 1; 0: none yet).
+    started: u64,
+    /// The last round that finished (rounds finish in order).
     completed: u64,
-    running: bool,
     /// (round, error) of recent failed rounds.
     errors: VecDeque<(u64, io::ErrorKind, String)>,
-    /// Rounds run since start (for tests and metrics).
-    rounds: u64,
 }
 
 impl GroupSync {
@@ -43,11 +40,8 @@ impl GroupSync {
     /// has finished: everything written to that file system before the call is durable.
     pub fn sync(&self, file: &File) -> io::Result<()> {
         let mut state = self.lock();
-        if state.next_round == 0 {
-            state.next_round = 1;
-        }
         // A round already running may have started before our writes: wait for the next.
-        let mine = state.next_round;
+        let mine = state.started + 1;
         loop {
             if state.completed >= mine {
                 return match state.errors.iter().find(|(round, _, _)| *round == mine) {
@@ -55,16 +49,14 @@ impl GroupSync {
                     None => Ok(()),
                 };
             }
-            if !state.running {
-                let round = state.next_round;
-                state.next_round += 1;
-                state.running = true;
+            let running = state.started > state.completed;
+            if !running {
+                state.started += 1;
+                let round = state.started;
                 drop(state);
                 let result = rustix::fs::syncfs(file);
                 state = self.lock();
-                state.running = false;
                 state.completed = round;
-                state.rounds += 1;
                 if let Err(e) = result {
                     let error = io::Error::from(e);
                     state
@@ -82,8 +74,9 @@ impl GroupSync {
     }
 
     /// Rounds run since start.
-    pub fn rounds(&self) -> u64 {
-        self.lock().rounds
+    #[cfg(test)]
+    fn rounds(&self) -> u64 {
+        self.lock().completed
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -93,13 +93,9 @@ impl<P: Clone> Ledger<P> {
     }
 
     /// Points found in uploaded change sets and not yet written.
+    #[cfg(test)]
     pub fn pending_points(&self) -> usize {
         self.pending_points.values().map(Vec::len).sum()
-    }
-
-    /// Whether a storage call for this disk is out.
-    pub fn call_out(&self) -> bool {
-        self.call.is_some()
     }
 
     /// The change set `first..=last` was cut (it must start right after the last one).

@@ -219,8 +219,9 @@ struct DiskProgress {
     descriptor_written: Option<(u64, String)>,
     descriptor_call_out: bool,
     latest_point: Option<PointSummary>,
-    /// Whether storage was asked for the newest point (after a restart it is not in memory).
-    newest_point: NewestPoint,
+    /// Whether storage was asked for the newest point (after a restart it is not in memory;
+    /// asked again after a failed answer).
+    newest_point_asked: bool,
     /// After a failed call, no new call for this disk before this moment.
     paused_until: Option<Instant>,
     error: Option<String>,
@@ -248,13 +249,6 @@ impl NextCut {
             limit,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum NewestPoint {
-    NotAsked,
-    Asking,
-    Known,
 }
 
 impl DiskProgress {
@@ -539,8 +533,8 @@ impl Coordinator {
             if progress.paused(now) {
                 continue;
             }
-            if progress.newest_point == NewestPoint::NotAsked {
-                progress.newest_point = NewestPoint::Asking;
+            if !progress.newest_point_asked {
+                progress.newest_point_asked = true;
                 self.calls.start(calls::Call::NewestPoint { disk_id });
             }
             if view.durable_seq <= progress.ledger.dispatched_through() {
@@ -805,7 +799,6 @@ impl Coordinator {
             }
             calls::Done::NewestPoint { result, .. } => match result {
                 Ok(newest) => {
-                    progress.newest_point = NewestPoint::Known;
                     if progress.latest_point.as_ref().map_or(0, |p| p.seq) < newest.as_ref().map_or(0, |p| p.seq) {
                         progress.latest_point = newest;
                     }
@@ -813,7 +806,7 @@ impl Coordinator {
                 Err(e) => {
                     // Only the status lacks it meanwhile; asked again after the pause.
                     tracing::debug!(disk = %disk_id, error = %e, "cannot read the newest point");
-                    progress.newest_point = NewestPoint::NotAsked;
+                    progress.newest_point_asked = false;
                     progress.paused_until = Some(Instant::now() + e.pause());
                 }
             },
@@ -871,7 +864,7 @@ fn progress_of<'a>(disks: &'a mut HashMap<Uuid, DiskProgress>, view: &DiskView) 
         descriptor_written: None,
         descriptor_call_out: false,
         latest_point: None,
-        newest_point: NewestPoint::NotAsked,
+        newest_point_asked: false,
         paused_until: None,
         error: None,
     })

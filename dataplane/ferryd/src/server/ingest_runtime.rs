@@ -18,7 +18,11 @@ const NICE_MAX: i32 = 19;
 
 /// The runtime; shut down without waiting when dropped (it is dropped inside the main
 /// runtime, where a blocking shutdown is not allowed).
-pub struct IngestRuntime(Option<tokio::runtime::Runtime>);
+pub struct IngestRuntime {
+    /// Taken only by `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
 
 impl IngestRuntime {
     pub fn start() -> std::io::Result<Self> {
@@ -27,21 +31,20 @@ impl IngestRuntime {
             .thread_name("ferry-ingest")
             .on_thread_start(lower_this_threads_priority)
             .build()?;
-        Ok(Self(Some(runtime)))
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
     }
 
-    pub fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(runtime) => runtime.handle().clone(),
-            // Only `drop` empties it.
-            None => tokio::runtime::Handle::current(),
-        }
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 }
 
 impl Drop for IngestRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
     }
