@@ -30,6 +30,14 @@ fn main() -> ExitCode {
     // batch-sized buffers are pooled, so little is faulted in again).
     // SAFETY: sets one process-wide integer option; no pointers; valid at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // No transparent huge pages: mimalloc asks for them on its arenas, and a partly used 2 MiB
+    // page stays resident whole, which put peak RSS 90-180 MiB over the memory budget (steady
+    // 626-635 -> 528-535 MiB; 64 disks ingesting behind a capped uplink 817 -> 629-643 MiB) at
+    // the same CPU per byte (docs/BENCHMARKS.md). mimalloc's own option is read when its first
+    // arena is made, before main; the process-wide prctl applies to memory mapped already too.
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("ferryd: cannot turn off transparent huge pages ({e}); memory may exceed its budget");
+    }
     let args = Args::parse();
     ferry_client::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -101,6 +101,20 @@ pub fn render(state: &crate::server::AppState) -> String {
     );
     metric(
         &mut out,
+        "ferry_resident_batch_bytes",
+        "gauge",
+        "Bytes of received batches kept in memory for the seal workers (at most half the memory budget).",
+        state.cache.usage().resident_bytes,
+    );
+    metric(
+        &mut out,
+        "ferry_change_set_bytes_in_flight",
+        "gauge",
+        "Bytes of change sets between cut and stored: plaintext while queued, sealed bytes after (at most a quarter of the memory budget).",
+        state.pipeline.change_set_bytes_in_flight(),
+    );
+    metric(
+        &mut out,
         "ferry_ingest_busy_total",
         "counter",
         "Batches refused with 503 busy because their bodies would not fit the memory budget.",

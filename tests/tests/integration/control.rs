@@ -153,6 +153,14 @@ async fn status_disks_and_machines_match_a_known_workload() {
         sample(&metrics, "ferry_ack_latency_seconds_bucket{le=\"+Inf\"}"),
         Some(21.0)
     );
+    // Everything is stored and released: each share of the memory budget is back to nothing.
+    for share in [
+        "ferry_ingest_body_bytes",
+        "ferry_resident_batch_bytes",
+        "ferry_change_set_bytes_in_flight",
+    ] {
+        assert_eq!(sample(&metrics, share), Some(0.0), "{share}: {metrics}");
+    }
     let uploads = sample(&metrics, "ferry_upload_latency_seconds_count").unwrap();
     assert!(uploads >= 2.0, "one change set per disk at least: {uploads}");
     assert!(

@@ -113,6 +113,9 @@ pub struct PipelineStatus {
     upload_errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
     /// Sealed bytes stored since start.
     sealed_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of change sets between cut and stored (plaintext while queued, sealed after):
+    /// the change sets' share of the memory budget in use.
+    change_set_bytes_in_flight: Arc<std::sync::atomic::AtomicU64>,
     /// Objects written to the target since start (change sets, points, descriptors): each at
     /// least one billed PUT.
     storage_puts: Arc<std::sync::atomic::AtomicU64>,
@@ -152,6 +155,11 @@ impl PipelineStatus {
 
     pub fn sealed_bytes(&self) -> u64 {
         self.sealed_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn change_set_bytes_in_flight(&self) -> u64 {
+        self.change_set_bytes_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn upload_latency(&self) -> &crate::metrics::LatencyHistogram {
@@ -379,6 +387,13 @@ pub fn start(
 }
 
 impl Coordinator {
+    /// Mirrors `in_flight_bytes` for `/metrics` (the coordinator's own copy stays the rule).
+    fn publish_in_flight(&self) {
+        self.status
+            .change_set_bytes_in_flight
+            .store(self.in_flight_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let durable = self.cache.durable_notify();
         loop {
@@ -620,6 +635,7 @@ impl Coordinator {
                 return false;
             }
             self.in_flight_bytes += bytes;
+            self.publish_in_flight();
             let progress = self.progress(view);
             if let Err(e) = progress.ledger.dispatched(first, last) {
                 // Unreachable: `first` is taken from the ledger just above.
@@ -636,6 +652,7 @@ impl Coordinator {
                 self.room_freed = true;
                 // From here the change set holds its sealed bytes, not its plaintext.
                 self.in_flight_bytes = (self.in_flight_bytes + bytes.len() as u64).saturating_sub(sealed.plain_len);
+                self.publish_in_flight();
                 self.start_upload(Upload {
                     disk_id: sealed.disk_id,
                     first_seq: sealed.first_seq,
@@ -711,6 +728,7 @@ impl Coordinator {
             UploadOutcome::Stored(mut upload) => {
                 self.room_freed = true;
                 self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.sealed.len() as u64);
+                self.publish_in_flight();
                 // The storage layer kept no reference: the buffer goes back for the next object.
                 // Emptied first: converting keeps the capacity and copies only the contents.
                 if let Ok(mut buffer) = std::mem::take(&mut upload.sealed).try_into_mut() {
