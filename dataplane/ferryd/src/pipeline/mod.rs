@@ -27,6 +27,7 @@
 pub mod calls;
 pub mod idle_delay;
 pub mod ledger;
+pub mod reader;
 pub mod tuning;
 pub mod worker;
 
@@ -330,13 +331,16 @@ pub fn start(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(SEAL_QUEUE_DEPTH);
+    let (loaded_tx, loaded_rx) = crossbeam_channel::bounded(reader::READ_AHEAD);
     let (spare_tx, spare_rx) = crossbeam_channel::bounded(worker::SPARE_BUFFERS);
     let (sealed_tx, sealed_rx) = tokio::sync::mpsc::channel(SEAL_QUEUE_DEPTH);
+    if let Err(e) = reader::start(jobs_rx, cache.clone(), loaded_tx) {
+        tracing::error!(error = %e, "cannot start the read-ahead threads; nothing will be uploaded");
+    }
     let workers = worker::WorkerPool {
-        jobs: jobs_rx,
+        jobs: loaded_rx,
         results: sealed_tx,
         spare_buffers: spare_rx,
-        cache: cache.clone(),
         keyring: keyring.clone(),
         level: tuning.compression_level.clone(),
         busy_nanos: status.seal_busy_nanos.clone(),

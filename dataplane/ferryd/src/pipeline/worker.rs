@@ -1,14 +1,12 @@
-//! Seal workers: OS threads (one per core by default) that take a change set's batch range,
-//! read the batches from the cache (from memory while resident, else from the segment files),
-//! collect its bookmarks, and zstd + AES-GCM seal them (joined into one contiguous input, see
-//! `Sealer::seal_parts`). Jobs arrive on a bounded crossbeam channel; results go back to the
-//! coordinator on a tokio channel. Output buffers come back from finished uploads through
+//! Seal workers: OS threads (one per core by default) that take a change set loaded by the
+//! read-ahead threads ([`super::reader`]) and zstd + AES-GCM seal it (joined into one
+//! contiguous input, see `Sealer::seal_parts`). Loaded change sets arrive on a bounded
+//! crossbeam channel; results go back to the coordinator on a tokio channel. Output buffers come back from finished uploads through
 //! [`SPARE_BUFFERS`] slots and are reused, so a steady stream of objects allocates (and
 //! page-faults) nothing new.
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use ferry_format::batch::{Record, BATCH_HEADER_LEN};
 use ferry_format::names::ObjectName;
 use ferry_format::seal::Sealer;
 use ferry_format::{Bookmark, Keyring};
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::cache::Cache;
+use super::reader::LoadedJob;
 
 /// Sealed-object buffers kept for reuse at most (each about a change set: at the default
 /// 8 MiB, 32 MiB retained in all; outside the memory budget's shares, see `memory_budget`).
@@ -52,11 +50,10 @@ pub struct Sealed {
 /// never drops below what is wanted and never grows past it.
 #[derive(Clone)]
 pub struct WorkerPool {
-    pub jobs: Receiver<SealJob>,
+    pub jobs: Receiver<LoadedJob>,
     pub results: tokio::sync::mpsc::Sender<Sealed>,
     /// Output buffers of uploaded objects, handed back by the coordinator.
     pub spare_buffers: Receiver<Vec<u8>>,
-    pub cache: Cache,
     pub keyring: Keyring,
     pub level: Arc<AtomicI32>,
     pub busy_nanos: Arc<AtomicU64>,
@@ -113,14 +110,14 @@ impl WorkerPool {
         };
         loop {
             match self.jobs.recv_timeout(std::time::Duration::from_millis(500)) {
-                Ok(job) => {
+                Ok(loaded) => {
                     let wanted = self.level.load(Ordering::Relaxed);
                     if wanted != sealer.level() {
                         let _ = sealer.set_level(wanted);
                     }
                     let started = std::time::Instant::now();
                     let spare = self.spare_buffers.try_recv().unwrap_or_default();
-                    let sealed = seal(&mut sealer, &self.cache, &self.keyring, &job, spare);
+                    let sealed = seal(&mut sealer, &self.keyring, loaded, spare);
                     self.busy_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if self.results.blocking_send(sealed).is_err() {
@@ -141,47 +138,23 @@ impl WorkerPool {
     }
 }
 
-fn seal(sealer: &mut Sealer, cache: &Cache, keyring: &Keyring, job: &SealJob, spare: Vec<u8>) -> Sealed {
+fn seal(sealer: &mut Sealer, keyring: &Keyring, loaded: LoadedJob, spare: Vec<u8>) -> Sealed {
+    let LoadedJob { job, loaded } = loaded;
     let name = ObjectName::Log {
         disk_id: job.disk_id,
         first_seq: job.first_seq,
         last_seq: job.last_seq,
     }
     .to_string();
-    let mut parts = Vec::with_capacity((job.last_seq - job.first_seq + 1) as usize);
-    let mut bookmarks = Vec::new();
-    let mut plain_len = 0u64;
-    for seq in job.first_seq..=job.last_seq {
-        let batch = match cache.read_batch(job.disk_id, seq) {
-            Ok(Some(batch)) => batch,
-            Ok(None) => return failed(job, name, format!("batch {seq} is not in the cache")),
-            Err(e) => return failed(job, name, e.to_string()),
-        };
-        plain_len += batch.len() as u64;
-        if ferry_format::batch::has_bookmark(&batch) {
-            // Re-validated as on ingest; the bookmark JSON is needed for the point manifest.
-            match ferry_format::batch::decode(batch.clone(), seq, job.geometry, u32::MAX - BATCH_HEADER_LEN as u32) {
-                Ok(decoded) => {
-                    for record in &decoded.records {
-                        if let Record::Bookmark(bookmark) = record {
-                            bookmarks.push(FoundBookmark {
-                                seq,
-                                bookmark: bookmark.clone(),
-                                source_time_ms: decoded.header.source_time_ms,
-                            });
-                        }
-                    }
-                }
-                Err(e) => return failed(job, name, format!("batch {seq} no longer decodes: {e}")),
-            }
-        }
-        parts.push(batch);
-    }
-    let slices: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(message) => return failed(&job, name, message),
+    };
+    let slices: Vec<&[u8]> = loaded.parts.iter().map(|b| &b[..]).collect();
     let key = keyring.disk_key(job.disk_id);
     let result = sealer
         .seal_parts_into(&key, &name, &slices, spare)
-        .map(|sealed| (Bytes::from(sealed), bookmarks))
+        .map(|sealed| (Bytes::from(sealed), loaded.bookmarks))
         .map_err(|e| e.to_string());
     Sealed {
         disk_id: job.disk_id,
@@ -189,7 +162,7 @@ fn seal(sealer: &mut Sealer, cache: &Cache, keyring: &Keyring, job: &SealJob, sp
         last_seq: job.last_seq,
         name,
         result,
-        plain_len,
+        plain_len: loaded.plain_len,
     }
 }
 
