@@ -103,6 +103,10 @@ struct RunArgs {
     /// local, discard or azurite.
     #[arg(long)]
     target: Option<String>,
+    /// Hold uploads back during the load and lift the hold at its end: the drain is then the
+    /// pipeline alone (needs a ferryd ferry-perf starts).
+    #[arg(long)]
+    hold_uploads: bool,
     /// Where the JSON report and the SVG plot go.
     #[arg(long, default_value = "perf-results")]
     out_dir: PathBuf,
@@ -229,6 +233,7 @@ async fn run_command(args: RunArgs, json: bool) -> anyhow::Result<()> {
         burst_on_secs
     );
     set!(burst_off_secs, batch_bytes, window, bookmark_every_secs, data, target);
+    scenario.hold_uploads |= args.hold_uploads;
     scenario.validate()?;
     let limits: Option<Limits> = match (&args.limits, args.no_limits) {
         (_, true) => None,

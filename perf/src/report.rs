@@ -36,15 +36,22 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "sustained",
-            format!(
-                "{:.1} MB/s uploaded while loaded; drain {}; {}",
-                r.sustained_upload_mb_per_s,
-                opt(r.drain_upload_mb_per_s, 1, " MB/s"),
-                r.sustained_vs_drain
-                    .map_or("the pipeline kept up (no backlog to measure it alone)".into(), |v| {
-                        format!("{v:.2} of the drain rate")
-                    })
-            ),
+            match r.scenario.hold_uploads {
+                true => format!(
+                    "uploads held during the load; drain {} (the pipeline alone), {} of the ceiling",
+                    opt(r.drain_upload_mb_per_s, 1, " MB/s"),
+                    opt(r.drain_vs_ceiling, 2, "")
+                ),
+                false => format!(
+                    "{:.1} MB/s uploaded while loaded; drain {}; {}",
+                    r.sustained_upload_mb_per_s,
+                    opt(r.drain_upload_mb_per_s, 1, " MB/s"),
+                    r.sustained_vs_drain
+                        .map_or("the pipeline kept up (no backlog to measure it alone)".into(), |v| {
+                            format!("{v:.2} of the drain rate")
+                        })
+                ),
+            },
         ),
         (
             "ack latency",

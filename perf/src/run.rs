@@ -52,7 +52,11 @@ pub struct Report {
     /// when the backlog was too small to measure it (see [`DRAIN_MEASURABLE`]).
     pub drain_upload_mb_per_s: Option<f64>,
     /// Sustained over drain (goal: at least 0.9; under 1 when ingest starves the pipeline).
+    /// None when uploads were held during the load.
     pub sustained_vs_drain: Option<f64>,
+    /// With `hold_uploads`: the drain (the pipeline alone) over the `limits` ceiling on all
+    /// cores.
+    pub drain_vs_ceiling: Option<f64>,
     pub ack_ms: Percentiles,
     pub lag_ms: Percentiles,
     pub ferryd_cpu_seconds: Option<f64>,
@@ -109,6 +113,10 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         None => server::launch(&scenario.target, options.keep)?,
     };
     let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
+    let hold = match scenario.hold_uploads {
+        true => Some(UploadHold::start(&ferryd).await?),
+        false => None,
+    };
     let counters = Arc::new(Counters::default());
     let usage_before = ferryd.pid.and_then(server::process_usage);
     let shared = LoadShared::new(scenario.clone(), counters.clone())?;
@@ -130,6 +138,9 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
             results = &mut senders, if senders_done.is_none() => {
                 load_seconds = Some(started.elapsed().as_secs_f64());
                 uploaded_at_load_end = Some(counters.uploaded_bytes.load(Ordering::Relaxed));
+                if let Some(hold) = &hold {
+                    hold.lift().await?;
+                }
                 senders_done = Some(results);
             }
             () = tokio::time::sleep(options.poll) => {}
@@ -222,8 +233,12 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         sustained_upload_mb_per_s,
         drain_upload_mb_per_s,
         sustained_vs_drain: drain_upload_mb_per_s
-            .filter(|d| *d > 0.0)
+            .filter(|d| *d > 0.0 && !scenario.hold_uploads)
             .map(|d| sustained_upload_mb_per_s / d),
+        drain_vs_ceiling: drain_upload_mb_per_s
+            .zip(limits.as_ref())
+            .filter(|_| scenario.hold_uploads)
+            .map(|(d, l)| d / l.ideal_mb_per_s),
         ack_ms: percentiles(&counters.ack_latency),
         lag_ms: percentiles(&counters.lag),
         ferryd_cpu_seconds: cpu,
@@ -293,4 +308,48 @@ pub fn machine_description() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{model}, {cores} cores")
+}
+
+/// `hold_uploads`: ferryd's bandwidth cap set low through its control socket for the load,
+/// then put back to what it was.
+struct UploadHold {
+    control: ferry_client::control::ControlClient,
+    cap_before: u64,
+}
+
+impl UploadHold {
+    async fn start(ferryd: &Ferryd) -> anyhow::Result<UploadHold> {
+        let appliance = ferryd.appliance.as_ref().context(
+            "hold_uploads needs a ferryd that ferry-perf starts (its control socket is in the appliance it makes)",
+        )?;
+        let layout = ferry_config::ApplianceLayout::new(appliance);
+        let config = ferry_config::config::ApplianceConfig::load(&layout.config_file())
+            .with_context(|| format!("reading {}", layout.config_file().display()))?;
+        let control = ferry_client::control::ControlClient::new(&layout.resolve(&config.server.control_socket));
+        let cap_before = control
+            .tune_state()
+            .await
+            .context("reading ferryd's tunables")?
+            .values
+            .bandwidth_cap_bytes_per_sec;
+        let hold = UploadHold { control, cap_before };
+        hold.set_cap(crate::scenario::HOLD_CAP_BYTES_PER_SEC).await?;
+        Ok(hold)
+    }
+
+    async fn lift(&self) -> anyhow::Result<()> {
+        self.set_cap(self.cap_before).await
+    }
+
+    async fn set_cap(&self, cap: u64) -> anyhow::Result<()> {
+        let request = ferry_client::control::TuneRequest {
+            set: vec![("bandwidth_cap_bytes_per_sec".into(), cap.to_string())],
+            reset: false,
+        };
+        self.control
+            .tune(&request)
+            .await
+            .context("setting ferryd's upload cap")?;
+        Ok(())
+    }
 }

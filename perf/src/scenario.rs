@@ -36,7 +36,16 @@ pub struct Scenario {
     pub data: String,
     /// local, discard (the pipeline without storage) or azurite (started by ferry-perf).
     pub target: String,
+    /// Hold uploads back during the load (a bandwidth cap of [`HOLD_CAP_BYTES_PER_SEC`] set
+    /// through ferryd's control socket, lifted when the load ends), so the whole load is a
+    /// backlog at its end and the drain measures the pipeline alone, with the machine to itself.
+    /// Needs a ferryd that ferry-perf started.
+    pub hold_uploads: bool,
 }
+
+/// The upload cap while `hold_uploads` holds them back (ferryd's cap is never 0: 0 is
+/// unlimited).
+pub const HOLD_CAP_BYTES_PER_SEC: u64 = 1_000_000;
 
 impl Default for Scenario {
     fn default() -> Self {
@@ -57,6 +66,7 @@ impl Default for Scenario {
             bookmark_every_secs: 5.0,
             data: "mixed".into(),
             target: "local".into(),
+            hold_uploads: false,
         }
     }
 }

@@ -74,6 +74,47 @@ fn a_short_run_drains_and_reports_consistent_totals() {
 }
 
 #[test]
+fn holding_uploads_leaves_the_load_to_drain_after_it() {
+    let out = tempfile::tempdir().unwrap();
+    let run = perf(&[
+        "--json",
+        "run",
+        "--name",
+        "held",
+        "--machines",
+        "1",
+        "--disks-per-machine",
+        "2",
+        "--duration-secs",
+        "2",
+        "--hold-uploads",
+        "--no-limits",
+        "--poll-ms",
+        "200",
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    let report = run.json();
+    let ingested = report["ingested_bytes"].as_u64().unwrap() as f64;
+    assert_eq!(report["uploaded_bytes"].as_f64(), Some(ingested), "the backlog drained");
+    // Held: at most the hold's 1 MB/s (plus one object) went up while the load ran...
+    let uploaded_while_loaded =
+        report["sustained_upload_mb_per_s"].as_f64().unwrap() * 1e6 * report["load_seconds"].as_f64().unwrap();
+    assert!(uploaded_while_loaded < ingested / 2.0, "{report}");
+    // ...and the hold was lifted at the load's end: at the held rate the backlog would take
+    // `ingested` / 1 MB/s seconds (here minutes); lifted, it drains in a few.
+    let held_drain_secs = (ingested - uploaded_while_loaded) / 1e6;
+    assert!(
+        report["drain_seconds"].as_f64().unwrap() < held_drain_secs / 4.0,
+        "{report}"
+    );
+    assert!(report["drain_upload_mb_per_s"].as_f64().is_some(), "{report}");
+    assert!(report["sustained_vs_drain"].is_null(), "nothing to compare while held");
+    assert_eq!(report["scenario"]["hold_uploads"], true);
+}
+
+#[test]
 fn the_discard_target_is_named_and_bad_scenarios_are_refused() {
     let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().to_str().unwrap();
