@@ -177,7 +177,14 @@ fn every_shipped_scenario_parses_and_validates() {
     names.sort();
     assert_eq!(
         names,
-        ["asr-sizing", "bursty", "incompressible", "many-streams", "steady"]
+        [
+            "asr-sizing",
+            "bursty",
+            "drain",
+            "incompressible",
+            "many-streams",
+            "steady"
+        ]
     );
 }
 
