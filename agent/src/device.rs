@@ -11,15 +11,12 @@ use anyhow::{bail, Context};
 use std::fs::File;
 use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::config::DiskConfig;
 
 // linux/fs.h: _IOR(0x12, 114, size_t) and _IO(0x12, 104).
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKSSZGET: libc::c_ulong = 0x1268;
 
 pub struct Device {
     file: File,
@@ -101,38 +98,24 @@ impl Device {
     /// Tells the kernel the range will not be read again soon (a pass reads each byte once;
     /// this keeps it from evicting the protected machine's own working set).
     pub fn drop_cached(&self, offset: u64, len: u64) {
-        // SAFETY: posix_fadvise on our own open descriptor; advice only, errors are harmless.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                offset as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            );
-        }
+        // Advice only: an error changes nothing that matters. A length of 0 means "to the end".
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
     }
 
     pub fn advise_sequential(&self) {
-        // SAFETY: as above.
-        unsafe {
-            libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
-        }
+        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::Sequential);
     }
 }
 
 fn block_geometry(file: &File) -> std::io::Result<(u64, u32)> {
-    let mut size: u64 = 0;
-    let mut sector: libc::c_int = 0;
-    // SAFETY: both ioctls write one value of the pointed-to type into memory we own.
-    unsafe {
-        if libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::ioctl(file.as_raw_fd(), BLKSSZGET as _, &mut sector as *mut libc::c_int) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    let sector = u32::try_from(sector).unwrap_or(512);
+    // A block device's end is its size (what BLKGETSIZE64 says, without an ioctl).
+    let size = rustix::fs::seek(file, rustix::fs::SeekFrom::End(0))?;
+    let sector = rustix::fs::ioctl_blksszget(file)?;
     Ok((size, if sector == 4096 { 4096 } else { 512 }))
 }
 

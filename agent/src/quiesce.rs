@@ -75,10 +75,7 @@ impl Quiesce {
 
     fn thaw_all(&mut self) {
         for (mount, file) in self.frozen.drain(..) {
-            // SAFETY: FITHAW on a descriptor we opened; the argument is unused by the kernel.
-            let rc = unsafe { libc::ioctl(file.as_raw_fd(), FITHAW as _, 0) };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
+            if let Err(e) = freeze_ioctl(&file, FITHAW) {
                 tracing::error!(mount = %mount.display(), error = %e, "thaw failed: run `fsfreeze --unfreeze` on it");
                 self.notes.push(format!("thawing {}: {e}", mount.display()));
                 self.ok = false;
@@ -136,17 +133,11 @@ pub fn thaw_mounts(mounts: &[PathBuf]) -> Vec<(PathBuf, Result<&'static str, std
         .iter()
         .map(|mount| {
             let result = File::open(mount).and_then(|file| {
-                // SAFETY: FITHAW on a descriptor we opened; the argument is unused by the kernel.
-                let rc = unsafe { libc::ioctl(file.as_raw_fd(), FITHAW as _, 0) };
-                if rc == 0 {
-                    return Ok("thawed");
-                }
-                let error = std::io::Error::last_os_error();
-                // EINVAL: the file system was not frozen.
-                if error.raw_os_error() == Some(libc::EINVAL) {
-                    Ok("not frozen")
-                } else {
-                    Err(error)
+                match freeze_ioctl(&file, FITHAW) {
+                    Ok(()) => Ok("thawed"),
+                    // EINVAL: the file system was not frozen.
+                    Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok("not frozen"),
+                    Err(error) => Err(error),
                 }
             });
             (mount.clone(), result)
@@ -156,12 +147,20 @@ pub fn thaw_mounts(mounts: &[PathBuf]) -> Vec<(PathBuf, Result<&'static str, std
 
 fn freeze(mount: &Path) -> std::io::Result<File> {
     let file = File::open(mount)?;
-    // SAFETY: FIFREEZE on a descriptor we opened; the argument is unused by the kernel.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FIFREEZE as _, 0) };
+    freeze_ioctl(&file, FIFREEZE)?;
+    Ok(file)
+}
+
+/// FIFREEZE or FITHAW on a mount point's directory (neither has a safe wrapper in std or
+/// rustix: rustix's `ioctl` is unsafe too, as any raw ioctl must be).
+fn freeze_ioctl(file: &File, request: libc::c_ulong) -> std::io::Result<()> {
+    // SAFETY: `request` is FIFREEZE or FITHAW (callers pass only these constants), on a
+    // descriptor we opened; both ignore their argument, so passing 0 reads or writes nothing.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request as _, 0) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(file)
+    Ok(())
 }
 
 async fn run_script(script: &Path, phase: &str, timeout: Duration) -> Result<(), String> {

@@ -22,8 +22,11 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<AgentStatus>> {
 }
 
 pub fn is_running(status: &AgentStatus, now_ms: u64) -> bool {
-    // SAFETY: kill(pid, 0) only checks that the process exists.
-    let alive = status.pid > 0 && unsafe { libc::kill(status.pid as libc::pid_t, 0) } == 0;
+    // kill(pid, 0): the process exists (and is ours to signal).
+    let alive = i32::try_from(status.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
     alive && now_ms.saturating_sub(status.updated_unix_ms) < STALE_MS
 }
 

@@ -24,7 +24,6 @@ use ferry_benches::{
 use ferry_config::config::CacheEngine;
 use ferry_perf::datagen::{DataGenerator, Mix};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,8 +33,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn drop_page_cache(path: &Path) {
     let file = std::fs::File::open(path).unwrap();
-    // SAFETY: advice on our own descriptor; the file was fsync'd, so its pages are clean.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // The file was fsync'd, so its pages are clean and can go.
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// Cold sequential read with O_DIRECT, 1 MiB at a time: MB/s.

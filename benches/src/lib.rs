@@ -108,19 +108,18 @@ pub async fn start_ferryd(
 
 /// User + system CPU seconds of this process.
 pub fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
-/// Peak resident set size of this process, in MiB (getrusage's ru_maxrss).
+/// Peak resident set size of this process, in MiB (VmHWM in /proc/self/status).
 pub fn peak_rss_mib() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    usage.ru_maxrss as f64 / 1024.0
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// The `p` quantile of sorted samples.

@@ -39,8 +39,9 @@ struct Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(mut ferryd) = self.ferryd.take() {
-            // SAFETY: kill(2) on our own child; SIGTERM lets ferryd drain and exit cleanly.
-            unsafe { libc::kill(ferryd.id() as i32, libc::SIGTERM) };
+            // SIGTERM lets ferryd drain and exit cleanly.
+            let _ =
+                rustix::process::kill_process(rustix::process::Pid::from_child(&ferryd), rustix::process::Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(30);
             while matches!(ferryd.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));

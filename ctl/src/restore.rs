@@ -18,7 +18,6 @@ use ferry_storage::list_all;
 use futures::StreamExt;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -117,16 +116,8 @@ async fn target_seq(args: &RestoreArgs, opened: &OpenVault, disk_id: Uuid) -> Re
 }
 
 fn punch_zeros(file: &File, offset: u64, length: u64) -> std::io::Result<()> {
-    // SAFETY: fallocate on an open descriptor.
-    let punched = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            length as libc::off_t,
-        )
-    };
-    if punched == 0 {
+    let hole = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+    if rustix::fs::fallocate(file, hole, offset, length).is_ok() {
         return Ok(());
     }
     // No hole punching here: write zeros, a megabyte at a time.

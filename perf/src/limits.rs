@@ -54,11 +54,8 @@ impl Limits {
 
 /// Thread CPU seconds (user + system) of the calling thread.
 pub fn thread_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct for the calling thread.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// Runs `work` `repetitions` times over `bytes` and keeps the fastest (wall clock, CPU).
@@ -174,8 +171,8 @@ fn direct_append(dir: &Path, data: &[u8], repetitions: usize) -> anyhow::Result<
         .with_context(|| format!("opening {} with O_DIRECT (tmpfs cannot)", path.display()))?;
     let _remove = RemoveOnDrop(path.clone());
     let bytes = data.len() / (1 << 20) * (1 << 20);
-    // SAFETY: fallocate on our own descriptor.
-    unsafe { libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&file), 0, 0, bytes as libc::off_t) };
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes as u64)
+        .with_context(|| format!("allocating {bytes} bytes in {}", path.display()))?;
     let mut raw = vec![0u8; (1 << 20) + 4096];
     let start = raw.as_ptr().align_offset(4096);
     let block = &mut raw[start..start + (1 << 20)];

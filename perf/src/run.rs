@@ -282,8 +282,7 @@ fn progress(scenario: &Scenario, samples: &[Sample], draining: bool) {
         .map(|i| if (i as f64) < done * 30.0 { '#' } else { '.' })
         .collect();
     let phase = if draining { "draining" } else { "loading" };
-    // SAFETY: isatty has no preconditions.
-    let tty = unsafe { libc::isatty(2) } == 1;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let line = format!(
         "[{bar}] {:>5.0} s {phase}: ingest {:>6.0} MB/s, upload {:>6.0} MB/s, backlog {:>7.0} MB",
         last.t_secs, last.ingest_mb_per_s, last.upload_mb_per_s, last.backlog_mb

@@ -28,8 +28,8 @@ impl Drop for Ferryd {
     fn drop(&mut self) {
         for child in [self.child.take(), self.azurite.take()].into_iter().flatten() {
             let mut child = child;
-            // SAFETY: kill(2) on our own child: SIGTERM lets ferryd drain.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ =
+                rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(30);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -192,8 +192,7 @@ pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = rustix::param::clock_ticks_per_second() as f64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let hwm_kib = status
         .lines()

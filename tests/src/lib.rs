@@ -282,8 +282,10 @@ impl Ferryd {
     /// SIGTERM, then the exit status (waits at most 60 s). Async, so the test's own client
     /// connections keep running and can take part in the graceful close (HTTP/2 GOAWAY).
     pub async fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
         for _ in 0..600 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
@@ -371,8 +373,8 @@ impl PrivateAzurite {
     /// container, which real Azure never does), then SIGKILL after 10 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ =
+                rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);
             for _ in 0..100 {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;

@@ -388,7 +388,7 @@ async fn ferryd_killed_mid_run_the_agent_resumes() {
         status["disks"][0]["last_bookmark"]["id"].as_str().map(str::to_string)
     });
     // SIGTERM: the agent stops cleanly.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);
     assert!(child.wait().unwrap().success(), "{}", agent.log_text());
     let disk = agent.status().unwrap()["disks"][0]["disk_id"]
         .as_str()

@@ -44,29 +44,12 @@ const IOV_MAX: usize = 1024;
 
 impl PsyncEngine {
     fn write_run(file: &File, offset: u64, buffers: &[&[u8]]) -> io::Result<()> {
-        let iovecs: Vec<libc::iovec> = buffers
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
+        let slices: Vec<io::IoSlice<'_>> = buffers.iter().map(|b| io::IoSlice::new(b)).collect();
         let total: usize = buffers.iter().map(|b| b.len()).sum();
-        // SAFETY: every iovec points into a live borrowed slice of its stated length.
-        let written = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                iovecs.as_ptr(),
-                iovecs.len() as i32,
-                offset as libc::off_t,
-            )
-        };
-        if written < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if (written as usize) < total {
+        let written = rustix::io::pwritev(file, &slices, offset)?;
+        if written < total {
             // A short write: finish the rest buffer by buffer.
-            let mut done = written as usize;
+            let mut done = written;
             let mut at = offset;
             for buffer in buffers {
                 let skip = done.min(buffer.len());

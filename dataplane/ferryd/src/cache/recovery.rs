@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -77,13 +76,15 @@ fn take_lock(dir: &Path) -> Result<File, CacheError> {
         .mode(0o600)
         .open(&path)
         .map_err(io_at(&path))?;
-    // SAFETY: flock on an open descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(CacheError::Locked(dir.to_path_buf()));
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => return Err(CacheError::Locked(dir.to_path_buf())),
+        Err(errno) => {
+            return Err(CacheError::Io {
+                path,
+                source: errno.into(),
+            })
         }
-        return Err(CacheError::Io { path, source: error });
     }
     Ok(file)
 }

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -184,15 +183,11 @@ impl Writer {
         let path = dir.join(format!("{id:016}.seg"));
         let io_error = |e: io::Error| PlaceError::Io(format!("{}: {e}", path.display()));
         let file = open_segment_file(&path).map_err(io_error)?;
-        // SAFETY: fallocate on an open descriptor with a valid length.
-        let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, segment_bytes as libc::off_t) };
-        if allocated != 0 {
-            let error = io::Error::last_os_error();
+        if let Err(errno) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, segment_bytes) {
             let _ = std::fs::remove_file(&path);
-            return Err(if error.raw_os_error() == Some(libc::ENOSPC) {
-                PlaceError::Full
-            } else {
-                io_error(error)
+            return Err(match errno {
+                rustix::io::Errno::NOSPC => PlaceError::Full,
+                errno => io_error(errno.into()),
             });
         }
         let mut header = AlignedBuf::zeroed(SEGMENT_HEADER_LEN);

@@ -152,13 +152,8 @@ impl Tuning {
 
 /// (weekday with 0 = Sunday, hour) in the machine's local time.
 fn local_weekday_hour() -> (u32, u32) {
-    // SAFETY: time(NULL) and localtime_r into a zeroed struct we own.
-    unsafe {
-        let now = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
-            return (0, 0);
-        }
-        (tm.tm_wday.max(0) as u32, tm.tm_hour.max(0) as u32)
-    }
+    use chrono::{Datelike, Timelike};
+    // chrono reads the zone as localtime(3) does: TZ, else /etc/localtime.
+    let now = chrono::Local::now();
+    (now.weekday().num_days_from_sunday(), now.hour())
 }

@@ -68,13 +68,8 @@ pub(crate) fn cache_limit(config: &ApplianceConfig, directory: &Path) -> Result<
         return Ok(config.cache.limit_bytes);
     }
     std::fs::create_dir_all(directory).with_context(|| format!("cannot create {}", directory.display()))?;
-    let path = std::ffi::CString::new(directory.as_os_str().as_encoded_bytes()).context("cache path")?;
-    // SAFETY: statvfs writes into the zeroed struct we pass.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("statvfs on the cache directory");
-    }
-    let total = stats.f_blocks as u64 * stats.f_frsize as u64;
+    let stats = rustix::fs::statvfs(directory).context("statvfs on the cache directory")?;
+    let total = stats.f_blocks * stats.f_frsize;
     Ok(total / 100 * u64::from(config.cache.limit_percent))
 }
 
