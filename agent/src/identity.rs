@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-use crate::files::{private_dir, read_optional, write_private};
+use ferry_durable::{private_dir, read_optional};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct MachineFile {
@@ -50,10 +50,10 @@ pub fn save(state_dir: &Path, identity: &Identity, machine_name: &str, managemen
         management_endpoint: management.to_string(),
     };
     // The key first and machine.json last: machine.json is what marks a complete identity.
-    write_private(&dir.join("key.pem"), identity.key_pem.as_bytes())?;
-    write_private(&dir.join("cert.pem"), identity.cert_pem.as_bytes())?;
-    write_private(&dir.join("ca.pem"), identity.ca_pem.as_bytes())?;
-    write_private(&dir.join("machine.json"), &serde_json::to_vec_pretty(&machine)?)?;
+    ferry_durable::replace(&dir.join("key.pem"), identity.key_pem.as_bytes())?;
+    ferry_durable::replace(&dir.join("cert.pem"), identity.cert_pem.as_bytes())?;
+    ferry_durable::replace(&dir.join("ca.pem"), identity.ca_pem.as_bytes())?;
+    ferry_durable::replace(&dir.join("machine.json"), &serde_json::to_vec_pretty(&machine)?)?;
     Ok(())
 }
 

@@ -14,7 +14,6 @@
 pub mod blockmap;
 pub mod config;
 pub mod device;
-pub mod files;
 pub mod identity;
 pub mod pass;
 pub mod progress;

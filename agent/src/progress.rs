@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-use crate::files::{read_optional, write_private};
+use ferry_durable::read_optional;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,7 +104,7 @@ pub fn load(state_dir: &Path, disk_id: Uuid) -> std::io::Result<Result<Option<Di
 pub fn save(state_dir: &Path, progress: &DiskProgress) -> std::io::Result<()> {
     let path = disk_dir(state_dir, progress.disk_id).join("progress.json");
     let json = serde_json::to_vec_pretty(progress).map_err(std::io::Error::other)?;
-    write_private(&path, &json)
+    ferry_durable::replace(&path, &json)
 }
 
 /// One disk in `status.json`.

@@ -23,12 +23,12 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::config::AgentConfig;
-use crate::files::{private_dir, write_private};
 use crate::identity;
 use crate::pass::{now_unix_ms, run_pass, BookmarkChoice, PassCounters, PassOutcome, PassRequest};
 use crate::progress::{self, AgentStatus, BookmarkRecord, DiskStatus, PassStatus, Phase};
 use crate::quiesce::Quiesce;
 use crate::session::{self, Session};
+use ferry_durable::private_dir;
 
 /// Wait before a failed disk is set up again, when the appliance gave no Retry-After.
 const RETRY_FAILED_DISK: Duration = Duration::from_secs(30);
@@ -100,7 +100,7 @@ impl Board {
     fn write(&self, state_dir: &std::path::Path) {
         let snapshot = self.snapshot();
         if let Ok(json) = serde_json::to_vec_pretty(&snapshot) {
-            if let Err(e) = write_private(&progress::status_path(state_dir), &json) {
+            if let Err(e) = ferry_durable::replace(&progress::status_path(state_dir), &json) {
                 tracing::warn!(error = %e, "cannot write status.json");
             }
         }

@@ -24,9 +24,9 @@ use uuid::Uuid;
 use crate::blockmap::{BlockMap, Opened};
 use crate::config::{AgentConfig, DiskConfig};
 use crate::device::Device;
-use crate::files::private_dir;
 use crate::pass::PassSettings;
 use crate::progress::{self, DiskProgress};
+use ferry_durable::private_dir;
 
 pub struct Session {
     pub device: Arc<Device>,

@@ -5,9 +5,9 @@
 use anyhow::Context;
 use std::path::Path;
 
-use crate::files::read_optional;
 use crate::pass::now_unix_ms;
 use crate::progress::{status_path, AgentStatus};
+use ferry_durable::read_optional;
 
 /// A status file older than this, or from a dead process, means the agent is not running.
 const STALE_MS: u64 = 10_000;

@@ -16,7 +16,6 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::files::{create_private_dir, fsync_dir, write_private_file};
 use crate::target_args::TargetArgs;
 
 #[derive(Args, Debug)]
@@ -67,6 +66,20 @@ fn next_steps(dir: &Path, server_name: &str, management_listen: &str, fingerprin
             "ferry-agent register --server {server_name}:{port} --passphrase-file PASSPHRASE_FILE --fingerprint {fingerprint}"
         ),
     ]
+}
+
+/// The appliance's files are written once, owner-only ([`ferry_durable::create_new`]); the
+/// error names the file.
+fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
+    ferry_durable::create_new(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn new_dir(path: &Path) -> Result<()> {
+    ferry_durable::new_private_dir(path).with_context(|| format!("cannot create directory {}", path.display()))
+}
+
+fn fsync_dir(path: &Path) -> Result<()> {
+    ferry_durable::fsync_dir(path).with_context(|| format!("cannot fsync directory {}", path.display()))
 }
 
 fn now_unix_ms() -> u64 {
@@ -157,21 +170,21 @@ fn write_appliance_files(
     key: &VaultKey,
     server_names: &[String],
 ) -> Result<String> {
-    write_private_file(&staging.vault_key_file(), format!("{}\n", key.to_text()).as_bytes())?;
-    write_private_file(
+    write_new(&staging.vault_key_file(), format!("{}\n", key.to_text()).as_bytes())?;
+    write_new(
         &staging.passphrase_file(),
         format!("{}\n", generate_passphrase()?).as_bytes(),
     )?;
-    create_private_dir(&staging.root().join("pki"))?;
+    new_dir(&staging.root().join("pki"))?;
     let appliance_name = server_names.first().cloned().unwrap_or_else(|| "ferry".into());
     let (ca_pem, ca, ca_key) = pki::generate_ca(&appliance_name)?;
     let server = pki::generate_server_cert(server_names, &ca, &ca_key)?;
-    write_private_file(&staging.ca_cert_file(), ca_pem.cert_pem.as_bytes())?;
-    write_private_file(&staging.ca_key_file(), ca_pem.key_pem.as_bytes())?;
-    write_private_file(&staging.server_cert_file(), server.cert_pem.as_bytes())?;
-    write_private_file(&staging.server_key_file(), server.key_pem.as_bytes())?;
+    write_new(&staging.ca_cert_file(), ca_pem.cert_pem.as_bytes())?;
+    write_new(&staging.ca_key_file(), ca_pem.key_pem.as_bytes())?;
+    write_new(&staging.server_cert_file(), server.cert_pem.as_bytes())?;
+    write_new(&staging.server_key_file(), server.key_pem.as_bytes())?;
     fsync_dir(&staging.root().join("pki"))?;
-    write_private_file(&staging.config_file(), config.to_documented_toml().as_bytes())?;
+    write_new(&staging.config_file(), config.to_documented_toml().as_bytes())?;
     fsync_dir(staging.root())?;
     Ok(pki::fingerprint_sha256(&server.cert_der))
 }
@@ -223,7 +236,7 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
     // Assemble beside the final directory; relative target paths resolve inside it.
     let staging_dir = parent.join(format!(".{file_name}.init-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging_dir);
-    create_private_dir(&staging_dir)?;
+    new_dir(&staging_dir)?;
     let staging = ApplianceLayout::new(&staging_dir);
     let result = async {
         let storage = open_target(&config.resolved_target(&staging), RetryPolicy::default())

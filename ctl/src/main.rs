@@ -10,7 +10,6 @@ use std::process::ExitCode;
 
 mod control;
 mod demo;
-mod files;
 mod init;
 mod points;
 mod restore;

@@ -44,7 +44,8 @@ pub fn passphrase(args: PassphraseArgs, json: bool) -> Result<()> {
     let current = read_trimmed(&file, "passphrase")?;
     let shown = if args.rotate {
         let fresh = crate::init::generate_passphrase()?;
-        crate::files::replace_private_file(&file, format!("{fresh}\n").as_bytes())?;
+        ferry_durable::replace(&file, format!("{fresh}\n").as_bytes())
+            .with_context(|| format!("cannot replace {}", file.display()))?;
         eprintln!("the registration passphrase was rotated: the old one no longer registers machines");
         fresh
     } else {

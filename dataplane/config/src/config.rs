@@ -274,26 +274,9 @@ impl ApplianceConfig {
     }
 
     /// Writes the configuration (documented form) to `path` so a crash leaves the old or the
-    /// new file: owner-only temporary file, fsync, rename, fsync of the directory.
+    /// new file ([`ferry_durable::replace`]).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("toml.tmp");
-        {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(self.to_documented_toml().as_bytes())?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        ferry_durable::replace(path, self.to_documented_toml().as_bytes())
     }
 
     /// Parses and validates configuration text; `path` is only used in messages.

@@ -1,5 +1,5 @@
 //! ferryd, the process server: the durable cache of received batches ([`cache`]), the HTTPS
-//! endpoints ([`server`]) and small checksummed state files ([`state_file`]).
+//! endpoints ([`server`]); its state files are `ferry_durable::checked`.
 
 pub mod admission;
 pub mod alerts;
@@ -10,4 +10,3 @@ pub mod memory_budget;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
-pub mod state_file;

@@ -40,8 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
-use crate::state_file::{self, StateFileError};
 use ferry_config::config::CacheEngine;
+use ferry_durable::checked::{self, StateFileError};
 pub use recovery::{Damage, RecoveryReport};
 
 /// Batches queued for the cache thread at most.
@@ -358,7 +358,7 @@ impl Cache {
                 return Ok(view(existing));
             }
         }
-        state_file::write(
+        checked::write(
             &path,
             DISK_META_MAGIC,
             DISK_META_VERSION,
@@ -392,7 +392,7 @@ impl Cache {
                 disk.recent.iter().copied().collect(),
             )
         };
-        state_file::write(
+        checked::write(
             &self.shared.disks_dir().join(format!("{}.meta", meta.disk_id)),
             DISK_META_MAGIC,
             DISK_META_VERSION,
@@ -574,7 +574,7 @@ impl Cache {
             )
         };
         // The watermark is durable before any record is forgotten or any file deleted.
-        state_file::write(
+        checked::write(
             &self.shared.disks_dir().join(format!("{disk_id}.meta")),
             DISK_META_MAGIC,
             DISK_META_VERSION,
@@ -705,7 +705,7 @@ fn delete_segments(dir: &Path, paths: &[PathBuf]) -> Result<(), CacheError> {
             source,
         })?;
     }
-    state_file::fsync_dir(dir).map_err(|source| CacheError::Io {
+    ferry_durable::fsync_dir(dir).map_err(|source| CacheError::Io {
         path: dir.to_path_buf(),
         source,
     })

@@ -16,7 +16,7 @@ use super::record::{self, RecordStatus, BLOCK, RECORD_HEADER_LEN, SEGMENT_HEADER
 use super::{
     CacheError, CacheOptions, DiskMetaFile, DiskState, Entry, SegmentInfo, DISK_META_MAGIC, DISK_META_VERSION,
 };
-use crate::state_file;
+use ferry_durable::checked;
 
 /// Something found wrong in the cache, with where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ fn load_disks(dir: &Path, report: &mut RecoveryReport) -> Result<HashMap<Uuid, D
             Some("tmp") => {
                 let _ = fs::remove_file(&path); // an interrupted durable rename
             }
-            Some("meta") => match state_file::read::<DiskMetaFile>(&path, DISK_META_MAGIC, DISK_META_VERSION) {
+            Some("meta") => match checked::read::<DiskMetaFile>(&path, DISK_META_MAGIC, DISK_META_VERSION) {
                 Ok(file) => {
                     let recent: VecDeque<(u64, u32)> = file.recent.into_iter().collect();
                     let mut disk = DiskState::new(file.meta, file.released_through, recent);
@@ -266,7 +266,7 @@ pub(super) fn recover(options: &CacheOptions) -> Result<Recovered, CacheError> {
             segments.insert(named_id, info);
         }
     }
-    state_file::fsync_dir(&segments_dir).map_err(io_at(&segments_dir))?;
+    ferry_durable::fsync_dir(&segments_dir).map_err(io_at(&segments_dir))?;
     for disk in disks.values_mut() {
         disk.advance_durable();
     }

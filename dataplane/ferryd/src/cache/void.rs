@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::record::SEGMENT_HEADER_LEN;
 use super::DISK_META_VERSION;
 use super::{delete_segments, take_empty_segments, view, Cache, CacheError, DiskView, DISK_META_MAGIC};
-use crate::state_file;
+use ferry_durable::checked;
 
 /// Most outstanding marks per disk.
 pub const VOID_MARKS_MAX: usize = 64;
@@ -88,7 +88,7 @@ impl Cache {
             (file, voided)
         };
         // The mark is durable before anything is forgotten.
-        let written = state_file::write(
+        let written = checked::write(
             &self.shared.disks_dir().join(format!("{disk_id}.meta")),
             DISK_META_MAGIC,
             DISK_META_VERSION,

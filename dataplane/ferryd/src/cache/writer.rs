@@ -199,7 +199,7 @@ impl Writer {
         let written = file
             .write_all_at(header.as_slice(), 0)
             .and_then(|()| file.sync_all())
-            .and_then(|()| crate::state_file::fsync_dir(&dir));
+            .and_then(|()| ferry_durable::fsync_dir(&dir));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&path);
             return Err(io_error(e));

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::http::{json, ApiError, Body};
 use super::AppState;
-use crate::state_file;
+use ferry_durable::checked;
 
 const REGISTER_MAX_BYTES: usize = 64 * 1024;
 const MACHINE_NAME_MAX_CHARS: usize = 256;
@@ -86,7 +86,7 @@ pub fn machine_records(layout: &ferry_config::layout::ApplianceLayout) -> std::i
         if path.extension().and_then(|e| e.to_str()) != Some("meta") {
             continue;
         }
-        match state_file::read::<MachineRecord>(&path, MACHINE_MAGIC, 1) {
+        match checked::read::<MachineRecord>(&path, MACHINE_MAGIC, 1) {
             Ok(record) => records.push(record),
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping a damaged machine record"),
         }
@@ -161,9 +161,9 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     // fsyncs: on the blocking pool, not on the workers that serve the data streams.
     let recorded = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)
-            .and_then(|()| state_file::fsync_dir(&dir))
+            .and_then(|()| ferry_durable::fsync_dir(&dir))
             .map_err(|e| format!("cannot create state/machines: {e}"))?;
-        state_file::write(&dir.join(format!("{machine_id}.meta")), MACHINE_MAGIC, 1, &record)
+        checked::write(&dir.join(format!("{machine_id}.meta")), MACHINE_MAGIC, 1, &record)
             .map_err(|e| format!("cannot record the machine: {e}"))
     })
     .await

@@ -1,5 +1,6 @@
 //! Small metadata files with a magic, a version, a length and a CRC-32C (STYLE.md 2), written
-//! by durable rename: temporary file, fsync, rename, fsync of the directory (STYLE.md 5).
+//! by [`crate::replace`], so damage is told from absence and a crash leaves the old or the new
+//! file. ferryd keeps its registrations and the cache's disk metadata this way.
 //!
 //! ```text
 //! 0 8 magic (per kind) | 8 4 version | 12 4 body_len | 16 4 CRC-32C of the body | 20 4 reserved
@@ -8,9 +9,8 @@
 //! Bodies are limited to [`STATE_FILE_MAX_BODY`] bytes.
 
 use serde::{de::DeserializeOwned, Serialize};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::Path;
 
 pub const STATE_FILE_MAX_BODY: usize = 1 << 20;
@@ -22,10 +22,6 @@ pub enum StateFileError {
     Io { path: String, source: io::Error },
     #[error("{path} is damaged: {reason}")]
     Damaged { path: String, reason: String },
-}
-
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Writes `value` to `path` durably and atomically.
@@ -45,20 +41,7 @@ pub fn write<T: Serialize>(path: &Path, magic: [u8; 8], version: u32, value: &T)
     bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     bytes.extend_from_slice(&[0u8; 4]);
     bytes.extend_from_slice(&body);
-    let temporary = path.with_extension("tmp");
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        fsync_dir(path.parent().unwrap_or(Path::new(".")))
-    })();
-    result.map_err(io_error)
+    crate::replace(path, &bytes).map_err(io_error)
 }
 
 /// Reads a file written by [`write`], checking magic, version, length and CRC.
