@@ -405,7 +405,7 @@ impl Reader {
         self.map.mark_unknown(&building.forget).map_err(PassError::Map)?;
         building.forget.clear();
         let mut encoder = encoder;
-        encoder.source_time_ms(now_unix_ms());
+        encoder.source_time_ms(ferry_client::clock::now_unix_ms());
         let bytes = encoder.finish();
         let item = ReadItem::Batch {
             seq: building.seq,
@@ -436,10 +436,4 @@ fn is_zero(data: &[u8]) -> bool {
         .by_ref()
         .all(|chunk| chunk.iter().fold(0u8, |acc, b| acc | b) == 0);
     all_zero && chunks.remainder().iter().all(|b| *b == 0)
-}
-
-pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -24,10 +24,11 @@ use uuid::Uuid;
 
 use crate::config::AgentConfig;
 use crate::identity;
-use crate::pass::{now_unix_ms, run_pass, BookmarkChoice, PassCounters, PassOutcome, PassRequest};
+use crate::pass::{run_pass, BookmarkChoice, PassCounters, PassOutcome, PassRequest};
 use crate::progress::{self, AgentStatus, BookmarkRecord, DiskStatus, PassStatus, Phase};
 use crate::quiesce::Quiesce;
 use crate::session::{self, Session};
+use ferry_client::clock::now_unix_ms;
 use ferry_durable::private_dir;
 
 /// Wait before a failed disk is set up again, when the appliance gave no Retry-After.

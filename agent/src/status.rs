@@ -5,8 +5,8 @@
 use anyhow::Context;
 use std::path::Path;
 
-use crate::pass::now_unix_ms;
 use crate::progress::{status_path, AgentStatus};
+use ferry_client::clock::now_unix_ms;
 use ferry_durable::read_optional;
 
 /// A status file older than this, or from a dead process, means the agent is not running.

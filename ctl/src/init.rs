@@ -14,7 +14,6 @@ use ferry_format::{VaultDescriptor, VaultError, VaultKey};
 use ferry_storage::{open_target, RetryPolicy, StorageError, TargetConfig};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::target_args::TargetArgs;
 
@@ -80,13 +79,6 @@ fn new_dir(path: &Path) -> Result<()> {
 
 fn fsync_dir(path: &Path) -> Result<()> {
     ferry_durable::fsync_dir(path).with_context(|| format!("cannot fsync directory {}", path.display()))
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn host_name() -> Option<String> {
@@ -247,7 +239,7 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
         let (vault, joined) = match existing {
             Some(vault) => (vault, true),
             None => {
-                let vault = VaultDescriptor::create(&key, now_unix_ms());
+                let vault = VaultDescriptor::create(&key, ferry_client::clock::now_unix_ms());
                 storage
                     .put(VAULT_JSON, vault.to_json().into())
                     .await

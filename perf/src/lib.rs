@@ -20,9 +20,3 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod server;
-
-pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}

@@ -232,7 +232,7 @@ fn build_batch(shared: &LoadShared, seq: u64, rng: &mut Rng, total_weight: u64, 
     let s = &shared.scenario;
     let pool = &shared.pool;
     let batch_bytes = s.batch_bytes as usize;
-    let mut encoder = BatchEncoder::with_capacity(seq, crate::now_unix_ms(), batch_bytes + 4096);
+    let mut encoder = BatchEncoder::with_capacity(seq, ferry_client::clock::now_unix_ms(), batch_bytes + 4096);
     let mut data = 0u64;
     loop {
         let mut pick = rng.next() % total_weight.max(1);

@@ -268,9 +268,11 @@ async fn run_command(args: RunArgs, json: bool) -> anyhow::Result<()> {
     };
     let report = run::run(scenario, limits, options).await?;
     std::fs::create_dir_all(&args.out_dir).with_context(|| format!("creating {}", args.out_dir.display()))?;
-    let stem = args
-        .out_dir
-        .join(format!("{}-{}", report.scenario.name, ferry_perf::now_unix_ms() / 1000));
+    let stem = args.out_dir.join(format!(
+        "{}-{}",
+        report.scenario.name,
+        ferry_client::clock::now_unix_ms() / 1000
+    ));
     let json_path = stem.with_extension("json");
     let svg_path = stem.with_extension("svg");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod control;
 pub mod logging;
 pub mod register;

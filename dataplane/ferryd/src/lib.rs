@@ -4,7 +4,6 @@
 pub mod admission;
 pub mod alerts;
 pub mod cache;
-pub mod clock;
 pub mod ingest_memory;
 pub mod memory_budget;
 pub mod metrics;

@@ -189,7 +189,7 @@ pub fn render(state: &crate::server::AppState) -> String {
         "The cache's configured limit.",
         usage.limit_bytes,
     );
-    let now_ms = crate::clock::now_unix_ms();
+    let now_ms = ferry_client::clock::now_unix_ms();
     let disks = state.cache.disks();
     let _ = writeln!(out, "# HELP ferry_cache_backlog_bytes Batch bytes of a disk not yet uploaded.\n# TYPE ferry_cache_backlog_bytes gauge");
     for view in &disks {

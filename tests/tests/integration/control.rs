@@ -13,7 +13,7 @@ fn batches(count: u64) -> (Vec<(u64, Bytes)>, u64) {
     let mut total = 0;
     let batches = (1..=count)
         .map(|seq| {
-            let mut encoder = BatchEncoder::new(seq, now_unix_ms());
+            let mut encoder = BatchEncoder::new(seq, ferry_client::clock::now_unix_ms());
             encoder.write(seq * 4096, &vec![seq as u8; 8192]);
             if seq == count {
                 encoder.bookmark(&Bookmark {
@@ -29,13 +29,6 @@ fn batches(count: u64) -> (Vec<(u64, Bytes)>, u64) {
         })
         .collect();
     (batches, total)
-}
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// `GET /metrics`, as Prometheus would scrape it.
@@ -292,7 +285,7 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
         text.stdout
     );
 
-    let mut next = BatchEncoder::new(21, now_unix_ms());
+    let mut next = BatchEncoder::new(21, ferry_client::clock::now_unix_ms());
     next.write(0, &[1u8; 4096]);
     let refused = client.put_batch(disk, 21, next.finish()).await.unwrap_err();
     assert_eq!((refused.status(), refused.code()), (Some(503), Some("draining")));
@@ -303,7 +296,7 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
 
     let run = ferryctl(&["drain", "--resume", "--config", dir]);
     assert!(run.success, "{}", run.stderr);
-    let mut next = BatchEncoder::new(21, now_unix_ms());
+    let mut next = BatchEncoder::new(21, ferry_client::clock::now_unix_ms());
     next.write(0, &[1u8; 4096]);
     assert_eq!(client.put_batch(disk, 21, next.finish()).await.unwrap().durable_seq, 21);
     let shown = status(&appliance);

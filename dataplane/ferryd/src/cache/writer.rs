@@ -193,7 +193,7 @@ impl Writer {
         let mut header = AlignedBuf::zeroed(SEGMENT_HEADER_LEN);
         header.as_mut_slice()[..44].copy_from_slice(&record::encode_segment_header(
             id,
-            crate::clock::now_unix_ms(),
+            ferry_client::clock::now_unix_ms(),
             segment_bytes,
         ));
         let written = file

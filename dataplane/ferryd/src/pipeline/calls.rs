@@ -231,7 +231,7 @@ impl Calls {
             tag: found.bookmark.tag.clone(),
             group_id: found.bookmark.group_id,
             source_time_unix_ms: found.source_time_ms,
-            created_unix_ms: crate::clock::now_unix_ms(),
+            created_unix_ms: ferry_client::clock::now_unix_ms(),
         };
         self.put_sealed_json(disk_id, &name, &point).await?;
         Ok(summary)

@@ -186,7 +186,7 @@ fn counters(state: &AppState) -> Counters {
 }
 
 fn status(state: &AppState) -> Status {
-    let now_ms = crate::clock::now_unix_ms();
+    let now_ms = ferry_client::clock::now_unix_ms();
     let mut disks: Vec<DiskStatus> = state
         .cache
         .disks()

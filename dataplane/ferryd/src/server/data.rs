@@ -278,7 +278,7 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
         size_bytes: spec.size_bytes,
         sector_size: spec.sector_size,
         write_ordered: spec.write_ordered,
-        created_unix_ms: crate::clock::now_unix_ms(),
+        created_unix_ms: ferry_client::clock::now_unix_ms(),
         resync_reason: None,
     };
     let view = off_the_runtime(state, move |cache| cache.create_disk(meta)).await?;

@@ -154,7 +154,7 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     let record = MachineRecord {
         machine_id,
         machine_name: body.machine_name.clone(),
-        registered_unix_ms: crate::clock::now_unix_ms(),
+        registered_unix_ms: ferry_client::clock::now_unix_ms(),
         registered_from: peer.to_string(),
     };
     let dir = state.layout.root().join("state/machines");

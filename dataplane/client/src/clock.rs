@@ -1,5 +1,6 @@
-//! ferryd's one wall clock: milliseconds since the Unix epoch, as stored in recovery points,
-//! disk descriptors, registrations and segment headers. A clock before 1970 reads as 0
+//! Ferry's one wall clock (ferryd, ferry-agent, ferryctl, ferry-perf): milliseconds since the
+//! Unix epoch, as stored in recovery points, disk descriptors, registrations, segment headers
+//! and the agent's status. A clock before 1970 reads as 0
 //! rather than failing (the values are informational; ordering uses seqs, never times).
 
 use std::time::{SystemTime, UNIX_EPOCH};
