@@ -147,7 +147,9 @@ async fn register(args: RegisterArgs, json: bool) -> anyhow::Result<()> {
     let registration = ferry_client::register(&args.server, args.fingerprint.as_deref(), &name, &passphrase)
         .await
         .map_err(|e| match e.code() {
-            Some("bad_passphrase") => anyhow::anyhow!("the appliance at {} refused the passphrase: {e}", args.server),
+            Some(ferry_client::api::ErrorCode::BadPassphrase) => {
+                anyhow::anyhow!("the appliance at {} refused the passphrase: {e}", args.server)
+            }
             _ => anyhow::anyhow!("registering with {}: {e}", args.server),
         })?;
     let registered = &registration.identity;

@@ -15,6 +15,7 @@
 //! "Map kept" is safe because the map only ever errs towards unknown (blockmap.rs).
 
 use anyhow::Context;
+use ferry_client::api::ErrorCode;
 use ferry_client::{ClientError, DataClient, DiskSpec};
 use std::path::Path;
 use std::sync::Arc;
@@ -90,7 +91,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
     }
     let fatal = matches!(
         error.code(),
-        Some("size_shrink" | "disk_conflict" | "forbidden" | "bad_request")
+        Some(ErrorCode::SizeShrink | ErrorCode::DiskConflict | ErrorCode::Forbidden | ErrorCode::BadRequest)
     );
     let retry_after = match &error {
         ClientError::Status {

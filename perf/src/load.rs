@@ -279,7 +279,7 @@ async fn send(shared: Arc<LoadShared>, disk: Arc<Disk>, seq: u64, batch: Bytes, 
             }
             Err(error) => error,
         };
-        let retry = error.is_retryable() || error.code() == Some("out_of_window");
+        let retry = error.is_retryable() || error.code() == Some(ferry_client::api::ErrorCode::OutOfWindow);
         if !retry || attempt == MAX_ATTEMPTS {
             return Err(anyhow::anyhow!("disk {} seq {seq}: {error}", disk.disk_id));
         }

@@ -43,9 +43,10 @@ impl ClientError {
         }
     }
 
-    pub fn code(&self) -> Option<&str> {
+    /// The answer's code, when ferryd answered with one this build knows.
+    pub fn code(&self) -> Option<crate::api::ErrorCode> {
         match self {
-            ClientError::Status { code, .. } => Some(code),
+            ClientError::Status { code, .. } => crate::api::ErrorCode::parse(code),
             _ => None,
         }
     }

@@ -108,7 +108,7 @@ impl BatchSender {
                 Ok(ack) => return Ok(ack.durable_seq),
                 Err(error) => error,
             };
-            let retry = error.is_retryable() || error.code() == Some("out_of_window");
+            let retry = error.is_retryable() || error.code() == Some(crate::api::ErrorCode::OutOfWindow);
             if !retry || attempt >= self.retry.max_attempts {
                 return Err(error);
             }

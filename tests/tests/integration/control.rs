@@ -210,8 +210,8 @@ async fn passphrase_rotation_and_key_export() {
 
     let old = ferry_client::register(&appliance.management, None, "late", &before).await;
     assert_eq!(
-        old.err().and_then(|e| e.code().map(str::to_string)).as_deref(),
-        Some("bad_passphrase")
+        old.err().and_then(|e| e.code()),
+        Some(ferry_client::api::ErrorCode::BadPassphrase)
     );
     ferry_client::register(&appliance.management, None, "late", &after)
         .await
@@ -288,7 +288,10 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
     let mut next = BatchEncoder::new(21, ferry_client::clock::now_unix_ms());
     next.write(0, &[1u8; 4096]);
     let refused = client.put_batch(disk, 21, next.finish()).await.unwrap_err();
-    assert_eq!((refused.status(), refused.code()), (Some(503), Some("draining")));
+    assert_eq!(
+        (refused.status(), refused.code()),
+        (Some(503), Some(ferry_client::api::ErrorCode::Draining))
+    );
     assert!(
         refused.to_string().contains("draining for maintenance") && !refused.to_string().contains("shutting down"),
         "agents are told why: {refused}"

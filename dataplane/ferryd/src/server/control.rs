@@ -7,6 +7,7 @@
 //! counters, keeping 61 samples (one minute); "last 10 s" and "last minute" are the counters
 //! now minus the oldest sample inside the window.
 
+use ferry_client::api::ErrorCode;
 use ferry_client::control::{CacheStatus, DiskStatus, MachineInfo, Rates, Status, Utilisation};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -141,7 +142,7 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
     // Bodies are small JSON (a tune request); anything past 64 KiB is refused.
     let body = match http_body_util::Limited::new(body, 64 * 1024).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return ApiError::new(413, "too_large", "control requests are at most 64 KiB").into_response(),
+        Err(_) => return ApiError::new(ErrorCode::TooLarge, "control requests are at most 64 KiB").into_response(),
     };
     let answer = match (parts.method, parts.uri.path()) {
         (Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &status(state))),
@@ -151,7 +152,7 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
             Ok(request) => super::tune::put(state, &request)
                 .await
                 .map(|s| json(StatusCode::OK, &s)),
-            Err(e) => Err(ApiError::new(400, "bad_request", format!("tune request: {e}"))),
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("tune request: {e}"))),
         },
         (Method::POST, "/v1/drain") => {
             state.tuning.set_flush_all(true);
@@ -168,8 +169,7 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
             Ok(json(StatusCode::OK, &status(state)))
         }
         (_, path) => Err(ApiError::new(
-            404,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no such control endpoint: {path}"),
         )),
     };
@@ -285,7 +285,7 @@ fn status(state: &AppState) -> Status {
 fn machines(state: &AppState) -> Result<Vec<MachineInfo>, ApiError> {
     let disks = state.cache.disks();
     let mut machines: Vec<MachineInfo> = super::register::machine_records(&state.layout)
-        .map_err(|e| ApiError::new(500, "internal", format!("reading the machine records: {e}")))?
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the machine records: {e}")))?
         .into_iter()
         .map(|record| MachineInfo {
             disks: disks.iter().filter(|d| d.meta.machine_id == record.machine_id).count(),

@@ -8,6 +8,7 @@
 
 use crate::admission::Refusal;
 use bytes::Bytes;
+use ferry_client::api::ErrorCode;
 use ferry_client::api::{AbandonAnswer, DiskInfo, DiskSpec, ResyncState};
 use ferry_format::batch::{self, DiskGeometry, BATCH_HEADER_LEN};
 use ferry_format::ids::parse_canonical_uuid;
@@ -47,11 +48,10 @@ async fn route(
         ["v1", "health"] if method == Method::GET => Ok(health(state)),
         ["v1", "disks", disk, rest @ ..] => {
             let disk_id = parse_canonical_uuid(disk)
-                .ok_or_else(|| ApiError::new(400, "bad_id", "disk_id must be a lowercase UUID"))?;
+                .ok_or_else(|| ApiError::new(ErrorCode::BadId, "disk_id must be a lowercase UUID"))?;
             let machine = machine.ok_or_else(|| {
                 ApiError::new(
-                    401,
-                    "unauthenticated",
+                    ErrorCode::Unauthenticated,
                     "a client certificate issued by this appliance is required",
                 )
             })?;
@@ -63,13 +63,13 @@ async fn route(
                 (["batches", seq], Method::PUT) => {
                     let seq: u64 = seq
                         .parse()
-                        .map_err(|_| ApiError::new(400, "bad_id", "seq must be a decimal number"))?;
+                        .map_err(|_| ApiError::new(ErrorCode::BadId, "seq must be a decimal number"))?;
                     put_batch(state, machine, disk_id, seq, request).await
                 }
-                _ => Err(ApiError::new(404, "not_found", format!("no such endpoint: {path}"))),
+                _ => Err(ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))),
             }
         }
-        _ => Err(ApiError::new(404, "not_found", format!("no such endpoint: {path}"))),
+        _ => Err(ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))),
     }
 }
 
@@ -89,7 +89,7 @@ fn health(state: &AppState) -> Response<Body> {
 
 fn draining(state: &AppState) -> Result<(), ApiError> {
     if let Some(refusal) = state.admission.refusal() {
-        return Err(ApiError::new(503, "draining", refusal.message()).retry_after(5));
+        return Err(ApiError::new(ErrorCode::Draining, refusal.message()).retry_after(5));
     }
     Ok(())
 }
@@ -99,11 +99,10 @@ fn owned_disk(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<DiskView
     let view = state
         .cache
         .disk(disk_id)
-        .ok_or_else(|| ApiError::new(404, "unknown_disk", format!("disk {disk_id} does not exist")))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownDisk, format!("disk {disk_id} does not exist")))?;
     if view.meta.machine_id != machine {
         return Err(ApiError::new(
-            403,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!("disk {disk_id} belongs to another machine"),
         ));
     }
@@ -148,7 +147,7 @@ pub(super) fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
 fn abandon(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<Response<Body>, ApiError> {
     owned_disk(state, machine, disk_id)?;
     let (view, abandoned) = state.cache.abandon_past_durable(disk_id).map_err(|e| match e {
-        CacheError::Busy(_, why) => ApiError::new(503, "busy", format!("cannot abandon now: {why}")).retry_after(1),
+        CacheError::Busy(_, why) => ApiError::new(ErrorCode::Busy, format!("cannot abandon now: {why}")).retry_after(1),
         other => internal(other),
     })?;
     if abandoned > 0 {
@@ -174,17 +173,16 @@ async fn put_resync(
     let bytes = http_body_util::Limited::new(body, DISK_SPEC_MAX_BYTES)
         .collect()
         .await
-        .map_err(|_| ApiError::new(400, "bad_request", "the resync state is missing or too large"))?
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the resync state is missing or too large"))?
         .to_bytes();
-    let resync: ResyncState =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(400, "bad_request", format!("resync state: {e}")))?;
+    let resync: ResyncState = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("resync state: {e}")))?;
     let reason = match (resync.required, resync.reason) {
         (false, _) => None,
         (true, Some(reason)) if !reason.is_empty() && reason.chars().count() <= RESYNC_REASON_MAX_CHARS => Some(reason),
         (true, _) => {
             return Err(ApiError::new(
-                400,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!("a resync needs a reason of 1 to {RESYNC_REASON_MAX_CHARS} characters"),
             ))
         }
@@ -196,8 +194,7 @@ async fn put_resync(
 fn internal(error: CacheError) -> ApiError {
     tracing::error!(%error, "cache error");
     ApiError::new(
-        500,
-        "internal",
+        ErrorCode::Internal,
         "the cache could not complete the request; it was not stored",
     )
 }
@@ -214,8 +211,7 @@ async fn off_the_runtime<T: Send + 'static>(
         Err(e) => {
             tracing::error!(error = %e, "a cache task failed");
             Err(ApiError::new(
-                500,
-                "internal",
+                ErrorCode::Internal,
                 "the cache could not complete the request",
             ))
         }
@@ -227,36 +223,33 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
     let bytes = http_body_util::Limited::new(body, DISK_SPEC_MAX_BYTES)
         .collect()
         .await
-        .map_err(|_| ApiError::new(400, "bad_request", "the disk definition is missing or too large"))?
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the disk definition is missing or too large"))?
         .to_bytes();
     let spec: DiskSpec = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(400, "bad_request", format!("disk definition: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("disk definition: {e}")))?;
     if !matches!(spec.sector_size, 512 | 4096) {
-        return Err(ApiError::new(400, "bad_request", "sector_size must be 512 or 4096"));
+        return Err(ApiError::new(ErrorCode::BadRequest, "sector_size must be 512 or 4096"));
     }
     if spec.size_bytes == 0 || !spec.size_bytes.is_multiple_of(u64::from(spec.sector_size)) {
         return Err(ApiError::new(
-            400,
-            "bad_request",
+            ErrorCode::BadRequest,
             "size_bytes must be a positive multiple of sector_size",
         ));
     }
     if spec.name.is_empty() || spec.name.chars().count() > DISK_NAME_MAX_CHARS {
-        return Err(ApiError::new(400, "bad_request", "name must be 1 to 256 characters"));
+        return Err(ApiError::new(ErrorCode::BadRequest, "name must be 1 to 256 characters"));
     }
     if let Some(existing) = state.cache.disk(disk_id) {
         let existing = owned_disk(state, machine, existing.meta.disk_id)?;
         if existing.meta.sector_size != spec.sector_size || existing.meta.write_ordered != spec.write_ordered {
             return Err(ApiError::new(
-                409,
-                "disk_conflict",
+                ErrorCode::DiskConflict,
                 "sector_size and write_ordered cannot change",
             ));
         }
         if spec.size_bytes < existing.meta.size_bytes {
             return Err(ApiError::new(
-                409,
-                "size_shrink",
+                ErrorCode::SizeShrink,
                 format!("a disk cannot shrink below {} bytes", existing.meta.size_bytes),
             ));
         }
@@ -284,8 +277,7 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
     let view = off_the_runtime(state, move |cache| cache.create_disk(meta)).await?;
     if view.meta.machine_id != machine {
         return Err(ApiError::new(
-            403,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!("disk {disk_id} belongs to another machine"),
         ));
     }
@@ -303,12 +295,11 @@ async fn read_body_into_record(mut body: Incoming, len: usize) -> Result<RecordB
     let mut filled = 0;
     while let Some(frame) = body.frame().await {
         let frame =
-            frame.map_err(|e| ApiError::new(400, "malformed_batch", format!("the body could not be read: {e}")))?;
+            frame.map_err(|e| ApiError::new(ErrorCode::MalformedBatch, format!("the body could not be read: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if filled + data.len() > len {
                 return Err(ApiError::new(
-                    400,
-                    "malformed_batch",
+                    ErrorCode::MalformedBatch,
                     "the body is longer than its Content-Length",
                 ));
             }
@@ -318,8 +309,7 @@ async fn read_body_into_record(mut body: Incoming, len: usize) -> Result<RecordB
     }
     if filled != len {
         return Err(ApiError::new(
-            400,
-            "malformed_batch",
+            ErrorCode::MalformedBatch,
             format!("the body is {filled} bytes, Content-Length said {len}"),
         ));
     }
@@ -330,9 +320,9 @@ async fn read_body_into_record(mut body: Incoming, len: usize) -> Result<RecordB
 async fn read_unsized_body(body: Incoming, limit: usize) -> Result<RecordBuffer, ApiError> {
     let collected = http_body_util::Limited::new(body, limit).collect().await.map_err(|e| {
         if e.is::<http_body_util::LengthLimitError>() {
-            ApiError::new(413, "too_large", format!("the batch exceeds {limit} bytes"))
+            ApiError::new(ErrorCode::TooLarge, format!("the batch exceeds {limit} bytes"))
         } else {
-            ApiError::new(400, "malformed_batch", format!("the body could not be read: {e}"))
+            ApiError::new(ErrorCode::MalformedBatch, format!("the body could not be read: {e}"))
         }
     })?;
     let bytes: Bytes = collected.to_bytes();
@@ -367,8 +357,7 @@ async fn put_batch(
     let Some(_reserved) = state.ingest_memory.try_reserve(content_length.unwrap_or(limit) as u64) else {
         discard_body(request.into_body(), limit).await;
         return Err(ApiError::new(
-            503,
-            "busy",
+            ErrorCode::Busy,
             "too many batch bodies are being received at once (memory budget); retry",
         )
         .retry_after(1));
@@ -384,7 +373,7 @@ async fn put_batch(
     };
     let batch_len = batch_bytes.len() as u32;
     batch::decode(batch_bytes, seq, geometry, max_batch_bytes)
-        .map_err(|e| ApiError::new(e.code.http_status(), e.code.as_str(), e.message))?;
+        .map_err(|e| ApiError::new(ErrorCode::from(e.code), e.message))?;
     let record_len = record.len() as u64;
     match state
         .cache
@@ -398,22 +387,18 @@ async fn put_batch(
             }
         }
         Admission::AlreadyStored { durable_seq } => {
-            return Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({ "seq": seq, "durable_seq": durable_seq }),
-            ))
+            return Ok(json(StatusCode::OK, &ferry_client::BatchAck { seq, durable_seq }))
         }
         Admission::Conflict { expected_seq } => {
             return Err(ApiError::new(
-                409,
-                "seq_conflict",
+                ErrorCode::SeqConflict,
                 format!("seq {seq} is already stored with other content"),
             )
             .expected(expected_seq))
         }
         Admission::OutOfWindow { expected_seq } => return Err(out_of_window(seq, expected_seq)),
         Admission::InFlight => {
-            return Err(ApiError::new(503, "busy", format!("seq {seq} is being stored right now")).retry_after(1))
+            return Err(ApiError::new(ErrorCode::Busy, format!("seq {seq} is being stored right now")).retry_after(1))
         }
         Admission::CacheFull => return Err(cache_full()),
     }
@@ -422,21 +407,18 @@ async fn put_batch(
             state.ingested_bytes.fetch_add(u64::from(batch_len), Ordering::Relaxed);
             state.metrics.batches.fetch_add(1, Ordering::Relaxed);
             state.metrics.ack_latency.observe(arrived.elapsed());
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({ "seq": seq, "durable_seq": durable_seq }),
-            ))
+            Ok(json(StatusCode::OK, &ferry_client::BatchAck { seq, durable_seq }))
         }
         Err(AppendError::CacheFull) => Err(cache_full()),
         Err(AppendError::QueueFull) => {
-            Err(ApiError::new(503, "busy", "the cache's write queue is full; retry in a moment").retry_after(1))
+            Err(ApiError::new(ErrorCode::Busy, "the cache's write queue is full; retry in a moment").retry_after(1))
         }
         Err(AppendError::ShuttingDown) => {
-            Err(ApiError::new(503, "draining", Refusal::ShuttingDown.message()).retry_after(5))
+            Err(ApiError::new(ErrorCode::Draining, Refusal::ShuttingDown.message()).retry_after(5))
         }
         Err(AppendError::Io(message)) => {
             tracing::error!(%message, "cache write failed");
-            Err(ApiError::new(500, "internal", "the cache could not store the batch; retry").retry_after(1))
+            Err(ApiError::new(ErrorCode::Internal, "the cache could not store the batch; retry").retry_after(1))
         }
     }
 }
@@ -459,8 +441,7 @@ fn refuse_before_reading(
     if let Some(len) = content_length.filter(|len| *len > limit) {
         let max_batch_bytes = limit - BATCH_HEADER_LEN;
         return Err(ApiError::new(
-            413,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("the batch is {len} bytes; payload_len may be at most {max_batch_bytes}"),
         ));
     }
@@ -492,8 +473,7 @@ async fn discard_body(mut body: Incoming, limit: usize) {
 
 fn out_of_window(seq: u64, expected_seq: u64) -> ApiError {
     ApiError::new(
-        409,
-        "out_of_window",
+        ErrorCode::OutOfWindow,
         format!("seq {seq} is beyond the window; send {expected_seq} first"),
     )
     .expected(expected_seq)
@@ -507,8 +487,7 @@ fn throttled(state: &AppState) -> Option<ApiError> {
     let free = crate::alerts::cache_free_percent(used, limit);
     (threshold > 0 && free < f64::from(threshold)).then(|| {
         ApiError::new(
-            503,
-            "cache_full",
+            ErrorCode::CacheFull,
             format!("ingest is throttled: {free:.0}% of the cache is free (threshold {threshold}%); nothing was stored; retry later"),
         )
         .retry_after(2)
@@ -516,5 +495,9 @@ fn throttled(state: &AppState) -> Option<ApiError> {
 }
 
 fn cache_full() -> ApiError {
-    ApiError::new(503, "cache_full", "the cache is full; nothing was stored; retry later").retry_after(10)
+    ApiError::new(
+        ErrorCode::CacheFull,
+        "the cache is full; nothing was stored; retry later",
+    )
+    .retry_after(10)
 }

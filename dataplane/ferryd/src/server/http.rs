@@ -2,6 +2,7 @@
 //! (PROTOCOL.md "Errors").
 
 use bytes::Bytes;
+use ferry_client::api::ErrorCode;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
@@ -11,17 +12,16 @@ pub type Body = Full<Bytes>;
 /// A protocol error: status, code, human message, and the extras PROTOCOL.md names.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub expected_seq: Option<u64>,
     pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    /// An answer with `code` and its HTTP status (each code has one, see [`ErrorCode`]).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code,
             message: message.into(),
             expected_seq: None,
@@ -41,11 +41,12 @@ impl ApiError {
 
     pub fn into_response(self) -> Response<Body> {
         let body = ferry_client::api::ErrorBody {
-            error: self.code.to_string(),
+            error: self.code.as_str().to_string(),
             message: self.message,
             expected_seq: self.expected_seq,
         };
-        let mut response = json(self.status, &body);
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = json(status, &body);
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert("retry-after", secs.into());
         }

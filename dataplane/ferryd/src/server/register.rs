@@ -6,6 +6,7 @@
 //! addresses is bounded. A success signs the agent's CSR with the appliance CA, naming a new
 //! machine id, and records the machine under `state/machines/`.
 
+use ferry_client::api::ErrorCode;
 use ferry_client::api::{RegisterRequest, RegisterResponse};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -99,7 +100,7 @@ pub async fn handle(state: &AppState, peer: IpAddr, request: Request<Incoming>) 
     let result = match (request.method().clone(), path.as_str()) {
         (Method::GET, "/v1/health") => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
         (Method::POST, "/v1/register") => register(state, peer, request).await,
-        _ => Err(ApiError::new(404, "not_found", format!("no such endpoint: {path}"))),
+        _ => Err(ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))),
     };
     result.unwrap_or_else(ApiError::into_response)
 }
@@ -108,14 +109,18 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     let bytes = http_body_util::Limited::new(request.into_body(), REGISTER_MAX_BYTES)
         .collect()
         .await
-        .map_err(|_| ApiError::new(400, "bad_request", "the registration request is missing or too large"))?
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "the registration request is missing or too large",
+            )
+        })?
         .to_bytes();
-    let body: RegisterRequest =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(400, "bad_request", format!("registration: {e}")))?;
+    let body: RegisterRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("registration: {e}")))?;
     if body.machine_name.is_empty() || body.machine_name.chars().count() > MACHINE_NAME_MAX_CHARS {
         return Err(ApiError::new(
-            400,
-            "bad_request",
+            ErrorCode::BadRequest,
             "machine_name must be 1 to 256 characters",
         ));
     }
@@ -125,7 +130,7 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     }
     let expected = std::fs::read_to_string(state.layout.passphrase_file()).map_err(|e| {
         tracing::error!(error = %e, "cannot read the passphrase file");
-        ApiError::new(500, "internal", "registration is not available")
+        ApiError::new(ErrorCode::Internal, "registration is not available")
     })?;
     let matches =
         aws_lc_rs::constant_time::verify_slices_are_equal(expected.trim().as_bytes(), body.passphrase.as_bytes())
@@ -134,8 +139,7 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
         state.throttle.failed(peer);
         tracing::warn!(%peer, machine_name = %body.machine_name, "registration with a wrong passphrase");
         return Err(ApiError::new(
-            401,
-            "bad_passphrase",
+            ErrorCode::BadPassphrase,
             "the registration passphrase is wrong",
         ));
     }
@@ -144,13 +148,13 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     let read = |path: std::path::PathBuf| {
         std::fs::read_to_string(&path).map_err(|e| {
             tracing::error!(path = %path.display(), error = %e, "cannot read the appliance CA");
-            ApiError::new(500, "internal", "registration is not available")
+            ApiError::new(ErrorCode::Internal, "registration is not available")
         })
     };
     let ca_pem = read(state.layout.ca_cert_file())?;
     let ca_key = read(state.layout.ca_key_file())?;
     let cert_pem = ferry_config::pki::sign_agent_csr(&body.csr_pem, &machine_id.to_string(), &ca_pem, &ca_key)
-        .map_err(|e| ApiError::new(400, "bad_csr", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadCsr, e.to_string()))?;
     let record = MachineRecord {
         machine_id,
         machine_name: body.machine_name.clone(),
@@ -170,7 +174,7 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     .unwrap_or_else(|e| Err(format!("the recording task failed: {e}")));
     if let Err(message) = recorded {
         tracing::error!(%message, "registration not recorded");
-        return Err(ApiError::new(500, "internal", "registration could not be recorded"));
+        return Err(ApiError::new(ErrorCode::Internal, "registration could not be recorded"));
     }
     tracing::info!(%machine_id, machine_name = %body.machine_name, %peer, "machine registered");
     let answer = RegisterResponse {

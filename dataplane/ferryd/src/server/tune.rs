@@ -4,6 +4,7 @@
 //! handed to the running pipeline (pipeline/tuning.rs) and the cache. `reset` puts every
 //! tunable back to its default. Keys that need a restart are refused by name.
 
+use ferry_client::api::ErrorCode;
 use ferry_client::control::{InEffect, Tunables, TuneRequest, TuneState};
 use ferry_config::config::{ApplianceConfig, CacheConfig, PipelineConfig};
 use std::sync::atomic::Ordering;
@@ -65,7 +66,7 @@ pub fn state(app: &AppState) -> TuneState {
 
 /// The configuration with `request` applied, validated.
 fn changed(current: &ApplianceConfig, request: &TuneRequest) -> Result<ApplianceConfig, ApiError> {
-    let bad = |message: String| ApiError::new(400, "bad_tunable", message);
+    let bad = |message: String| ApiError::new(ErrorCode::BadTunable, message);
     let mut config = current.clone();
     if request.reset {
         let (p, c) = (PipelineConfig::default(), CacheConfig::default());
@@ -130,19 +131,18 @@ fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
     let config = changed(&tuned, request)?;
     let cache_dir = app.layout.resolve(&config.cache.directory);
     let limit = super::cache_limit(&config, &cache_dir)
-        .map_err(|e| ApiError::new(400, "bad_tunable", format!("cache limit: {e:#}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadTunable, format!("cache limit: {e:#}")))?;
     let minimum = 2 * config.cache.segment_bytes;
     if limit < minimum {
         return Err(ApiError::new(
-            400,
-            "bad_tunable",
+            ErrorCode::BadTunable,
             format!("cache limit: {limit} bytes is less than two segments ({minimum})"),
         ));
     }
     // Durable first: what is applied is what a restart will read.
     config.save(&app.layout.config_file()).map_err(|e| {
         tracing::error!(error = %e, "cannot write ferry.toml");
-        ApiError::new(500, "internal", format!("cannot write ferry.toml: {e}"))
+        ApiError::new(ErrorCode::Internal, format!("cannot write ferry.toml: {e}"))
     })?;
     app.tuning.apply(&config.pipeline);
     app.cache
@@ -150,7 +150,7 @@ fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
     app.ingest_memory.set_limit(crate::ingest_memory::limit_for(&config));
     app.cache
         .set_limit_bytes(limit)
-        .map_err(|e| ApiError::new(400, "bad_tunable", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadTunable, e.to_string()))?;
     let changes: Vec<String> = request.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     tracing::info!(reset = request.reset, changes = %changes.join(" "), "tuned; ferry.toml written");
     *tuned = config;
