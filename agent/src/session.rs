@@ -317,7 +317,7 @@ mod tests {
             window: 16,
             max_batch_bytes: 16 << 20,
             latest_point: None,
-            state: "replicating".into(),
+            state: ferry_client::api::DiskState::Replicating,
             error: None,
             resync_reason: None,
         }

@@ -139,7 +139,7 @@ pub fn render_status(status: &Status) -> String {
     for alert in &status.alerts {
         out.push_str(&format!(
             "{:<8}   {} ({})\n",
-            alert.severity.to_uppercase(),
+            alert.severity.as_str().to_uppercase(),
             alert.message,
             alert.code
         ));

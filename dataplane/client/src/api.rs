@@ -3,6 +3,43 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A wire enum's snake_case text, for tables and messages (the JSON uses the same strings).
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
+/// Where a disk's replication stands, as `GET /v1/disks/{id}` and `ferryctl disks` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskState {
+    Replicating,
+    /// Uploads fail (the data stays in the cache); `error` says why.
+    UploadError,
+    /// The agent must re-read the disk; `resync_reason` says why.
+    ResyncRequired,
+    /// ferryd refuses new data (ferryctl drain, or stopping).
+    Draining,
+}
+
+text_enum!(DiskState {
+    Replicating => "replicating",
+    UploadError => "upload_error",
+    ResyncRequired => "resync_required",
+    Draining => "draining",
+});
+
 /// `PUT /v1/disks/{disk_id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +73,7 @@ pub struct DiskInfo {
     pub window: u32,
     pub max_batch_bytes: u32,
     pub latest_point: Option<LatestPoint>,
-    pub state: String,
+    pub state: DiskState,
     /// Why uploads are stalled, when `state` is `upload_error` (the data stays in the cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -49,8 +49,7 @@ pub struct DiskStatus {
     /// Now minus the source time of the newest write in the latest restorable point.
     pub rpo_secs: Option<f64>,
     pub latest_point: Option<String>,
-    /// replicating, upload_error, resync_required
-    pub state: String,
+    pub state: crate::api::DiskState,
     pub error: Option<String>,
 }
 
@@ -64,11 +63,38 @@ pub struct Utilisation {
     pub uploads_in_flight: usize,
 }
 
-/// One health alert: a stable code, `warning` or `critical`, and a plain message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+crate::api::text_enum!(Severity {
+    Warning => "warning",
+    Critical => "critical",
+});
+
+/// ferryd's health: the worst alert's severity, or ok.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Ok,
+    Warning,
+    Critical,
+}
+
+crate::api::text_enum!(Health {
+    Ok => "ok",
+    Warning => "warning",
+    Critical => "critical",
+});
+
+/// One health alert: a stable code, a severity and a plain message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
     pub code: String,
-    pub severity: String,
+    pub severity: Severity,
     pub message: String,
 }
 
@@ -76,8 +102,8 @@ pub struct Alert {
 pub struct Status {
     pub version: String,
     pub uptime_secs: u64,
-    /// ok, warning or critical: the worst alert.
-    pub health: String,
+    /// The worst alert.
+    pub health: Health,
     pub alerts: Vec<Alert>,
     /// Refusing new data (ferryctl drain, or stopping).
     pub draining: bool,

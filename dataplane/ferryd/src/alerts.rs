@@ -16,14 +16,14 @@
 //! [`evaluate`] is a pure function of measured inputs (tested directly); [`SystemMonitor`]
 //! samples /proc every 5 s and keeps `sustained_secs` of samples to decide "sustained".
 
-use ferry_client::control::Alert;
+use ferry_client::control::{Alert, Health, Severity};
 use ferry_config::config::AlertsConfig;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const WARNING: &str = "warning";
-pub const CRITICAL: &str = "critical";
+pub const WARNING: Severity = Severity::Warning;
+pub const CRITICAL: Severity = Severity::Critical;
 
 /// What the alerts are decided from.
 #[derive(Clone, Debug, Default)]
@@ -41,10 +41,10 @@ pub struct Inputs {
     pub draining: Option<crate::admission::Refusal>,
 }
 
-fn alert(code: &str, severity: &str, message: String) -> Alert {
+fn alert(code: &str, severity: Severity, message: String) -> Alert {
     Alert {
         code: code.to_string(),
-        severity: severity.to_string(),
+        severity,
         message,
     }
 }
@@ -177,14 +177,14 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
     alerts
 }
 
-/// The worst severity among `alerts` ("ok" when none).
-pub fn health(alerts: &[Alert]) -> &'static str {
+/// The worst severity among `alerts` (ok when none).
+pub fn health(alerts: &[Alert]) -> Health {
     if alerts.iter().any(|a| a.severity == CRITICAL) {
-        CRITICAL
+        Health::Critical
     } else if alerts.iter().any(|a| a.severity == WARNING) {
-        WARNING
+        Health::Warning
     } else {
-        "ok"
+        Health::Ok
     }
 }
 
@@ -275,8 +275,8 @@ fn read_memory_percent() -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn codes(alerts: &[Alert]) -> Vec<(String, String)> {
-        alerts.iter().map(|a| (a.code.clone(), a.severity.clone())).collect()
+    fn codes(alerts: &[Alert]) -> Vec<(String, Severity)> {
+        alerts.iter().map(|a| (a.code.clone(), a.severity)).collect()
     }
 
     #[test]
@@ -288,8 +288,8 @@ mod tests {
             ..Inputs::default()
         };
         assert!(evaluate(&config, &quiet).is_empty());
-        assert_eq!(health(&evaluate(&config, &quiet)), "ok");
-        let pair = |c: &str, s: &str| (c.to_string(), s.to_string());
+        assert_eq!(health(&evaluate(&config, &quiet)), Health::Ok);
+        let pair = |c: &str, s: Severity| (c.to_string(), s);
         let at = |used| Inputs {
             cache_used_bytes: used,
             cache_limit_bytes: 100,
@@ -327,7 +327,7 @@ mod tests {
             ]
         );
         assert!(alerts[3].message.contains("sda"));
-        assert_eq!(health(&alerts), CRITICAL);
+        assert_eq!(health(&alerts), Health::Critical);
         let drained = Inputs {
             draining: Some(crate::admission::Refusal::Maintenance),
             ..Inputs::default()

@@ -3,6 +3,7 @@
 //! and ferryd killed mid-run lose nothing; registration, certificate and config errors are
 //! clear; quiesce scripts decide the bookmark's kind.
 
+use ferry_client::api::DiskState;
 use ferry_perf::datagen::{DataGenerator, Mix, Rng};
 use ferry_tests::{ferryctl, Agent, Appliance, Ferryd};
 use std::path::{Path, PathBuf};
@@ -312,7 +313,7 @@ async fn agent_killed_mid_pass_and_a_batch_past_a_gap_lose_nothing() {
         "after the resync the point equals the source"
     );
     let info = client.get_disk(disk_id).await.unwrap();
-    assert_eq!(info.state, "replicating", "the resync is over: {info:?}");
+    assert_eq!(info.state, DiskState::Replicating, "the resync is over: {info:?}");
     let next = pass_report(&agent.run_once(&[]));
     assert_eq!(next["phase"], "continuous");
     assert_eq!(next["changed_blocks"], 0);
@@ -341,7 +342,7 @@ async fn lost_agent_state_means_a_full_resync() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let seen = loop {
         let info = client.get_disk(disk_id).await.unwrap();
-        if info.state == "resync_required" {
+        if info.state == DiskState::ResyncRequired {
             break info;
         }
         assert!(
@@ -361,7 +362,7 @@ async fn lost_agent_state_means_a_full_resync() {
         restore_hash(&appliance, &disk, &bookmark, scratch.path()),
         file_hash(&image)
     );
-    assert_eq!(client.get_disk(disk_id).await.unwrap().state, "replicating");
+    assert_eq!(client.get_disk(disk_id).await.unwrap().state, DiskState::Replicating);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! errors (wrong vault key, a corrupt object named); the same against Azurite.
 
 use bytes::Bytes;
+use ferry_client::api::DiskState;
 use ferry_client::{BatchSender, DataClient, DiskSpec, RetryPolicy};
 use ferry_format::{BatchEncoder, Bookmark, BookmarkId, BookmarkKind, VaultKey};
 use ferry_tests::{azurite_endpoint, ferryctl, unique_container, Appliance, Ferryd, AZURITE_ACCOUNT, AZURITE_KEY};
@@ -169,7 +170,7 @@ async fn replicate_and_check(appliance: &Appliance) {
             Some("bm-30"),
             "{info:?}"
         );
-        assert_eq!(info.state, "replicating");
+        assert_eq!(info.state, DiskState::Replicating);
         let points = ferryctl(&[
             "--json",
             "points",

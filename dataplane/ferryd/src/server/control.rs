@@ -226,7 +226,7 @@ fn status(state: &AppState) -> Status {
     let upload_failure = target_error.clone().or_else(|| {
         disks
             .iter()
-            .find(|d| d.state == "upload_error")
+            .find(|d| d.state == ferry_client::api::DiskState::UploadError)
             .and_then(|d| d.error.clone())
     });
     let alerts = crate::alerts::evaluate(
@@ -248,7 +248,7 @@ fn status(state: &AppState) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
-        health: crate::alerts::health(&alerts).to_string(),
+        health: crate::alerts::health(&alerts),
         alerts,
         draining,
         cache: CacheStatus {

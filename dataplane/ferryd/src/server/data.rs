@@ -8,8 +8,8 @@
 
 use crate::admission::Refusal;
 use bytes::Bytes;
-use ferry_client::api::ErrorCode;
 use ferry_client::api::{AbandonAnswer, DiskInfo, DiskSpec, ResyncState};
+use ferry_client::api::{DiskState, ErrorCode};
 use ferry_format::batch::{self, DiskGeometry, BATCH_HEADER_LEN};
 use ferry_format::ids::parse_canonical_uuid;
 use http_body_util::BodyExt;
@@ -130,13 +130,13 @@ pub(super) fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
             source_time_unix_ms: p.source_time_unix_ms,
         }),
         state: if view.meta.resync_reason.is_some() {
-            "resync_required".into()
+            DiskState::ResyncRequired
         } else if error.is_some() {
-            "upload_error".into()
+            DiskState::UploadError
         } else if state.admission.refusal().is_some() {
-            "draining".into()
+            DiskState::Draining
         } else {
-            "replicating".into()
+            DiskState::Replicating
         },
         error,
         resync_reason: view.meta.resync_reason.clone(),
