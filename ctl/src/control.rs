@@ -99,10 +99,11 @@ pub fn render_status(status: &Status) -> String {
         out.push_str(&format!("target     {error}\n"));
     }
     out.push_str(&format!(
-        "cache      {} used of {} ({} free); backlog {}{}\n",
+        "cache      {} used of {} ({} free, {} engine); backlog {}{}\n",
         mb(c.used_bytes),
         mb(c.limit_bytes),
         mb(c.free_bytes),
+        c.engine,
         mb(c.backlog_bytes),
         c.drain_eta_secs
             .map_or(String::new(), |s| format!(", drains in about {}", duration(s)))

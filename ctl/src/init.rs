@@ -308,7 +308,7 @@ fn print_report(report: &InitReport, json: bool) {
     if let [start, register, ..] = report.next_steps.as_slice() {
         println!();
         println!("Next:");
-        println!("  1. Start the process server (or enable its systemd unit):");
+        println!("  1. Start the process server:");
         println!("       {start}");
         println!("  2. On each protected machine, with a copy of the passphrase file:");
         println!("       {register}");

@@ -34,6 +34,9 @@ pub struct CacheStatus {
     pub backlog_bytes: u64,
     /// `backlog_bytes` over the last minute's upload rate; none while nothing uploads.
     pub drain_eta_secs: Option<f64>,
+    /// The write engine chosen at start: `io_uring`, or `pwritev` where io_uring is not
+    /// available (DESIGN.md).
+    pub engine: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -113,6 +113,9 @@ async fn status_disks_and_machines_match_a_known_workload() {
         "every acknowledged byte counted once"
     );
     assert!(shown["ingest"]["last_60s_mb_per_s"].as_f64().unwrap() > 0.0, "{shown}");
+    // The engine chosen at start is shown (DESIGN.md), and matches the log's.
+    let engine = shown["cache"]["engine"].as_str().unwrap().to_string();
+    assert!(engine == "io_uring" || engine == "pwritev", "{shown}");
     let listed = shown["disks"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
     for (i, disk) in listed.iter().enumerate() {

@@ -257,6 +257,7 @@ fn status(state: &AppState) -> Status {
             free_bytes: usage.limit_bytes.saturating_sub(usage.segment_bytes_total),
             backlog_bytes: backlog,
             drain_eta_secs,
+            engine: state.cache.engine_name().to_string(),
         },
         ingest: Rates {
             last_10s_mb_per_s: ingest_10,
