@@ -22,7 +22,7 @@ use ferry_benches::{
     bench_size, cpu_seconds, make_appliance, runtime, start_ferryd, stream_disk, BenchTarget, BATCH_PAYLOAD,
 };
 use ferry_config::config::CacheEngine;
-use ferry_perf::datagen::{DataGenerator, Mix};
+use ferry_harness::datagen::{DataGenerator, Mix};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;

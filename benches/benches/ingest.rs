@@ -13,7 +13,7 @@ use ferry_benches::{
     bench_size, cpu_seconds, make_appliance, percentile, runtime, start_ferryd, stream_disk, BenchTarget, BATCH_PAYLOAD,
 };
 use ferry_config::config::CacheEngine;
-use ferry_perf::datagen::{DataGenerator, Mix};
+use ferry_harness::datagen::{DataGenerator, Mix};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;

@@ -14,7 +14,7 @@ use ferry_benches::{
     BATCH_PAYLOAD,
 };
 use ferry_config::config::CacheEngine;
-use ferry_perf::datagen::{DataGenerator, Mix};
+use ferry_harness::datagen::{DataGenerator, Mix};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -6,14 +6,14 @@
 //! they lie in the cache), the seal workers' usual case; `seal_8_parts_reused` also reuses the
 //! previous object's output buffer, as the workers do once an upload hands it back.
 //!
-//! Data: `ferry_perf::datagen` (mixed: zstd-1 ratio 2.37, like LIMITS.md's yardstick; random:
+//! Data: `ferry_harness::datagen` (mixed: zstd-1 ratio 2.37, like LIMITS.md's yardstick; random:
 //! incompressible). Objects of 1, 4 and 8 MiB; zstd levels -1, 1 and 3.
 //! Run: `cargo bench -p ferry-benches --bench seal` (add `-- seal/mixed/4MiB` to filter).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferry_format::seal::{Sealer, Unsealer};
 use ferry_format::{Keyring, VaultKey};
-use ferry_perf::datagen::{DataGenerator, Mix};
+use ferry_harness::datagen::{DataGenerator, Mix};
 use std::time::Duration;
 use uuid::Uuid;
 

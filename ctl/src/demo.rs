@@ -11,8 +11,8 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_perf::datagen::{DataGenerator, Mix, Rng};
-use ferry_perf::procs::{dir_bytes, free_port, wait_listening};
+use ferry_harness::datagen::{DataGenerator, Mix, Rng};
+use ferry_harness::procs::{dir_bytes, free_port, wait_listening};
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

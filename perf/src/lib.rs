@@ -1,21 +1,20 @@
-//! Ferry's performance tooling (perf/README.md): the reproducible dataset generator every
-//! benchmark shares, and `ferry-perf`, the load harness.
+//! `ferry-perf`, Ferry's load harness (perf/README.md). The dataset generator and the process
+//! helpers it shares with `ferryctl demo`, the benchmarks and the tests are in ferry-harness
+//! (re-exported here as [`datagen`] and [`procs`]).
 //!
-//! - [`datagen`]: data of controlled compressibility from a seed.
 //! - [`limits`]: this machine's per-core ceilings and the ideal end-to-end ceiling.
 //! - [`scenario`]: a load scenario (TOML, every key also a flag).
 //! - [`server`]: the ferryd under test (started on a temporary appliance, or reached).
 //! - [`load`]: the simulated agents and disks.
 //! - [`histogram`]: bounded latency histograms.
-//! - [`procs`]: ports, waiting for a child to listen, bytes under a directory.
 //! - [`run`]: a run from start to drained backlog, and its [`run::Report`].
 //! - [`report`]: the report as a table and an SVG plot.
 
-pub mod datagen;
+pub use ferry_harness::datagen;
 pub mod histogram;
 pub mod limits;
 pub mod load;
-pub mod procs;
+pub use ferry_harness::procs;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -4,7 +4,7 @@
 //! clear; quiesce scripts decide the bookmark's kind.
 
 use ferry_client::api::DiskState;
-use ferry_perf::datagen::{DataGenerator, Mix, Rng};
+use ferry_harness::datagen::{DataGenerator, Mix, Rng};
 use ferry_tests::{ferryctl, Agent, Appliance, Ferryd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 
 use ferry_client::{BatchSender, DataClient, DiskSpec, RetryPolicy};
 use ferry_format::BatchEncoder;
-use ferry_perf::datagen::Rng;
+use ferry_harness::datagen::Rng;
 use ferry_tests::{ferryctl, Appliance, Ferryd};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
