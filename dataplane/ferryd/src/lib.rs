@@ -4,8 +4,8 @@
 pub mod admission;
 pub mod alerts;
 pub mod cache;
+pub mod counters;
 pub mod ingest_memory;
 pub mod memory_budget;
-pub mod metrics;
 pub mod pipeline;
 pub mod server;

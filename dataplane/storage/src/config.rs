@@ -23,12 +23,6 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use crate::azure::AzureBlob;
-use crate::local::LocalDirectory;
-use crate::retry::{RetryPolicy, Retrying};
-use crate::{ObjectStorage, StorageError};
 
 /// A secret string: serialised as is (the config file is owner-only), never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,18 +167,6 @@ impl TargetConfig {
             TargetConfig::Azure(azure) => azure.validate(),
         }
     }
-}
-
-/// Opens the configured target behind the retry layer.
-pub async fn open_target(config: &TargetConfig, retry: RetryPolicy) -> Result<Arc<dyn ObjectStorage>, StorageError> {
-    Ok(match config {
-        TargetConfig::Local(local) => Arc::new(Retrying::new(LocalDirectory::open(&local.path, local.create)?, retry)),
-        TargetConfig::Azure(azure) => Arc::new(Retrying::new(AzureBlob::connect(azure).await?, retry)),
-        TargetConfig::Discard(local) => {
-            let metadata = LocalDirectory::open(&local.path, local.create)?;
-            Arc::new(Retrying::new(crate::discard::Discard::new(metadata), retry))
-        }
-    })
 }
 
 #[cfg(test)]

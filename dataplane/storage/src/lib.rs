@@ -29,7 +29,7 @@ pub mod local;
 pub mod pacing;
 pub mod retry;
 
-pub use config::{open_target, AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};
+pub use config::{AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};
 pub use pacing::TokenBucket;
 pub use retry::RetryPolicy;
 
@@ -281,6 +281,27 @@ pub fn validate_prefix(prefix: &str) -> Result<(), StorageError> {
             reason: "a listing prefix is empty or ends with '/'",
         }),
     }
+}
+
+/// Opens the configured target behind the retry layer (beside the trait it returns; the
+/// config module only describes targets).
+pub async fn open_target(
+    config: &TargetConfig,
+    retry: RetryPolicy,
+) -> Result<std::sync::Arc<dyn ObjectStorage>, StorageError> {
+    Ok(match config {
+        TargetConfig::Local(local) => std::sync::Arc::new(retry::Retrying::new(
+            local::LocalDirectory::open(&local.path, local.create)?,
+            retry,
+        )),
+        TargetConfig::Azure(azure) => {
+            std::sync::Arc::new(retry::Retrying::new(azure::AzureBlob::connect(azure).await?, retry))
+        }
+        TargetConfig::Discard(local) => {
+            let metadata = local::LocalDirectory::open(&local.path, local.create)?;
+            std::sync::Arc::new(retry::Retrying::new(discard::Discard::new(metadata), retry))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ pub struct PipelineStatus {
     uploads_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The token bucket's rate as the coordinator last set it (0 = unlimited).
     bandwidth_cap_now: Arc<std::sync::atomic::AtomicU64>,
-    upload_latency: Arc<crate::metrics::LatencyHistogram>,
+    upload_latency: Arc<crate::counters::LatencyHistogram>,
 }
 
 impl PipelineStatus {
@@ -163,7 +163,7 @@ impl PipelineStatus {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn upload_latency(&self) -> &crate::metrics::LatencyHistogram {
+    pub fn upload_latency(&self) -> &crate::counters::LatencyHistogram {
         &self.upload_latency
     }
 

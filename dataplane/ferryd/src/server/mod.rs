@@ -10,6 +10,7 @@ pub mod control;
 pub mod data;
 pub mod http;
 pub mod ingest_runtime;
+pub mod metrics;
 pub mod register;
 pub mod tls;
 pub mod tune;
@@ -52,7 +53,7 @@ pub struct AppState {
     pub ingested_bytes: std::sync::atomic::AtomicU64,
     pub started: std::time::Instant,
     pub rates: control::RateSampler,
-    pub metrics: crate::metrics::IngestMetrics,
+    pub metrics: crate::counters::IngestMetrics,
     pub system: crate::alerts::SystemMonitor,
     /// The pipeline's run-time tunables (ferryctl tune).
     pub tuning: Arc<crate::pipeline::tuning::Tuning>,
@@ -193,7 +194,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     };
     let control_loop = tokio::spawn(control::serve(control_listener, state.clone(), stopped.clone()));
     tokio::spawn(control::sample_rates(state.clone(), stopped.clone()));
-    tokio::spawn(crate::metrics::serve(metrics_listener, state.clone(), stopped.clone()));
+    tokio::spawn(metrics::serve(metrics_listener, state.clone(), stopped.clone()));
     let management_loop = tokio::spawn(serve(
         management_listener,
         tls,

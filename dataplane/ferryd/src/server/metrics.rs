@@ -1,66 +1,10 @@
-//! Prometheus metrics: counters and histograms updated on the hot path with one atomic add
-//! each, rendered in the text exposition format (0.0.4) on `server.metrics_listen` (plain
+//! Prometheus metrics: the counters ([`crate::counters`]) and ferryd's state rendered in the
+//! text exposition format (0.0.4) on `server.metrics_listen` (plain
 //! HTTP, loopback by default: the numbers are not secret, but the endpoint is not meant to be
 //! exposed). No label carries a secret: disk ids and names only.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-/// Upper bounds of the latency buckets, seconds.
-const BOUNDS: [f64; 15] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// A latency histogram with fixed buckets (cumulative when rendered).
-pub struct LatencyHistogram {
-    counts: [AtomicU64; BOUNDS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        Self {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
-
-impl LatencyHistogram {
-    pub fn observe(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let bucket = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(latency.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in BOUNDS.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[BOUNDS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
-    }
-}
-
-/// Metrics of the ingest path (the pipeline keeps its own in `PipelineStatus`).
-#[derive(Default)]
-pub struct IngestMetrics {
-    pub batches: AtomicU64,
-    /// From the request's arrival to its 200 (durable).
-    pub ack_latency: LatencyHistogram,
-}
+use std::sync::atomic::Ordering;
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(value: &str) -> String {
@@ -72,7 +16,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 }
 
 /// The exposition text of everything ferryd measures.
-pub fn render(state: &crate::server::AppState) -> String {
+pub fn render(state: &super::AppState) -> String {
     let mut out = String::new();
     let ingested = state.ingested_bytes.load(Ordering::Relaxed);
     let uploaded = state.pipeline.uploaded_bytes();
@@ -219,7 +163,7 @@ pub fn render(state: &crate::server::AppState) -> String {
 /// Serves `GET /metrics` until `stopped`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: std::sync::Arc<crate::server::AppState>,
+    state: std::sync::Arc<super::AppState>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -238,11 +182,11 @@ pub async fn serve(
                     let response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
                         hyper::Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(crate::server::http::Body::from(render(&state)))
+                            .body(super::http::Body::from(render(&state)))
                     } else {
                         hyper::Response::builder()
                             .status(404)
-                            .body(crate::server::http::Body::from("only /metrics here\n"))
+                            .body(super::http::Body::from("only /metrics here\n"))
                     };
                     Ok::<_, std::convert::Infallible>(response.unwrap_or_default())
                 }
