@@ -13,28 +13,35 @@ fn perf(args: &[&str]) -> Run {
         .into()
 }
 
-#[test]
-fn a_short_run_drains_and_reports_consistent_totals() {
-    let out = tempfile::tempdir().unwrap();
-    let run = perf(&[
+/// A 2 s run of `machines` machines with 2 disks each against a ferryd ferry-perf starts,
+/// reported as JSON, with `extra` flags.
+fn short_run(name: &str, machines: u32, extra: &[&str], out: &std::path::Path) -> Run {
+    let machines = machines.to_string();
+    let mut args = vec![
         "--json",
         "run",
         "--name",
-        "smoke",
+        name,
         "--machines",
-        "2",
+        &machines,
         "--disks-per-machine",
         "2",
         "--duration-secs",
         "2",
-        "--bookmark-every-secs",
-        "1",
         "--no-limits",
         "--poll-ms",
         "200",
         "--out-dir",
-        out.path().to_str().unwrap(),
-    ]);
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    perf(&args)
+}
+
+#[test]
+fn a_short_run_drains_and_reports_consistent_totals() {
+    let out = tempfile::tempdir().unwrap();
+    let run = short_run("smoke", 2, &["--bookmark-every-secs", "1"], out.path());
     assert!(run.success, "{}", run.stderr);
     let report = run.json();
     let ingested = report["ingested_bytes"].as_u64().unwrap();
@@ -76,24 +83,7 @@ fn a_short_run_drains_and_reports_consistent_totals() {
 #[test]
 fn holding_uploads_leaves_the_load_to_drain_after_it() {
     let out = tempfile::tempdir().unwrap();
-    let run = perf(&[
-        "--json",
-        "run",
-        "--name",
-        "held",
-        "--machines",
-        "1",
-        "--disks-per-machine",
-        "2",
-        "--duration-secs",
-        "2",
-        "--hold-uploads",
-        "--no-limits",
-        "--poll-ms",
-        "200",
-        "--out-dir",
-        out.path().to_str().unwrap(),
-    ]);
+    let run = short_run("held", 1, &["--hold-uploads"], out.path());
     assert!(run.success, "{}", run.stderr);
     let report = run.json();
     let ingested = report["ingested_bytes"].as_u64().unwrap() as f64;
