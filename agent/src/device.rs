@@ -113,7 +113,8 @@ impl Device {
 }
 
 fn block_geometry(file: &File) -> std::io::Result<(u64, u32)> {
-    // A block device's end is its size (what BLKGETSIZE64 says, without an ioctl).
+    // A block device's end is its size (what BLKGETSIZE64 says, without an ioctl); reads are
+    // positioned (read_exact_at), so moving the file offset changes nothing else.
     let size = rustix::fs::seek(file, rustix::fs::SeekFrom::End(0))?;
     let sector = rustix::fs::ioctl_blksszget(file)?;
     Ok((size, if sector == 4096 { 4096 } else { 512 }))

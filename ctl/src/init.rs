@@ -175,9 +175,9 @@ fn write_appliance_files(
     write_new(&staging.ca_key_file(), ca_pem.key_pem.as_bytes())?;
     write_new(&staging.server_cert_file(), server.cert_pem.as_bytes())?;
     write_new(&staging.server_key_file(), server.key_pem.as_bytes())?;
-    fsync_dir(&staging.root().join("pki"))?;
+    // Each write_new fsyncs its file and directory; this last one in the root also makes the
+    // pki/ entry durable.
     write_new(&staging.config_file(), config.to_documented_toml().as_bytes())?;
-    fsync_dir(staging.root())?;
     Ok(pki::fingerprint_sha256(&server.cert_der))
 }
 

@@ -36,13 +36,14 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "sustained",
-            match r.scenario.hold_uploads {
-                true => format!(
+            if r.scenario.hold_uploads {
+                format!(
                     "uploads held during the load; drain {} (the pipeline alone), {} of the ceiling",
                     opt(r.drain_upload_mb_per_s, 1, " MB/s"),
                     opt(r.drain_vs_ceiling, 2, "")
-                ),
-                false => format!(
+                )
+            } else {
+                format!(
                     "{:.1} MB/s uploaded while loaded; drain {}; {}",
                     r.sustained_upload_mb_per_s,
                     opt(r.drain_upload_mb_per_s, 1, " MB/s"),
@@ -50,7 +51,7 @@ pub fn table(r: &Report) -> String {
                         .map_or("the pipeline kept up (no backlog to measure it alone)".into(), |v| {
                             format!("{v:.2} of the drain rate")
                         })
-                ),
+                )
             },
         ),
         (

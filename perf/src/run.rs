@@ -112,11 +112,13 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         Some((management, data, passphrase, pid)) => server::existing(management, data, passphrase, *pid)?,
         None => server::launch(&scenario.target, options.keep)?,
     };
-    let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
-    let hold = match scenario.hold_uploads {
-        true => Some(UploadHold::start(&ferryd).await?),
-        false => None,
+    // Before the agents register: a ferryd that cannot be held is refused with nothing set up.
+    let hold = if scenario.hold_uploads {
+        Some(UploadHold::start(&ferryd).await?)
+    } else {
+        None
     };
+    let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
     let counters = Arc::new(Counters::default());
     let usage_before = ferryd.pid.and_then(server::process_usage);
     let shared = LoadShared::new(scenario.clone(), counters.clone())?;

@@ -3,12 +3,20 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A wire enum's snake_case text, for tables and messages (the JSON uses the same strings).
+/// A wire enum's snake_case text (the same strings serde writes; a test checks each), the list
+/// of its variants, and the variant a text names.
 macro_rules! text_enum {
     ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
+            }
+
+            /// The variant `text` names, if this build has it.
+            pub fn parse(text: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == text)
             }
         }
         impl std::fmt::Display for $name {
@@ -155,65 +163,32 @@ pub enum ErrorCode {
     Draining,
 }
 
+text_enum!(ErrorCode {
+    BadRequest => "bad_request",
+    BadId => "bad_id",
+    BadCsr => "bad_csr",
+    BadTunable => "bad_tunable",
+    MalformedBatch => "malformed_batch",
+    CrcMismatch => "crc_mismatch",
+    OutOfRange => "out_of_range",
+    BadBookmark => "bad_bookmark",
+    BadPassphrase => "bad_passphrase",
+    Unauthenticated => "unauthenticated",
+    Forbidden => "forbidden",
+    NotFound => "not_found",
+    UnknownDisk => "unknown_disk",
+    DiskConflict => "disk_conflict",
+    SizeShrink => "size_shrink",
+    OutOfWindow => "out_of_window",
+    SeqConflict => "seq_conflict",
+    TooLarge => "too_large",
+    Internal => "internal",
+    Busy => "busy",
+    CacheFull => "cache_full",
+    Draining => "draining",
+});
+
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
-        ErrorCode::BadRequest,
-        ErrorCode::BadId,
-        ErrorCode::BadCsr,
-        ErrorCode::BadTunable,
-        ErrorCode::MalformedBatch,
-        ErrorCode::CrcMismatch,
-        ErrorCode::OutOfRange,
-        ErrorCode::BadBookmark,
-        ErrorCode::BadPassphrase,
-        ErrorCode::Unauthenticated,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::UnknownDisk,
-        ErrorCode::DiskConflict,
-        ErrorCode::SizeShrink,
-        ErrorCode::OutOfWindow,
-        ErrorCode::SeqConflict,
-        ErrorCode::TooLarge,
-        ErrorCode::Internal,
-        ErrorCode::Busy,
-        ErrorCode::CacheFull,
-        ErrorCode::Draining,
-    ];
-
-    /// The `"error"` string of the JSON error body.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::BadId => "bad_id",
-            ErrorCode::BadCsr => "bad_csr",
-            ErrorCode::BadTunable => "bad_tunable",
-            ErrorCode::MalformedBatch => "malformed_batch",
-            ErrorCode::CrcMismatch => "crc_mismatch",
-            ErrorCode::OutOfRange => "out_of_range",
-            ErrorCode::BadBookmark => "bad_bookmark",
-            ErrorCode::BadPassphrase => "bad_passphrase",
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::UnknownDisk => "unknown_disk",
-            ErrorCode::DiskConflict => "disk_conflict",
-            ErrorCode::SizeShrink => "size_shrink",
-            ErrorCode::OutOfWindow => "out_of_window",
-            ErrorCode::SeqConflict => "seq_conflict",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Busy => "busy",
-            ErrorCode::CacheFull => "cache_full",
-            ErrorCode::Draining => "draining",
-        }
-    }
-
-    /// The code a wire string names, if ferryd has it.
-    pub fn parse(text: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
-    }
-
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest
@@ -232,12 +207,6 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Busy | ErrorCode::CacheFull | ErrorCode::Draining => 503,
         }
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -270,11 +239,22 @@ mod error_code_tests {
     use super::*;
 
     #[test]
-    fn codes_serialise_as_their_wire_strings_and_batch_codes_keep_their_status() {
-        for code in ErrorCode::ALL {
-            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
-            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+    fn enums_serialise_as_their_wire_strings_and_batch_codes_keep_their_status() {
+        fn wire_strings_agree<T: Copy + PartialEq + std::fmt::Debug + Serialize>(
+            all: &[T],
+            text: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            for &value in all {
+                assert_eq!(serde_json::to_value(value).unwrap(), serde_json::json!(text(value)));
+                assert_eq!(parse(text(value)), Some(value));
+            }
         }
+        wire_strings_agree(ErrorCode::ALL, ErrorCode::as_str, ErrorCode::parse);
+        wire_strings_agree(DiskState::ALL, DiskState::as_str, DiskState::parse);
+        use crate::control::{Health, Severity};
+        wire_strings_agree(Severity::ALL, Severity::as_str, Severity::parse);
+        wire_strings_agree(Health::ALL, Health::as_str, Health::parse);
         assert_eq!(ErrorCode::parse("no_such_code"), None);
         use ferry_format::batch::BatchErrorCode as Batch;
         for batch in [

@@ -22,9 +22,6 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const WARNING: Severity = Severity::Warning;
-pub const CRITICAL: Severity = Severity::Critical;
-
 /// What the alerts are decided from.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
@@ -61,9 +58,9 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
     let mut alerts = Vec::new();
     let level = |value: f64, warning: u32, critical: u32| {
         if value >= f64::from(critical) {
-            Some(CRITICAL)
+            Some(Severity::Critical)
         } else if value >= f64::from(warning) {
-            Some(WARNING)
+            Some(Severity::Warning)
         } else {
             None
         }
@@ -96,9 +93,9 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
     let free = cache_free_percent(inputs.cache_used_bytes, inputs.cache_limit_bytes);
     if inputs.cache_limit_bytes > 0 {
         let severity = if free < f64::from(config.cache_free_critical_percent) {
-            Some(CRITICAL)
+            Some(Severity::Critical)
         } else if free < f64::from(config.cache_free_warning_percent) {
-            Some(WARNING)
+            Some(Severity::Warning)
         } else {
             None
         };
@@ -112,7 +109,7 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
         if config.throttle_free_percent > 0 && free < f64::from(config.throttle_free_percent) {
             alerts.push(alert(
                 "ingest_throttled",
-                CRITICAL,
+                Severity::Critical,
                 format!(
                     "less than {}% of the cache is free: new batches are refused (503, agents retry) until uploads free space",
                     config.throttle_free_percent
@@ -122,9 +119,9 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
     }
     if let Some(eta) = inputs.drain_eta_secs {
         let severity = if eta > config.drain_critical_secs as f64 {
-            Some(CRITICAL)
+            Some(Severity::Critical)
         } else if eta > config.drain_warning_secs as f64 {
-            Some(WARNING)
+            Some(Severity::Warning)
         } else {
             None
         };
@@ -143,7 +140,7 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
         if *rpo > config.rpo_threshold_secs as f64 {
             alerts.push(alert(
                 "rpo_exceeded",
-                WARNING,
+                Severity::Warning,
                 format!(
                     "disk {name}: RPO {:.0} min is above the {:.0} min threshold",
                     rpo / 60.0,
@@ -155,21 +152,21 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
     if let Some(reason) = &inputs.upload_failure {
         alerts.push(alert(
             "upload_failing",
-            WARNING,
+            Severity::Warning,
             format!("uploads are failing: {reason}"),
         ));
     }
     match inputs.draining {
         Some(crate::admission::Refusal::Maintenance) => alerts.push(alert(
             "draining",
-            WARNING,
+            Severity::Warning,
             "draining for maintenance: new data is refused (agents keep it and retry) while the cache \
              uploads; `ferryctl drain --resume` accepts data again"
                 .into(),
         )),
         Some(crate::admission::Refusal::ShuttingDown) => alerts.push(alert(
             "draining",
-            WARNING,
+            Severity::Warning,
             "shutting down: new data is refused while requests in flight finish".into(),
         )),
         None => {}
@@ -179,9 +176,9 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
 
 /// The worst severity among `alerts` (ok when none).
 pub fn health(alerts: &[Alert]) -> Health {
-    if alerts.iter().any(|a| a.severity == CRITICAL) {
+    if alerts.iter().any(|a| a.severity == Severity::Critical) {
         Health::Critical
-    } else if alerts.iter().any(|a| a.severity == WARNING) {
+    } else if alerts.iter().any(|a| a.severity == Severity::Warning) {
         Health::Warning
     } else {
         Health::Ok
@@ -297,15 +294,18 @@ mod tests {
         };
         assert_eq!(
             codes(&evaluate(&config, &at(71))),
-            vec![pair("cache_free_low", WARNING)]
+            vec![pair("cache_free_low", Severity::Warning)]
         );
         assert_eq!(
             codes(&evaluate(&config, &at(76))),
-            vec![pair("cache_free_low", CRITICAL)]
+            vec![pair("cache_free_low", Severity::Critical)]
         );
         assert_eq!(
             codes(&evaluate(&config, &at(81))),
-            vec![pair("cache_free_low", CRITICAL), pair("ingest_throttled", CRITICAL)]
+            vec![
+                pair("cache_free_low", Severity::Critical),
+                pair("ingest_throttled", Severity::Critical)
+            ]
         );
         let busy = Inputs {
             cpu_sustained_percent: Some(85.0),
@@ -319,11 +319,11 @@ mod tests {
         assert_eq!(
             codes(&alerts),
             vec![
-                pair("cpu_high", WARNING),
-                pair("memory_high", CRITICAL),
-                pair("drain_time_high", WARNING),
-                pair("rpo_exceeded", WARNING),
-                pair("upload_failing", WARNING),
+                pair("cpu_high", Severity::Warning),
+                pair("memory_high", Severity::Critical),
+                pair("drain_time_high", Severity::Warning),
+                pair("rpo_exceeded", Severity::Warning),
+                pair("upload_failing", Severity::Warning),
             ]
         );
         assert!(alerts[3].message.contains("sda"));
@@ -333,7 +333,7 @@ mod tests {
             ..Inputs::default()
         };
         let alerts = evaluate(&config, &drained);
-        assert_eq!(codes(&alerts), vec![pair("draining", WARNING)]);
+        assert_eq!(codes(&alerts), vec![pair("draining", Severity::Warning)]);
         assert!(
             alerts[0].message.contains("ferryctl drain --resume"),
             "{}",

@@ -295,7 +295,6 @@ struct Coordinator {
     upload_permits: usize,
     status: PipelineStatus,
     disks: HashMap<Uuid, DiskProgress>,
-    in_flight_bytes: u64,
     jobs: crossbeam_channel::Sender<SealJob>,
     /// Output buffers of stored objects, back to the seal workers (full: dropped).
     spare_buffers: crossbeam_channel::Sender<Vec<u8>>,
@@ -378,7 +377,6 @@ pub fn start(
         workers,
         status: status.clone(),
         disks: HashMap::new(),
-        in_flight_bytes: 0,
         jobs: jobs_tx,
         spare_buffers: spare_tx,
         sealed: sealed_rx,
@@ -391,11 +389,16 @@ pub fn start(
 }
 
 impl Coordinator {
-    /// Mirrors `in_flight_bytes` for `/metrics` (the coordinator's own copy stays the rule).
-    fn publish_in_flight(&self) {
+    /// Bytes of change sets between cut and stored: kept in the status (only the coordinator
+    /// writes it), so `/metrics` reads the same number the cut is decided on.
+    fn in_flight_bytes(&self) -> u64 {
+        self.status.change_set_bytes_in_flight()
+    }
+
+    fn set_in_flight_bytes(&self, bytes: u64) {
         self.status
             .change_set_bytes_in_flight
-            .store(self.in_flight_bytes, std::sync::atomic::Ordering::Relaxed);
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -588,7 +591,7 @@ impl Coordinator {
         );
         let limits = self.delay_limits();
         loop {
-            let in_flight = self.in_flight_bytes;
+            let in_flight = self.in_flight_bytes();
             let progress = self.progress(view);
             let dispatched_through = progress.ledger.dispatched_through();
             if dispatched_through >= view.durable_seq {
@@ -638,8 +641,7 @@ impl Coordinator {
             if self.jobs.try_send(job).is_err() {
                 return false;
             }
-            self.in_flight_bytes += bytes;
-            self.publish_in_flight();
+            self.set_in_flight_bytes(in_flight + bytes);
             let progress = self.progress(view);
             if let Err(e) = progress.ledger.dispatched(first, last) {
                 // Unreachable: `first` is taken from the ledger just above.
@@ -655,8 +657,9 @@ impl Coordinator {
             Ok((bytes, bookmarks)) => {
                 self.room_freed = true;
                 // From here the change set holds its sealed bytes, not its plaintext.
-                self.in_flight_bytes = (self.in_flight_bytes + bytes.len() as u64).saturating_sub(sealed.plain_len);
-                self.publish_in_flight();
+                self.set_in_flight_bytes(
+                    (self.in_flight_bytes() + bytes.len() as u64).saturating_sub(sealed.plain_len),
+                );
                 self.start_upload(Upload {
                     disk_id: sealed.disk_id,
                     first_seq: sealed.first_seq,
@@ -731,8 +734,7 @@ impl Coordinator {
         match outcome {
             UploadOutcome::Stored(mut upload) => {
                 self.room_freed = true;
-                self.in_flight_bytes = self.in_flight_bytes.saturating_sub(upload.sealed.len() as u64);
-                self.publish_in_flight();
+                self.set_in_flight_bytes(self.in_flight_bytes().saturating_sub(upload.sealed.len() as u64));
                 // The storage layer kept no reference: the buffer goes back for the next object.
                 // Emptied first: converting keeps the capacity and copies only the contents.
                 if let Ok(mut buffer) = std::mem::take(&mut upload.sealed).try_into_mut() {

@@ -1,9 +1,9 @@
 //! Seal workers: OS threads (one per core by default) that take a change set loaded by the
 //! read-ahead threads ([`super::reader`]) and zstd + AES-GCM seal it (joined into one
 //! contiguous input, see `Sealer::seal_parts`). Loaded change sets arrive on a bounded
-//! crossbeam channel; results go back to the coordinator on a tokio channel. Output buffers come back from finished uploads through
-//! [`SPARE_BUFFERS`] slots and are reused, so a steady stream of objects allocates (and
-//! page-faults) nothing new.
+//! crossbeam channel; results go back to the coordinator on a tokio channel. Output buffers
+//! come back from finished uploads through [`SPARE_BUFFERS`] slots and are reused, so a
+//! steady stream of objects allocates (and page-faults) nothing new.
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
