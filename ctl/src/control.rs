@@ -282,16 +282,20 @@ pub struct TuneArgs {
 /// `ferryctl tune`: show the tunables (ferry.toml value, default, what the running pipeline
 /// uses now), or change them at run time; ferryd writes ferry.toml so they survive a restart.
 pub async fn tune(args: TuneArgs, json: bool) -> anyhow::Result<()> {
-    use ferry_client::control::TuneRequest;
+    use ferry_client::control::{Tunable, TuneRequest};
     let client = args.appliance.client()?;
     let state = if args.changes.is_empty() && !args.reset {
         client.tune_state().await?
     } else {
         let mut set = Vec::new();
         for change in &args.changes {
-            let (key, value) = change
-                .split_once('=')
-                .with_context(|| format!("{change:?}: write key=value, e.g. upload_concurrency=16"))?;
+            let (key, value) = change.split_once('=').with_context(|| {
+                let keys: Vec<&str> = Tunable::ALL.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "{change:?}: write key=value, e.g. upload_concurrency=16; keys: {}",
+                    keys.join(", ")
+                )
+            })?;
             set.push((key.trim().to_string(), value.trim().to_string()));
         }
         client.tune(&TuneRequest { set, reset: args.reset }).await?

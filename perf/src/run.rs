@@ -343,10 +343,8 @@ impl UploadHold {
     }
 
     async fn set_cap(&self, cap: u64) -> anyhow::Result<()> {
-        let request = ferry_client::control::TuneRequest {
-            set: vec![("bandwidth_cap_bytes_per_sec".into(), cap.to_string())],
-            reset: false,
-        };
+        use ferry_client::control::{Tunable, TuneRequest};
+        let request = TuneRequest::one(Tunable::BandwidthCapBytesPerSec, cap);
         self.control
             .tune(&request)
             .await

@@ -256,6 +256,26 @@ mod error_code_tests {
         wire_strings_agree(Severity::ALL, Severity::as_str, Severity::parse);
         wire_strings_agree(Health::ALL, Health::as_str, Health::parse);
         assert_eq!(ErrorCode::parse("no_such_code"), None);
+        // Every tunable's name is the field that shows it in `GET /v1/tune`.
+        let shown = serde_json::to_value(crate::control::Tunables {
+            upload_concurrency: 0,
+            compression_level: 0,
+            worker_threads: 0,
+            change_set_bytes: 0,
+            flush_delay_ms: 0,
+            idle_flush_delay_max_ms: 0,
+            memory_budget_bytes: 0,
+            bandwidth_cap_bytes_per_sec: 0,
+            bandwidth_schedule: serde_json::json!([]),
+            cache_limit_percent: 0,
+            cache_limit_bytes: 0,
+        })
+        .unwrap();
+        let shown = shown.as_object().unwrap();
+        assert_eq!(shown.len(), crate::control::Tunable::ALL.len());
+        for tunable in crate::control::Tunable::ALL {
+            assert!(shown.contains_key(tunable.as_str()), "{tunable}");
+        }
         use ferry_format::batch::BatchErrorCode as Batch;
         for batch in [
             Batch::MalformedBatch,

@@ -183,13 +183,56 @@ pub struct TuneState {
     pub in_effect: InEffect,
 }
 
+/// The settings `PUT /v1/tune` may change while ferryd runs, by the names the request uses
+/// (the ferry.toml key; the cache's two carry a `cache_` prefix). ferryd parses each value
+/// with its field's type; anything else in ferry.toml needs a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunable {
+    UploadConcurrency,
+    CompressionLevel,
+    WorkerThreads,
+    ChangeSetBytes,
+    FlushDelayMs,
+    IdleFlushDelayMaxMs,
+    MemoryBudgetBytes,
+    BandwidthCapBytesPerSec,
+    BandwidthSchedule,
+    CacheLimitPercent,
+    CacheLimitBytes,
+}
+
+crate::api::text_enum!(Tunable {
+    UploadConcurrency => "upload_concurrency",
+    CompressionLevel => "compression_level",
+    WorkerThreads => "worker_threads",
+    ChangeSetBytes => "change_set_bytes",
+    FlushDelayMs => "flush_delay_ms",
+    IdleFlushDelayMaxMs => "idle_flush_delay_max_ms",
+    MemoryBudgetBytes => "memory_budget_bytes",
+    BandwidthCapBytesPerSec => "bandwidth_cap_bytes_per_sec",
+    BandwidthSchedule => "bandwidth_schedule",
+    CacheLimitPercent => "cache_limit_percent",
+    CacheLimitBytes => "cache_limit_bytes",
+});
+
 /// `PUT /v1/tune`: `key=value` changes (values as in ferry.toml, JSON for the schedule), or
-/// every tunable back to its default.
+/// every tunable back to its default. Keys travel as text so that ferryd can answer a key it
+/// does not tune (a restart-only setting, or a typo) with an error that names it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TuneRequest {
     pub set: Vec<(String, String)>,
     pub reset: bool,
+}
+
+impl TuneRequest {
+    /// A request that changes one tunable.
+    pub fn one(key: Tunable, value: impl std::fmt::Display) -> Self {
+        Self {
+            set: vec![(key.as_str().to_string(), value.to_string())],
+            reset: false,
+        }
+    }
 }
 
 /// Talks to ferryd's control socket.

@@ -5,27 +5,12 @@
 //! tunable back to its default. Keys that need a restart are refused by name.
 
 use ferry_client::api::ErrorCode;
-use ferry_client::control::{InEffect, Tunables, TuneRequest, TuneState};
+use ferry_client::control::{InEffect, Tunable, Tunables, TuneRequest, TuneState};
 use ferry_config::config::{ApplianceConfig, CacheConfig, PipelineConfig};
 use std::sync::atomic::Ordering;
 
 use super::http::ApiError;
 use super::AppState;
-
-/// ferry.toml path of each tunable.
-const KEYS: [(&str, &str, &str); 11] = [
-    ("upload_concurrency", "pipeline", "upload_concurrency"),
-    ("compression_level", "pipeline", "compression_level"),
-    ("worker_threads", "pipeline", "worker_threads"),
-    ("change_set_bytes", "pipeline", "change_set_bytes"),
-    ("flush_delay_ms", "pipeline", "flush_delay_ms"),
-    ("idle_flush_delay_max_ms", "pipeline", "idle_flush_delay_max_ms"),
-    ("memory_budget_bytes", "pipeline", "memory_budget_bytes"),
-    ("bandwidth_cap_bytes_per_sec", "pipeline", "bandwidth_cap_bytes_per_sec"),
-    ("bandwidth_schedule", "pipeline", "bandwidth_schedule"),
-    ("cache_limit_percent", "cache", "limit_percent"),
-    ("cache_limit_bytes", "cache", "limit_bytes"),
-];
 
 fn tunables(pipeline: &PipelineConfig, cache: &CacheConfig) -> Tunables {
     Tunables {
@@ -74,44 +59,70 @@ fn changed(current: &ApplianceConfig, request: &TuneRequest) -> Result<Appliance
         config.cache.limit_percent = c.limit_percent;
         config.cache.limit_bytes = c.limit_bytes;
     }
-    let mut json = serde_json::to_value(&config).map_err(|e| bad(e.to_string()))?;
     for (key, value) in &request.set {
-        let Some((_, section, field)) = KEYS.iter().find(|(name, _, _)| name == key) else {
-            let known: Vec<&str> = KEYS.iter().map(|(name, _, _)| *name).collect();
-            // A ferry.toml key that needs a restart, named with its section.
-            let in_file = json.as_object().and_then(|sections| {
-                sections
-                    .iter()
-                    .find(|(_, fields)| fields.get(key.as_str()).is_some())
-                    .map(|(section, _)| format!("{section}.{key}"))
-            });
-            return Err(bad(match in_file {
-                Some(path) => format!(
-                    "{path} cannot change while ferryd runs: edit it in ferry.toml, then restart ferryd \
-                     (systemctl restart ferryd); tunable at run time: {}",
-                    known.join(", ")
-                ),
-                None => format!(
-                    "{key} is not a setting of ferry.toml; tunable at run time: {}",
-                    known.join(", ")
-                ),
-            }));
-        };
-        // Values as in ferry.toml: numbers as numbers, the schedule as JSON.
-        let parsed: serde_json::Value = serde_json::from_str(value).map_err(|_| {
-            bad(format!(
-                "{key}: {value:?} is not a value (a number, or JSON for the schedule)"
-            ))
-        })?;
-        json[*section][*field] = parsed;
-        // Type errors name the key being set (the rest of the file was valid).
-        serde_json::from_value::<ApplianceConfig>(json.clone()).map_err(|e| bad(format!("{key}: {e}")))?;
+        let tunable = Tunable::parse(key).ok_or_else(|| bad(not_tunable(&config, key)))?;
+        set(&mut config, tunable, value.trim()).map_err(|message| bad(format!("{key}: {message}")))?;
     }
-    let config: ApplianceConfig = serde_json::from_value(json).map_err(|e| bad(format!("{e}")))?;
     config
         .validate()
         .map_err(|(key, message)| bad(format!("{key}: {message}")))?;
     Ok(config)
+}
+
+/// Sets one tunable from its text (as ferry.toml writes it; JSON for the schedule). Ranges
+/// are checked afterwards by the configuration's own validation.
+fn set(config: &mut ApplianceConfig, tunable: Tunable, value: &str) -> Result<(), String> {
+    fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+        value
+            .parse()
+            .map_err(|_| format!("{value:?} is not a number of the right range"))
+    }
+    let p = &mut config.pipeline;
+    match tunable {
+        Tunable::UploadConcurrency => p.upload_concurrency = number(value)?,
+        Tunable::CompressionLevel => p.compression_level = number(value)?,
+        Tunable::WorkerThreads => p.worker_threads = number(value)?,
+        Tunable::ChangeSetBytes => p.change_set_bytes = number(value)?,
+        Tunable::FlushDelayMs => p.flush_delay_ms = number(value)?,
+        Tunable::IdleFlushDelayMaxMs => p.idle_flush_delay_max_ms = number(value)?,
+        Tunable::MemoryBudgetBytes => p.memory_budget_bytes = number(value)?,
+        Tunable::BandwidthCapBytesPerSec => p.bandwidth_cap_bytes_per_sec = number(value)?,
+        Tunable::BandwidthSchedule => {
+            p.bandwidth_schedule = serde_json::from_str(value).map_err(|e| {
+                format!(
+                    "{value:?} is not a schedule: {e} (JSON, e.g. \
+                     [{{\"days\":[\"mon\"],\"start_hour\":8,\"end_hour\":18,\"cap_bytes_per_sec\":50000000}}])"
+                )
+            })?
+        }
+        Tunable::CacheLimitPercent => config.cache.limit_percent = number(value)?,
+        Tunable::CacheLimitBytes => config.cache.limit_bytes = number(value)?,
+    }
+    Ok(())
+}
+
+/// Why `key` cannot be tuned: a ferry.toml key that needs a restart (named with its section),
+/// or no setting at all.
+fn not_tunable(config: &ApplianceConfig, key: &str) -> String {
+    let known: Vec<&str> = Tunable::ALL.iter().map(|t| t.as_str()).collect();
+    let sections = serde_json::to_value(config).unwrap_or_default();
+    let in_file = sections.as_object().and_then(|sections| {
+        sections
+            .iter()
+            .find(|(_, fields)| fields.get(key).is_some())
+            .map(|(section, _)| format!("{section}.{key}"))
+    });
+    match in_file {
+        Some(path) => format!(
+            "{path} cannot change while ferryd runs: edit it in ferry.toml, then restart ferryd \
+             (systemctl restart ferryd); tunable at run time: {}",
+            known.join(", ")
+        ),
+        None => format!(
+            "{key} is not a setting of ferry.toml; tunable at run time: {}",
+            known.join(", ")
+        ),
+    }
 }
 
 /// How long a tune answer waits for the pipeline to apply the change (it does so within a
@@ -211,6 +222,8 @@ mod tests {
     fn bad_changes_name_the_key() {
         let message = |pairs: &[(&str, &str)]| changed(&azure(), &set(pairs)).unwrap_err().message;
         assert!(message(&[("worker_threads", "-1")]).contains("worker_threads"));
+        assert!(message(&[("compression_level", "fast")]).contains("compression_level: \"fast\" is not a number"));
+        assert!(message(&[("bandwidth_schedule", "[{\"days\":1}]")]).contains("bandwidth_schedule: "));
         assert!(message(&[("flush_delay_ms", "1")]).contains("pipeline.flush_delay_ms"));
         let restart = message(&[("window", "8")]);
         assert!(
