@@ -11,7 +11,6 @@
 //! - [`report`]: the report as a table and an SVG plot.
 
 pub use ferry_harness::datagen;
-pub mod histogram;
 pub mod limits;
 pub mod load;
 pub use ferry_harness::procs;

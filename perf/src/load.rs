@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::datagen::{DataGenerator, Rng};
-use crate::histogram::Histogram;
 use crate::scenario::Scenario;
+use ferry_client::histogram::Histogram;
 
 /// Most attempts for one batch before the run fails.
 const MAX_ATTEMPTS: u32 = 200;

@@ -89,7 +89,7 @@ pub struct Percentiles {
     pub p999: Option<f64>,
 }
 
-fn percentiles(h: &crate::histogram::Histogram) -> Percentiles {
+fn percentiles(h: &ferry_client::histogram::Histogram) -> Percentiles {
     let ms = |q| h.quantile(q).map(|d| d.as_secs_f64() * 1e3);
     Percentiles {
         p50: ms(0.5),

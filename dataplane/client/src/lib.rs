@@ -13,6 +13,7 @@ pub mod api;
 pub mod client;
 pub mod clock;
 pub mod control;
+pub mod histogram;
 pub mod logging;
 pub mod register;
 pub mod sender;

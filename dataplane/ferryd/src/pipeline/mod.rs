@@ -127,7 +127,7 @@ pub struct PipelineStatus {
     uploads_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The token bucket's rate as the coordinator last set it (0 = unlimited).
     bandwidth_cap_now: Arc<std::sync::atomic::AtomicU64>,
-    upload_latency: Arc<crate::counters::LatencyHistogram>,
+    upload_latency: Arc<ferry_client::histogram::Histogram>,
 }
 
 impl PipelineStatus {
@@ -163,7 +163,7 @@ impl PipelineStatus {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn upload_latency(&self) -> &crate::counters::LatencyHistogram {
+    pub fn upload_latency(&self) -> &ferry_client::histogram::Histogram {
         &self.upload_latency
     }
 
@@ -717,7 +717,7 @@ impl Coordinator {
             let started = Instant::now();
             let outcome = match storage.put_paced(&upload.name, upload.sealed.clone(), &bucket).await {
                 Ok(()) => {
-                    status.upload_latency.observe(started.elapsed());
+                    status.upload_latency.record(started.elapsed());
                     status
                         .sealed_bytes
                         .fetch_add(upload.sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -406,7 +406,7 @@ async fn put_batch(
         Ok(durable_seq) => {
             state.ingested_bytes.fetch_add(u64::from(batch_len), Ordering::Relaxed);
             state.metrics.batches.fetch_add(1, Ordering::Relaxed);
-            state.metrics.ack_latency.observe(arrived.elapsed());
+            state.metrics.ack_latency.record(arrived.elapsed());
             Ok(json(StatusCode::OK, &ferry_client::BatchAck { seq, durable_seq }))
         }
         Err(AppendError::CacheFull) => Err(cache_full()),

@@ -3,8 +3,10 @@
 //! HTTP, loopback by default: the numbers are not secret, but the endpoint is not meant to be
 //! exposed). No label carries a secret: disk ids and names only.
 
+use ferry_client::histogram::Histogram;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Escapes a label value (backslash, double quote, newline).
 fn label(value: &str) -> String {
@@ -97,12 +99,14 @@ pub fn render(state: &super::AppState) -> String {
         "Batch bytes over sealed bytes stored since start.",
         ratio,
     );
-    state.metrics.ack_latency.render(
+    render_histogram(
+        &state.metrics.ack_latency,
         &mut out,
         "ferry_ack_latency_seconds",
         "Batch arrival to acknowledgement.",
     );
-    state.pipeline.upload_latency().render(
+    render_histogram(
+        state.pipeline.upload_latency(),
         &mut out,
         "ferry_upload_latency_seconds",
         "One change set's upload, retries included.",
@@ -196,4 +200,25 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+/// Upper bounds of the Prometheus latency buckets, seconds.
+const BOUNDS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Writes `histogram` in the Prometheus text format: cumulative counts at [`BOUNDS`] (each
+/// within 1/16 of its bound, the histogram's resolution), the sum and the count.
+pub fn render_histogram(histogram: &Histogram, out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for bound in BOUNDS {
+        let at_most = histogram.count_at_most(Duration::from_secs_f64(bound));
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {at_most}");
+    }
+    let count = histogram.count();
+    let sum = histogram.sum().as_secs_f64();
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+    );
 }

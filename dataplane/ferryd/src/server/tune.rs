@@ -75,7 +75,7 @@ fn set(config: &mut ApplianceConfig, tunable: Tunable, value: &str) -> Result<()
     fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
         value
             .parse()
-            .map_err(|_| format!("{value:?} is not a number of the right range"))
+            .map_err(|_| format!("{value:?} is not a value: this key takes a whole number"))
     }
     let p = &mut config.pipeline;
     match tunable {
@@ -222,7 +222,7 @@ mod tests {
     fn bad_changes_name_the_key() {
         let message = |pairs: &[(&str, &str)]| changed(&azure(), &set(pairs)).unwrap_err().message;
         assert!(message(&[("worker_threads", "-1")]).contains("worker_threads"));
-        assert!(message(&[("compression_level", "fast")]).contains("compression_level: \"fast\" is not a number"));
+        assert!(message(&[("compression_level", "fast")]).contains("compression_level: \"fast\" is not a value"));
         assert!(message(&[("bandwidth_schedule", "[{\"days\":1}]")]).contains("bandwidth_schedule: "));
         assert!(message(&[("flush_delay_ms", "1")]).contains("pipeline.flush_delay_ms"));
         let restart = message(&[("window", "8")]);

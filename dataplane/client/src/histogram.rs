@@ -1,6 +1,8 @@
-//! A bounded latency histogram: microseconds in log-linear buckets (16 per power of two, so a
+//! The one latency histogram: microseconds in log-linear buckets (16 per power of two, so a
 //! percentile is within 1/16 of the true value), a fixed 976 counters whatever the count.
-//! Lock-free: each record is one atomic add.
+//! Lock-free: a record is two atomic adds (its bucket and the sum). ferry-perf reads
+//! percentiles from it; ferryd's `/metrics` renders it as a Prometheus histogram through
+//! [`Histogram::count_at_most`], whose fixed bounds are exact to the same 1/16.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,12 +13,14 @@ const BUCKETS: usize = 16 + 60 * 16;
 
 pub struct Histogram {
     counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Self {
             counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
         }
     }
 }
@@ -45,6 +49,23 @@ impl Histogram {
     pub fn record(&self, value: Duration) {
         let micros = value.as_micros().min(u128::from(u64::MAX)) as u64;
         self.counts[bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The sum of every recorded value.
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_micros.load(Ordering::Relaxed))
+    }
+
+    /// How many values were at most `bound`, counting the buckets that lie wholly at or
+    /// below it (so within 1/16 of `bound` of the exact count).
+    pub fn count_at_most(&self, bound: Duration) -> u64 {
+        let bound = bound.as_micros().min(u128::from(u64::MAX)) as u64;
+        // Bucket i holds lower_bound(i) ..= lower_bound(i + 1) - 1; the last is open-ended.
+        (0..BUCKETS - 1)
+            .take_while(|&index| lower_bound(index + 1) - 1 <= bound)
+            .map(|index| self.counts[index].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn count(&self) -> u64 {
@@ -90,5 +111,13 @@ mod tests {
         for index in 0..BUCKETS {
             assert_eq!(bucket(lower_bound(index)), index, "bucket {index}");
         }
+        // 1..=100_000 µs: at most 500 µs are exactly 500 values, at most 10 ms 10,000; the
+        // sum is n(n+1)/2.
+        let at_most = |micros| h.count_at_most(Duration::from_micros(micros)) as f64;
+        for (bound, exact) in [(500u64, 500.0), (10_000, 10_000.0), (1_000_000, 100_000.0)] {
+            let got = at_most(bound);
+            assert!(got <= exact && got >= exact * (1.0 - 1.0 / 16.0), "<= {bound}: {got}");
+        }
+        assert_eq!(h.sum(), Duration::from_micros(100_000 * 100_001 / 2));
     }
 }
