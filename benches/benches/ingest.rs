@@ -4,7 +4,7 @@
 //! fdatasync'd), and CPU seconds per GB of this process (server and clients together: on a
 //! 2-core machine they share the cores, as they would in any single-box measurement).
 //!
-//! ferryd runs in-process (`ferryd::server::run_until`) on a fresh appliance directory under
+//! ferryd runs in-process (`ferryd::daemon::run_until`) on a fresh appliance directory under
 //! $TMPDIR per run, so its cache sits on that file system (O_DIRECT needs a real one, not tmpfs).
 //! Run: `cargo bench -p ferry-benches --bench ingest` (`-- quick` for a 256 MiB pass; under
 //! `cargo test` it runs one tiny pass to prove it works).

@@ -87,7 +87,7 @@ pub async fn start_ferryd(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let dir = dir.to_path_buf();
     let server = tokio::spawn(async move {
-        ferryd::server::run_until(&dir, async {
+        ferryd::daemon::run_until(&dir, async {
             let _ = stopped.await;
         })
         .await

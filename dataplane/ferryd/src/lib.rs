@@ -5,6 +5,7 @@ pub mod admission;
 pub mod alerts;
 pub mod cache;
 pub mod counters;
+pub mod daemon;
 pub mod ingest_memory;
 pub mod memory_budget;
 pub mod pipeline;

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ferryd::server::run(&args.config)) {
+    match runtime.block_on(ferryd::daemon::run(&args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ferryd: {error:#}");

@@ -111,30 +111,15 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, state: Arc<AppState>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&state, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+pub async fn serve(listener: UnixListener, state: Arc<AppState>, stopped: tokio::sync::watch::Receiver<bool>) {
+    super::http::serve_http1(
+        listener,
+        "control socket",
+        state,
+        |state, request| async move { handle(&state, request).await },
+        stopped,
+    )
+    .await
 }
 
 async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> {

@@ -1,5 +1,6 @@
 //! Answers: JSON bodies, and the `{"error", "message", ...}` body of every non-2xx answer
-//! (PROTOCOL.md "Errors").
+//! (PROTOCOL.md "Errors"); and [`serve_http1`], the one accept loop of ferryd's two plain
+//! HTTP/1.1 endpoints (the control socket and `/metrics`).
 
 use bytes::Bytes;
 use ferry_client::api::ErrorCode;
@@ -63,4 +64,73 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// Connections served at once on a plain endpoint (ferryctl, a Prometheus scraper): more wait
+/// in the kernel's accept queue.
+pub const PLAIN_CONNECTIONS_MAX: usize = 64;
+
+/// A listener the plain endpoints accept on: a Unix socket (control) or TCP (`/metrics`).
+pub trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_stream(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// Serves plain HTTP/1.1 on `listener` with `handler` until `stopped` turns true, at most
+/// [`PLAIN_CONNECTIONS_MAX`] connections at once. An accept error (out of descriptors, say) is
+/// logged and retried after a pause rather than spun on.
+pub async fn serve_http1<L, H, F>(
+    listener: L,
+    endpoint: &'static str,
+    state: std::sync::Arc<super::AppState>,
+    handler: H,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) where
+    L: Accept,
+    H: Fn(std::sync::Arc<super::AppState>, hyper::Request<hyper::body::Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(PLAIN_CONNECTIONS_MAX));
+    loop {
+        let permit = tokio::select! {
+            _ = stopped.changed() => return,
+            permit = connections.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept_stream() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(endpoint, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request| {
+                let answer = handler(state.clone(), request);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

@@ -168,38 +168,25 @@ pub fn render(state: &super::AppState) -> String {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: std::sync::Arc<super::AppState>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-            _ = stopped.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    let response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
-                        hyper::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(super::http::Body::from(render(&state)))
-                    } else {
-                        hyper::Response::builder()
-                            .status(404)
-                            .body(super::http::Body::from("only /metrics here\n"))
-                    };
-                    Ok::<_, std::convert::Infallible>(response.unwrap_or_default())
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    super::http::serve_http1(listener, "metrics", state, answer, stopped).await
+}
+
+async fn answer(
+    state: std::sync::Arc<super::AppState>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<super::http::Body> {
+    let response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+        hyper::Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(super::http::Body::from(render(&state)))
+    } else {
+        hyper::Response::builder()
+            .status(404)
+            .body(super::http::Body::from("only /metrics here\n"))
+    };
+    response.unwrap_or_default()
 }
 
 /// Upper bounds of the Prometheus latency buckets, seconds.

@@ -141,7 +141,7 @@ fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
     let mut tuned = app.tuned.lock().unwrap_or_else(|p| p.into_inner());
     let config = changed(&tuned, request)?;
     let cache_dir = app.layout.resolve(&config.cache.directory);
-    let limit = super::cache_limit(&config, &cache_dir)
+    let limit = crate::daemon::cache_limit(&config, &cache_dir)
         .map_err(|e| ApiError::new(ErrorCode::BadTunable, format!("cache limit: {e:#}")))?;
     let minimum = 2 * config.cache.segment_bytes;
     if limit < minimum {
