@@ -143,6 +143,162 @@ pub struct BandwidthWindow {
     pub cap_bytes_per_sec: u64,
 }
 
+/// A numeric setting with fixed bounds. Validation checks the table and the documented
+/// template prints each range from it, so the two cannot drift apart (bounds that depend on
+/// another setting, such as a critical threshold above its warning, stay in `validate`).
+struct Bounded {
+    key: &'static str,
+    low: i128,
+    high: i128,
+    /// Printed in KiB/MiB/GiB in the template.
+    bytes: bool,
+    value: fn(&ApplianceConfig) -> i128,
+}
+
+const KIB: i128 = 1024;
+const MIB_I: i128 = 1024 * 1024;
+
+const BOUNDED: &[Bounded] = &[
+    Bounded {
+        key: "cache.limit_percent",
+        low: 1,
+        high: 95,
+        bytes: false,
+        value: |c| c.cache.limit_percent.into(),
+    },
+    Bounded {
+        key: "cache.segment_bytes",
+        low: 16 * MIB_I,
+        high: 4096 * MIB_I,
+        bytes: true,
+        value: |c| c.cache.segment_bytes.into(),
+    },
+    Bounded {
+        key: "ingest.window",
+        low: 1,
+        high: 1024,
+        bytes: false,
+        value: |c| c.ingest.window.into(),
+    },
+    Bounded {
+        key: "ingest.max_batch_bytes",
+        low: 64 * KIB,
+        high: 64 * MIB_I,
+        bytes: true,
+        value: |c| c.ingest.max_batch_bytes.into(),
+    },
+    Bounded {
+        key: "pipeline.compression_level",
+        low: -7,
+        high: 22,
+        bytes: false,
+        value: |c| c.pipeline.compression_level.into(),
+    },
+    Bounded {
+        key: "pipeline.worker_threads",
+        low: 0,
+        high: 256,
+        bytes: false,
+        value: |c| c.pipeline.worker_threads.into(),
+    },
+    Bounded {
+        key: "pipeline.change_set_bytes",
+        low: MIB_I,
+        high: 256 * MIB_I,
+        bytes: true,
+        value: |c| c.pipeline.change_set_bytes.into(),
+    },
+    Bounded {
+        key: "pipeline.flush_delay_ms",
+        low: 10,
+        high: 600_000,
+        bytes: false,
+        value: |c| c.pipeline.flush_delay_ms.into(),
+    },
+    Bounded {
+        key: "pipeline.idle_flush_delay_max_ms",
+        low: 10,
+        high: 600_000,
+        bytes: false,
+        value: |c| c.pipeline.idle_flush_delay_max_ms.into(),
+    },
+    Bounded {
+        key: "pipeline.upload_concurrency",
+        low: 1,
+        high: 1024,
+        bytes: false,
+        value: |c| c.pipeline.upload_concurrency.into(),
+    },
+    Bounded {
+        key: "alerts.cpu_warning_percent",
+        low: 1,
+        high: 100,
+        bytes: false,
+        value: |c| c.alerts.cpu_warning_percent.into(),
+    },
+    Bounded {
+        key: "alerts.memory_warning_percent",
+        low: 1,
+        high: 100,
+        bytes: false,
+        value: |c| c.alerts.memory_warning_percent.into(),
+    },
+    Bounded {
+        key: "alerts.sustained_secs",
+        low: 0,
+        high: 86_400,
+        bytes: false,
+        value: |c| c.alerts.sustained_secs.into(),
+    },
+    Bounded {
+        key: "alerts.cache_free_warning_percent",
+        low: 1,
+        high: 99,
+        bytes: false,
+        value: |c| c.alerts.cache_free_warning_percent.into(),
+    },
+    Bounded {
+        key: "alerts.drain_warning_secs",
+        low: 1,
+        high: 7 * 86_400,
+        bytes: false,
+        value: |c| c.alerts.drain_warning_secs.into(),
+    },
+    Bounded {
+        key: "alerts.rpo_threshold_secs",
+        low: 1,
+        high: 30 * 86_400,
+        bytes: false,
+        value: |c| c.alerts.rpo_threshold_secs.into(),
+    },
+    Bounded {
+        key: "alerts.throttle_free_percent",
+        low: 0,
+        high: 90,
+        bytes: false,
+        value: |c| c.alerts.throttle_free_percent.into(),
+    },
+];
+
+/// The range of a [`BOUNDED`] setting as the template prints it: `1-95`, `16 MiB - 4 GiB`.
+fn bounds(key: &str) -> String {
+    let Some(b) = BOUNDED.iter().find(|b| b.key == key) else {
+        return String::new();
+    };
+    if !b.bytes {
+        // "-7 to 22" rather than "-7-22".
+        let to = if b.low < 0 { " to " } else { "-" };
+        return format!("{}{to}{}", b.low, b.high);
+    }
+    let size = |n: i128| match n {
+        n if n >= 1024 * MIB_I && n % (1024 * MIB_I) == 0 => format!("{} GiB", n / (1024 * MIB_I)),
+        n if n >= MIB_I && n % MIB_I == 0 => format!("{} MiB", n / MIB_I),
+        n if n % KIB == 0 => format!("{} KiB", n / KIB),
+        n => format!("{n} bytes"),
+    };
+    format!("{} - {}", size(b.low), size(b.high))
+}
+
 pub const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 impl BandwidthWindow {
@@ -323,6 +479,9 @@ impl ApplianceConfig {
                 ),
             ));
         }
+        for bounded in BOUNDED {
+            range(bounded.key, (bounded.value)(self), bounded.low, bounded.high)?;
+        }
         address("server.data_listen", &self.server.data_listen)?;
         address("server.management_listen", &self.server.management_listen)?;
         address("server.metrics_listen", &self.server.metrics_listen)?;
@@ -334,8 +493,6 @@ impl ApplianceConfig {
         if advertised.and_then(|port| port.parse::<u16>().ok()).is_none() {
             return Err(("server.advertised_data_endpoint", "must be host:port".into()));
         }
-        range("cache.limit_percent", self.cache.limit_percent, 1, 95)?;
-        range("cache.segment_bytes", self.cache.segment_bytes, 16 * MIB, 4096 * MIB)?;
         if self.cache.limit_bytes != 0 && self.cache.limit_bytes < 2 * self.cache.segment_bytes {
             return Err((
                 "cache.limit_bytes",
@@ -345,36 +502,12 @@ impl ApplianceConfig {
         if !self.cache.segment_bytes.is_multiple_of(MIB) {
             return Err(("cache.segment_bytes", "must be a multiple of 1 MiB (1048576)".into()));
         }
-        range("ingest.window", self.ingest.window, 1, 1024)?;
-        range(
-            "ingest.max_batch_bytes",
-            u64::from(self.ingest.max_batch_bytes),
-            64 * 1024,
-            64 * MIB,
-        )?;
         if u64::from(self.ingest.max_batch_bytes) + 40 > self.cache.segment_bytes / 2 {
             return Err((
                 "ingest.max_batch_bytes",
                 "must be below half of cache.segment_bytes".into(),
             ));
         }
-        range("pipeline.compression_level", self.pipeline.compression_level, -7, 22)?;
-        range("pipeline.worker_threads", self.pipeline.worker_threads, 0, 256)?;
-        range(
-            "pipeline.change_set_bytes",
-            self.pipeline.change_set_bytes,
-            MIB,
-            256 * MIB,
-        )?;
-        range("pipeline.flush_delay_ms", self.pipeline.flush_delay_ms, 10, 600_000)?;
-        // Below flush_delay_ms it simply means "never longer than flush_delay_ms".
-        range(
-            "pipeline.idle_flush_delay_max_ms",
-            self.pipeline.idle_flush_delay_max_ms,
-            10,
-            600_000,
-        )?;
-        range("pipeline.upload_concurrency", self.pipeline.upload_concurrency, 1, 1024)?;
         let budget_floor = 2 * (self.pipeline.change_set_bytes + u64::from(self.ingest.max_batch_bytes));
         if self.pipeline.memory_budget_bytes < budget_floor {
             return Err((
@@ -403,37 +536,30 @@ impl ApplianceConfig {
             }
         }
         let a = &self.alerts;
-        range("alerts.cpu_warning_percent", a.cpu_warning_percent, 1, 100)?;
         range(
             "alerts.cpu_critical_percent",
             a.cpu_critical_percent,
             a.cpu_warning_percent,
             100,
         )?;
-        range("alerts.memory_warning_percent", a.memory_warning_percent, 1, 100)?;
         range(
             "alerts.memory_critical_percent",
             a.memory_critical_percent,
             a.memory_warning_percent,
             100,
         )?;
-        range("alerts.sustained_secs", a.sustained_secs, 0, 86_400)?;
-        range("alerts.cache_free_warning_percent", a.cache_free_warning_percent, 1, 99)?;
         range(
             "alerts.cache_free_critical_percent",
             a.cache_free_critical_percent,
             1,
             a.cache_free_warning_percent,
         )?;
-        range("alerts.drain_warning_secs", a.drain_warning_secs, 1, 7 * 86_400)?;
         range(
             "alerts.drain_critical_secs",
             a.drain_critical_secs,
             a.drain_warning_secs,
             7 * 86_400,
         )?;
-        range("alerts.rpo_threshold_secs", a.rpo_threshold_secs, 1, 30 * 86_400)?;
-        range("alerts.throttle_free_percent", a.throttle_free_percent, 0, 90)?;
         self.storage_retry
             .validate()
             .map_err(|message| ("storage_retry", message))?;
@@ -491,37 +617,38 @@ control_socket = {control_socket:?}
 [cache]
 # The durable NVMe cache of received batches.
 directory = {cache_dir:?}
-# Share of the cache file system the cache may fill (1-95).
+# Share of the cache file system the cache may fill ({r_limit_percent}).
 limit_percent = {limit_percent}
 # An absolute limit in bytes instead (0: use limit_percent); at least two segments.
 limit_bytes = {limit_bytes}
 # auto (io_uring when available, else psync) | io_uring | psync (pwritev + fdatasync).
 engine = "{engine}"
-# Size of each preallocated cache segment file (16 MiB - 4 GiB, whole MiB).
+# Size of each preallocated cache segment file ({r_segment_bytes}, whole MiB).
 segment_bytes = {segment_bytes}
 
 [ingest]
-# Batches a disk may have in flight past its durable_seq (1-1024).
+# Batches a disk may have in flight past its durable_seq ({r_window}).
 window = {window}
-# Largest batch payload accepted (64 KiB - 64 MiB); larger gets 413 too_large.
+# Largest batch payload accepted ({r_max_batch_bytes}); larger gets 413 too_large.
 max_batch_bytes = {max_batch_bytes}
 
 [pipeline]
-# zstd level for change sets (-7 fastest ... 22 smallest; 1 is the measured sweet spot).
+# zstd level for change sets ({r_level}: lower is faster, higher smaller; 1 is the measured
+# sweet spot).
 compression_level = {level}
-# Compression and sealing threads; 0 = one per core.
+# Compression and sealing threads ({r_workers}); 0 = one per core.
 worker_threads = {workers}
-# Target plaintext size of one change set object (1 MiB - 256 MiB).
+# Target plaintext size of one change set object ({r_change_set_bytes}).
 change_set_bytes = {change_set_bytes}
 # Longest a durable batch waits before its change set is cut. A batch with a bookmark is cut at
-# once, so recovery points (and their RPO) never wait for it.
+# once, so recovery points (and their RPO) never wait for it ({r_flush_delay_ms}).
 flush_delay_ms = {flush_delay_ms}
 # A quiet disk (its change sets under a quarter of change_set_bytes) waits longer, doubling
-# from flush_delay_ms up to this (10 - 600000; at or below flush_delay_ms: never longer):
+# from flush_delay_ms up to this ({r_idle}; at or below flush_delay_ms: never longer):
 # fewer, larger objects, so fewer billed PUTs; its recovery points still go at once, and a
 # drain (ferryctl drain, or stopping ferryd) cuts everything at once.
 idle_flush_delay_max_ms = {idle_flush_delay_max_ms}
-# Uploads in flight at once (1-1024).
+# Uploads in flight at once ({r_upload_concurrency}).
 upload_concurrency = {upload_concurrency}
 # Memory bound, used three times: the cache keeps at most this much of received batches in
 # memory for the seal workers (older ones are read back from disk), the pipeline has at most
@@ -537,22 +664,25 @@ bandwidth_schedule = {schedule}
 
 [alerts]
 # Health alerts (ferryctl status; ASR's process-server thresholds as defaults).
-# CPU and memory use of the machine, warning and critical, when held for sustained_secs.
+# CPU and memory use of the machine, warning ({r_cpu_w}) and critical (warning-100), when
+# held for sustained_secs ({r_sustained}).
 cpu_warning_percent = {cpu_w}
 cpu_critical_percent = {cpu_c}
 memory_warning_percent = {mem_w}
 memory_critical_percent = {mem_c}
 sustained_secs = {sustained}
-# Free cache space below these shares of the limit.
+# Free cache space below these shares of the limit (warning {r_free_w}, critical 1-warning).
 cache_free_warning_percent = {free_w}
 cache_free_critical_percent = {free_c}
-# Estimated time to upload the cached backlog at the last minute's rate.
+# Estimated time to upload the cached backlog at the last minute's rate (warning
+# {r_drain_w}, critical warning-604800).
 drain_warning_secs = {drain_w}
 drain_critical_secs = {drain_c}
-# A disk's RPO (now minus the source time of its latest restorable point) above this.
+# A disk's RPO (now minus the source time of its latest restorable point) above this
+# ({r_rpo}).
 rpo_threshold_secs = {rpo}
 # Below this share of free cache space new batches get 503 cache_full with Retry-After
-# (agents keep their data and retry) before the cache is actually full; 0 = never.
+# (agents keep their data and retry) before the cache is actually full; 0 = never ({r_throttle}).
 throttle_free_percent = {throttle}
 
 [storage_retry]
@@ -600,6 +730,22 @@ total_budget_ms = {total_budget_ms}
             drain_c = a.drain_critical_secs,
             rpo = a.rpo_threshold_secs,
             throttle = a.throttle_free_percent,
+            r_limit_percent = bounds("cache.limit_percent"),
+            r_segment_bytes = bounds("cache.segment_bytes"),
+            r_window = bounds("ingest.window"),
+            r_max_batch_bytes = bounds("ingest.max_batch_bytes"),
+            r_level = bounds("pipeline.compression_level"),
+            r_workers = bounds("pipeline.worker_threads"),
+            r_change_set_bytes = bounds("pipeline.change_set_bytes"),
+            r_flush_delay_ms = bounds("pipeline.flush_delay_ms"),
+            r_idle = bounds("pipeline.idle_flush_delay_max_ms"),
+            r_upload_concurrency = bounds("pipeline.upload_concurrency"),
+            r_cpu_w = bounds("alerts.cpu_warning_percent"),
+            r_sustained = bounds("alerts.sustained_secs"),
+            r_free_w = bounds("alerts.cache_free_warning_percent"),
+            r_drain_w = bounds("alerts.drain_warning_secs"),
+            r_rpo = bounds("alerts.rpo_threshold_secs"),
+            r_throttle = bounds("alerts.throttle_free_percent"),
         );
         out.push_str(
             "# Where sealed objects go (FORMATS.md). kind = \"local\" (a directory) or \"azure\" (Blob Storage).\n",
@@ -691,6 +837,42 @@ mod tests {
         assert_eq!(p.bandwidth_cap_at(0, 12), 100, "Sunday: no window");
         config.pipeline.bandwidth_schedule[0].start_hour = 18;
         assert_eq!(config.validate().unwrap_err().0, "pipeline.bandwidth_schedule");
+    }
+
+    #[test]
+    fn every_bounded_setting_is_checked_and_documented_with_its_range() {
+        let template = local().to_documented_toml();
+        let base = toml::Value::try_from(local()).unwrap();
+        let mut refused = 0;
+        for bounded in BOUNDED {
+            let (section, field) = bounded.key.split_once('.').unwrap();
+            let range = bounds(bounded.key);
+            assert!(
+                template.contains(&format!("\n{field} = ")),
+                "{} not in the template",
+                bounded.key
+            );
+            assert!(
+                template.contains(&range),
+                "{}: range {range} not in the template",
+                bounded.key
+            );
+            for outside in [bounded.low - 1, bounded.high + 1] {
+                let mut value = base.clone();
+                let Ok(number) = i64::try_from(outside) else { continue };
+                value[section][field] = toml::Value::Integer(number);
+                let text = toml::to_string(&value).unwrap();
+                let Ok(config) = toml::from_str::<ApplianceConfig>(&text) else {
+                    continue; // outside the field's type: serde refuses it, naming the key
+                };
+                let (key, message) = config.validate().unwrap_err();
+                assert_eq!(key, bounded.key, "{outside}: {message}");
+                assert!(message.contains(&format!("got {outside}")), "{message}");
+                refused += 1;
+            }
+        }
+        // Every setting but the unsigned ones whose low is 0 is checked on both sides.
+        assert!(refused > BOUNDED.len(), "{refused}");
     }
 
     #[test]
