@@ -670,10 +670,10 @@ impl Coordinator {
                     bookmarks,
                 })
             }
-            Err(message) => {
-                tracing::error!(disk = %sealed.disk_id, first = sealed.first_seq, last = sealed.last_seq, %message, "sealing failed; retrying");
+            Err(failure) => {
+                tracing::error!(disk = %sealed.disk_id, first = sealed.first_seq, last = sealed.last_seq, error = %failure, "sealing failed; retrying");
                 if let Some(progress) = self.disks.get_mut(&sealed.disk_id) {
-                    progress.error = Some(format!("sealing failed: {message}"));
+                    progress.error = Some(format!("sealing failed: {failure}"));
                 }
                 self.publish(sealed.disk_id);
                 let geometry = self

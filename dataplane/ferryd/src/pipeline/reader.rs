@@ -32,7 +32,22 @@ pub struct Loaded {
 pub struct LoadedJob {
     pub job: SealJob,
     /// Why the change set could not be loaded (the coordinator retries the cut).
-    pub loaded: Result<Loaded, String>,
+    pub loaded: Result<Loaded, LoadError>,
+}
+
+/// Why a change set's batches could not be read back from the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("batch {seq} is not in the cache")]
+    Missing { seq: u64 },
+    #[error("cannot read batch {seq} from the cache: {source}")]
+    Read { seq: u64, source: crate::cache::CacheError },
+    /// Checked on ingest, so only damage after the write (the cache's CRC passed) gets here.
+    #[error("batch {seq} no longer decodes: {source}")]
+    Decode {
+        seq: u64,
+        source: ferry_format::batch::BatchError,
+    },
 }
 
 /// Starts the readers. They stop when the coordinator drops its end of `jobs` (after
@@ -54,22 +69,22 @@ pub fn start(jobs: Receiver<SealJob>, cache: Cache, loaded: Sender<LoadedJob>) -
     Ok(())
 }
 
-fn load(cache: &Cache, job: &SealJob) -> Result<Loaded, String> {
+fn load(cache: &Cache, job: &SealJob) -> Result<Loaded, LoadError> {
     let mut parts = Vec::with_capacity((job.last_seq - job.first_seq + 1) as usize);
     let mut bookmarks = Vec::new();
     let mut plain_len = 0u64;
     for seq in job.first_seq..=job.last_seq {
         let batch = match cache.read_batch(job.disk_id, seq) {
             Ok(Some(batch)) => batch,
-            Ok(None) => return Err(format!("batch {seq} is not in the cache")),
-            Err(e) => return Err(e.to_string()),
+            Ok(None) => return Err(LoadError::Missing { seq }),
+            Err(source) => return Err(LoadError::Read { seq, source }),
         };
         plain_len += batch.len() as u64;
         if ferry_format::batch::has_bookmark(&batch) {
             // Re-validated as on ingest; the bookmark JSON is needed for the point manifest.
             let decoded =
                 ferry_format::batch::decode(batch.clone(), seq, job.geometry, u32::MAX - BATCH_HEADER_LEN as u32)
-                    .map_err(|e| format!("batch {seq} no longer decodes: {e}"))?;
+                    .map_err(|source| LoadError::Decode { seq, source })?;
             for record in &decoded.records {
                 if let Record::Bookmark(bookmark) = record {
                     bookmarks.push(FoundBookmark {

@@ -35,12 +35,22 @@ pub struct FoundBookmark {
     pub source_time_ms: u64,
 }
 
+/// Why a change set was not sealed (the coordinator logs it, shows it on the disk, and cuts
+/// the change set again).
+#[derive(Debug, thiserror::Error)]
+pub enum SealFailure {
+    #[error(transparent)]
+    Load(#[from] super::reader::LoadError),
+    #[error("cannot seal: {0}")]
+    Seal(#[from] ferry_format::seal::SealError),
+}
+
 pub struct Sealed {
     pub disk_id: Uuid,
     pub first_seq: u64,
     pub last_seq: u64,
     pub name: String,
-    pub result: Result<(Bytes, Vec<FoundBookmark>), String>,
+    pub result: Result<(Bytes, Vec<FoundBookmark>), SealFailure>,
     pub plain_len: u64,
 }
 
@@ -148,14 +158,14 @@ fn seal(sealer: &mut Sealer, keyring: &Keyring, loaded: LoadedJob, spare: Vec<u8
     .to_string();
     let loaded = match loaded {
         Ok(loaded) => loaded,
-        Err(message) => return failed(&job, name, message),
+        Err(error) => return failed(&job, name, error.into()),
     };
     let slices: Vec<&[u8]> = loaded.parts.iter().map(|b| &b[..]).collect();
     let key = keyring.disk_key(job.disk_id);
     let result = sealer
         .seal_parts_into(&key, &name, &slices, spare)
         .map(|sealed| (Bytes::from(sealed), loaded.bookmarks))
-        .map_err(|e| e.to_string());
+        .map_err(SealFailure::from);
     Sealed {
         disk_id: job.disk_id,
         first_seq: job.first_seq,
@@ -166,13 +176,13 @@ fn seal(sealer: &mut Sealer, keyring: &Keyring, loaded: LoadedJob, spare: Vec<u8
     }
 }
 
-fn failed(job: &SealJob, name: String, message: String) -> Sealed {
+fn failed(job: &SealJob, name: String, failure: SealFailure) -> Sealed {
     Sealed {
         disk_id: job.disk_id,
         first_seq: job.first_seq,
         last_seq: job.last_seq,
         name,
-        result: Err(message),
+        result: Err(failure),
         plain_len: 0,
     }
 }
