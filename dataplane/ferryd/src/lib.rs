@@ -1,5 +1,19 @@
-//! ferryd, the process server: the durable cache of received batches ([`cache`]), the HTTPS
-//! endpoints ([`server`]); its state files are `ferry_durable::checked`.
+//! ferryd, the process server. Where each piece lives, from the bottom up:
+//!
+//! - [`counters`]: hot-path counters (one atomic add) that the pipeline and the server write.
+//! - [`cache`]: the durable NVMe cache of received batches (segments, group commit through
+//!   io_uring or pwritev, recovery after a crash); [`memory_budget`] shares out
+//!   `pipeline.memory_budget_bytes`, [`ingest_memory`] holds batch bodies to their share.
+//! - [`pipeline`]: cut change sets from the cache, read them back (`reader`), seal them on a
+//!   worker pool (`worker`), upload them at the bandwidth cap, then write recovery points and
+//!   release the cache (`calls`, `ledger`); `tuning` holds what `ferryctl tune` changes.
+//! - [`server`]: the endpoints: data (mTLS, HTTP/2), management (registration), the control
+//!   socket (status, tune, drain) and `/metrics`; [`admission`] says whether new data is taken,
+//!   [`alerts`] computes health.
+//! - [`daemon`]: start-up and shut-down wiring (config, cache, target, listeners, drain).
+//!
+//! Its state files are `ferry_durable::checked`; its wire and storage types come from
+//! `ferry_format` and `ferry_client`.
 
 pub mod admission;
 pub mod alerts;

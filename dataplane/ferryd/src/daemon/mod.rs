@@ -1,6 +1,6 @@
 //! ferryd's start-up and shut-down wiring: loads ferry.toml, recovers the cache, reads the
 //! vault key and the TLS identity, binds every listener, builds the server's [`AppState`],
-//! starts the upload pipeline once the target answers ([`target`]), serves until told to
+//! starts the upload pipeline once the target answers (`target`), serves until told to
 //! stop, then drains.
 //!
 //! SIGTERM (or SIGINT) drains: the flag makes new requests answer 503 `draining`, the listeners

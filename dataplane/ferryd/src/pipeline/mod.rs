@@ -3,7 +3,7 @@
 //! coordinator: one tokio task that owns every disk's state and never waits on storage,
 //! the disk or the seal workers; it reacts to their answers and hands out the next work.
 //!
-//! - **Batcher** ([`Coordinator::dispatch`]): per disk, gathers the next durable batches into
+//! - **Batcher** (`Coordinator::dispatch`): per disk, gathers the next durable batches into
 //!   a change set of up to `change_set_bytes` of plaintext, cut early right after a batch that
 //!   holds a BOOKMARK, or when the oldest waiting batch has waited the disk's flush delay
 //!   ([`idle_delay`]), which bounds the RPO Ferry adds.

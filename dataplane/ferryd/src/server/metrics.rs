@@ -194,7 +194,7 @@ const BOUNDS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Writes `histogram` in the Prometheus text format: cumulative counts at [`BOUNDS`] (each
+/// Writes `histogram` in the Prometheus text format: cumulative counts at `BOUNDS` (each
 /// within 1/16 of its bound, the histogram's resolution), the sum and the count.
 pub fn render_histogram(histogram: &Histogram, out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
