@@ -6,8 +6,9 @@
 //! then print a summary and clean up (processes stopped and the directory removed on every
 //! exit path, unless `--keep`).
 //!
-//! It runs the real binaries: `ferryd` and `ferry-agent` from beside this executable. Under
-//! `cargo run` it first builds them with the same profile, so one command does everything.
+//! It runs the real binaries: `ferryd` and `ferry-agent` from beside this executable (the
+//! README's command builds all three in one cargo call). Under `cargo run` it first builds
+//! the other two with the same profile, so that form works too, only slower.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -275,8 +276,8 @@ impl Binaries {
         for path in [&binaries.ferryd, &binaries.agent] {
             if !path.exists() {
                 bail!(
-                    "{} is missing: build it (`cargo build --release --bins`) or run the demo with \
-                     `cargo run --release --bin ferryctl -- demo`",
+                    "{} is missing: build the three binaries together (`cargo build --release --bin ferryctl \
+                     --bin ferryd --bin ferry-agent`), then run target/release/ferryctl demo",
                     path.display()
                 );
             }
