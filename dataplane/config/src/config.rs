@@ -32,7 +32,7 @@ pub enum ConfigError {
     #[error("{path}: {key}: {message}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         message: String,
     },
 }
@@ -158,126 +158,25 @@ struct Bounded {
 const KIB: i128 = 1024;
 const MIB_I: i128 = 1024 * 1024;
 
+#[rustfmt::skip]
 const BOUNDED: &[Bounded] = &[
-    Bounded {
-        key: "cache.limit_percent",
-        low: 1,
-        high: 95,
-        bytes: false,
-        value: |c| c.cache.limit_percent.into(),
-    },
-    Bounded {
-        key: "cache.segment_bytes",
-        low: 16 * MIB_I,
-        high: 4096 * MIB_I,
-        bytes: true,
-        value: |c| c.cache.segment_bytes.into(),
-    },
-    Bounded {
-        key: "ingest.window",
-        low: 1,
-        high: 1024,
-        bytes: false,
-        value: |c| c.ingest.window.into(),
-    },
-    Bounded {
-        key: "ingest.max_batch_bytes",
-        low: 64 * KIB,
-        high: 64 * MIB_I,
-        bytes: true,
-        value: |c| c.ingest.max_batch_bytes.into(),
-    },
-    Bounded {
-        key: "pipeline.compression_level",
-        low: -7,
-        high: 22,
-        bytes: false,
-        value: |c| c.pipeline.compression_level.into(),
-    },
-    Bounded {
-        key: "pipeline.worker_threads",
-        low: 0,
-        high: 256,
-        bytes: false,
-        value: |c| c.pipeline.worker_threads.into(),
-    },
-    Bounded {
-        key: "pipeline.change_set_bytes",
-        low: MIB_I,
-        high: 256 * MIB_I,
-        bytes: true,
-        value: |c| c.pipeline.change_set_bytes.into(),
-    },
-    Bounded {
-        key: "pipeline.flush_delay_ms",
-        low: 10,
-        high: 600_000,
-        bytes: false,
-        value: |c| c.pipeline.flush_delay_ms.into(),
-    },
-    Bounded {
-        key: "pipeline.idle_flush_delay_max_ms",
-        low: 10,
-        high: 600_000,
-        bytes: false,
-        value: |c| c.pipeline.idle_flush_delay_max_ms.into(),
-    },
-    Bounded {
-        key: "pipeline.upload_concurrency",
-        low: 1,
-        high: 1024,
-        bytes: false,
-        value: |c| c.pipeline.upload_concurrency.into(),
-    },
-    Bounded {
-        key: "alerts.cpu_warning_percent",
-        low: 1,
-        high: 100,
-        bytes: false,
-        value: |c| c.alerts.cpu_warning_percent.into(),
-    },
-    Bounded {
-        key: "alerts.memory_warning_percent",
-        low: 1,
-        high: 100,
-        bytes: false,
-        value: |c| c.alerts.memory_warning_percent.into(),
-    },
-    Bounded {
-        key: "alerts.sustained_secs",
-        low: 0,
-        high: 86_400,
-        bytes: false,
-        value: |c| c.alerts.sustained_secs.into(),
-    },
-    Bounded {
-        key: "alerts.cache_free_warning_percent",
-        low: 1,
-        high: 99,
-        bytes: false,
-        value: |c| c.alerts.cache_free_warning_percent.into(),
-    },
-    Bounded {
-        key: "alerts.drain_warning_secs",
-        low: 1,
-        high: 7 * 86_400,
-        bytes: false,
-        value: |c| c.alerts.drain_warning_secs.into(),
-    },
-    Bounded {
-        key: "alerts.rpo_threshold_secs",
-        low: 1,
-        high: 30 * 86_400,
-        bytes: false,
-        value: |c| c.alerts.rpo_threshold_secs.into(),
-    },
-    Bounded {
-        key: "alerts.throttle_free_percent",
-        low: 0,
-        high: 90,
-        bytes: false,
-        value: |c| c.alerts.throttle_free_percent.into(),
-    },
+    Bounded { key: "cache.limit_percent", low: 1, high: 95, bytes: false, value: |c| c.cache.limit_percent.into() },
+    Bounded { key: "cache.segment_bytes", low: 16 * MIB_I, high: 4096 * MIB_I, bytes: true, value: |c| c.cache.segment_bytes.into() },
+    Bounded { key: "ingest.window", low: 1, high: 1024, bytes: false, value: |c| c.ingest.window.into() },
+    Bounded { key: "ingest.max_batch_bytes", low: 64 * KIB, high: 64 * MIB_I, bytes: true, value: |c| c.ingest.max_batch_bytes.into() },
+    Bounded { key: "pipeline.compression_level", low: -7, high: 22, bytes: false, value: |c| c.pipeline.compression_level.into() },
+    Bounded { key: "pipeline.worker_threads", low: 0, high: 256, bytes: false, value: |c| c.pipeline.worker_threads.into() },
+    Bounded { key: "pipeline.change_set_bytes", low: MIB_I, high: 256 * MIB_I, bytes: true, value: |c| c.pipeline.change_set_bytes.into() },
+    Bounded { key: "pipeline.flush_delay_ms", low: 10, high: 600_000, bytes: false, value: |c| c.pipeline.flush_delay_ms.into() },
+    Bounded { key: "pipeline.idle_flush_delay_max_ms", low: 10, high: 600_000, bytes: false, value: |c| c.pipeline.idle_flush_delay_max_ms.into() },
+    Bounded { key: "pipeline.upload_concurrency", low: 1, high: 1024, bytes: false, value: |c| c.pipeline.upload_concurrency.into() },
+    Bounded { key: "alerts.cpu_warning_percent", low: 1, high: 100, bytes: false, value: |c| c.alerts.cpu_warning_percent.into() },
+    Bounded { key: "alerts.memory_warning_percent", low: 1, high: 100, bytes: false, value: |c| c.alerts.memory_warning_percent.into() },
+    Bounded { key: "alerts.sustained_secs", low: 0, high: 86_400, bytes: false, value: |c| c.alerts.sustained_secs.into() },
+    Bounded { key: "alerts.cache_free_warning_percent", low: 1, high: 99, bytes: false, value: |c| c.alerts.cache_free_warning_percent.into() },
+    Bounded { key: "alerts.drain_warning_secs", low: 1, high: 7 * 86_400, bytes: false, value: |c| c.alerts.drain_warning_secs.into() },
+    Bounded { key: "alerts.rpo_threshold_secs", low: 1, high: 30 * 86_400, bytes: false, value: |c| c.alerts.rpo_threshold_secs.into() },
+    Bounded { key: "alerts.throttle_free_percent", low: 0, high: 90, bytes: false, value: |c| c.alerts.throttle_free_percent.into() },
 ];
 
 /// The range of a [`BOUNDED`] setting as the template prints it: `1-95`, `16 MiB - 4 GiB`.
@@ -389,6 +288,8 @@ pub struct ApplianceConfig {
     pub storage_retry: RetryPolicy,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub retention: crate::retention::RetentionConfig,
     pub target: TargetConfig,
 }
 
@@ -403,6 +304,7 @@ impl ApplianceConfig {
             pipeline: PipelineConfig::default(),
             storage_retry: RetryPolicy::default(),
             alerts: AlertsConfig::default(),
+            retention: Default::default(),
             target,
         }
     }
@@ -418,7 +320,7 @@ impl ApplianceConfig {
         if metadata.permissions().mode() & 0o077 != 0 {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
-                key: "(file mode)",
+                key: "(file mode)".into(),
                 message: format!(
                     "is readable by others (mode {:o}); run chmod 600 on it",
                     metadata.permissions().mode() & 0o777
@@ -450,7 +352,13 @@ impl ApplianceConfig {
     }
 
     /// Checks every value; the error names the key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_fixed_keys()
+            .map_err(|(key, message)| (key.to_string(), message))?;
+        self.retention.validate()
+    }
+
+    fn validate_fixed_keys(&self) -> Result<(), (&'static str, String)> {
         fn range<T: PartialOrd + std::fmt::Display>(
             key: &'static str,
             value: T,
@@ -685,6 +593,24 @@ rpo_threshold_secs = {rpo}
 # (agents keep their data and retry) before the cache is actually full; 0 = never ({r_throttle}).
 throttle_free_percent = {throttle}
 
+[retention]
+# Which recovery points are kept, and consolidation of older changes into base images, which
+# lets old change sets go (durations: 0, 90s, 10m, 24h, 15d). A disk's newest point and pinned
+# points (ferryctl points pin) are always kept. Per-disk overrides: ferryctl retention set.
+# Points older than this (by their source time) are pruned; at most 15d.
+window = "{ret_window}"
+# Every point younger than this is kept (for a write-ordered disk, every seq).
+keep_all = "{r_keep_all}"
+# Between keep_all and window: the newest crash point of each interval (0: all).
+crash_every = "{r_crash_every}"
+# App points inside the window: all (0), or the newest of each interval.
+app_every = "{r_app_every}"
+# Plaintext size of a base chunk (64 KiB - 256 MiB, a multiple of 4096).
+chunk_bytes = {r_chunk_bytes}
+# How often ferryd consolidates in the background (0: only by ferryctl retention run; at
+# least 1m otherwise).
+run_every = "{r_run_every}"
+{r_disks}
 [storage_retry]
 # Transient storage errors (timeouts, resets, 500, 503, 429) are retried with exponential
 # backoff and full jitter, within these bounds; permanent ones (403, 404) are not.
@@ -730,6 +656,13 @@ total_budget_ms = {total_budget_ms}
             drain_c = a.drain_critical_secs,
             rpo = a.rpo_threshold_secs,
             throttle = a.throttle_free_percent,
+            ret_window = self.retention.window,
+            r_keep_all = self.retention.keep_all,
+            r_crash_every = self.retention.crash_every,
+            r_app_every = self.retention.app_every,
+            r_chunk_bytes = self.retention.chunk_bytes,
+            r_run_every = self.retention.run_every,
+            r_disks = render_disk_overrides(&self.retention),
             r_limit_percent = bounds("cache.limit_percent"),
             r_segment_bytes = bounds("cache.segment_bytes"),
             r_window = bounds("ingest.window"),
@@ -753,6 +686,16 @@ total_budget_ms = {total_budget_ms}
         out.push_str(&render_target(&self.target));
         out
     }
+}
+
+/// `[retention.disks."ID"]` tables, one per disk with overrides.
+fn render_disk_overrides(retention: &crate::retention::RetentionConfig) -> String {
+    let mut out = String::new();
+    for (disk_id, overrides) in &retention.disks {
+        let body = toml::to_string(overrides).unwrap_or_default();
+        let _ = write!(out, "\n[retention.disks.\"{disk_id}\"]\n{body}");
+    }
+    out
 }
 
 fn render_schedule(windows: &[BandwidthWindow]) -> String {
@@ -791,9 +734,19 @@ mod tests {
 
     #[test]
     fn documented_file_round_trips_for_both_targets() {
-        let config = local();
+        let mut config = local();
         let text = config.to_documented_toml();
         assert_eq!(ApplianceConfig::parse(&text, Path::new("f")).unwrap(), config);
+        config.retention.disks.insert(
+            uuid::Uuid::from_u128(9),
+            crate::retention::DiskPolicyOverride {
+                window: Some(crate::retention::Span(7 * 86_400)),
+                chunk_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+        );
+        let text = config.to_documented_toml();
+        assert_eq!(ApplianceConfig::parse(&text, Path::new("f")).unwrap(), config, "{text}");
         let azure = ApplianceConfig::with_target(TargetConfig::Azure(AzureTargetConfig {
             account: "acct1".into(),
             container: "ferry".into(),

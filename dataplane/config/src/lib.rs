@@ -14,6 +14,7 @@
 pub mod config;
 pub mod layout;
 pub mod pki;
+pub mod retention;
 
 pub use config::{ApplianceConfig, ConfigError};
 pub use layout::ApplianceLayout;

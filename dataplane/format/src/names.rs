@@ -7,6 +7,8 @@
 //! ferry/v1/disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal
 //! ferry/v1/disks/{disk_id}/base/{seq:020}/manifest.fseal
 //! ferry/v1/disks/{disk_id}/base/{seq:020}/chunk-{index:010}.fseal
+//! ferry/v1/disks/{disk_id}/pins/{seq:020}-{bookmark_id}.fseal
+//! ferry/v1/disks/{disk_id}/pruned/{seq:020}-{bookmark_id}.fseal
 //! ferry/v1/groups/{group_id}/points/{created_unix_ms:016}-{bookmark_id}.fseal
 //! ```
 //! Parsing is strict: exactly the digit counts above, canonical lowercase UUIDs, valid
@@ -52,6 +54,19 @@ pub enum ObjectName {
         seq: u64,
         index: u64,
     },
+    /// A pinned recovery point: retention never prunes it while this object exists.
+    Pin {
+        disk_id: Uuid,
+        seq: u64,
+        bookmark_id: BookmarkId,
+    },
+    /// The record that retention pruned a recovery point (kept for 15 days, so a restore of
+    /// it can say why it is gone).
+    Pruned {
+        disk_id: Uuid,
+        seq: u64,
+        bookmark_id: BookmarkId,
+    },
     GroupPoint {
         group_id: Uuid,
         created_unix_ms: u64,
@@ -74,12 +89,15 @@ impl ObjectName {
             | ObjectName::Log { disk_id, .. }
             | ObjectName::Point { disk_id, .. }
             | ObjectName::BaseManifest { disk_id, .. }
-            | ObjectName::BaseChunk { disk_id, .. } => Some(*disk_id),
+            | ObjectName::BaseChunk { disk_id, .. }
+            | ObjectName::Pin { disk_id, .. }
+            | ObjectName::Pruned { disk_id, .. } => Some(*disk_id),
             ObjectName::VaultJson | ObjectName::GroupPoint { .. } => None,
         }
     }
 
-    /// The listing prefix of one disk's objects of one kind (`log/`, `points/`, `base/`).
+    /// The listing prefix of one disk's objects of one kind (`log/`, `points/`, `base/`,
+    /// `pins/`, `pruned/`).
     pub fn disk_prefix(disk_id: Uuid, kind: &str) -> String {
         format!("{ROOT}disks/{}/{kind}", disk_id.hyphenated())
     }
@@ -119,15 +137,27 @@ impl ObjectName {
                     last_seq,
                 })
             }
-            ["disks", disk, "points", point] => {
+            ["disks", disk, kind @ ("points" | "pins" | "pruned"), point] => {
                 let disk_id = uuid(disk).ok_or_else(|| fail("bad disk id"))?;
                 let (seq, bookmark) =
                     split_number_dash(point, 20).ok_or_else(|| fail("point name is not seq-bookmark_id"))?;
                 let bookmark_id = BookmarkId::new(bookmark).map_err(|_| fail("bad bookmark id"))?;
-                Ok(ObjectName::Point {
-                    disk_id,
-                    seq,
-                    bookmark_id,
+                Ok(match *kind {
+                    "points" => ObjectName::Point {
+                        disk_id,
+                        seq,
+                        bookmark_id,
+                    },
+                    "pins" => ObjectName::Pin {
+                        disk_id,
+                        seq,
+                        bookmark_id,
+                    },
+                    _ => ObjectName::Pruned {
+                        disk_id,
+                        seq,
+                        bookmark_id,
+                    },
                 })
             }
             ["disks", disk, "base", seq, file] => {
@@ -184,6 +214,20 @@ impl fmt::Display for ObjectName {
             }
             ObjectName::BaseChunk { disk_id, seq, index } => {
                 write!(f, "{ROOT}disks/{disk_id}/base/{seq:020}/chunk-{index:010}.fseal")
+            }
+            ObjectName::Pin {
+                disk_id,
+                seq,
+                bookmark_id,
+            } => {
+                write!(f, "{ROOT}disks/{disk_id}/pins/{seq:020}-{bookmark_id}.fseal")
+            }
+            ObjectName::Pruned {
+                disk_id,
+                seq,
+                bookmark_id,
+            } => {
+                write!(f, "{ROOT}disks/{disk_id}/pruned/{seq:020}-{bookmark_id}.fseal")
             }
             ObjectName::GroupPoint {
                 group_id,
@@ -251,6 +295,16 @@ mod tests {
                 seq: 7,
                 index: CHUNK_INDEX_MAX,
             },
+            ObjectName::Pin {
+                disk_id: disk(),
+                seq: 42,
+                bookmark_id: bm.clone(),
+            },
+            ObjectName::Pruned {
+                disk_id: disk(),
+                seq: 41,
+                bookmark_id: bm.clone(),
+            },
             ObjectName::GroupPoint {
                 group_id: disk(),
                 created_unix_ms: 1_790_000_000_000,
@@ -285,6 +339,8 @@ mod tests {
             format!("ferry/v1/disks/{d}/log/0000000000000000000a-00000000000000000002.fseal"),
             format!("ferry/v1/disks/{d}/points/00000000000000000003-.fseal"),
             format!("ferry/v1/disks/{d}/points/00000000000000000003-a b.fseal"),
+            format!("ferry/v1/disks/{d}/pins/3-a.fseal"),
+            format!("ferry/v1/disks/{d}/pinned/00000000000000000003-a.fseal"),
             format!("ferry/v1/disks/{d}/base/00000000000000000003/chunk-1.fseal"),
             format!("ferry/v1/disks/{d}/base/00000000000000000003/other.fseal"),
             format!("ferry/v1/disks/{d}/../../vault.json"),

@@ -1,5 +1,6 @@
-//! FORMATS.md section 4: the JSON plaintexts of `disk.fseal` and recovery points, and
-//! splitting a change set (concatenated batches) back into its batches.
+//! FORMATS.md section 4: the JSON plaintexts of `disk.fseal`, recovery points, base manifests,
+//! pins and pruned-point records, and splitting a change set (concatenated batches) back
+//! into its batches.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,42 @@ pub struct RecoveryPoint {
     pub group_id: Option<Uuid>,
     pub source_time_unix_ms: u64,
     pub created_unix_ms: u64,
+}
+
+/// `disks/{disk_id}/base/{seq:020}/manifest.fseal`: the disk after batch `seq`, in chunks of
+/// `chunk_size` bytes. `chunks` maps a chunk's index (decimal text) to the object holding it,
+/// which may belong to an older base of the same disk; an index absent from it is all zeros.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseManifest {
+    pub format: u32,
+    pub disk_id: Uuid,
+    pub seq: u64,
+    pub size_bytes: u64,
+    pub chunk_size: u64,
+    pub chunks: std::collections::BTreeMap<String, String>,
+}
+
+/// `disks/{disk_id}/pins/{seq:020}-{bookmark_id}.fseal`: retention keeps this point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub format: u32,
+    pub disk_id: Uuid,
+    pub seq: u64,
+    pub bookmark_id: String,
+    pub reason: Option<String>,
+    pub pinned_unix_ms: u64,
+}
+
+/// `disks/{disk_id}/pruned/{seq:020}-{bookmark_id}.fseal`: retention removed this point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedPoint {
+    pub format: u32,
+    pub disk_id: Uuid,
+    pub seq: u64,
+    pub bookmark_id: String,
+    pub kind: String,
+    pub source_time_unix_ms: u64,
+    pub pruned_unix_ms: u64,
 }
 
 /// The batches of a change set, in order, each as a slice of `change_set` (no copy). Each

@@ -1,0 +1,3 @@
+//! Retention: the rules of the `[retention]` policy ([`plan`]).
+
+pub mod plan;
