@@ -1,24 +1,17 @@
 //! `ferryctl restore`: a disk image at a chosen seq, from storage and the vault key alone
 //! (FORMATS.md section 5), with no ferryd.
 //!
-//! The log objects are listed and a chain that covers seq 1..=S is chosen (greedily, the
-//! object reaching furthest at each step, so objects that overlap after a crash are read
-//! once). Up to `--parallel` objects are downloaded ahead while batches are applied strictly
-//! in seq order, each exactly once; a missing seq stops the restore and is named. WRITEs are
-//! written in place, ZEROs punch holes, so the image stays sparse. Memory: about `--parallel`
-//! sealed objects plus their plaintexts.
+//! The image starts from the newest base at or below S (its chunks written at their offsets),
+//! then the change sets after the base are replayed up to S (`ferry_vault::log`: a chain that
+//! reads objects overlapping after a crash once, `--parallel` downloads ahead, each batch
+//! exactly once and in order, a missing seq named). WRITEs land in place, ZEROs punch holes,
+//! so the image stays sparse. Memory: about `--parallel` sealed objects plus their plaintexts.
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use clap::Args;
-use ferry_format::batch::{self, DiskGeometry, Record};
-use ferry_format::names::ObjectName;
-use ferry_format::plaintexts::split_change_set;
-use ferry_storage::list_all;
-use futures::StreamExt;
 use serde::Serialize;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 use uuid::Uuid;
@@ -56,44 +49,12 @@ struct RestoreReport {
     seq: u64,
     out: PathBuf,
     size_bytes: u64,
+    /// The base the image started from (None: from zeros).
+    base_seq: Option<u64>,
     objects_read: usize,
     batches_applied: u64,
     bytes_written: u64,
     seconds: f64,
-}
-
-#[derive(Debug)]
-struct LogObject {
-    name: String,
-    first_seq: u64,
-    last_seq: u64,
-}
-
-/// The chain of log objects that covers 1..=target: at each step the object that starts at or
-/// before the next needed seq and reaches furthest.
-fn cover(mut objects: Vec<LogObject>, target: u64) -> Result<Vec<LogObject>> {
-    objects.sort_by_key(|o| (o.first_seq, std::cmp::Reverse(o.last_seq)));
-    let mut chain = Vec::new();
-    let mut next = 1;
-    let mut candidates = objects.into_iter().peekable();
-    while next <= target {
-        let mut best: Option<LogObject> = None;
-        while let Some(object) = candidates.next_if(|o| o.first_seq <= next) {
-            if object.last_seq >= next && best.as_ref().is_none_or(|b| object.last_seq > b.last_seq) {
-                best = Some(object);
-            }
-        }
-        match best {
-            Some(object) => {
-                next = object.last_seq + 1;
-                chain.push(object);
-            }
-            None => {
-                bail!("seq {next} is missing from storage: no log object holds it (the vault is incomplete or damaged)")
-            }
-        }
-    }
-    Ok(chain)
 }
 
 async fn target_seq(args: &RestoreArgs, opened: &OpenVault, disk_id: Uuid) -> Result<u64> {
@@ -109,26 +70,23 @@ async fn target_seq(args: &RestoreArgs, opened: &OpenVault, disk_id: Uuid) -> Re
         None if args.latest => points.last(),
         None => bail!("say what to restore: --seq N, --point BOOKMARK or --latest"),
     };
-    match chosen {
-        Some(point) => Ok(point.seq),
-        None => bail!("disk {disk_id} has no such recovery point (ferryctl points --disk {disk_id} lists them)"),
+    if let Some(point) = chosen {
+        return Ok(point.seq);
     }
-}
-
-fn punch_zeros(file: &File, offset: u64, length: u64) -> std::io::Result<()> {
-    let hole = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
-    if rustix::fs::fallocate(file, hole, offset, length).is_ok() {
-        return Ok(());
+    if let Some(id) = &args.point {
+        let key = opened.keyring.disk_key(disk_id);
+        let pruned = ferry_vault::retention::records::find_pruned(&*opened.storage, &key, disk_id, id).await?;
+        if let Some(record) = pruned.last() {
+            bail!(
+                "recovery point {id} (seq {}, source time {} UTC) was pruned by retention on {} UTC \
+                 (ferryctl points --disk {disk_id} lists the points kept)",
+                record.seq,
+                ferry_format::time::format_unix_ms(record.source_time_unix_ms),
+                ferry_format::time::format_unix_ms(record.pruned_unix_ms)
+            );
+        }
     }
-    // No hole punching here: write zeros, a megabyte at a time.
-    let zeros = vec![0u8; 1 << 20];
-    let mut done = 0;
-    while done < length {
-        let n = (length - done).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], offset + done)?;
-        done += n as u64;
-    }
-    Ok(())
+    bail!("disk {disk_id} has no such recovery point (ferryctl points --disk {disk_id} lists them)")
 }
 
 pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
@@ -139,24 +97,11 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
     let descriptor = crate::vault_disks::read_descriptor(&opened, disk_id).await?;
     let target = target_seq(&args, &opened, disk_id).await?;
 
-    let mut objects = Vec::new();
-    for meta in list_all(&*opened.storage, &ObjectName::disk_prefix(disk_id, "log/"))
-        .await
-        .context("cannot list the log")?
-    {
-        if let Ok(ObjectName::Log {
-            first_seq, last_seq, ..
-        }) = ObjectName::parse(&meta.name)
-        {
-            objects.push(LogObject {
-                name: meta.name,
-                first_seq,
-                last_seq,
-            });
-        }
-    }
+    let objects = ferry_vault::log::list(&*opened.storage, disk_id).await?;
     let newest = objects.iter().map(|o| o.last_seq).max().unwrap_or(0);
-    if target > newest {
+    let bases = ferry_vault::base::list(&*opened.storage, disk_id).await?;
+    let newest_stored = newest.max(bases.manifests.last().copied().unwrap_or(0));
+    if target > newest_stored {
         let point = match crate::vault_disks::newest_point(&opened, disk_id).await? {
             Some(p) => format!(
                 "the newest recovery point is {} at seq {} ({} UTC)",
@@ -166,80 +111,41 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
             ),
             None => "the disk has no recovery point yet".into(),
         };
-        bail!("seq {target} is past the newest seq in storage ({newest}); {point}");
+        bail!("seq {target} is past the newest seq in storage ({newest_stored}); {point}");
     }
-    let chain = cover(objects, target)?;
-
     let file = OpenOptions::new()
         .write(true)
+        .read(true)
         .create_new(true)
         .mode(0o600)
         .open(&args.out)
         .with_context(|| format!("cannot create {} (it must not exist)", args.out.display()))?;
     file.set_len(descriptor.size_bytes)
         .with_context(|| format!("cannot size {}", args.out.display()))?;
-    let geometry = DiskGeometry {
-        size_bytes: descriptor.size_bytes,
-        sector_size: descriptor.sector_size,
-    };
-    let storage = opened.storage.clone();
-    let mut downloads = futures::stream::iter(chain.iter().map(|object| {
-        let storage = storage.clone();
-        let name = object.name.clone();
-        async move { storage.get(&name).await.map(|bytes| (name, bytes)) }
-    }))
-    .buffered(args.parallel as usize);
-
-    let (mut next, mut applied, mut written, mut objects_read) = (1u64, 0u64, 0u64, 0usize);
     let mut last_report = Instant::now();
-    while let Some(download) = downloads.next().await {
-        let (name, sealed) = download.context("cannot download a log object")?;
-        objects_read += 1;
-        let plain = Bytes::from(
-            ferry_format::seal::unseal(&key, &name, &sealed).with_context(|| format!("object {name} is corrupt"))?,
-        );
-        for item in split_change_set(&plain) {
-            let (header, bytes) = item.with_context(|| format!("object {name} holds a damaged batch"))?;
-            if header.seq < next || header.seq > target {
-                continue; // already applied from an overlapping object, or past the target
+    let restored = ferry_vault::restore::restore_into(
+        opened.storage.clone(),
+        &key,
+        &descriptor,
+        target,
+        &file,
+        args.parallel as usize,
+        |seq| {
+            if !json && last_report.elapsed().as_secs() >= 1 {
+                eprintln!("restore: seq {seq} of {target} ({}%)", seq * 100 / target.max(1));
+                last_report = Instant::now();
             }
-            if header.seq > next {
-                bail!(
-                    "seq {next} is missing from storage (object {name} jumps to {})",
-                    header.seq
-                );
-            }
-            let decoded = batch::decode(bytes, header.seq, geometry, u32::MAX - 40)
-                .with_context(|| format!("object {name}: batch {}", header.seq))?;
-            for record in &decoded.records {
-                match record {
-                    Record::Write { offset, data } => {
-                        file.write_all_at(data, *offset)
-                            .with_context(|| format!("cannot write {}", args.out.display()))?;
-                        written += data.len() as u64;
-                    }
-                    Record::Zero { offset, length } => {
-                        punch_zeros(&file, *offset, u64::from(*length))
-                            .with_context(|| format!("cannot write {}", args.out.display()))?;
-                    }
-                    Record::Bookmark(_) => {}
-                }
-            }
-            applied += 1;
-            next += 1;
+        },
+    )
+    .await;
+    let restored = match restored {
+        Ok(restored) => restored,
+        Err(e) => {
+            // Leave no partial image behind that could be mistaken for a restore.
+            let _ = std::fs::remove_file(&args.out);
+            return Err(e.context(format!("cannot restore {}", args.out.display())));
         }
-        if !json && last_report.elapsed().as_secs() >= 1 {
-            eprintln!(
-                "restore: seq {} of {target} ({}%)",
-                next - 1,
-                (next - 1) * 100 / target.max(1)
-            );
-            last_report = Instant::now();
-        }
-    }
-    if next <= target {
-        bail!("seq {next} is missing from storage: the log ends before seq {target}");
-    }
+    };
     file.sync_all()
         .with_context(|| format!("cannot fsync {}", args.out.display()))?;
     let report = RestoreReport {
@@ -247,9 +153,10 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
         seq: target,
         out: args.out.clone(),
         size_bytes: descriptor.size_bytes,
-        objects_read,
-        batches_applied: applied,
-        bytes_written: written,
+        base_seq: restored.base_seq,
+        objects_read: restored.replayed.objects_read,
+        batches_applied: restored.replayed.batches_applied,
+        bytes_written: restored.base_bytes + restored.replayed.bytes_written,
         seconds: started.elapsed().as_secs_f64(),
     };
     if json {
@@ -267,33 +174,4 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn object(first: u64, last: u64) -> LogObject {
-        LogObject {
-            name: format!("{first}-{last}"),
-            first_seq: first,
-            last_seq: last,
-        }
-    }
-
-    #[test]
-    fn cover_reads_overlaps_once_and_names_gaps() {
-        let chain = cover(vec![object(1, 4), object(5, 9), object(3, 12), object(13, 13)], 13).unwrap();
-        let names: Vec<&str> = chain.iter().map(|o| o.name.as_str()).collect();
-        assert_eq!(names, ["1-4", "3-12", "13-13"]);
-        assert!(cover(vec![object(1, 4), object(6, 9)], 9)
-            .unwrap_err()
-            .to_string()
-            .contains("seq 5 is missing"));
-        assert!(cover(vec![object(2, 4)], 3)
-            .unwrap_err()
-            .to_string()
-            .contains("seq 1 is missing"));
-        assert_eq!(cover(vec![object(1, 4), object(5, 9)], 3).unwrap().len(), 1);
-    }
 }

@@ -8,7 +8,7 @@
 //! ferry/v1/disks/{disk_id}/base/{seq:020}/manifest.fseal
 //! ferry/v1/disks/{disk_id}/base/{seq:020}/chunk-{index:010}.fseal
 //! ferry/v1/disks/{disk_id}/pins/{seq:020}-{bookmark_id}.fseal
-//! ferry/v1/disks/{disk_id}/pruned/{seq:020}-{bookmark_id}.fseal
+//! ferry/v1/disks/{disk_id}/pruned/{pruned_unix_ms:016}-{seq:020}-{bookmark_id}.fseal
 //! ferry/v1/groups/{group_id}/points/{created_unix_ms:016}-{bookmark_id}.fseal
 //! ```
 //! Parsing is strict: exactly the digit counts above, canonical lowercase UUIDs, valid
@@ -61,9 +61,10 @@ pub enum ObjectName {
         bookmark_id: BookmarkId,
     },
     /// The record that retention pruned a recovery point (kept for 15 days, so a restore of
-    /// it can say why it is gone).
+    /// it can say why it is gone; the time in the name says when it expires).
     Pruned {
         disk_id: Uuid,
+        pruned_unix_ms: u64,
         seq: u64,
         bookmark_id: BookmarkId,
     },
@@ -137,27 +138,37 @@ impl ObjectName {
                     last_seq,
                 })
             }
-            ["disks", disk, kind @ ("points" | "pins" | "pruned"), point] => {
+            ["disks", disk, kind @ ("points" | "pins"), point] => {
                 let disk_id = uuid(disk).ok_or_else(|| fail("bad disk id"))?;
                 let (seq, bookmark) =
                     split_number_dash(point, 20).ok_or_else(|| fail("point name is not seq-bookmark_id"))?;
                 let bookmark_id = BookmarkId::new(bookmark).map_err(|_| fail("bad bookmark id"))?;
-                Ok(match *kind {
-                    "points" => ObjectName::Point {
+                Ok(if *kind == "points" {
+                    ObjectName::Point {
                         disk_id,
                         seq,
                         bookmark_id,
-                    },
-                    "pins" => ObjectName::Pin {
+                    }
+                } else {
+                    ObjectName::Pin {
                         disk_id,
                         seq,
                         bookmark_id,
-                    },
-                    _ => ObjectName::Pruned {
-                        disk_id,
-                        seq,
-                        bookmark_id,
-                    },
+                    }
+                })
+            }
+            ["disks", disk, "pruned", record] => {
+                let disk_id = uuid(disk).ok_or_else(|| fail("bad disk id"))?;
+                let (pruned_unix_ms, point) =
+                    split_number_dash(record, 16).ok_or_else(|| fail("pruned name is not time-seq-bookmark_id"))?;
+                let (seq, bookmark) =
+                    split_number_dash(point, 20).ok_or_else(|| fail("pruned name is not time-seq-bookmark_id"))?;
+                let bookmark_id = BookmarkId::new(bookmark).map_err(|_| fail("bad bookmark id"))?;
+                Ok(ObjectName::Pruned {
+                    disk_id,
+                    pruned_unix_ms,
+                    seq,
+                    bookmark_id,
                 })
             }
             ["disks", disk, "base", seq, file] => {
@@ -224,10 +235,14 @@ impl fmt::Display for ObjectName {
             }
             ObjectName::Pruned {
                 disk_id,
+                pruned_unix_ms,
                 seq,
                 bookmark_id,
             } => {
-                write!(f, "{ROOT}disks/{disk_id}/pruned/{seq:020}-{bookmark_id}.fseal")
+                write!(
+                    f,
+                    "{ROOT}disks/{disk_id}/pruned/{pruned_unix_ms:016}-{seq:020}-{bookmark_id}.fseal"
+                )
             }
             ObjectName::GroupPoint {
                 group_id,
@@ -302,6 +317,7 @@ mod tests {
             },
             ObjectName::Pruned {
                 disk_id: disk(),
+                pruned_unix_ms: 1_790_000_000_000,
                 seq: 41,
                 bookmark_id: bm.clone(),
             },
@@ -341,6 +357,7 @@ mod tests {
             format!("ferry/v1/disks/{d}/points/00000000000000000003-a b.fseal"),
             format!("ferry/v1/disks/{d}/pins/3-a.fseal"),
             format!("ferry/v1/disks/{d}/pinned/00000000000000000003-a.fseal"),
+            format!("ferry/v1/disks/{d}/pruned/00000000000000000003-a.fseal"),
             format!("ferry/v1/disks/{d}/base/00000000000000000003/chunk-1.fseal"),
             format!("ferry/v1/disks/{d}/base/00000000000000000003/other.fseal"),
             format!("ferry/v1/disks/{d}/../../vault.json"),

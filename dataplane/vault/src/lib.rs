@@ -1,6 +1,14 @@
 //! A Ferry vault as it sits in target storage (FORMATS.md), read and kept with the vault key
 //! alone, by ferryd and by ferryctl (which works with ferryd stopped):
 //!
+//! - [`log`]: a disk's change sets, the chain that covers a range of seqs, replaying it.
+//! - [`base`]: base images: reading one into an image, writing a new one.
+//! - [`image`]: image files (records in place, zeros as holes).
+//! - [`restore`]: a disk image at a seq, from its newest base and the log after it.
 //! - [`retention`]: which recovery points a consolidation keeps (the `[retention]` policy).
 
+pub mod base;
+pub mod image;
+pub mod log;
+pub mod restore;
 pub mod retention;

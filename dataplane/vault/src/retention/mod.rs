@@ -1,3 +1,6 @@
-//! Retention: the rules of the `[retention]` policy ([`plan`]).
+//! Retention: the rules of the `[retention]` policy ([`plan`]), the records it keeps in
+//! storage, pins and pruned points ([`records`]), and consolidating a disk ([`consolidate`]).
 
+pub mod consolidate;
 pub mod plan;
+pub mod records;

@@ -169,7 +169,11 @@ mod tests {
             .map(|i: u64| PointRef {
                 seq: 10 * (i + 1),
                 bookmark_id: format!("bm-{i}"),
-                kind: if i.is_multiple_of(3) { PointKind::App } else { PointKind::Crash },
+                kind: if i.is_multiple_of(3) {
+                    PointKind::App
+                } else {
+                    PointKind::Crash
+                },
                 source_time_unix_ms: NOW - 72 * HOUR + i * 5 * MINUTE,
             })
             .collect()

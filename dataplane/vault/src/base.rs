@@ -1,0 +1,384 @@
+//! Base images (FORMATS.md section 4): a disk after batch `seq`, in chunks. Listing them,
+//! reading and checking a manifest, filling an image from one (restore), and writing a new
+//! one from an older base plus the log replayed into a scratch file (consolidation).
+//!
+//! A new base writes only the chunks the replayed log touched (a chunk only partly written is
+//! completed from the older base's chunk); untouched chunks are named from the older manifest,
+//! all-zero chunks are left out, and the manifest goes last: a base without a manifest does
+//! not exist. Memory: about `parallel` chunks at once, plus the touched ranges of each chunk.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use ferry_format::names::ObjectName;
+use ferry_format::plaintexts::{BaseManifest, PLAINTEXT_FORMAT};
+use ferry_format::ObjectKey;
+use ferry_storage::{list_all, ObjectStorage, StorageError};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::log::RecordSink;
+
+/// zstd level of base chunks: as the pipeline's default (the measured sweet spot).
+const CHUNK_LEVEL: i32 = 1;
+
+/// What `base/` of a disk holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bases {
+    /// Seqs of the bases that exist (their manifest is in storage).
+    pub manifests: BTreeSet<u64>,
+    /// Every chunk object, by name, with the seq of the directory it sits in.
+    pub chunks: BTreeMap<String, u64>,
+}
+
+impl Bases {
+    /// The newest base at or below `seq`.
+    pub fn newest_at_or_below(&self, seq: u64) -> Option<u64> {
+        self.manifests.range(..=seq).next_back().copied()
+    }
+}
+
+pub async fn list(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<Bases> {
+    let mut bases = Bases::default();
+    for meta in list_all(storage, &ObjectName::disk_prefix(disk_id, "base/"))
+        .await
+        .context("cannot list the bases")?
+    {
+        match ObjectName::parse(&meta.name) {
+            Ok(ObjectName::BaseManifest { seq, .. }) => {
+                bases.manifests.insert(seq);
+            }
+            Ok(ObjectName::BaseChunk { seq, .. }) => {
+                bases.chunks.insert(meta.name, seq);
+            }
+            _ => {}
+        }
+    }
+    Ok(bases)
+}
+
+/// The manifest of the base at `seq`, checked: its disk, seq and size, and every chunk named
+/// by a chunk object of this disk with the index it stands for.
+pub async fn read_manifest(
+    storage: &dyn ObjectStorage,
+    key: &ObjectKey,
+    disk_id: Uuid,
+    seq: u64,
+    size_bytes: u64,
+) -> Result<BaseManifest> {
+    let name = ObjectName::BaseManifest { disk_id, seq }.to_string();
+    let sealed = storage
+        .get(&name)
+        .await
+        .with_context(|| format!("cannot read {name}"))?;
+    let plain = ferry_format::seal::unseal(key, &name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
+    let manifest: BaseManifest =
+        serde_json::from_slice(&plain).with_context(|| format!("object {name} is not a base manifest"))?;
+    check_manifest(&manifest, disk_id, seq, size_bytes).with_context(|| format!("base manifest {name}"))?;
+    Ok(manifest)
+}
+
+fn check_manifest(manifest: &BaseManifest, disk_id: Uuid, seq: u64, size_bytes: u64) -> Result<()> {
+    if manifest.format != PLAINTEXT_FORMAT || manifest.disk_id != disk_id || manifest.seq != seq {
+        bail!("names another disk, seq or format");
+    }
+    if manifest.size_bytes != size_bytes {
+        bail!(
+            "is for a disk of {} bytes; the disk is {size_bytes} (resized since: restore needs the log from seq 1)",
+            manifest.size_bytes
+        );
+    }
+    if manifest.chunk_size == 0 || !manifest.chunk_size.is_multiple_of(512) {
+        bail!("has a chunk size of {}", manifest.chunk_size);
+    }
+    let count = size_bytes.div_ceil(manifest.chunk_size);
+    for (index, name) in &manifest.chunks {
+        let index: u64 = index.parse().with_context(|| format!("chunk index {index:?}"))?;
+        match ObjectName::parse(name) {
+            Ok(ObjectName::BaseChunk {
+                disk_id: owner,
+                index: named,
+                ..
+            }) if owner == disk_id && named == index && index < count => {}
+            _ => bail!("chunk {index} is named {name:?}, not a chunk of this disk at that index"),
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of chunk `index` of `manifest` (zeros when it has none), checked for length.
+async fn chunk_plaintext(
+    storage: &dyn ObjectStorage,
+    key: &ObjectKey,
+    manifest: &BaseManifest,
+    index: u64,
+) -> Result<Vec<u8>> {
+    let length = chunk_len(manifest.size_bytes, manifest.chunk_size, index);
+    let Some(name) = manifest.chunks.get(&index.to_string()) else {
+        return Ok(vec![0; length as usize]);
+    };
+    let sealed = storage.get(name).await.with_context(|| format!("cannot read {name}"))?;
+    let plain = ferry_format::seal::unseal(key, name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
+    if plain.len() as u64 != length {
+        bail!("object {name} holds {} bytes, chunk {index} is {length}", plain.len());
+    }
+    Ok(plain)
+}
+
+fn chunk_len(size_bytes: u64, chunk_size: u64, index: u64) -> u64 {
+    chunk_size.min(size_bytes.saturating_sub(index * chunk_size))
+}
+
+/// Writes every chunk of `manifest` into `image` at its offset (absent chunks stay as the
+/// image has them: a fresh sparse file reads zeros). Returns the bytes written.
+pub async fn fill(
+    storage: Arc<dyn ObjectStorage>,
+    key: &ObjectKey,
+    manifest: &BaseManifest,
+    image: &File,
+    parallel: usize,
+) -> Result<u64> {
+    let indexes: Vec<u64> = manifest.chunks.keys().filter_map(|i| i.parse().ok()).collect();
+    let mut chunks = futures::stream::iter(indexes.into_iter().map(|index| {
+        let storage = storage.clone();
+        async move {
+            chunk_plaintext(&*storage, key, manifest, index)
+                .await
+                .map(|data| (index, data))
+        }
+    }))
+    .buffer_unordered(parallel.max(1));
+    let mut written = 0;
+    while let Some((index, data)) = chunks.try_next().await? {
+        image
+            .write_all_at(&data, index * manifest.chunk_size)
+            .context("cannot write the image")?;
+        written += data.len() as u64;
+    }
+    Ok(written)
+}
+
+/// A sparse scratch file that replayed records land in, remembering which bytes of which chunk
+/// they touched.
+pub struct Scratch {
+    file: File,
+    chunk_size: u64,
+    /// Per touched chunk, its touched ranges (chunk-relative, merged, sorted).
+    touched: BTreeMap<u64, Vec<(u64, u64)>>,
+}
+
+impl Scratch {
+    /// `file` should be new and empty (sized to the disk by the caller); it is read back by
+    /// [`write_base`].
+    pub fn new(file: File, chunk_size: u64) -> Self {
+        Self {
+            file,
+            chunk_size,
+            touched: BTreeMap::new(),
+        }
+    }
+
+    /// Marks every chunk of a disk of `size_bytes` wholly touched (used when an older base has
+    /// another chunk size and was filled into the scratch whole).
+    pub fn touch_all(&mut self, size_bytes: u64) {
+        for index in 0..size_bytes.div_ceil(self.chunk_size) {
+            self.touched
+                .insert(index, vec![(0, chunk_len(size_bytes, self.chunk_size, index))]);
+        }
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn touched_chunks(&self) -> usize {
+        self.touched.len()
+    }
+
+    fn touch(&mut self, offset: u64, length: u64) {
+        let end = offset + length;
+        let mut at = offset;
+        while at < end {
+            let index = at / self.chunk_size;
+            let chunk_start = index * self.chunk_size;
+            let stop = end.min(chunk_start + self.chunk_size);
+            merge(
+                self.touched.entry(index).or_default(),
+                (at - chunk_start, stop - chunk_start),
+            );
+            at = stop;
+        }
+    }
+}
+
+/// Adds `range` to sorted, disjoint `ranges`, joining what overlaps or touches it.
+fn merge(ranges: &mut Vec<(u64, u64)>, range: (u64, u64)) {
+    let (mut start, mut end) = range;
+    let first = ranges.partition_point(|r| r.1 < start);
+    let mut last = first;
+    while last < ranges.len() && ranges[last].0 <= end {
+        start = start.min(ranges[last].0);
+        end = end.max(ranges[last].1);
+        last += 1;
+    }
+    ranges.splice(first..last, [(start, end)]);
+}
+
+impl RecordSink for Scratch {
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        self.touch(offset, data.len() as u64);
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, length: u64) -> std::io::Result<()> {
+        crate::image::zero_range(&self.file, offset, length)?;
+        self.touch(offset, length);
+        Ok(())
+    }
+}
+
+/// What writing a base did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub chunks_written: u64,
+    pub chunks_reused: u64,
+    pub chunks_zero: u64,
+    pub bytes_stored: u64,
+}
+
+/// Writes the base at `seq`: the chunks `scratch` touched (completed from `older` where only
+/// partly touched), the older manifest's other chunks by name, then the manifest.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_base(
+    storage: Arc<dyn ObjectStorage>,
+    key: Arc<ObjectKey>,
+    disk_id: Uuid,
+    seq: u64,
+    size_bytes: u64,
+    older: Option<&BaseManifest>,
+    scratch: &Scratch,
+    parallel: usize,
+) -> Result<(BaseManifest, Written)> {
+    let chunk_size = scratch.chunk_size;
+    let mut chunks: BTreeMap<String, String> = BTreeMap::new();
+    let mut written = Written::default();
+    // Untouched chunks keep the older base's objects (only when the chunking is the same).
+    if let Some(older) = older.filter(|o| o.chunk_size == chunk_size) {
+        for (index, name) in &older.chunks {
+            let untouched = index.parse::<u64>().is_ok_and(|i| !scratch.touched.contains_key(&i));
+            if untouched {
+                chunks.insert(index.clone(), name.clone());
+                written.chunks_reused += 1;
+            }
+        }
+    }
+    let same_chunking = older.filter(|o| o.chunk_size == chunk_size);
+    let results: Vec<(u64, Option<(String, u64)>)> =
+        futures::stream::iter(scratch.touched.iter().map(|(&index, ranges)| {
+            let (storage, key) = (storage.clone(), key.clone());
+            async move {
+                let length = chunk_len(size_bytes, chunk_size, index);
+                let mut data = vec![0u8; length as usize];
+                scratch
+                    .file
+                    .read_exact_at(&mut data, index * chunk_size)
+                    .context("cannot read the scratch file")?;
+                let whole = ranges.len() == 1 && ranges[0] == (0, length);
+                if !whole {
+                    // Only partly touched: the rest comes from the older base's chunk.
+                    let mut completed = match same_chunking {
+                        Some(older) => chunk_plaintext(&*storage, &key, older, index).await?,
+                        None => vec![0u8; length as usize],
+                    };
+                    for &(start, end) in ranges {
+                        completed[start as usize..end as usize].copy_from_slice(&data[start as usize..end as usize]);
+                    }
+                    data = completed;
+                }
+                if data.iter().all(|&b| b == 0) {
+                    return Ok((index, None));
+                }
+                let name = ObjectName::BaseChunk { disk_id, seq, index }.to_string();
+                let (name, sealed) = tokio::task::spawn_blocking(move || {
+                    ferry_format::seal::seal(&key, &name, &data, CHUNK_LEVEL).map(|sealed| (name, sealed))
+                })
+                .await
+                .context("the sealing task failed")?
+                .context("cannot seal a chunk")?;
+                let stored = sealed.len() as u64;
+                storage
+                    .put(&name, Bytes::from(sealed))
+                    .await
+                    .with_context(|| format!("cannot write {name}"))?;
+                Ok::<_, anyhow::Error>((index, Some((name, stored))))
+            }
+        }))
+        .buffer_unordered(parallel.max(1))
+        .try_collect()
+        .await?;
+    for (index, stored) in results {
+        match stored {
+            Some((name, bytes)) => {
+                chunks.insert(index.to_string(), name);
+                written.chunks_written += 1;
+                written.bytes_stored += bytes;
+            }
+            None => written.chunks_zero += 1,
+        }
+    }
+    let manifest = BaseManifest {
+        format: PLAINTEXT_FORMAT,
+        disk_id,
+        seq,
+        size_bytes,
+        chunk_size,
+        chunks,
+    };
+    let name = ObjectName::BaseManifest { disk_id, seq }.to_string();
+    let json = serde_json::to_vec(&manifest).context("cannot encode the manifest")?;
+    let sealed = ferry_format::seal::seal(&key, &name, &json, CHUNK_LEVEL).context("cannot seal the manifest")?;
+    written.bytes_stored += sealed.len() as u64;
+    storage
+        .put(&name, Bytes::from(sealed))
+        .await
+        .with_context(|| format!("cannot write {name}"))?;
+    Ok((manifest, written))
+}
+
+/// Whether `name` exists (a missing object is `false`, other errors are errors).
+pub async fn exists(storage: &dyn ObjectStorage, name: &str) -> Result<bool> {
+    match storage.head(name).await {
+        Ok(_) => Ok(true),
+        Err(StorageError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot look for {name}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touched_ranges_merge_and_split_at_chunk_edges() {
+        let mut ranges = Vec::new();
+        for range in [(10, 20), (30, 40), (20, 25), (0, 5), (35, 50), (5, 10)] {
+            merge(&mut ranges, range);
+        }
+        assert_eq!(ranges, [(0, 25), (30, 50)]);
+        merge(&mut ranges, (24, 31));
+        assert_eq!(ranges, [(0, 50)]);
+
+        let file = tempfile::tempfile().unwrap();
+        let mut scratch = Scratch::new(file, 4096);
+        scratch.write(4000, &[1u8; 200]).unwrap(); // spans chunks 0 and 1
+        scratch.zero(8192 + 512, 512).unwrap();
+        assert_eq!(scratch.touched[&0], [(4000, 4096)]);
+        assert_eq!(scratch.touched[&1], [(0, 104)]);
+        assert_eq!(scratch.touched[&2], [(512, 1024)]);
+        assert_eq!(chunk_len(10_000, 4096, 2), 10_000 - 8192);
+    }
+}

@@ -1,0 +1,355 @@
+//! Consolidating one disk (FORMATS.md section 6): plan which points stay ([`super::plan`]),
+//! write a base at F, the seq of the oldest point kept, then delete what nothing kept needs,
+//! in an order that leaves every kept point restorable at every moment:
+//!
+//! 1. the base at F: its chunks, then its manifest (skipped when it exists);
+//! 2. pruned-point records older than [`PRUNED_RECORD_LIFETIME`];
+//! 3. each dropped point: first its pruned record, then the point;
+//! 4. log objects with `last_seq <= F`;
+//! 5. manifests of bases older than the newest base at or below F;
+//! 6. chunks no remaining manifest names (an older base's, or a crashed run's).
+//!
+//! Deletions start only once the base at F exists, and each step only removes what the steps
+//! before made unneeded, so a run killed (or failing) anywhere is finished by the next run.
+//! One consolidator per vault at a time: ferryd runs it, and `ferryctl retention run` asks
+//! ferryd to when it is running.
+
+use anyhow::{Context, Result};
+use ferry_config::retention::{DiskPolicy, WINDOW_MAX};
+use ferry_format::batch::DiskGeometry;
+use ferry_format::names::ObjectName;
+use ferry_format::plaintexts::{DiskDescriptor, PrunedPoint, RecoveryPoint, PLAINTEXT_FORMAT};
+use ferry_format::{Keyring, ObjectKey};
+use ferry_storage::{list_all, ObjectStorage, StorageError};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use super::plan::{plan, PointKind, PointRef, Verdict};
+use super::records;
+use crate::base;
+
+/// How long a pruned-point record stays: the longest window, so any restore tool asked for a
+/// point the window could have held can say why it is gone.
+pub const PRUNED_RECORD_LIFETIME: u64 = WINDOW_MAX.0 * 1000;
+
+/// How a run works.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub now_unix_ms: u64,
+    /// Plan and report only: nothing is written or deleted.
+    pub dry_run: bool,
+    /// Storage calls (and chunks being sealed) in flight at once: the run's share of the
+    /// machine and the uplink.
+    pub parallel: usize,
+    /// Where the scratch file of a new base goes (sparse; it holds only the chunks the log
+    /// touched since the older base, and is removed at the end, also on failure).
+    pub scratch_dir: PathBuf,
+}
+
+/// A dropped point, as the summary lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DroppedPoint {
+    pub seq: u64,
+    pub bookmark_id: String,
+    pub reason: &'static str,
+}
+
+/// What a run did to one disk (`ferryctl retention run --json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DiskSummary {
+    pub disk_id: Uuid,
+    /// F: the base every kept point now starts from (None: the disk has no points).
+    pub base_seq: Option<u64>,
+    pub previous_base_seq: Option<u64>,
+    pub points_kept: usize,
+    pub points_dropped: usize,
+    pub dropped: Vec<DroppedPoint>,
+    /// Pinned points older than the window: the policy cannot be met while they are pinned.
+    pub pinned_beyond_window: Vec<String>,
+    pub objects_written: u64,
+    pub objects_deleted: u64,
+    pub stored_bytes_before: u64,
+    pub stored_bytes_after: u64,
+    pub dry_run: bool,
+}
+
+/// Bytes stored under a disk (every object kind).
+async fn stored_bytes(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<u64> {
+    let prefix = ObjectName::disk_prefix(disk_id, "");
+    let objects = list_all(storage, &prefix)
+        .await
+        .context("cannot list the disk's objects")?;
+    Ok(objects.iter().map(|o| o.size_bytes).sum())
+}
+
+async fn read_sealed_json<T: serde::de::DeserializeOwned>(
+    storage: &dyn ObjectStorage,
+    key: &ObjectKey,
+    name: &str,
+) -> Result<T> {
+    let sealed = storage.get(name).await.with_context(|| format!("cannot read {name}"))?;
+    let plain = ferry_format::seal::unseal(key, name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
+    serde_json::from_slice(&plain).with_context(|| format!("object {name} does not hold what its name says"))
+}
+
+/// Every recovery point of a disk, read (`parallel` at once), with its object name.
+async fn read_points(
+    storage: &Arc<dyn ObjectStorage>,
+    key: &ObjectKey,
+    disk_id: Uuid,
+    parallel: usize,
+) -> Result<Vec<(String, RecoveryPoint)>> {
+    let names: Vec<String> = list_all(&**storage, &ObjectName::disk_prefix(disk_id, "points/"))
+        .await
+        .context("cannot list the recovery points")?
+        .into_iter()
+        .map(|meta| meta.name)
+        .filter(|name| matches!(ObjectName::parse(name), Ok(ObjectName::Point { .. })))
+        .collect();
+    futures::stream::iter(names.into_iter().map(|name| async move {
+        let point: RecoveryPoint = read_sealed_json(&**storage, key, &name).await?;
+        Ok::<_, anyhow::Error>((name, point))
+    }))
+    .buffer_unordered(parallel.max(1))
+    .try_collect()
+    .await
+}
+
+/// Deletes `names`, `parallel` at once; an object already gone counts as deleted (a repeated
+/// run). Returns how many were deleted.
+async fn delete_all(storage: &Arc<dyn ObjectStorage>, names: Vec<String>, parallel: usize) -> Result<u64> {
+    let count = names.len() as u64;
+    futures::stream::iter(names.into_iter().map(|name| async move {
+        match storage.delete(&name).await {
+            Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete {name}")),
+        }
+    }))
+    .buffer_unordered(parallel.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(count)
+}
+
+/// Consolidates `disk_id` under `policy`.
+pub async fn consolidate_disk(
+    storage: Arc<dyn ObjectStorage>,
+    keyring: &Keyring,
+    disk_id: Uuid,
+    policy: &DiskPolicy,
+    options: &Options,
+) -> Result<DiskSummary> {
+    let key = Arc::new(keyring.disk_key(disk_id));
+    let parallel = options.parallel.max(1);
+    let descriptor: DiskDescriptor =
+        read_sealed_json(&*storage, &key, &ObjectName::DiskMeta { disk_id }.to_string()).await?;
+    let mut summary = DiskSummary {
+        disk_id,
+        dry_run: options.dry_run,
+        stored_bytes_before: stored_bytes(&*storage, disk_id).await?,
+        ..Default::default()
+    };
+
+    let points = read_points(&storage, &key, disk_id, parallel).await?;
+    let refs: Vec<PointRef> = points
+        .iter()
+        .map(|(_, p)| PointRef {
+            seq: p.seq,
+            bookmark_id: p.bookmark_id.clone(),
+            kind: PointKind::from_text(&p.kind),
+            source_time_unix_ms: p.source_time_unix_ms,
+        })
+        .collect();
+    let pins = records::pins(&*storage, disk_id).await?;
+    let decided = plan(&refs, &pins, policy, options.now_unix_ms);
+    summary.pinned_beyond_window = decided
+        .pinned_beyond_window
+        .iter()
+        .map(|p| p.bookmark_id.clone())
+        .collect();
+    let bases = base::list(&*storage, disk_id).await?;
+    summary.previous_base_seq = bases.manifests.last().copied();
+
+    // F: the oldest kept point, and for a write-ordered disk (every seq is a point) no later
+    // than the newest point older than keep_all, so every seq inside keep_all stays.
+    let mut base_seq = decided.oldest_kept_seq();
+    if descriptor.write_ordered {
+        let keep_all_from = options.now_unix_ms.saturating_sub(policy.keep_all.millis());
+        let floor = refs
+            .iter()
+            .filter(|p| p.source_time_unix_ms < keep_all_from)
+            .map(|p| p.seq)
+            .max();
+        base_seq = match (base_seq, floor) {
+            (Some(f), Some(floor)) => Some(f.min(floor)),
+            _ => None,
+        };
+    }
+    // A base never moves back: the log before the newest one may be gone already.
+    let base_seq = match (base_seq, summary.previous_base_seq) {
+        (Some(f), Some(previous)) => Some(f.max(previous)),
+        (f, previous) => f.or(previous),
+    };
+    summary.base_seq = base_seq;
+    let dropped: Vec<(&PointRef, Verdict)> = decided.dropped().collect();
+    summary.points_kept = decided.kept().count();
+    summary.points_dropped = dropped.len();
+    summary.dropped = dropped
+        .iter()
+        .map(|(p, verdict)| DroppedPoint {
+            seq: p.seq,
+            bookmark_id: p.bookmark_id.clone(),
+            reason: verdict.as_str(),
+        })
+        .collect();
+    let Some(base_seq) = base_seq else {
+        summary.stored_bytes_after = summary.stored_bytes_before;
+        return Ok(summary); // no points yet: nothing to keep or drop
+    };
+    if options.dry_run {
+        summary.stored_bytes_after = summary.stored_bytes_before;
+        return Ok(summary);
+    }
+
+    // 1. The base at F.
+    if !bases.manifests.contains(&base_seq) {
+        summary.objects_written += build_base(&storage, &key, &descriptor, &bases, base_seq, policy, options).await?;
+    }
+
+    // 2. Pruned-point records past their lifetime.
+    let expired: Vec<String> = records::pruned_names(&*storage, disk_id)
+        .await?
+        .into_iter()
+        .filter(|r| r.pruned_unix_ms.saturating_add(PRUNED_RECORD_LIFETIME) < options.now_unix_ms)
+        .map(|r| r.name)
+        .collect();
+    summary.objects_deleted += delete_all(&storage, expired, parallel).await?;
+
+    // 3. Dropped points: the record first, then the point.
+    for (point, _) in &dropped {
+        let record = PrunedPoint {
+            format: PLAINTEXT_FORMAT,
+            disk_id,
+            seq: point.seq,
+            bookmark_id: point.bookmark_id.clone(),
+            kind: match point.kind {
+                PointKind::App => "app".into(),
+                PointKind::Crash => "crash".into(),
+            },
+            source_time_unix_ms: point.source_time_unix_ms,
+            pruned_unix_ms: options.now_unix_ms,
+        };
+        records::record_pruned(&*storage, &key, &record).await?;
+        summary.objects_written += 1;
+    }
+    let dropped_names: BTreeSet<(u64, &str)> = dropped.iter().map(|(p, _)| (p.seq, p.bookmark_id.as_str())).collect();
+    let point_names: Vec<String> = points
+        .iter()
+        .filter(|(_, p)| dropped_names.contains(&(p.seq, p.bookmark_id.as_str())))
+        .map(|(name, _)| name.clone())
+        .collect();
+    summary.objects_deleted += delete_all(&storage, point_names, parallel).await?;
+
+    // 4. The log up to F.
+    let old_log: Vec<String> = crate::log::list(&*storage, disk_id)
+        .await?
+        .into_iter()
+        .filter(|o| o.last_seq <= base_seq)
+        .map(|o| o.name)
+        .collect();
+    summary.objects_deleted += delete_all(&storage, old_log, parallel).await?;
+
+    // 5. Older bases' manifests, 6. then the chunks nothing names.
+    let older: Vec<String> = bases
+        .manifests
+        .range(..base_seq)
+        .map(|&seq| ObjectName::BaseManifest { disk_id, seq }.to_string())
+        .collect();
+    summary.objects_deleted += delete_all(&storage, older, parallel).await?;
+    summary.objects_deleted += collect_chunks(&storage, &key, &descriptor, parallel).await?;
+
+    summary.stored_bytes_after = stored_bytes(&*storage, disk_id).await?;
+    Ok(summary)
+}
+
+/// Writes the base at `seq` from the newest older base and the log after it. Returns the
+/// objects written.
+async fn build_base(
+    storage: &Arc<dyn ObjectStorage>,
+    key: &Arc<ObjectKey>,
+    descriptor: &DiskDescriptor,
+    bases: &base::Bases,
+    seq: u64,
+    policy: &DiskPolicy,
+    options: &Options,
+) -> Result<u64> {
+    let disk_id = descriptor.disk_id;
+    let size = descriptor.size_bytes;
+    let older_seq = bases.newest_at_or_below(seq);
+    let older = match older_seq {
+        Some(s) => Some(base::read_manifest(&**storage, key, disk_id, s, size).await?),
+        None => None,
+    };
+    std::fs::create_dir_all(&options.scratch_dir)
+        .with_context(|| format!("cannot create the scratch directory {}", options.scratch_dir.display()))?;
+    // Unnamed, so it goes away with the process whatever happens.
+    let file = tempfile::tempfile_in(&options.scratch_dir)
+        .with_context(|| format!("cannot make a scratch file in {}", options.scratch_dir.display()))?;
+    file.set_len(size).context("cannot size the scratch file")?;
+    let mut scratch = base::Scratch::new(file, policy.chunk_bytes);
+    if let Some(older) = older.as_ref().filter(|o| o.chunk_size != policy.chunk_bytes) {
+        // Another chunking: the new base is written whole from the older one.
+        base::fill(storage.clone(), key, older, scratch.file(), options.parallel).await?;
+        scratch.touch_all(size);
+    }
+    let objects = crate::log::list(&**storage, disk_id).await?;
+    let after = older_seq.unwrap_or(0);
+    let chain = crate::log::cover(objects, after, seq)?;
+    let replay = crate::log::Replay {
+        storage: storage.clone(),
+        key,
+        geometry: DiskGeometry {
+            size_bytes: size,
+            sector_size: descriptor.sector_size,
+        },
+        chain: &chain,
+        after,
+        target: seq,
+        parallel: options.parallel,
+    };
+    replay.run(&mut scratch, |_| {}).await?;
+    let (_, written) = base::write_base(
+        storage.clone(),
+        key.clone(),
+        disk_id,
+        seq,
+        size,
+        older.as_ref(),
+        &scratch,
+        options.parallel,
+    )
+    .await?;
+    Ok(written.chunks_written + 1)
+}
+
+/// Deletes every chunk object no manifest in storage names. Returns how many.
+async fn collect_chunks(
+    storage: &Arc<dyn ObjectStorage>,
+    key: &ObjectKey,
+    descriptor: &DiskDescriptor,
+    parallel: usize,
+) -> Result<u64> {
+    let disk_id = descriptor.disk_id;
+    let bases = base::list(&**storage, disk_id).await?;
+    let mut named = BTreeSet::new();
+    for &seq in &bases.manifests {
+        let manifest = base::read_manifest(&**storage, key, disk_id, seq, descriptor.size_bytes).await?;
+        named.extend(manifest.chunks.into_values());
+    }
+    let orphans: Vec<String> = bases.chunks.into_keys().filter(|name| !named.contains(name)).collect();
+    delete_all(storage, orphans, parallel).await
+}
