@@ -137,6 +137,7 @@ pub fn render_status(status: &Status) -> String {
         status.storage_puts, status.storage_puts_per_hour
     ));
     out.push_str(&format!("upload errors since start: {errors}\n"));
+    out.push_str(&render_retention(&status.retention));
     for alert in &status.alerts {
         out.push_str(&format!(
             "{:<8}   {} ({})\n",
@@ -147,6 +148,42 @@ pub fn render_status(status: &Status) -> String {
     }
     out.push('\n');
     out.push_str(&render_disks(status));
+    out
+}
+
+/// Retention's last run: when, and per disk the stored bytes, base and oldest point.
+fn render_retention(retention: &ferry_client::control::RetentionStatus) -> String {
+    let Some(last) = retention.last_run_unix_ms else {
+        return format!(
+            "retention  {}\n",
+            if retention.running {
+                "consolidating now (first run)"
+            } else {
+                "not run yet"
+            }
+        );
+    };
+    let mut out = format!(
+        "retention  last run {} UTC ({:.1} s){}; {} runs, {} failed\n",
+        ferry_format::time::format_unix_ms(last),
+        retention.last_run_secs,
+        if retention.running { ", running now" } else { "" },
+        retention.runs,
+        retention.failures
+    );
+    for disk in &retention.disks {
+        out.push_str(&format!(
+            "           {}  stored {}, base seq {}, oldest point {}{}\n",
+            short(&disk.disk_id),
+            mb(disk.stored_bytes),
+            disk.base_seq.map_or("-".into(), |s| s.to_string()),
+            disk.oldest_point.as_deref().unwrap_or("-"),
+            disk.oldest_point_source_unix_ms.map_or(String::new(), |t| format!(
+                " ({} UTC)",
+                ferry_format::time::format_unix_ms(t)
+            ))
+        ));
+    }
     out
 }
 

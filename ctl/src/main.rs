@@ -13,6 +13,7 @@ mod demo;
 mod init;
 mod points;
 mod restore;
+mod retention;
 mod secrets;
 mod target_args;
 mod vault;
@@ -48,6 +49,9 @@ enum Command {
     Points(points::PointsArgs),
     /// Write a disk image at a seq or recovery point (reads storage only; no ferryd needed).
     Restore(restore::RestoreArgs),
+    /// Retention: consolidate now (run), or override one disk's policy (set).
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
     /// A running ferryd's health, cache, throughput, upload errors and disks (control socket).
     Status(control::StatusArgs),
     /// A running ferryd's disks: durable and uploaded seq, backlog, RPO, state.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::Vault(command) => vault::run(command, cli.json).await,
             Command::Points(args) => points::run(args, cli.json).await,
             Command::Restore(args) => restore::run(args, cli.json).await,
+            Command::Retention(command) => retention::run(command, cli.json).await,
             Command::Demo(args) => demo::run(args, cli.json).await,
             Command::Status(args) => control::status(args, cli.json, false).await,
             Command::Disks(args) => control::status(args, cli.json, true).await,

@@ -1,23 +1,65 @@
-//! `ferryctl points --disk DISK`: the recovery points of a disk, read from storage alone;
-//! without `--disk`, every disk of the vault with its newest point (as `ferryctl vault disks`).
+//! `ferryctl points --disk DISK`: the recovery points of a disk, read from storage alone, each
+//! with whether it is pinned and the base a restore of it starts from; without `--disk`,
+//! every disk of the vault with its newest point (as `ferryctl vault disks`).
+//! `ferryctl points pin|unpin --disk DISK --point BOOKMARK`: retention never prunes a pinned
+//! point (the pin is an object in storage, so any restore tool sees it).
 
-use anyhow::{Context, Result};
-use clap::Args;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::RecoveryPoint;
+use ferry_format::plaintexts::{Pin, PLAINTEXT_FORMAT};
+use ferry_format::BookmarkId;
 use ferry_storage::list_all;
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::vault_access::{self, OpenVault, VaultArgs};
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct PointsArgs {
+    #[command(subcommand)]
+    pub action: Option<PointsAction>,
     /// The disk: its id, a unique prefix of it (as `ferryctl status` prints), or MACHINE/NAME
     /// (machine id prefix and disk name). Without it, every disk of the vault is listed.
     #[arg(long, value_name = "DISK")]
     pub disk: Option<String>,
     #[command(flatten)]
     pub vault: VaultArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PointsAction {
+    /// Keep a point whatever the retention policy says (test failovers pin theirs).
+    Pin(Box<PinArgs>),
+    /// Let retention prune a pinned point again (at its next run).
+    Unpin(Box<PinArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    #[arg(long, value_name = "DISK")]
+    pub disk: String,
+    /// The recovery point (bookmark id).
+    #[arg(long, value_name = "BOOKMARK")]
+    pub point: String,
+    /// Why it is pinned (shown by `ferryctl points`).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// A point as `ferryctl points --json` lists it: the stored point, whether it is pinned (and
+/// why), and the base a restore of it starts from.
+#[derive(Serialize)]
+struct ListedPoint {
+    #[serde(flatten)]
+    point: RecoveryPoint,
+    pinned: bool,
+    pin_reason: Option<String>,
+    base_seq: Option<u64>,
 }
 
 /// Every recovery point of `disk`, by seq.
@@ -52,32 +94,131 @@ pub async fn read_point(opened: &OpenVault, disk: Uuid, name: &str) -> Result<Re
 pub use ferry_format::time::format_unix_ms;
 
 pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
+    match args.action {
+        Some(PointsAction::Pin(pin)) => return set_pin(*pin, true, json).await,
+        Some(PointsAction::Unpin(pin)) => return set_pin(*pin, false, json).await,
+        None => {}
+    }
     let opened = vault_access::open(&args.vault).await?;
     let Some(selector) = &args.disk else {
         return crate::vault_disks::print(&opened, json).await;
     };
     let disk = crate::vault_disks::resolve(&opened, selector).await?;
     let points = read_points(&opened, disk).await?;
+    let key = opened.keyring.disk_key(disk);
+    let pins = ferry_vault::retention::records::read_pins(&*opened.storage, &key, disk).await?;
+    let bases = ferry_vault::base::list(&*opened.storage, disk).await?;
+    let listed: Vec<ListedPoint> = points
+        .into_iter()
+        .map(|point| {
+            let pin = pins
+                .iter()
+                .find(|p| p.seq == point.seq && p.bookmark_id == point.bookmark_id);
+            ListedPoint {
+                pinned: pin.is_some(),
+                pin_reason: pin.and_then(|p| p.reason.clone()),
+                base_seq: bases.newest_at_or_below(point.seq),
+                point,
+            }
+        })
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&points).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
         return Ok(());
     }
+    let points = listed;
     if points.is_empty() {
         println!("No recovery points for disk {disk} yet.");
         return Ok(());
     }
-    println!(
-        "{:>12}  {:<32}  {:<5}  {:<24}  tag",
-        "seq", "bookmark", "kind", "source time (UTC)"
-    );
-    for point in &points {
+    if !bases.manifests.is_empty() {
+        let seqs: Vec<String> = bases.manifests.iter().map(u64::to_string).collect();
         println!(
-            "{:>12}  {:<32}  {:<5}  {:<24}  {}",
+            "Base images at seq {} (older seqs were pruned by retention).",
+            seqs.join(", ")
+        );
+    }
+    println!(
+        "{:>12}  {:<32}  {:<5}  {:<24}  {:<6}  tag",
+        "seq", "bookmark", "kind", "source time (UTC)", "pinned"
+    );
+    for listed in &points {
+        let point = &listed.point;
+        let pinned = match (&listed.pinned, &listed.pin_reason) {
+            (true, Some(reason)) => format!("yes ({reason})"),
+            (true, None) => "yes".into(),
+            (false, _) => "".into(),
+        };
+        println!(
+            "{:>12}  {:<32}  {:<5}  {:<24}  {:<6}  {}",
             point.seq,
             point.bookmark_id,
             point.kind,
             format_unix_ms(point.source_time_unix_ms),
+            pinned,
             point.tag.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Pins or unpins a point. A pin is checked against the point afterwards: a point pruned
+/// meanwhile is reported (and its pin removed) rather than pinned in name only.
+async fn set_pin(args: PinArgs, pin: bool, json: bool) -> Result<()> {
+    let opened = vault_access::open(&args.vault).await?;
+    let disk = crate::vault_disks::resolve(&opened, &args.disk).await?;
+    let bookmark = BookmarkId::new(&args.point).map_err(anyhow::Error::msg)?;
+    let points = read_points(&opened, disk).await?;
+    let key = opened.keyring.disk_key(disk);
+    let Some(point) = points
+        .iter()
+        .filter(|p| p.bookmark_id == args.point)
+        .max_by_key(|p| p.seq)
+    else {
+        let pruned = ferry_vault::retention::records::find_pruned(&*opened.storage, &key, disk, &args.point).await?;
+        if !pruned.is_empty() {
+            bail!("recovery point {} of disk {disk} was pruned by retention", args.point);
+        }
+        bail!(
+            "disk {disk} has no recovery point {} (ferryctl points --disk {disk} lists them)",
+            args.point
+        );
+    };
+    if pin {
+        let record = Pin {
+            format: PLAINTEXT_FORMAT,
+            disk_id: disk,
+            seq: point.seq,
+            bookmark_id: args.point.clone(),
+            reason: args.reason.clone(),
+            pinned_unix_ms: ferry_client::clock::now_unix_ms(),
+        };
+        ferry_vault::retention::records::pin(&*opened.storage, &key, &record).await?;
+        let name = ObjectName::Point {
+            disk_id: disk,
+            seq: point.seq,
+            bookmark_id: bookmark.clone(),
+        };
+        if !ferry_vault::base::exists(&*opened.storage, &name.to_string()).await? {
+            ferry_vault::retention::records::unpin(&*opened.storage, disk, point.seq, &bookmark).await?;
+            bail!(
+                "recovery point {} of disk {disk} was pruned by retention while it was being pinned",
+                args.point
+            );
+        }
+    } else if !ferry_vault::retention::records::unpin(&*opened.storage, disk, point.seq, &bookmark).await? {
+        bail!("recovery point {} of disk {disk} is not pinned", args.point);
+    }
+    let verb = if pin { "pinned" } else { "unpinned" };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "disk_id": disk, "seq": point.seq, "bookmark_id": args.point, "pinned": pin })
+        );
+    } else {
+        println!(
+            "{verb} recovery point {} (seq {}) of disk {disk}",
+            args.point, point.seq
         );
     }
     Ok(())

@@ -125,7 +125,7 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
     let mut last_report = Instant::now();
     let restored = ferry_vault::restore::restore_into(
         opened.storage.clone(),
-        &key,
+        std::sync::Arc::new(key),
         &descriptor,
         target,
         &file,

@@ -10,7 +10,7 @@
 //! point, 8 disks at a time.
 
 use anyhow::{bail, Context, Result};
-use ferry_format::names::{ObjectName, ROOT};
+use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::{DiskDescriptor, RecoveryPoint};
 use ferry_storage::list_all;
 use futures::StreamExt;
@@ -38,17 +38,7 @@ pub struct VaultDisk {
 
 /// Every disk id with a directory under `disks/`.
 async fn disk_ids(opened: &OpenVault) -> Result<Vec<Uuid>> {
-    let prefix = format!("{ROOT}disks/");
-    let directories = opened
-        .storage
-        .list_directories(&prefix)
-        .await
-        .context("cannot list the vault's disks")?;
-    Ok(directories
-        .iter()
-        .filter_map(|d| d.strip_prefix(&prefix)?.strip_suffix('/'))
-        .filter_map(ferry_format::ids::parse_canonical_uuid)
-        .collect())
+    ferry_vault::disks::ids(&*opened.storage).await
 }
 
 /// A disk's descriptor, from `disk.fseal`.

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::client::ClientError;
+/// The HTTP method of a [`ControlClient::send`].
+pub use hyper::Method;
 
 /// Throughput over the last 10 s and the last minute (MB/s, 10^6 B/s of batch bytes).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -128,6 +130,38 @@ pub struct Status {
     /// Why the pipeline cannot use the target, while it cannot.
     pub target_error: Option<String>,
     pub disks: Vec<DiskStatus>,
+    /// Retention: stored bytes and the oldest restorable point per disk.
+    #[serde(default)]
+    pub retention: RetentionStatus,
+}
+
+/// What retention's last run found for one disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionDisk {
+    pub disk_id: Uuid,
+    /// The base every kept point starts from.
+    pub base_seq: Option<u64>,
+    /// Bytes the disk's objects take in the target.
+    pub stored_bytes: u64,
+    /// The oldest restorable point (bookmark id) and its source time.
+    pub oldest_point: Option<String>,
+    pub oldest_point_source_unix_ms: Option<u64>,
+    /// Pinned points older than the window (the policy cannot be met while they stay).
+    pub pinned_beyond_window: Vec<String>,
+    /// Why its last run failed.
+    pub error: Option<String>,
+}
+
+/// Retention (consolidation) as ferryd last ran it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetentionStatus {
+    pub running: bool,
+    pub last_run_unix_ms: Option<u64>,
+    pub last_run_secs: f64,
+    pub runs: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    pub disks: Vec<RetentionDisk>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -325,6 +359,23 @@ impl ControlClient {
     pub async fn tune(&self, request: &TuneRequest) -> Result<TuneState, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Invalid(e.to_string()))?;
         self.call_with(hyper::Method::PUT, "/v1/tune", body.into()).await
+    }
+
+    /// A request whose body and answer types the caller names (for endpoints whose types live
+    /// beside the work they describe, such as retention's in `ferry_vault`).
+    pub async fn send<T: Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: &T,
+    ) -> Result<R, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.call_with(method, path, body.into()).await
+    }
+
+    /// Whether a ferryd answers on the socket now (it accepts a connection).
+    pub fn answers(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
     }
 
     /// Accepts data again after a drain.

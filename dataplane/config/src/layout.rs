@@ -42,6 +42,11 @@ impl ApplianceLayout {
         self.root.join(VAULT_KEY_FILE)
     }
 
+    /// Where consolidation's scratch files go (unnamed files, gone when ferryd stops).
+    pub fn retention_scratch_dir(&self) -> PathBuf {
+        self.root.join("retention-scratch")
+    }
+
     pub fn passphrase_file(&self) -> PathBuf {
         self.root.join(PASSPHRASE_FILE)
     }

@@ -8,6 +8,7 @@
 //! <appliance>/pki/server.pem|.key the TLS certificate of the data and management endpoints
 //! <appliance>/cache/              the NVMe cache (default location)
 //! <appliance>/target/             the local-directory target (the embedded default)
+//! <appliance>/retention-scratch/  consolidation's scratch files while it builds a base
 //! ```
 //! The directory itself is mode 0700; every secret file 0600.
 

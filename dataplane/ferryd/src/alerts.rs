@@ -12,6 +12,8 @@
 //! | `rpo_exceeded`    | a disk's RPO above `rpo_threshold_secs` (one alert per disk)|
 //! | `upload_failing`  | uploads fail (target unreachable, credentials refused, ...) |
 //! | `draining`        | new data is refused: `ferryctl drain` (or shutting down)     |
+//! | `retention_unmet` | a pinned point is older than the window (one alert per disk) |
+//! | `retention_failing`| the last consolidation failed (storage errors, damage)     |
 //!
 //! [`evaluate`] is a pure function of measured inputs (tested directly); [`SystemMonitor`]
 //! samples /proc every 5 s and keeps `sustained_secs` of samples to decide "sustained".
@@ -36,6 +38,10 @@ pub struct Inputs {
     pub upload_failure: Option<String>,
     /// Why new data is refused, if it is.
     pub draining: Option<crate::admission::Refusal>,
+    /// (disk, pinned points older than the window) from the last consolidation.
+    pub pinned_beyond_window: Vec<(String, Vec<String>)>,
+    /// Why the last consolidation failed.
+    pub retention_failure: Option<String>,
 }
 
 fn alert(code: &str, severity: Severity, message: String) -> Alert {
@@ -170,6 +176,24 @@ pub fn evaluate(config: &AlertsConfig, inputs: &Inputs) -> Vec<Alert> {
             "shutting down: new data is refused while requests in flight finish".into(),
         )),
         None => {}
+    }
+    for (disk, pins) in &inputs.pinned_beyond_window {
+        alerts.push(alert(
+            "retention_unmet",
+            Severity::Warning,
+            format!(
+                "disk {disk}: pinned points older than the retention window hold its history (and storage) \
+                 back: {}; `ferryctl points unpin` lets the next run prune them",
+                pins.join(", ")
+            ),
+        ));
+    }
+    if let Some(reason) = &inputs.retention_failure {
+        alerts.push(alert(
+            "retention_failing",
+            Severity::Warning,
+            format!("consolidation failed (every kept point stays restorable; the next run retries): {reason}"),
+        ));
     }
     alerts
 }
@@ -334,6 +358,20 @@ mod tests {
         };
         let alerts = evaluate(&config, &drained);
         assert_eq!(codes(&alerts), vec![pair("draining", Severity::Warning)]);
+        let retention = Inputs {
+            pinned_beyond_window: vec![("sda".into(), vec!["audit-1".into()])],
+            retention_failure: Some("cannot list the log".into()),
+            ..Inputs::default()
+        };
+        let retention_alerts = evaluate(&config, &retention);
+        assert_eq!(
+            codes(&retention_alerts),
+            vec![
+                pair("retention_unmet", Severity::Warning),
+                pair("retention_failing", Severity::Warning)
+            ]
+        );
+        assert!(retention_alerts[0].message.contains("audit-1"));
         assert!(
             alerts[0].message.contains("ferryctl drain --resume"),
             "{}",

@@ -7,6 +7,8 @@
 //! - [`pipeline`]: cut change sets from the cache, read them back (`reader`), seal them on a
 //!   worker pool (`worker`), upload them at the bandwidth cap, then write recovery points and
 //!   release the cache (`calls`, `ledger`); `tuning` holds what `ferryctl tune` changes.
+//! - [`retention`]: consolidation of the vault (`ferry_vault`) in the background and on
+//!   demand, one run at a time, and what the last run found.
 //! - [`server`]: the endpoints: data (mTLS, HTTP/2), management (registration), the control
 //!   socket (status, tune, drain) and `/metrics`; [`admission`] says whether new data is taken,
 //!   [`alerts`] computes health.
@@ -23,4 +25,5 @@ pub mod daemon;
 pub mod ingest_memory;
 pub mod memory_budget;
 pub mod pipeline;
+pub mod retention;
 pub mod server;

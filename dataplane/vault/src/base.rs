@@ -109,21 +109,25 @@ fn check_manifest(manifest: &BaseManifest, disk_id: Uuid, seq: u64, size_bytes: 
     Ok(())
 }
 
-/// The bytes of chunk `index` of `manifest` (zeros when it has none), checked for length.
+/// The bytes of a chunk of `length` bytes held by `name` (zeros when None), checked for
+/// length. Takes what it needs by value, so the futures that call it own their captures.
 async fn chunk_plaintext(
-    storage: &dyn ObjectStorage,
-    key: &ObjectKey,
-    manifest: &BaseManifest,
-    index: u64,
+    storage: Arc<dyn ObjectStorage>,
+    key: Arc<ObjectKey>,
+    name: Option<String>,
+    length: u64,
 ) -> Result<Vec<u8>> {
-    let length = chunk_len(manifest.size_bytes, manifest.chunk_size, index);
-    let Some(name) = manifest.chunks.get(&index.to_string()) else {
+    let Some(name) = name else {
         return Ok(vec![0; length as usize]);
     };
-    let sealed = storage.get(name).await.with_context(|| format!("cannot read {name}"))?;
-    let plain = ferry_format::seal::unseal(key, name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
+    let sealed = storage
+        .get(&name)
+        .await
+        .with_context(|| format!("cannot read {name}"))?;
+    let plain =
+        ferry_format::seal::unseal(&key, &name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
     if plain.len() as u64 != length {
-        bail!("object {name} holds {} bytes, chunk {index} is {length}", plain.len());
+        bail!("object {name} holds {} bytes, its chunk is {length}", plain.len());
     }
     Ok(plain)
 }
@@ -136,16 +140,22 @@ fn chunk_len(size_bytes: u64, chunk_size: u64, index: u64) -> u64 {
 /// image has them: a fresh sparse file reads zeros). Returns the bytes written.
 pub async fn fill(
     storage: Arc<dyn ObjectStorage>,
-    key: &ObjectKey,
+    key: Arc<ObjectKey>,
     manifest: &BaseManifest,
     image: &File,
     parallel: usize,
 ) -> Result<u64> {
-    let indexes: Vec<u64> = manifest.chunks.keys().filter_map(|i| i.parse().ok()).collect();
-    let mut chunks = futures::stream::iter(indexes.into_iter().map(|index| {
-        let storage = storage.clone();
+    let chunks: Vec<(u64, String)> = manifest
+        .chunks
+        .iter()
+        .filter_map(|(index, name)| Some((index.parse().ok()?, name.clone())))
+        .collect();
+    let (size, chunk_size) = (manifest.size_bytes, manifest.chunk_size);
+    let mut chunks = futures::stream::iter(chunks.into_iter().map(move |(index, name)| {
+        let (storage, key) = (storage.clone(), key.clone());
+        let length = chunk_len(size, chunk_size, index);
         async move {
-            chunk_plaintext(&*storage, key, manifest, index)
+            chunk_plaintext(storage, key, Some(name), length)
                 .await
                 .map(|data| (index, data))
         }
@@ -154,7 +164,7 @@ pub async fn fill(
     let mut written = 0;
     while let Some((index, data)) = chunks.try_next().await? {
         image
-            .write_all_at(&data, index * manifest.chunk_size)
+            .write_all_at(&data, index * chunk_size)
             .context("cannot write the image")?;
         written += data.len() as u64;
     }
@@ -164,7 +174,7 @@ pub async fn fill(
 /// A sparse scratch file that replayed records land in, remembering which bytes of which chunk
 /// they touched.
 pub struct Scratch {
-    file: File,
+    file: Arc<File>,
     chunk_size: u64,
     /// Per touched chunk, its touched ranges (chunk-relative, merged, sorted).
     touched: BTreeMap<u64, Vec<(u64, u64)>>,
@@ -175,7 +185,7 @@ impl Scratch {
     /// [`write_base`].
     pub fn new(file: File, chunk_size: u64) -> Self {
         Self {
-            file,
+            file: Arc::new(file),
             chunk_size,
             touched: BTreeMap::new(),
         }
@@ -277,24 +287,31 @@ pub async fn write_base(
         }
     }
     let same_chunking = older.filter(|o| o.chunk_size == chunk_size);
+    // Owned work items: (index, touched ranges, the older chunk's object if any).
+    type Work = (u64, Vec<(u64, u64)>, Option<String>);
+    let work: Vec<Work> = scratch
+        .touched
+        .iter()
+        .map(|(&index, ranges)| {
+            let older_chunk = same_chunking.and_then(|o| o.chunks.get(&index.to_string()).cloned());
+            (index, ranges.clone(), older_chunk)
+        })
+        .collect();
+    let file = scratch.file.clone();
+    let (work_storage, work_key) = (storage.clone(), key.clone());
     let results: Vec<(u64, Option<(String, u64)>)> =
-        futures::stream::iter(scratch.touched.iter().map(|(&index, ranges)| {
-            let (storage, key) = (storage.clone(), key.clone());
+        futures::stream::iter(work.into_iter().map(move |(index, ranges, older_chunk)| {
+            let (storage, key, file) = (work_storage.clone(), work_key.clone(), file.clone());
             async move {
                 let length = chunk_len(size_bytes, chunk_size, index);
                 let mut data = vec![0u8; length as usize];
-                scratch
-                    .file
-                    .read_exact_at(&mut data, index * chunk_size)
+                file.read_exact_at(&mut data, index * chunk_size)
                     .context("cannot read the scratch file")?;
                 let whole = ranges.len() == 1 && ranges[0] == (0, length);
                 if !whole {
                     // Only partly touched: the rest comes from the older base's chunk.
-                    let mut completed = match same_chunking {
-                        Some(older) => chunk_plaintext(&*storage, &key, older, index).await?,
-                        None => vec![0u8; length as usize],
-                    };
-                    for &(start, end) in ranges {
+                    let mut completed = chunk_plaintext(storage.clone(), key.clone(), older_chunk, length).await?;
+                    for &(start, end) in &ranges {
                         completed[start as usize..end as usize].copy_from_slice(&data[start as usize..end as usize]);
                     }
                     data = completed;
@@ -303,8 +320,9 @@ pub async fn write_base(
                     return Ok((index, None));
                 }
                 let name = ObjectName::BaseChunk { disk_id, seq, index }.to_string();
+                let seal_key = key.clone();
                 let (name, sealed) = tokio::task::spawn_blocking(move || {
-                    ferry_format::seal::seal(&key, &name, &data, CHUNK_LEVEL).map(|sealed| (name, sealed))
+                    ferry_format::seal::seal(&seal_key, &name, &data, CHUNK_LEVEL).map(|sealed| (name, sealed))
                 })
                 .await
                 .context("the sealing task failed")?

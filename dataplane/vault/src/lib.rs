@@ -1,6 +1,7 @@
 //! A Ferry vault as it sits in target storage (FORMATS.md), read and kept with the vault key
 //! alone, by ferryd and by ferryctl (which works with ferryd stopped):
 //!
+//! - [`disks`]: the disks of a vault.
 //! - [`log`]: a disk's change sets, the chain that covers a range of seqs, replaying it.
 //! - [`base`]: base images: reading one into an image, writing a new one.
 //! - [`image`]: image files (records in place, zeros as holes).
@@ -8,6 +9,7 @@
 //! - [`retention`]: which recovery points a consolidation keeps (the `[retention]` policy).
 
 pub mod base;
+pub mod disks;
 pub mod image;
 pub mod log;
 pub mod restore;

@@ -105,11 +105,17 @@ pub struct Replay<'a> {
 impl Replay<'_> {
     /// Applies every batch in order into `sink`; `progress` is called after each object with
     /// the last seq applied.
-    pub async fn run(&self, sink: &mut dyn RecordSink, mut progress: impl FnMut(u64)) -> Result<Replayed> {
+    pub async fn run(
+        &self,
+        sink: &mut (dyn RecordSink + Send),
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<Replayed> {
+        // The stream owns what it captures (names, an Arc), so the future stays Send for
+        // callers that spawn it.
         let storage = self.storage.clone();
-        let mut downloads = futures::stream::iter(self.chain.iter().map(|object| {
+        let names: Vec<String> = self.chain.iter().map(|o| o.name.clone()).collect();
+        let mut downloads = futures::stream::iter(names.into_iter().map(move |name| {
             let storage = storage.clone();
-            let name = object.name.clone();
             async move { storage.get(&name).await.map(|bytes| (name, bytes)) }
         }))
         .buffered(self.parallel.max(1));

@@ -25,12 +25,12 @@ pub struct Restored {
 /// zeros). `progress` gets the last seq applied after each change set.
 pub async fn restore_into(
     storage: Arc<dyn ObjectStorage>,
-    key: &ObjectKey,
+    key: Arc<ObjectKey>,
     descriptor: &DiskDescriptor,
     seq: u64,
     image: &File,
     parallel: usize,
-    progress: impl FnMut(u64),
+    progress: impl FnMut(u64) + Send,
 ) -> Result<Restored> {
     let disk_id = descriptor.disk_id;
     let bases = crate::base::list(&*storage, disk_id).await?;
@@ -53,14 +53,14 @@ pub async fn restore_into(
         ..Default::default()
     };
     if let Some(base) = base_seq {
-        let manifest = crate::base::read_manifest(&*storage, key, disk_id, base, descriptor.size_bytes).await?;
-        restored.base_bytes = crate::base::fill(storage.clone(), key, &manifest, image, parallel)
+        let manifest = crate::base::read_manifest(&*storage, &key, disk_id, base, descriptor.size_bytes).await?;
+        restored.base_bytes = crate::base::fill(storage.clone(), key.clone(), &manifest, image, parallel)
             .await
             .with_context(|| format!("cannot restore the base at seq {base}"))?;
     }
     let replay = crate::log::Replay {
         storage,
-        key,
+        key: &key,
         geometry: DiskGeometry {
             size_bytes: descriptor.size_bytes,
             sector_size: descriptor.sector_size,

@@ -209,7 +209,16 @@ async fn restore(vault: &Vault, seq: u64) -> anyhow::Result<Vec<u8>> {
     let file = tempfile::tempfile().unwrap();
     file.set_len(DISK_BYTES).unwrap();
     let key = vault.keyring.disk_key(vault.disk_id);
-    ferry_vault::restore::restore_into(vault.storage.clone(), &key, &vault.descriptor, seq, &file, 4, |_| {}).await?;
+    ferry_vault::restore::restore_into(
+        vault.storage.clone(),
+        Arc::new(key),
+        &vault.descriptor,
+        seq,
+        &file,
+        4,
+        |_| {},
+    )
+    .await?;
     let mut image = vec![0u8; DISK_BYTES as usize];
     std::os::unix::fs::FileExt::read_exact_at(&file, &mut image, 0).unwrap();
     Ok(image)

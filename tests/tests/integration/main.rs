@@ -8,3 +8,4 @@ mod early_answers;
 mod ingest;
 mod perf;
 mod pipeline;
+mod retention;

@@ -110,13 +110,17 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     // the configured retry policy.
     drop(first_try);
     let tuning = Arc::new(crate::pipeline::tuning::Tuning::new(&config.pipeline));
+    let retention = Arc::new(crate::retention::Retention::new(layout.retention_scratch_dir()));
     tokio::spawn(target::start_pipeline(
-        cache.clone(),
         target,
         config.clone(),
         vault_key,
-        pipeline.clone(),
-        tuning.clone(),
+        target::OnTarget {
+            cache: cache.clone(),
+            status: pipeline.clone(),
+            tuning: tuning.clone(),
+            retention: retention.clone(),
+        },
         stopped.clone(),
     ));
     let config_sustained = config.alerts.sustained_secs;
@@ -134,7 +138,8 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         metrics: Default::default(),
         system: crate::alerts::SystemMonitor::new(Duration::from_secs(config_sustained)),
         ingest_memory: crate::ingest_memory::IngestMemory::new(crate::ingest_memory::limit_for(&tuned)),
-        tuned: std::sync::Mutex::new(tuned),
+        tuned: Arc::new(std::sync::Mutex::new(tuned)),
+        retention: retention.clone(),
         tuning,
     });
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
@@ -158,6 +163,11 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     };
     let control_loop = tokio::spawn(control::serve(control_listener, state.clone(), stopped.clone()));
     tokio::spawn(control::sample_rates(state.clone(), stopped.clone()));
+    tokio::spawn(crate::retention::run_in_background(
+        retention,
+        state.tuned.clone(),
+        stopped.clone(),
+    ));
     tokio::spawn(metrics::serve(metrics_listener, state.clone(), stopped.clone()));
     let management_loop = tokio::spawn(serve(
         management_listener,

@@ -83,16 +83,29 @@ pub(super) async fn connect(
     Ok((storage, keyring))
 }
 
-/// Connects to the target (retrying every 30 s while it is unreachable), then runs the pipeline.
+/// What runs on the target once it answers: the upload pipeline and consolidation.
+pub(super) struct OnTarget {
+    pub cache: Cache,
+    pub status: crate::pipeline::PipelineStatus,
+    pub tuning: Arc<crate::pipeline::tuning::Tuning>,
+    pub retention: Arc<crate::retention::Retention>,
+}
+
+/// Connects to the target (retrying every 30 s while it is unreachable), then runs the
+/// pipeline and hands the connection to consolidation.
 pub(super) async fn start_pipeline(
-    cache: Cache,
     target: ferry_storage::TargetConfig,
     config: ApplianceConfig,
     key: ferry_format::VaultKey,
-    status: crate::pipeline::PipelineStatus,
-    tuning: Arc<crate::pipeline::tuning::Tuning>,
+    on_target: OnTarget,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
+    let OnTarget {
+        cache,
+        status,
+        tuning,
+        retention,
+    } = on_target;
     let mut first = true;
     let (storage, keyring) = loop {
         if !first {
@@ -113,5 +126,6 @@ pub(super) async fn start_pipeline(
     };
     status.set_target_error(None);
     tracing::info!(target = %storage.describe(), workers = tuning.workers(), "upload pipeline running");
+    let _ = retention.vault.set((storage.clone(), keyring.clone()));
     crate::pipeline::start(cache, storage, keyring, tuning, status, stopped);
 }

@@ -1,7 +1,8 @@
 //! The control API (ferry_client::control): HTTP/1.1 JSON on an owner-only Unix socket.
 //! The socket file is created mode 0600 inside the appliance directory (itself owner-only),
 //! so only ferryd's user (and root) can use it; a stale socket from a crash is replaced, a live
-//! one (another ferryd) is refused. Status and machines; tune (tune.rs); drain and resume.
+//! one (another ferryd) is refused. Status and machines; tune (tune.rs); drain and resume;
+//! retention: a consolidation run now, and a disk's policy overrides.
 //!
 //! Rates come from [`RateSampler`]: once a second it records the ingested and uploaded byte
 //! counters, keeping 61 samples (one minute); "last 10 s" and "last minute" are the counters
@@ -139,6 +140,24 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
                 .map(|s| json(StatusCode::OK, &s)),
             Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("tune request: {e}"))),
         },
+        (Method::POST, "/v1/retention/run") => {
+            match serde_json::from_slice::<ferry_vault::retention::RunRequest>(&body) {
+                Ok(request) => retention_run(state, &request).await,
+                Err(e) => Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("retention run request: {e}"),
+                )),
+            }
+        }
+        (Method::PUT, "/v1/retention/policy") => {
+            match serde_json::from_slice::<ferry_vault::retention::PolicyChange>(&body) {
+                Ok(change) => retention_policy(state, &change),
+                Err(e) => Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("retention policy change: {e}"),
+                )),
+            }
+        }
         (Method::POST, "/v1/drain") => {
             state.tuning.set_flush_all(true);
             if state.admission.set_maintenance(true) {
@@ -208,6 +227,7 @@ fn status(state: &AppState) -> Status {
     let target_error = state.pipeline.target_error();
     let drain_eta_secs = (upload_60 > 0.0).then(|| backlog as f64 / 1e6 / upload_60);
     let (cpu, memory) = state.system.sustained(Instant::now());
+    let retention = state.retention.status();
     let upload_failure = target_error.clone().or_else(|| {
         disks
             .iter()
@@ -228,6 +248,13 @@ fn status(state: &AppState) -> Status {
             memory_sustained_percent: memory,
             upload_failure,
             draining: state.admission.refusal(),
+            pinned_beyond_window: retention
+                .disks
+                .iter()
+                .filter(|d| !d.pinned_beyond_window.is_empty())
+                .map(|d| (d.disk_id.to_string(), d.pinned_beyond_window.clone()))
+                .collect(),
+            retention_failure: retention.last_error.clone(),
         },
     );
     Status {
@@ -265,7 +292,40 @@ fn status(state: &AppState) -> Status {
         upload_errors: state.pipeline.upload_errors(),
         target_error,
         disks,
+        retention,
     }
+}
+
+/// `ferryctl retention run` with ferryd running: one run, after any run in progress.
+async fn retention_run(
+    state: &AppState,
+    request: &ferry_vault::retention::RunRequest,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.tuned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match state.retention.run(&config, request).await {
+        Ok(summaries) => Ok(json(StatusCode::OK, &summaries)),
+        Err(e) => Err(ApiError::new(ErrorCode::Internal, format!("{e:#}"))),
+    }
+}
+
+/// `ferryctl retention set` with ferryd running: ferryd owns ferry.toml while it runs, so the
+/// change is made to its configuration and written from there (durably, before the answer).
+fn retention_policy(
+    state: &AppState,
+    change: &ferry_vault::retention::PolicyChange,
+) -> Result<Response<Body>, ApiError> {
+    let mut tuned = state.tuned.lock().unwrap_or_else(|p| p.into_inner());
+    let mut config = tuned.clone();
+    change
+        .apply(&mut config.retention)
+        .map_err(|e| ApiError::new(ErrorCode::BadTunable, format!("{e:#}")))?;
+    config.save(&state.layout.config_file()).map_err(|e| {
+        tracing::error!(error = %e, "cannot write ferry.toml");
+        ApiError::new(ErrorCode::Internal, format!("cannot write ferry.toml: {e}"))
+    })?;
+    tracing::info!(disk = %change.disk_id, overrides = ?change.overrides, "retention policy changed; ferry.toml written");
+    *tuned = config;
+    Ok(json(StatusCode::OK, &tuned.retention))
 }
 
 fn machines(state: &AppState) -> Result<Vec<MachineInfo>, ApiError> {

@@ -161,7 +161,46 @@ pub fn render(state: &super::AppState) -> String {
             );
         }
     }
+    render_retention(&mut out, &state.retention.status(), now_ms);
     out
+}
+
+/// Retention's last run: stored bytes and the age of the oldest restorable point per disk,
+/// runs and failed runs.
+fn render_retention(out: &mut String, retention: &ferry_client::control::RetentionStatus, now_ms: u64) {
+    metric(
+        out,
+        "ferry_retention_runs_total",
+        "counter",
+        "Consolidation runs since start (background and ferryctl retention run).",
+        retention.runs,
+    );
+    metric(
+        out,
+        "ferry_retention_failures_total",
+        "counter",
+        "Consolidation runs that failed for at least one disk.",
+        retention.failures,
+    );
+    let _ = writeln!(out, "# HELP ferry_disk_stored_bytes Bytes a disk's objects take in the target, as the last consolidation measured.\n# TYPE ferry_disk_stored_bytes gauge");
+    for disk in &retention.disks {
+        let _ = writeln!(
+            out,
+            "ferry_disk_stored_bytes{{disk_id=\"{}\"}} {}",
+            disk.disk_id, disk.stored_bytes
+        );
+    }
+    let _ = writeln!(out, "# HELP ferry_disk_oldest_point_age_seconds Now minus the source time of the disk's oldest restorable point.\n# TYPE ferry_disk_oldest_point_age_seconds gauge");
+    for disk in &retention.disks {
+        if let Some(source_ms) = disk.oldest_point_source_unix_ms {
+            let age = now_ms.saturating_sub(source_ms) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "ferry_disk_oldest_point_age_seconds{{disk_id=\"{}\"}} {age}",
+                disk.disk_id
+            );
+        }
+    }
 }
 
 /// Serves `GET /metrics` until `stopped`.

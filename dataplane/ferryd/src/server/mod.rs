@@ -48,7 +48,9 @@ pub struct AppState {
     /// The pipeline's run-time tunables (ferryctl tune).
     pub tuning: Arc<crate::pipeline::tuning::Tuning>,
     /// The configuration as last tuned (what ferry.toml says now).
-    pub tuned: std::sync::Mutex<ApplianceConfig>,
+    pub tuned: Arc<std::sync::Mutex<ApplianceConfig>>,
+    /// Consolidation: the background runs and `ferryctl retention run`.
+    pub retention: Arc<crate::retention::Retention>,
     /// Batch bodies being received (a quarter of the memory budget).
     pub ingest_memory: Arc<crate::ingest_memory::IngestMemory>,
 }

@@ -22,7 +22,7 @@ use ferry_format::plaintexts::{DiskDescriptor, PrunedPoint, RecoveryPoint, PLAIN
 use ferry_format::{Keyring, ObjectKey};
 use ferry_storage::{list_all, ObjectStorage, StorageError};
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,19 +51,23 @@ pub struct Options {
 }
 
 /// A dropped point, as the summary lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DroppedPoint {
     pub seq: u64,
     pub bookmark_id: String,
-    pub reason: &'static str,
+    /// `thinned` or `older_than_window`.
+    pub reason: String,
 }
 
-/// What a run did to one disk (`ferryctl retention run --json`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// What a run did to one disk (`ferryctl retention run --json`, and the control socket's
+/// answer when ferryd runs it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSummary {
     pub disk_id: Uuid,
     /// F: the base every kept point now starts from (None: the disk has no points).
     pub base_seq: Option<u64>,
+    /// The oldest point kept: (bookmark id, source time).
+    pub oldest_point: Option<(String, u64)>,
     pub previous_base_seq: Option<u64>,
     pub points_kept: usize,
     pub points_dropped: usize,
@@ -75,6 +79,54 @@ pub struct DiskSummary {
     pub stored_bytes_before: u64,
     pub stored_bytes_after: u64,
     pub dry_run: bool,
+    /// Why the deletions stopped short (a pin that arrived during the run); the next run
+    /// finishes them.
+    pub deferred: Option<String>,
+    /// Why this disk's run failed (the others go on; the next run finishes this one).
+    pub error: Option<String>,
+}
+
+/// Every disk of the vault under `retention` (or only `only`), one after another; a disk that
+/// fails is reported in its summary and the others go on.
+///
+/// The future is boxed and declared `Send` here, where its borrows are concrete: left to
+/// inference, rustc cannot prove it `Send` for every lifetime when a caller spawns it.
+pub fn consolidate_all<'a>(
+    storage: Arc<dyn ObjectStorage>,
+    keyring: &'a Keyring,
+    retention: &'a ferry_config::retention::RetentionConfig,
+    options: &'a Options,
+    only: Option<Uuid>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<DiskSummary>>> + Send + 'a>> {
+    Box::pin(consolidate_each(storage, keyring, retention, options, only))
+}
+
+async fn consolidate_each(
+    storage: Arc<dyn ObjectStorage>,
+    keyring: &Keyring,
+    retention: &ferry_config::retention::RetentionConfig,
+    options: &Options,
+    only: Option<Uuid>,
+) -> Result<Vec<DiskSummary>> {
+    let disks = match only {
+        Some(disk_id) => vec![disk_id],
+        None => crate::disks::ids(&*storage).await?,
+    };
+    let mut summaries = Vec::with_capacity(disks.len());
+    for disk_id in disks {
+        let policy = retention.policy_for(disk_id);
+        let summary = match consolidate_disk(storage.clone(), keyring, disk_id, &policy, options).await {
+            Ok(summary) => summary,
+            Err(e) => DiskSummary {
+                disk_id,
+                dry_run: options.dry_run,
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            },
+        };
+        summaries.push(summary);
+    }
+    Ok(summaries)
 }
 
 /// Bytes stored under a disk (every object kind).
@@ -99,7 +151,7 @@ async fn read_sealed_json<T: serde::de::DeserializeOwned>(
 /// Every recovery point of a disk, read (`parallel` at once), with its object name.
 async fn read_points(
     storage: &Arc<dyn ObjectStorage>,
-    key: &ObjectKey,
+    key: &Arc<ObjectKey>,
     disk_id: Uuid,
     parallel: usize,
 ) -> Result<Vec<(String, RecoveryPoint)>> {
@@ -110,9 +162,13 @@ async fn read_points(
         .map(|meta| meta.name)
         .filter(|name| matches!(ObjectName::parse(name), Ok(ObjectName::Point { .. })))
         .collect();
-    futures::stream::iter(names.into_iter().map(|name| async move {
-        let point: RecoveryPoint = read_sealed_json(&**storage, key, &name).await?;
-        Ok::<_, anyhow::Error>((name, point))
+    let (storage, key) = (storage.clone(), key.clone());
+    futures::stream::iter(names.into_iter().map(move |name| {
+        let (storage, key) = (storage.clone(), key.clone());
+        async move {
+            let point: RecoveryPoint = read_sealed_json(&*storage, &key, &name).await?;
+            Ok::<_, anyhow::Error>((name, point))
+        }
     }))
     .buffer_unordered(parallel.max(1))
     .try_collect()
@@ -123,10 +179,14 @@ async fn read_points(
 /// run). Returns how many were deleted.
 async fn delete_all(storage: &Arc<dyn ObjectStorage>, names: Vec<String>, parallel: usize) -> Result<u64> {
     let count = names.len() as u64;
-    futures::stream::iter(names.into_iter().map(|name| async move {
-        match storage.delete(&name).await {
-            Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot delete {name}")),
+    let storage = storage.clone();
+    futures::stream::iter(names.into_iter().map(move |name| {
+        let storage = storage.clone();
+        async move {
+            match storage.delete(&name).await {
+                Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("cannot delete {name}")),
+            }
         }
     }))
     .buffer_unordered(parallel.max(1))
@@ -189,21 +249,22 @@ pub async fn consolidate_disk(
             _ => None,
         };
     }
-    // A base never moves back: the log before the newest one may be gone already.
-    let base_seq = match (base_seq, summary.previous_base_seq) {
-        (Some(f), Some(previous)) => Some(f.max(previous)),
-        (f, previous) => f.or(previous),
-    };
+    // F moves back only when a point below the newest base is kept, which happens only when
+    // it was pinned during a run that then left the log it needs in place (step 3).
     summary.base_seq = base_seq;
     let dropped: Vec<(&PointRef, Verdict)> = decided.dropped().collect();
     summary.points_kept = decided.kept().count();
+    summary.oldest_point = decided
+        .kept()
+        .min_by_key(|p| p.seq)
+        .map(|p| (p.bookmark_id.clone(), p.source_time_unix_ms));
     summary.points_dropped = dropped.len();
     summary.dropped = dropped
         .iter()
         .map(|(p, verdict)| DroppedPoint {
             seq: p.seq,
             bookmark_id: p.bookmark_id.clone(),
-            reason: verdict.as_str(),
+            reason: verdict.as_str().to_string(),
         })
         .collect();
     let Some(base_seq) = base_seq else {
@@ -229,7 +290,30 @@ pub async fn consolidate_disk(
         .collect();
     summary.objects_deleted += delete_all(&storage, expired, parallel).await?;
 
-    // 3. Dropped points: the record first, then the point.
+    // 3. Dropped points: the record first, then the point. Pins are read again first: one
+    // made during this run keeps its point, and if that point lies below F the log it needs
+    // stays too (the rest of the run waits for the next one, which plans with the pin).
+    let pins_now = records::pins(&*storage, disk_id).await?;
+    let newly_pinned: Vec<&PointRef> = dropped
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| pins_now.contains(&(p.seq, p.bookmark_id.clone())))
+        .collect();
+    let stop_before_log = newly_pinned.iter().any(|p| p.seq < base_seq);
+    if !newly_pinned.is_empty() {
+        summary.deferred = Some(format!(
+            "pinned during the run: {}",
+            newly_pinned
+                .iter()
+                .map(|p| p.bookmark_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let dropped: Vec<(&PointRef, Verdict)> = dropped
+        .into_iter()
+        .filter(|(p, _)| !pins_now.contains(&(p.seq, p.bookmark_id.clone())))
+        .collect();
     for (point, _) in &dropped {
         let record = PrunedPoint {
             format: PLAINTEXT_FORMAT,
@@ -253,6 +337,10 @@ pub async fn consolidate_disk(
         .map(|(name, _)| name.clone())
         .collect();
     summary.objects_deleted += delete_all(&storage, point_names, parallel).await?;
+    if stop_before_log {
+        summary.stored_bytes_after = stored_bytes(&*storage, disk_id).await?;
+        return Ok(summary);
+    }
 
     // 4. The log up to F.
     let old_log: Vec<String> = crate::log::list(&*storage, disk_id)
@@ -303,7 +391,7 @@ async fn build_base(
     let mut scratch = base::Scratch::new(file, policy.chunk_bytes);
     if let Some(older) = older.as_ref().filter(|o| o.chunk_size != policy.chunk_bytes) {
         // Another chunking: the new base is written whole from the older one.
-        base::fill(storage.clone(), key, older, scratch.file(), options.parallel).await?;
+        base::fill(storage.clone(), key.clone(), older, scratch.file(), options.parallel).await?;
         scratch.touch_all(size);
     }
     let objects = crate::log::list(&**storage, disk_id).await?;

@@ -1,0 +1,160 @@
+//! ferryd's side of retention: consolidating the vault every `retention.run_every` in the
+//! background, and on demand through the control socket (`ferryctl retention run`), one run
+//! at a time (a request waits for a background run in progress, so the two never race).
+//!
+//! The work is `ferry_vault::retention::consolidate`; here are its schedule, its share of the
+//! machine ([`PARALLEL`] storage calls and chunk seals at once, so ingest and uploads keep
+//! going), the scratch directory, and what the last run found, which `ferryctl status`,
+//! `/metrics` and the alerts show (stored bytes and the oldest restorable point per disk, a
+//! pin older than the window, a failed run).
+
+use anyhow::Result;
+use ferry_client::control::{RetentionDisk, RetentionStatus};
+use ferry_config::config::ApplianceConfig;
+use ferry_format::Keyring;
+use ferry_storage::ObjectStorage;
+use ferry_vault::retention::consolidate::{consolidate_all, DiskSummary, Options};
+use ferry_vault::retention::RunRequest;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Storage calls (and chunks being sealed) in flight at once in a background run: a small
+/// share beside the upload pipeline's `upload_concurrency`.
+pub const PARALLEL: usize = 4;
+/// The first background run waits this long after start (the pipeline connects first).
+const FIRST_RUN_DELAY: Duration = Duration::from_secs(30);
+
+/// The target as the pipeline connected to it.
+pub type Vault = (Arc<dyn ObjectStorage>, Keyring);
+
+#[derive(Default)]
+pub struct Retention {
+    /// Set once the target is connected.
+    pub vault: OnceLock<Vault>,
+    /// Held by the run in progress.
+    running: tokio::sync::Mutex<()>,
+    last: Mutex<RetentionStatus>,
+    scratch_dir: OnceLock<PathBuf>,
+}
+
+impl Retention {
+    pub fn new(scratch_dir: PathBuf) -> Self {
+        let retention = Self::default();
+        let _ = retention.scratch_dir.set(scratch_dir);
+        retention
+    }
+
+    /// What the last run found (for status, metrics and alerts).
+    pub fn status(&self) -> RetentionStatus {
+        let mut status = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        status.running = self.running.try_lock().is_err();
+        status
+    }
+
+    /// One run over the vault (or one disk), after any run in progress.
+    pub async fn run(&self, config: &ApplianceConfig, request: &RunRequest) -> Result<Vec<DiskSummary>> {
+        let Some((storage, keyring)) = self.vault.get() else {
+            anyhow::bail!("the target is not connected yet; retry when `ferryctl status` shows no target error");
+        };
+        let _running = self.running.lock().await;
+        let options = Options {
+            now_unix_ms: ferry_client::clock::now_unix_ms(),
+            dry_run: request.dry_run,
+            parallel: request.parallel.unwrap_or(PARALLEL).clamp(1, 64),
+            scratch_dir: self.scratch_dir.get().cloned().unwrap_or_else(std::env::temp_dir),
+        };
+        let started = std::time::Instant::now();
+        let result = consolidate_all(storage.clone(), keyring, &config.retention, &options, request.disk).await;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.runs += 1;
+        match &result {
+            Ok(summaries) => {
+                for summary in summaries.iter().filter(|s| !s.dry_run) {
+                    tracing::info!(
+                        disk = %summary.disk_id,
+                        base_seq = ?summary.base_seq,
+                        kept = summary.points_kept,
+                        dropped = summary.points_dropped,
+                        deleted = summary.objects_deleted,
+                        stored_before = summary.stored_bytes_before,
+                        stored_after = summary.stored_bytes_after,
+                        error = summary.error.as_deref().unwrap_or(""),
+                        "consolidated"
+                    );
+                    record(&mut last, summary);
+                }
+                last.last_error = summaries
+                    .iter()
+                    .find_map(|s| s.error.as_ref().map(|e| format!("disk {}: {e}", s.disk_id)));
+            }
+            Err(e) => last.last_error = Some(format!("{e:#}")),
+        }
+        if !request.dry_run {
+            last.last_run_unix_ms = Some(options.now_unix_ms);
+            last.last_run_secs = started.elapsed().as_secs_f64();
+        }
+        if last.last_error.is_some() {
+            last.failures += 1;
+        }
+        result
+    }
+}
+
+/// Keeps what a disk's run found (a failed disk keeps its earlier figures, with the error).
+fn record(last: &mut RetentionStatus, summary: &DiskSummary) {
+    let entry = match last.disks.iter_mut().find(|d| d.disk_id == summary.disk_id) {
+        Some(entry) => entry,
+        None => {
+            last.disks.push(RetentionDisk {
+                disk_id: summary.disk_id,
+                ..Default::default()
+            });
+            last.disks.last_mut().expect("just pushed")
+        }
+    };
+    entry.error = summary.error.clone();
+    if summary.error.is_some() {
+        return;
+    }
+    entry.base_seq = summary.base_seq;
+    entry.stored_bytes = summary.stored_bytes_after;
+    entry.oldest_point = summary.oldest_point.as_ref().map(|(id, _)| id.clone());
+    entry.oldest_point_source_unix_ms = summary.oldest_point.as_ref().map(|(_, time)| *time);
+    entry.pinned_beyond_window = summary.pinned_beyond_window.clone();
+}
+
+/// Runs consolidation every `retention.run_every` of the configuration as tuned now (0: never
+/// in the background), until `stopped`.
+pub async fn run_in_background(
+    retention: Arc<Retention>,
+    tuned: Arc<Mutex<ApplianceConfig>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut wait = FIRST_RUN_DELAY;
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let config = tuned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let every = config.retention.run_every.duration();
+        if every.is_zero() {
+            wait = Duration::from_secs(60); // looked at again: `run_every` may be tuned
+            continue;
+        }
+        if retention.vault.get().is_some() {
+            let request = RunRequest::default();
+            let run = retention.run(&config, &request);
+            tokio::select! {
+                _ = stopped.changed() => return, // a run cut short is finished by the next one
+                result = run => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %format!("{e:#}"), "consolidation failed; the next run retries");
+                    }
+                }
+            }
+        }
+        wait = every;
+    }
+}
