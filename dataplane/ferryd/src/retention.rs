@@ -25,6 +25,25 @@ pub const PARALLEL: usize = 4;
 /// The first background run waits this long after start (the pipeline connects first).
 const FIRST_RUN_DELAY: Duration = Duration::from_secs(30);
 
+/// Test hook, named as such: `FERRY_TEST_RETENTION_FIRST_RUN_MS` starts the first background
+/// run that many milliseconds after start instead of [`FIRST_RUN_DELAY`] (the crash tests kill
+/// ferryd during it). ferryd logs loudly when it is set.
+fn first_run_delay() -> Duration {
+    match std::env::var("FERRY_TEST_RETENTION_FIRST_RUN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(ms) => {
+            tracing::warn!(
+                ms,
+                "FERRY_TEST_RETENTION_FIRST_RUN_MS is set: first consolidation early (tests only)"
+            );
+            Duration::from_millis(ms)
+        }
+        None => FIRST_RUN_DELAY,
+    }
+}
+
 /// The target as the pipeline connected to it.
 pub type Vault = (Arc<dyn ObjectStorage>, Keyring);
 
@@ -131,7 +150,7 @@ pub async fn run_in_background(
     tuned: Arc<Mutex<ApplianceConfig>>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut wait = FIRST_RUN_DELAY;
+    let mut wait = first_run_delay();
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
@@ -143,7 +162,11 @@ pub async fn run_in_background(
             wait = Duration::from_secs(60); // looked at again: `run_every` may be tuned
             continue;
         }
-        if retention.vault.get().is_some() {
+        if retention.vault.get().is_none() {
+            wait = Duration::from_secs(1); // the pipeline has not connected yet
+            continue;
+        }
+        {
             let request = RunRequest::default();
             let run = retention.run(&config, &request);
             tokio::select! {

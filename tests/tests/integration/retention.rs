@@ -46,6 +46,8 @@ struct History {
     start_ms: u64,
     batches: Vec<(u64, Bytes)>,
     hash_after: BTreeMap<u64, String>,
+    /// The disk after the last batch.
+    final_image: Vec<u8>,
 }
 
 impl History {
@@ -59,15 +61,22 @@ impl History {
         seq.is_multiple_of(4)
     }
 
-    /// The seqs the policy keeps at `now`.
+    /// The seqs the test's policy keeps at `now`.
     fn kept(&self, now: u64) -> Vec<u64> {
+        self.kept_with_window(now, 24)
+    }
+
+    /// The seqs kept at `now` with a window of `window_hours`.
+    fn kept_with_window(&self, now: u64, window_hours: u64) -> Vec<u64> {
         (1..=BATCHES)
             .filter(|&seq| {
                 let age = now.saturating_sub(self.source_time(seq));
                 let interval = self.source_time(seq) / (6 * HOUR_MS);
                 let newest_crash = !(seq + 1..=BATCHES)
                     .any(|later| !Self::is_app(later) && self.source_time(later) / (6 * HOUR_MS) == interval);
-                seq == BATCHES || age <= 3 * HOUR_MS || (age <= 24 * HOUR_MS && (Self::is_app(seq) || newest_crash))
+                seq == BATCHES
+                    || age <= 3 * HOUR_MS
+                    || (age <= window_hours * HOUR_MS && (Self::is_app(seq) || newest_crash))
             })
             .collect()
     }
@@ -79,6 +88,7 @@ fn history() -> History {
         start_ms,
         batches: Vec::new(),
         hash_after: BTreeMap::new(),
+        final_image: Vec::new(),
     };
     let mut model = vec![0u8; DISK_BYTES];
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -117,6 +127,7 @@ fn history() -> History {
         history.batches.push((seq, batch.finish()));
         history.hash_after.insert(seq, sha256(&model));
     }
+    history.final_image = model;
     history
 }
 
@@ -416,4 +427,106 @@ async fn ferryd_consolidates_in_the_background_and_takes_policy_changes_through_
         text.contains(&format!("[retention.disks.\"{disk}\"]")) && text.contains("window = \"2d\""),
         "a later tune keeps the override: {text}"
     );
+}
+
+/// Every listed point that `hash_after` knows restores equal to the model. Points are deleted
+/// before anything they need, so this holds at every moment, not only for the points the
+/// policy keeps.
+fn listed_points_restore(appliance: &Appliance, disk: Uuid, hash_after: &BTreeMap<u64, String>, when: &str) {
+    for seq in listed_points(appliance, disk) {
+        let Some(expected) = hash_after.get(&seq) else { continue };
+        let restored = restore_hash(appliance, disk, &format!("p{seq}"))
+            .unwrap_or_else(|e| panic!("{when}: point p{seq} does not restore: {e}"));
+        assert_eq!(&restored, expected, "{when}: point p{seq}");
+    }
+}
+
+#[tokio::test]
+async fn sigkill_during_background_consolidation_under_load_loses_no_kept_point() {
+    let appliance = Appliance::init(policy("1m"));
+    let history = history();
+    let first = Ferryd::start(&appliance).await;
+    let (disk, client) = replicate(&appliance, &history).await;
+    drop(first);
+
+    // Twenty lives of ferryd, each killed while its first consolidation runs (after its batch
+    // is in); the first background run starts at
+    // once, and a new batch (with a young, kept point) arrives during each life. The window
+    // shrinks by an hour each life (24 h down to 5 h), so every run has a new base to write
+    // and points to prune.
+    let mut image = history.final_image.clone();
+    let mut hash_after = history.hash_after.clone();
+    let mut next_seq = BATCHES + 1;
+    let mut killed_while_running = 0;
+    let config_file = appliance.dir.join("ferry.toml");
+    let mut window_hours = 24;
+    for life in 0..20u64 {
+        let text = std::fs::read_to_string(&config_file).unwrap();
+        let next_window = 24 - life;
+        let text = text.replace(
+            &format!("window = \"{window_hours}h\""),
+            &format!("window = \"{next_window}h\""),
+        );
+        window_hours = next_window;
+        std::fs::write(&config_file, text).unwrap();
+        // Every storage call takes 3 ms (and one in 50 fails, retried): runs last long
+        // enough for the kills to land inside them.
+        let mut ferryd = Ferryd::start_with_env(
+            &appliance,
+            &[
+                ("FERRY_TEST_RETENTION_FIRST_RUN_MS", "0"),
+                ("FERRY_TEST_FAULTS", "503:50:3"),
+            ],
+        )
+        .await;
+        let offset = (life % 8) * 4096;
+        let data = vec![life as u8 + 1; 4096];
+        let mut batch = BatchEncoder::new(next_seq, ferry_client::clock::now_unix_ms());
+        batch.write(offset, &data);
+        batch.bookmark(&Bookmark {
+            id: BookmarkId::new(&format!("p{next_seq}")).unwrap(),
+            kind: BookmarkKind::Crash,
+            tag: None,
+            group_id: None,
+        });
+        if client.put_batch(disk, next_seq, batch.finish()).await.is_ok() {
+            image[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+            hash_after.insert(next_seq, sha256(&image));
+            next_seq += 1;
+        }
+        // Kill once the run is seen going, 0 - 0.3 s later (or after 5 s without one).
+        let seen = Instant::now();
+        let mut running = false;
+        while !running && seen.elapsed() < Duration::from_secs(5) {
+            let status = ctl(&appliance, &["--json", "status"]);
+            running = status.success && status.json()["retention"]["running"] == true;
+        }
+        tokio::time::sleep(Duration::from_millis(life * 37 % 300)).await;
+        let status = ctl(&appliance, &["--json", "status"]);
+        ferryd.kill();
+        if status.success && status.json()["retention"]["running"] == true {
+            killed_while_running += 1;
+        }
+        if life % 5 == 4 {
+            listed_points_restore(&appliance, disk, &hash_after, &format!("after kill {}", life + 1));
+        }
+    }
+    eprintln!("{killed_while_running} of 20 kills landed while a consolidation ran");
+    assert!(killed_while_running >= 5, "too few kills landed during a consolidation");
+    assert!(next_seq > BATCHES + 10, "the load mostly failed: {next_seq}");
+
+    // A last, uninterrupted life, with storage failing every 7th call (retried), finishes.
+    let _ferryd = Ferryd::start_with_env(&appliance, &[("FERRY_TEST_FAULTS", "500:7")]).await;
+    let last = run_retention(&appliance, &[]);
+    assert!(last["error"].is_null(), "{last}");
+    assert!(std::fs::read_to_string(&config_file)
+        .unwrap()
+        .contains("window = \"5h\""));
+    let kept = history.kept_with_window(ferry_client::clock::now_unix_ms(), 5);
+    let listed = listed_points(&appliance, disk);
+    for seq in kept.iter().chain(&(BATCHES + 1..next_seq).collect::<Vec<_>>()) {
+        assert!(listed.contains(seq), "kept point p{seq} is gone: {listed:?}");
+    }
+    listed_points_restore(&appliance, disk, &hash_after, "after 20 kills and storage faults");
+    check_storage(&appliance, disk, kept[0]).await;
 }
