@@ -36,9 +36,10 @@ pub struct RunArgs {
     /// Say what would be kept and dropped; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Storage calls in flight at once (the run's share of the uplink and the machine).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub parallel: u16,
+    /// Storage calls in flight at once (the run's share of the uplink and the machine;
+    /// default: retention.parallel of the appliance, else 4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: Option<u16>,
     /// Where a new base's scratch file goes (default: the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
@@ -99,7 +100,7 @@ async fn run_now(args: RunArgs, json: bool) -> Result<()> {
             let request = RunRequest {
                 dry_run: args.dry_run,
                 disk: only,
-                parallel: Some(args.parallel as usize),
+                parallel: args.parallel.map(usize::from),
             };
             client
                 .send(Method::POST, "/v1/retention/run", &request)
@@ -114,7 +115,7 @@ async fn run_now(args: RunArgs, json: bool) -> Result<()> {
             let options = Options {
                 now_unix_ms: ferry_client::clock::now_unix_ms(),
                 dry_run: args.dry_run,
-                parallel: args.parallel as usize,
+                parallel: args.parallel.map_or(retention.parallel as usize, usize::from),
                 scratch_dir: args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
             };
             consolidate_all(opened.storage.clone(), &opened.keyring, &retention, &options, only).await?

@@ -176,6 +176,7 @@ const BOUNDED: &[Bounded] = &[
     Bounded { key: "alerts.cache_free_warning_percent", low: 1, high: 99, bytes: false, value: |c| c.alerts.cache_free_warning_percent.into() },
     Bounded { key: "alerts.drain_warning_secs", low: 1, high: 7 * 86_400, bytes: false, value: |c| c.alerts.drain_warning_secs.into() },
     Bounded { key: "alerts.rpo_threshold_secs", low: 1, high: 30 * 86_400, bytes: false, value: |c| c.alerts.rpo_threshold_secs.into() },
+    Bounded { key: "retention.parallel", low: 1, high: 64, bytes: false, value: |c| c.retention.parallel.into() },
     Bounded { key: "alerts.throttle_free_percent", low: 0, high: 90, bytes: false, value: |c| c.alerts.throttle_free_percent.into() },
 ];
 
@@ -610,6 +611,9 @@ chunk_bytes = {r_chunk_bytes}
 # How often ferryd consolidates in the background (0: only by ferryctl retention run; at
 # least 1m otherwise).
 run_every = "{r_run_every}"
+# Storage calls (and chunks being sealed) in flight at once in a run ({r_parallel}): its share
+# of the uplink and the CPU beside the upload pipeline.
+parallel = {ret_parallel}
 {r_disks}
 [storage_retry]
 # Transient storage errors (timeouts, resets, 500, 503, 429) are retried with exponential
@@ -662,6 +666,8 @@ total_budget_ms = {total_budget_ms}
             r_app_every = self.retention.app_every,
             r_chunk_bytes = self.retention.chunk_bytes,
             r_run_every = self.retention.run_every,
+            ret_parallel = self.retention.parallel,
+            r_parallel = bounds("retention.parallel"),
             r_disks = render_disk_overrides(&self.retention),
             r_limit_percent = bounds("cache.limit_percent"),
             r_segment_bytes = bounds("cache.segment_bytes"),

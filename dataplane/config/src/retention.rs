@@ -196,6 +196,9 @@ pub struct RetentionConfig {
     pub chunk_bytes: u64,
     /// How often ferryd consolidates in the background (0: only on demand).
     pub run_every: Span,
+    /// Storage calls (and base chunks being sealed) in flight at once in a run: its share of
+    /// the uplink and the machine beside the upload pipeline.
+    pub parallel: u32,
     /// Overrides by disk id.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub disks: BTreeMap<Uuid, DiskPolicyOverride>,
@@ -211,6 +214,7 @@ impl Default for RetentionConfig {
             app_every: policy.app_every,
             chunk_bytes: policy.chunk_bytes,
             run_every: Span(600),
+            parallel: 4,
             disks: BTreeMap::new(),
         }
     }

@@ -3,8 +3,8 @@
 //! at a time (a request waits for a background run in progress, so the two never race).
 //!
 //! The work is `ferry_vault::retention::consolidate`; here are its schedule, its share of the
-//! machine ([`PARALLEL`] storage calls and chunk seals at once, so ingest and uploads keep
-//! going), the scratch directory, and what the last run found, which `ferryctl status`,
+//! machine (`retention.parallel` storage calls and chunk seals at once, so ingest and uploads
+//! keep going), the scratch directory, and what the last run found, which `ferryctl status`,
 //! `/metrics` and the alerts show (stored bytes and the oldest restorable point per disk, a
 //! pin older than the window, a failed run).
 
@@ -19,9 +19,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-/// Storage calls (and chunks being sealed) in flight at once in a background run: a small
-/// share beside the upload pipeline's `upload_concurrency`.
-pub const PARALLEL: usize = 4;
 /// The first background run waits this long after start (the pipeline connects first).
 const FIRST_RUN_DELAY: Duration = Duration::from_secs(30);
 
@@ -80,7 +77,7 @@ impl Retention {
         let options = Options {
             now_unix_ms: ferry_client::clock::now_unix_ms(),
             dry_run: request.dry_run,
-            parallel: request.parallel.unwrap_or(PARALLEL).clamp(1, 64),
+            parallel: request.parallel.unwrap_or(config.retention.parallel as usize).clamp(1, 64),
             scratch_dir: self.scratch_dir.get().cloned().unwrap_or_else(std::env::temp_dir),
         };
         let started = std::time::Instant::now();
