@@ -95,7 +95,11 @@ impl Disk {
             self.seq += 1;
             let mut batch = BatchEncoder::new(self.seq, source_ms);
             for _ in 0..BATCH_WRITES.min(writes - written) {
-                let slot = if in_order { written % slots } else { self.next() as usize % slots };
+                let slot = if in_order {
+                    written % slots
+                } else {
+                    self.next() as usize % slots
+                };
                 let from = self.next() as usize % (self.pool.len() - WRITE_BYTES);
                 batch.write((slot * WRITE_BYTES) as u64, &self.pool[from..from + WRITE_BYTES]);
                 written += 1;
@@ -248,7 +252,10 @@ async fn run(disk_bytes: u64, checkpoints: &[u64]) {
         if checkpoints.contains(&round) {
             let (plain_secs, plain_hash) = restore(&plain, &keyring, &disk_descriptor, disk.seq).await;
             let (cons_secs, cons_hash) = restore(&consolidated, &keyring, &disk_descriptor, disk.seq).await;
-            assert_eq!(plain_hash, cons_hash, "round {round}: the two vaults restore different images");
+            assert_eq!(
+                plain_hash, cons_hash,
+                "round {round}: the two vaults restore different images"
+            );
             let ratio = *first_ratio.get_or_insert(cons_secs);
             println!(
                 "  after {round:>3} rounds: consolidated {cons_secs:>6.2} s ({:.2}x of the first checkpoint), {:>6} MiB stored; \

@@ -1,9 +1,11 @@
 //! `ferryctl`: Ferry's control-plane CLI.
 //!
 //! Local (offline) commands read the appliance directory or target storage directly and need
-//! no running ferryd: `init`, `vault check`, `points`, `restore`; `demo` runs ferryd and an
-//! agent end to end in a scratch directory. `status`, `disks` and `machines` ask a running
-//! ferryd over its control socket. Every command takes `--json`.
+//! no running ferryd: `init`, `vault check`, `points` (and `points pin|unpin`), `restore`;
+//! `demo` runs ferryd and an agent end to end in a scratch directory. `status`, `disks`,
+//! `machines`, `tune` and `drain` ask a running ferryd over its control socket; `retention
+//! run|set` ask ferryd when it runs and work on storage (or ferry.toml) directly when it does
+//! not. Every command takes `--json`.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -77,7 +77,10 @@ impl Retention {
         let options = Options {
             now_unix_ms: ferry_client::clock::now_unix_ms(),
             dry_run: request.dry_run,
-            parallel: request.parallel.unwrap_or(config.retention.parallel as usize).clamp(1, 64),
+            parallel: request
+                .parallel
+                .unwrap_or(config.retention.parallel as usize)
+                .clamp(1, 64),
             scratch_dir: self.scratch_dir.get().cloned().unwrap_or_else(std::env::temp_dir),
         };
         let started = std::time::Instant::now();

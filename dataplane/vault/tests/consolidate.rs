@@ -56,6 +56,11 @@ async fn put_sealed(storage: &dyn ObjectStorage, keyring: &Keyring, name: &Objec
 }
 
 async fn vault() -> Vault {
+    vault_with(false, 1).await
+}
+
+/// A vault whose disk is `write_ordered` (or not), with a point every `point_every` batches.
+async fn vault_with(write_ordered: bool, point_every: u64) -> Vault {
     let dir = tempfile::tempdir().unwrap();
     let storage = ferry_storage::open_target(
         &TargetConfig::Local(LocalTargetConfig {
@@ -81,7 +86,7 @@ async fn vault() -> Vault {
         name: "model".into(),
         size_bytes: DISK_BYTES,
         sector_size: 512,
-        write_ordered: false,
+        write_ordered,
         created_unix_ms: NOW - BATCHES * HOUR_MS,
     };
     put_sealed(
@@ -137,6 +142,9 @@ async fn vault() -> Vault {
             };
             put_sealed(&*storage, &keyring, &name, &object).await;
             object.clear();
+        }
+        if !seq.is_multiple_of(point_every) {
+            continue;
         }
         let point = RecoveryPoint {
             format: PLAINTEXT_FORMAT,
@@ -412,4 +420,38 @@ async fn interrupted_and_failing_runs_leave_every_point_restorable() {
 /// A second vault with the same history (the same seeded model).
 async fn vault_with_same_history(_: &Vault) -> Vault {
     vault().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ordered_disk_keeps_every_seq_inside_keep_all() {
+    // Points every 6th batch; keep_all 3 h. For a write-ordered disk every seq is a crash
+    // point, so the base may not pass the newest point older than keep_all: every seq since
+    // then stays restorable, not only the points.
+    // The window is keep_all itself, so the only point kept is the newest: without the
+    // floor the base would go there and the seqs just before it would be lost.
+    let vault = vault_with(true, 6).await;
+    let tight = DiskPolicy {
+        window: Span(3 * 3600),
+        ..policy()
+    };
+    let summary = consolidate_disk(
+        vault.storage.clone(),
+        &vault.keyring,
+        vault.disk_id,
+        &tight,
+        &options(&vault),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.points_kept, 1, "{summary:?}");
+    let keep_all_from = NOW - 3 * HOUR_MS;
+    let floor = (1..=BATCHES)
+        .filter(|s| s.is_multiple_of(6) && source_time(*s) < keep_all_from)
+        .max()
+        .unwrap();
+    assert_eq!(summary.base_seq, Some(floor), "{summary:?}");
+    for seq in (1..=BATCHES).filter(|s| source_time(*s) >= keep_all_from) {
+        assert!(restore(&vault, seq).await.unwrap() == vault.model[&seq], "seq {seq}");
+    }
+    assert!(restore(&vault, floor).await.unwrap() == vault.model[&floor]);
 }
