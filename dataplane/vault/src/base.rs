@@ -85,16 +85,18 @@ fn check_manifest(manifest: &BaseManifest, disk_id: Uuid, seq: u64, size_bytes: 
     if manifest.format != PLAINTEXT_FORMAT || manifest.disk_id != disk_id || manifest.seq != seq {
         bail!("names another disk, seq or format");
     }
-    if manifest.size_bytes != size_bytes {
+    // A disk only grows (PROTOCOL.md refuses a shrink): a base of the smaller disk stays
+    // valid, the grown part reading zeros until written.
+    if manifest.size_bytes > size_bytes {
         bail!(
-            "is for a disk of {} bytes; the disk is {size_bytes} (resized since: restore needs the log from seq 1)",
+            "is for a disk of {} bytes, larger than the disk's {size_bytes}",
             manifest.size_bytes
         );
     }
     if manifest.chunk_size == 0 || !manifest.chunk_size.is_multiple_of(512) {
         bail!("has a chunk size of {}", manifest.chunk_size);
     }
-    let count = size_bytes.div_ceil(manifest.chunk_size);
+    let count = manifest.size_bytes.div_ceil(manifest.chunk_size);
     for (index, name) in &manifest.chunks {
         let index: u64 = index.parse().with_context(|| format!("chunk index {index:?}"))?;
         match ObjectName::parse(name) {
@@ -110,7 +112,8 @@ fn check_manifest(manifest: &BaseManifest, disk_id: Uuid, seq: u64, size_bytes: 
 }
 
 /// The bytes of a chunk of `length` bytes held by `name` (zeros when None), checked for
-/// length. Takes what it needs by value, so the futures that call it own their captures.
+/// length; a shorter chunk (the last of a base from before the disk grew) is completed with
+/// zeros. Takes what it needs by value, so the futures that call it own their captures.
 async fn chunk_plaintext(
     storage: Arc<dyn ObjectStorage>,
     key: Arc<ObjectKey>,
@@ -126,9 +129,11 @@ async fn chunk_plaintext(
         .with_context(|| format!("cannot read {name}"))?;
     let plain =
         ferry_format::seal::unseal(&key, &name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
-    if plain.len() as u64 != length {
+    if plain.len() as u64 > length {
         bail!("object {name} holds {} bytes, its chunk is {length}", plain.len());
     }
+    let mut plain = plain;
+    plain.resize(length as usize, 0);
     Ok(plain)
 }
 
@@ -276,10 +281,17 @@ pub async fn write_base(
     let chunk_size = scratch.chunk_size;
     let mut chunks: BTreeMap<String, String> = BTreeMap::new();
     let mut written = Written::default();
+    // The older base's last chunk, when it is short and the disk has grown past it: it must
+    // be written again at full length (only a base's last chunk may be shorter).
+    let grown_last = older
+        .filter(|o| o.chunk_size == chunk_size && o.size_bytes < size_bytes && !o.size_bytes.is_multiple_of(chunk_size))
+        .map(|o| o.size_bytes / chunk_size);
     // Untouched chunks keep the older base's objects (only when the chunking is the same).
     if let Some(older) = older.filter(|o| o.chunk_size == chunk_size) {
         for (index, name) in &older.chunks {
-            let untouched = index.parse::<u64>().is_ok_and(|i| !scratch.touched.contains_key(&i));
+            let untouched = index
+                .parse::<u64>()
+                .is_ok_and(|i| !scratch.touched.contains_key(&i) && Some(i) != grown_last);
             if untouched {
                 chunks.insert(index.clone(), name.clone());
                 written.chunks_reused += 1;
@@ -289,14 +301,15 @@ pub async fn write_base(
     let same_chunking = older.filter(|o| o.chunk_size == chunk_size);
     // Owned work items: (index, touched ranges, the older chunk's object if any).
     type Work = (u64, Vec<(u64, u64)>, Option<String>);
-    let work: Vec<Work> = scratch
+    let older_chunk = |index: u64| same_chunking.and_then(|o| o.chunks.get(&index.to_string()).cloned());
+    let mut work: Vec<Work> = scratch
         .touched
         .iter()
-        .map(|(&index, ranges)| {
-            let older_chunk = same_chunking.and_then(|o| o.chunks.get(&index.to_string()).cloned());
-            (index, ranges.clone(), older_chunk)
-        })
+        .map(|(&index, ranges)| (index, ranges.clone(), older_chunk(index)))
         .collect();
+    if let Some(index) = grown_last.filter(|i| !scratch.touched.contains_key(i)) {
+        work.push((index, Vec::new(), older_chunk(index))); // nothing new: the older bytes, padded
+    }
     let file = scratch.file.clone();
     let (work_storage, work_key) = (storage.clone(), key.clone());
     let results: Vec<(u64, Option<(String, u64)>)> =

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 const HOUR_MS: u64 = 3_600_000;
 const NOW: u64 = 1_800_000_000_000;
-const DISK_BYTES: u64 = 4 << 20;
+/// Not a whole number of chunks: every base has a short last chunk.
+const DISK_BYTES: u64 = (4 << 20) - 32 * 1024;
 /// After the first batches (an initial copy all over the disk), writes stay in this hot region.
 const HOT_BYTES: u64 = 1 << 20;
 const INITIAL_BATCHES: u64 = 4;
@@ -103,6 +104,12 @@ async fn vault_with(write_ordered: bool, point_every: u64) -> Vault {
     let mut object = Vec::new();
     for seq in 1..=BATCHES {
         let mut batch = BatchEncoder::new(seq, source_time(seq));
+        if seq == 1 {
+            // The disk's last (short) chunk holds data from the start.
+            let offset = DISK_BYTES - 4096;
+            batch.write(offset, &[0xee; 4096]);
+            image[offset as usize..].fill(0xee);
+        }
         let writes = if seq <= INITIAL_BATCHES { 64 } else { 4 };
         for _ in 0..writes {
             // Writes of 1-64 sectors anywhere, some across chunk edges; now and then a zero run.
@@ -454,4 +461,93 @@ async fn a_write_ordered_disk_keeps_every_seq_inside_keep_all() {
         assert!(restore(&vault, seq).await.unwrap() == vault.model[&seq], "seq {seq}");
     }
     assert!(restore(&vault, floor).await.unwrap() == vault.model[&floor]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_grows_after_its_base_keeps_restoring() {
+    let mut vault = vault().await;
+    consolidate(&vault, vault.storage.clone()).await.unwrap();
+    // The disk grows by 96 KiB (past its short last chunk); new batches write there too.
+    let grown = DISK_BYTES + 96 * 1024;
+    vault.descriptor.size_bytes = grown;
+    let meta = ObjectName::DiskMeta { disk_id: vault.disk_id };
+    put_sealed(
+        &*vault.storage,
+        &vault.keyring,
+        &meta,
+        &serde_json::to_vec(&vault.descriptor).unwrap(),
+    )
+    .await;
+    let mut image = vault.model[&BATCHES].clone();
+    image.resize(grown as usize, 0);
+    let seq = BATCHES + 1;
+    let mut batch = BatchEncoder::new(seq, NOW - 60_000);
+    batch.write(grown - 8192, &[7u8; 8192]); // the new region
+    image[(grown - 8192) as usize..].fill(7);
+    batch.bookmark(&Bookmark {
+        id: BookmarkId::new(&format!("p{seq}")).unwrap(),
+        kind: BookmarkKind::Crash,
+        tag: None,
+        group_id: None,
+    });
+    let log = ObjectName::Log {
+        disk_id: vault.disk_id,
+        first_seq: seq,
+        last_seq: seq,
+    };
+    put_sealed(&*vault.storage, &vault.keyring, &log, &batch.finish()).await;
+    let point = RecoveryPoint {
+        format: PLAINTEXT_FORMAT,
+        disk_id: vault.disk_id,
+        seq,
+        bookmark_id: format!("p{seq}"),
+        kind: "crash".into(),
+        tag: None,
+        group_id: None,
+        source_time_unix_ms: NOW - 60_000,
+        created_unix_ms: NOW,
+    };
+    let name = ObjectName::Point {
+        disk_id: vault.disk_id,
+        seq,
+        bookmark_id: BookmarkId::new(&format!("p{seq}")).unwrap(),
+    };
+    put_sealed(
+        &*vault.storage,
+        &vault.keyring,
+        &name,
+        &serde_json::to_vec(&point).unwrap(),
+    )
+    .await;
+    // A later consolidation, an hour on, moves the base past the resize.
+    let later = Options {
+        now_unix_ms: NOW + 30 * HOUR_MS,
+        ..options(&vault)
+    };
+    let summary = consolidate_disk(vault.storage.clone(), &vault.keyring, vault.disk_id, &policy(), &later)
+        .await
+        .unwrap();
+    assert_eq!(summary.base_seq, Some(seq), "{summary:?}");
+    let key = Arc::new(vault.keyring.disk_key(vault.disk_id));
+    let manifest = ferry_vault::base::read_manifest(&*vault.storage, &key, vault.disk_id, seq, grown)
+        .await
+        .unwrap();
+    assert_eq!(manifest.size_bytes, grown);
+    // The old base's short last chunk is not reused by name: only a base's last chunk may be
+    // shorter than chunk_size, so it is written again at full length.
+    let old_last = (DISK_BYTES / CHUNK).to_string();
+    assert!(
+        manifest.chunks[&old_last].contains(&format!("/base/{seq:020}/")),
+        "{}",
+        manifest.chunks[&old_last]
+    );
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(grown).unwrap();
+    ferry_vault::restore::restore_into(vault.storage.clone(), key, &vault.descriptor, seq, &file, 4, |_| {})
+        .await
+        .unwrap();
+    let mut restored = vec![0u8; grown as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut restored, 0).unwrap();
+    assert!(restored == image, "the grown disk restores different bytes");
+    vault.model.insert(seq, image);
 }
