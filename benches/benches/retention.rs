@@ -10,7 +10,8 @@
 //! seconds per vault, the 100-round / 10-round ratio, stored bytes, and consolidation's own
 //! MB/s (disk bytes covered by the bases it wrote per second) and CPU share (this process's
 //! CPU time over wall time while it ran; nothing else runs then).
-//! Run: `cargo bench -p ferry-benches --bench retention` (under `cargo test`: a tiny pass).
+//! Run: `cargo bench -p ferry-benches --bench retention` (under `cargo test`: a tiny pass;
+//! `FERRY_BENCH_ROUNDS=10` for other checkpoints).
 
 use bytes::Bytes;
 use ferry_benches::{cpu_seconds, runtime};
@@ -277,8 +278,14 @@ async fn run(disk_bytes: u64, checkpoints: &[u64]) {
 fn main() {
     let measuring = std::env::args().any(|a| a == "--bench");
     let runtime = runtime();
+    // FERRY_BENCH_ROUNDS=10,20 measures at other checkpoints (a quicker look).
+    let checkpoints: Vec<u64> = std::env::var("FERRY_BENCH_ROUNDS")
+        .ok()
+        .map(|list| list.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .filter(|list: &Vec<u64>| !list.is_empty())
+        .unwrap_or_else(|| vec![10, 50, 100]);
     if measuring {
-        runtime.block_on(run(1 << 30, &[10, 50, 100]));
+        runtime.block_on(run(1 << 30, &checkpoints));
     } else {
         runtime.block_on(run(16 << 20, &[2, 4, 6]));
     }

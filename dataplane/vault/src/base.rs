@@ -127,8 +127,15 @@ async fn chunk_plaintext(
         .get(&name)
         .await
         .with_context(|| format!("cannot read {name}"))?;
-    let plain =
-        ferry_format::seal::unseal(&key, &name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
+    // Unsealed on a blocking thread: several chunks at once use every core.
+    let (plain, name) = tokio::task::spawn_blocking(move || {
+        let plain =
+            ferry_format::seal::unseal(&key, &name, &sealed).with_context(|| format!("object {name} is corrupt"));
+        (plain, name)
+    })
+    .await
+    .context("the unsealing task failed")?;
+    let plain = plain?;
     if plain.len() as u64 > length {
         bail!("object {name} holds {} bytes, its chunk is {length}", plain.len());
     }

@@ -93,7 +93,7 @@ pub struct Replayed {
 /// What to replay: the batches `after + 1 ..= target` of a disk, from `chain` (see [`cover`]).
 pub struct Replay<'a> {
     pub storage: Arc<dyn ObjectStorage>,
-    pub key: &'a ObjectKey,
+    pub key: Arc<ObjectKey>,
     pub geometry: DiskGeometry,
     pub chain: &'a [LogObject],
     pub after: u64,
@@ -112,22 +112,32 @@ impl Replay<'_> {
     ) -> Result<Replayed> {
         // The stream owns what it captures (names, an Arc), so the future stays Send for
         // callers that spawn it.
-        let storage = self.storage.clone();
+        // Each object is downloaded and unsealed (AES-GCM, zstd) on a blocking thread of its
+        // own while the batches before it are applied here, so a restore uses every core.
+        let (storage, key) = (self.storage.clone(), self.key.clone());
         let names: Vec<String> = self.chain.iter().map(|o| o.name.clone()).collect();
         let mut downloads = futures::stream::iter(names.into_iter().map(move |name| {
-            let storage = storage.clone();
-            async move { storage.get(&name).await.map(|bytes| (name, bytes)) }
+            let (storage, key) = (storage.clone(), key.clone());
+            async move {
+                let sealed = storage
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("cannot download {name}"))?;
+                tokio::task::spawn_blocking(move || {
+                    let plain = ferry_format::seal::unseal(&key, &name, &sealed)
+                        .with_context(|| format!("object {name} is corrupt"))?;
+                    Ok::<_, anyhow::Error>((name, Bytes::from(plain)))
+                })
+                .await
+                .context("the unsealing task failed")?
+            }
         }))
         .buffered(self.parallel.max(1));
         let mut done = Replayed::default();
         let mut next = self.after + 1;
         while let Some(download) = downloads.next().await {
-            let (name, sealed) = download.context("cannot download a log object")?;
+            let (name, plain) = download?;
             done.objects_read += 1;
-            let plain = Bytes::from(
-                ferry_format::seal::unseal(self.key, &name, &sealed)
-                    .with_context(|| format!("object {name} is corrupt"))?,
-            );
             for item in split_change_set(&plain) {
                 let (header, bytes) = item.with_context(|| format!("object {name} holds a damaged batch"))?;
                 if header.seq < next || header.seq > self.target {

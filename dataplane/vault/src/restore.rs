@@ -60,7 +60,7 @@ pub async fn restore_into(
     }
     let replay = crate::log::Replay {
         storage,
-        key: &key,
+        key: key.clone(),
         geometry: DiskGeometry {
             size_bytes: descriptor.size_bytes,
             sector_size: descriptor.sector_size,

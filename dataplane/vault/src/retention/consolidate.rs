@@ -399,7 +399,7 @@ async fn build_base(
     let chain = crate::log::cover(objects, after, seq)?;
     let replay = crate::log::Replay {
         storage: storage.clone(),
-        key,
+        key: key.clone(),
         geometry: DiskGeometry {
             size_bytes: size,
             sector_size: descriptor.sector_size,
