@@ -142,6 +142,29 @@ impl Appliance {
         }
     }
 
+    /// An appliance on a fresh container of the test Azurite at `endpoint` (the account key is
+    /// read from a file by `ferryctl init`, which keeps it in ferry.toml).
+    pub fn init_azurite(endpoint: &str, tag: &str, edit: impl FnOnce(String) -> String) -> Appliance {
+        let keys = tempfile::tempdir().expect("temporary directory");
+        let key_file = keys.path().join("account.key");
+        std::fs::write(&key_file, AZURITE_KEY).expect("account key file");
+        let container = unique_container(tag);
+        Self::init_with(
+            &[
+                "--azure-account",
+                AZURITE_ACCOUNT,
+                "--azure-container",
+                &container,
+                "--azure-endpoint",
+                endpoint,
+                "--azure-key-file",
+                key_file.to_str().expect("utf-8 path"),
+                "--create-container",
+            ],
+            edit,
+        )
+    }
+
     pub fn passphrase(&self) -> String {
         std::fs::read_to_string(self.dir.join("passphrase"))
             .expect("passphrase")

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ferry_client::api::DiskState;
 use ferry_client::{BatchSender, DataClient, DiskSpec, RetryPolicy};
 use ferry_format::{BatchEncoder, Bookmark, BookmarkId, BookmarkKind, VaultKey};
-use ferry_tests::{azurite_endpoint, ferryctl, unique_container, Appliance, Ferryd, AZURITE_ACCOUNT, AZURITE_KEY};
+use ferry_tests::{azurite_endpoint, ferryctl, Appliance, Ferryd, AZURITE_ACCOUNT, AZURITE_KEY};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -275,24 +275,7 @@ async fn restore_at_every_bookmark_equals_the_model_local() {
 #[tokio::test]
 async fn restore_at_every_bookmark_equals_the_model_azurite() {
     let Some(endpoint) = azurite_endpoint() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let key_file = tmp.path().join("account.key");
-    std::fs::write(&key_file, AZURITE_KEY).unwrap();
-    let container = unique_container("pipeline");
-    let appliance = Appliance::init_with(
-        &[
-            "--azure-account",
-            AZURITE_ACCOUNT,
-            "--azure-container",
-            &container,
-            "--azure-endpoint",
-            &endpoint,
-            "--azure-key-file",
-            key_file.to_str().unwrap(),
-            "--create-container",
-        ],
-        fast_pipeline,
-    );
+    let appliance = Appliance::init_azurite(&endpoint, "pipeline", fast_pipeline);
     replicate_and_check(&appliance).await;
 }
 

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use ferry_client::{BatchSender, DataClient, DiskSpec, RetryPolicy};
 use ferry_format::{BatchEncoder, Bookmark, BookmarkId, BookmarkKind};
-use ferry_tests::{azurite_endpoint, ferryctl, unique_container, Appliance, Ferryd, AZURITE_ACCOUNT, AZURITE_KEY};
+use ferry_tests::{azurite_endpoint, ferryctl, Appliance, Ferryd};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -366,24 +366,7 @@ async fn consolidation_keeps_the_policy_and_frees_the_rest_local() {
 #[tokio::test]
 async fn consolidation_keeps_the_policy_and_frees_the_rest_azurite() {
     let Some(endpoint) = azurite_endpoint() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let key_file = tmp.path().join("account.key");
-    std::fs::write(&key_file, AZURITE_KEY).unwrap();
-    let container = unique_container("retention");
-    let appliance = Appliance::init_with(
-        &[
-            "--azure-account",
-            AZURITE_ACCOUNT,
-            "--azure-container",
-            &container,
-            "--azure-endpoint",
-            &endpoint,
-            "--azure-key-file",
-            key_file.to_str().unwrap(),
-            "--create-container",
-        ],
-        policy("0"),
-    );
+    let appliance = Appliance::init_azurite(&endpoint, "retention", policy("0"));
     consolidate_and_check(&appliance).await;
 }
 
