@@ -10,11 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A loopback port free now (`ferry_harness::procs::free_port`: below the ephemeral range).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    ferry_harness::procs::free_port().expect("a free loopback port")
 }
 
 /// Which target an appliance writes to.

@@ -83,11 +83,9 @@ pub fn unique_container(tag: &str) -> String {
 }
 
 /// A free loopback port (bound and released; good enough for tests on one machine).
+/// A loopback port free now (`ferry_harness::procs::free_port`: below the ephemeral range).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    ferry_harness::procs::free_port().expect("a free loopback port")
 }
 
 /// An appliance directory made by the real `ferryctl init`, on free loopback ports.

@@ -6,8 +6,30 @@ use anyhow::bail;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+/// Ports handed out for listeners: below Linux's ephemeral range (32768-60999), so an
+/// outgoing connection's local port cannot take a port between choosing it and binding it
+/// (a bench once failed with "Address already in use" on a port the kernel had just given to
+/// a client); bind(0) would pick from inside that range.
+const LISTEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port free now, for a listener a test or tool starts next. Ports are tried from
+/// a point that differs per call and per process, so concurrent callers rarely meet.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(LISTEN_PORTS.end - LISTEN_PORTS.start);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for step in 0..span {
+        let port = LISTEN_PORTS.start + ((seed.wrapping_add(step * 7_919)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {LISTEN_PORTS:?}")
 }
 
 /// Waits (at most 60 s) until `address` accepts connections; fails early if `child` exits.
