@@ -199,7 +199,7 @@ async fn set_pin(args: PinArgs, pin: bool, json: bool) -> Result<()> {
             seq: point.seq,
             bookmark_id: bookmark.clone(),
         };
-        if !ferry_vault::base::exists(&*opened.storage, &name.to_string()).await? {
+        if !ferry_vault::sealed::exists(&*opened.storage, &name.to_string()).await? {
             ferry_vault::retention::records::unpin(&*opened.storage, disk, point.seq, &bookmark).await?;
             bail!(
                 "recovery point {} of disk {disk} was pruned by retention while it was being pinned",

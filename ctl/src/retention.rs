@@ -136,14 +136,6 @@ async fn run_now(args: RunArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b => format!("{:.0} KiB", b as f64 / 1024.0),
-    }
-}
-
 pub fn render(summaries: &[DiskSummary]) -> String {
     let mut out = format!(
         "{:<10} {:>12} {:>6} {:>8} {:>8} {:>8}  {}\n",
@@ -163,8 +155,8 @@ pub fn render(summaries: &[DiskSummary]) -> String {
             s.points_dropped,
             s.objects_written,
             s.objects_deleted,
-            size(s.stored_bytes_before),
-            size(s.stored_bytes_after),
+            crate::control::mb(s.stored_bytes_before),
+            crate::control::mb(s.stored_bytes_after),
             if s.dry_run { " (dry run: nothing changed)" } else { "" }
         ));
         if !s.pinned_beyond_window.is_empty() {

@@ -8,6 +8,10 @@
 //! - `GET /v1/tune` -> [`TuneState`]; `PUT /v1/tune` with [`TuneRequest`] -> [`TuneState`].
 //! - `POST /v1/drain`, `POST /v1/resume` -> [`Status`]: stop accepting data (for maintenance;
 //!   uploads go on until the cache is empty), or accept it again.
+//! - `POST /v1/retention/run` with `ferry_vault::retention::RunRequest` -> one
+//!   `DiskSummary` per disk (a consolidation now, after any in progress);
+//!   `PUT /v1/retention/policy` with `PolicyChange` -> the resulting `[retention]`. Those
+//!   types live in `ferry_vault` beside the work; [`ControlClient::send`] carries them.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -44,21 +44,23 @@ fn first_run_delay() -> Duration {
 /// The target as the pipeline connected to it.
 pub type Vault = (Arc<dyn ObjectStorage>, Keyring);
 
-#[derive(Default)]
 pub struct Retention {
     /// Set once the target is connected.
     pub vault: OnceLock<Vault>,
     /// Held by the run in progress.
     running: tokio::sync::Mutex<()>,
     last: Mutex<RetentionStatus>,
-    scratch_dir: OnceLock<PathBuf>,
+    scratch_dir: PathBuf,
 }
 
 impl Retention {
     pub fn new(scratch_dir: PathBuf) -> Self {
-        let retention = Self::default();
-        let _ = retention.scratch_dir.set(scratch_dir);
-        retention
+        Self {
+            vault: OnceLock::new(),
+            running: tokio::sync::Mutex::new(()),
+            last: Mutex::new(RetentionStatus::default()),
+            scratch_dir,
+        }
     }
 
     /// What the last run found (for status, metrics and alerts).
@@ -81,7 +83,7 @@ impl Retention {
                 .parallel
                 .unwrap_or(config.retention.parallel as usize)
                 .clamp(1, 64),
-            scratch_dir: self.scratch_dir.get().cloned().unwrap_or_else(std::env::temp_dir),
+            scratch_dir: self.scratch_dir.clone(),
         };
         let started = std::time::Instant::now();
         let result = consolidate_all(storage.clone(), keyring, &config.retention, &options, request.disk).await;
@@ -166,15 +168,12 @@ pub async fn run_in_background(
             wait = Duration::from_secs(1); // the pipeline has not connected yet
             continue;
         }
-        {
-            let request = RunRequest::default();
-            let run = retention.run(&config, &request);
-            tokio::select! {
-                _ = stopped.changed() => return, // a run cut short is finished by the next one
-                result = run => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %format!("{e:#}"), "consolidation failed; the next run retries");
-                    }
+        let request = RunRequest::default();
+        tokio::select! {
+            _ = stopped.changed() => return, // a run cut short is finished by the next one
+            result = retention.run(&config, &request) => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %format!("{e:#}"), "consolidation failed; the next run retries");
                 }
             }
         }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::{BaseManifest, PLAINTEXT_FORMAT};
 use ferry_format::ObjectKey;
-use ferry_storage::{list_all, ObjectStorage, StorageError};
+use ferry_storage::{list_all, ObjectStorage};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -70,13 +70,7 @@ pub async fn read_manifest(
     size_bytes: u64,
 ) -> Result<BaseManifest> {
     let name = ObjectName::BaseManifest { disk_id, seq }.to_string();
-    let sealed = storage
-        .get(&name)
-        .await
-        .with_context(|| format!("cannot read {name}"))?;
-    let plain = ferry_format::seal::unseal(key, &name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
-    let manifest: BaseManifest =
-        serde_json::from_slice(&plain).with_context(|| format!("object {name} is not a base manifest"))?;
+    let manifest: BaseManifest = crate::sealed::read_json(storage, key, &name).await?;
     check_manifest(&manifest, disk_id, seq, size_bytes).with_context(|| format!("base manifest {name}"))?;
     Ok(manifest)
 }
@@ -377,23 +371,8 @@ pub async fn write_base(
         chunks,
     };
     let name = ObjectName::BaseManifest { disk_id, seq }.to_string();
-    let json = serde_json::to_vec(&manifest).context("cannot encode the manifest")?;
-    let sealed = ferry_format::seal::seal(&key, &name, &json, CHUNK_LEVEL).context("cannot seal the manifest")?;
-    written.bytes_stored += sealed.len() as u64;
-    storage
-        .put(&name, Bytes::from(sealed))
-        .await
-        .with_context(|| format!("cannot write {name}"))?;
+    written.bytes_stored += crate::sealed::write_json(&*storage, &key, &name, &manifest).await?;
     Ok((manifest, written))
-}
-
-/// Whether `name` exists (a missing object is `false`, other errors are errors).
-pub async fn exists(storage: &dyn ObjectStorage, name: &str) -> Result<bool> {
-    match storage.head(name).await {
-        Ok(_) => Ok(true),
-        Err(StorageError::NotFound { .. }) => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot look for {name}")),
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! - [`base`]: base images: reading one into an image, writing a new one.
 //! - [`image`]: image files (records in place, zeros as holes).
 //! - [`restore`]: a disk image at a seq, from its newest base and the log after it.
+//! - [`sealed`]: sealed JSON objects read, written and looked for in one way.
 //! - [`retention`]: which recovery points a consolidation keeps (the `[retention]` policy).
 
 pub mod base;
@@ -14,3 +15,4 @@ pub mod image;
 pub mod log;
 pub mod restore;
 pub mod retention;
+pub mod sealed;

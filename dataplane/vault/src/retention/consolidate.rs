@@ -138,16 +138,6 @@ async fn stored_bytes(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<u64>
     Ok(objects.iter().map(|o| o.size_bytes).sum())
 }
 
-async fn read_sealed_json<T: serde::de::DeserializeOwned>(
-    storage: &dyn ObjectStorage,
-    key: &ObjectKey,
-    name: &str,
-) -> Result<T> {
-    let sealed = storage.get(name).await.with_context(|| format!("cannot read {name}"))?;
-    let plain = ferry_format::seal::unseal(key, name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
-    serde_json::from_slice(&plain).with_context(|| format!("object {name} does not hold what its name says"))
-}
-
 /// Every recovery point of a disk, read (`parallel` at once), with its object name.
 async fn read_points(
     storage: &Arc<dyn ObjectStorage>,
@@ -166,7 +156,7 @@ async fn read_points(
     futures::stream::iter(names.into_iter().map(move |name| {
         let (storage, key) = (storage.clone(), key.clone());
         async move {
-            let point: RecoveryPoint = read_sealed_json(&*storage, &key, &name).await?;
+            let point: RecoveryPoint = crate::sealed::read_json(&*storage, &key, &name).await?;
             Ok::<_, anyhow::Error>((name, point))
         }
     }))
@@ -206,7 +196,7 @@ pub async fn consolidate_disk(
     let key = Arc::new(keyring.disk_key(disk_id));
     let parallel = options.parallel.max(1);
     let descriptor: DiskDescriptor =
-        read_sealed_json(&*storage, &key, &ObjectName::DiskMeta { disk_id }.to_string()).await?;
+        crate::sealed::read_json(&*storage, &key, &ObjectName::DiskMeta { disk_id }.to_string()).await?;
     let mut summary = DiskSummary {
         disk_id,
         dry_run: options.dry_run,

@@ -4,11 +4,10 @@
 //! listing alone answers "is it pinned" and "was it pruned".
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::{Pin, PrunedPoint};
 use ferry_format::{BookmarkId, ObjectKey};
-use ferry_storage::{list_all, ObjectStorage, StorageError};
+use ferry_storage::{list_all, ObjectStorage};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -63,21 +62,6 @@ pub async fn pruned_names(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<
     Ok(found)
 }
 
-async fn read<T: serde::de::DeserializeOwned>(storage: &dyn ObjectStorage, key: &ObjectKey, name: &str) -> Result<T> {
-    let sealed = storage.get(name).await.with_context(|| format!("cannot read {name}"))?;
-    let plain = ferry_format::seal::unseal(key, name, &sealed).with_context(|| format!("object {name} is corrupt"))?;
-    serde_json::from_slice(&plain).with_context(|| format!("object {name} does not hold what its name says"))
-}
-
-async fn write<T: serde::Serialize>(storage: &dyn ObjectStorage, key: &ObjectKey, name: &str, value: &T) -> Result<()> {
-    let json = serde_json::to_vec(value).context("cannot encode a retention record")?;
-    let sealed = ferry_format::seal::seal(key, name, &json, 1).context("cannot seal a retention record")?;
-    storage
-        .put(name, Bytes::from(sealed))
-        .await
-        .with_context(|| format!("cannot write {name}"))
-}
-
 /// Pins a point (writing the pin again is harmless).
 pub async fn pin(storage: &dyn ObjectStorage, key: &ObjectKey, pin: &Pin) -> Result<()> {
     let bookmark_id = BookmarkId::new(&pin.bookmark_id).map_err(anyhow::Error::msg)?;
@@ -86,7 +70,9 @@ pub async fn pin(storage: &dyn ObjectStorage, key: &ObjectKey, pin: &Pin) -> Res
         seq: pin.seq,
         bookmark_id,
     };
-    write(storage, key, &name.to_string(), pin).await
+    crate::sealed::write_json(storage, key, &name.to_string(), pin)
+        .await
+        .map(drop)
 }
 
 /// Removes a pin; `false` when there was none.
@@ -97,10 +83,8 @@ pub async fn unpin(storage: &dyn ObjectStorage, disk_id: Uuid, seq: u64, bookmar
         bookmark_id: bookmark_id.clone(),
     }
     .to_string();
-    match storage.head(&name).await {
-        Ok(_) => {}
-        Err(StorageError::NotFound { .. }) => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("cannot look for {name}")),
+    if !crate::sealed::exists(storage, &name).await? {
+        return Ok(false);
     }
     storage
         .delete(&name)
@@ -119,7 +103,7 @@ pub async fn read_pins(storage: &dyn ObjectStorage, key: &ObjectKey, disk_id: Uu
             seq,
             bookmark_id,
         };
-        pins.push(read(storage, key, &name.to_string()).await?);
+        pins.push(crate::sealed::read_json(storage, key, &name.to_string()).await?);
     }
     pins.sort_by_key(|p: &Pin| p.seq);
     Ok(pins)
@@ -134,7 +118,9 @@ pub async fn record_pruned(storage: &dyn ObjectStorage, key: &ObjectKey, pruned:
         seq: pruned.seq,
         bookmark_id,
     };
-    write(storage, key, &name.to_string(), pruned).await
+    crate::sealed::write_json(storage, key, &name.to_string(), pruned)
+        .await
+        .map(drop)
 }
 
 /// The pruned-point records of `bookmark_id` on a disk, read, oldest seq first.
@@ -147,7 +133,7 @@ pub async fn find_pruned(
     let mut found = Vec::new();
     for record in pruned_names(storage, disk_id).await? {
         if record.bookmark_id == bookmark_id {
-            found.push(read(storage, key, &record.name).await?);
+            found.push(crate::sealed::read_json(storage, key, &record.name).await?);
         }
     }
     found.sort_by_key(|p: &PrunedPoint| p.seq);
