@@ -6,8 +6,8 @@
 //! hour of source time apart. The same objects go to two local-directory vaults: one never
 //! consolidated, one consolidated after every round (window 3 h, keep_all 1 h: the base
 //! follows three rounds behind). After rounds 10, 50 and 100 the latest point is restored from
-//! both (8 downloads ahead, into a sparse file) and the two images compared. Reports restore
-//! seconds per vault, the 100-round / 10-round ratio, stored bytes, and consolidation's own
+//! both (8 downloads ahead, into a sparse file; twice each, in turns, keeping the faster) and
+//! the images compared. Reports restore seconds and CPU seconds per vault, the 100-round / 10-round ratio, stored bytes, and consolidation's own
 //! MB/s (disk bytes covered by the bases it wrote per second) and CPU share (this process's
 //! CPU time over wall time while it ran; nothing else runs then).
 //! Run: `cargo bench -p ferry-benches --bench retention` (under `cargo test`: a tiny pass;
@@ -149,11 +149,18 @@ impl Disk {
     }
 }
 
-/// Restores `seq` into a sparse file; (seconds, SHA-256 of the image).
-async fn restore(vault: &Vault, keyring: &Keyring, descriptor: &DiskDescriptor, seq: u64) -> (f64, Vec<u8>) {
+/// One restore: wall seconds, this process's CPU seconds, and the image's BLAKE3.
+struct Restore {
+    secs: f64,
+    cpu: f64,
+    hash: Vec<u8>,
+}
+
+/// Restores `seq` into a sparse file.
+async fn restore(vault: &Vault, keyring: &Keyring, descriptor: &DiskDescriptor, seq: u64) -> Restore {
     let file = tempfile::tempfile_in(vault.dir.path()).unwrap();
     file.set_len(descriptor.size_bytes).unwrap();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_seconds());
     ferry_vault::restore::restore_into(
         vault.storage.clone(),
         Arc::new(keyring.disk_key(descriptor.disk_id)),
@@ -166,7 +173,7 @@ async fn restore(vault: &Vault, keyring: &Keyring, descriptor: &DiskDescriptor, 
     .await
     .unwrap();
     file.sync_all().unwrap();
-    let seconds = started.elapsed().as_secs_f64();
+    let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; 4 << 20];
     let mut at = 0;
@@ -176,7 +183,44 @@ async fn restore(vault: &Vault, keyring: &Keyring, descriptor: &DiskDescriptor, 
         hasher.update(&buffer[..n]);
         at += n as u64;
     }
-    (seconds, hasher.finalize().as_bytes().to_vec())
+    Restore {
+        secs,
+        cpu,
+        hash: hasher.finalize().as_bytes().to_vec(),
+    }
+}
+
+/// The faster of two restores of each vault, taken in turns (plain, consolidated, plain,
+/// consolidated): the first writes into memory the VM has not touched since boot pay the
+/// hypervisor's first-touch faults (they showed as 3x the CPU of a later, equal write in
+/// `copy_folio_from_iter_atomic`), so a single restore each measured whichever came first as
+/// the slower one.
+async fn restore_both(
+    plain: &Vault,
+    consolidated: &Vault,
+    keyring: &Keyring,
+    descriptor: &DiskDescriptor,
+    seq: u64,
+) -> (Restore, Restore) {
+    let faster = |a: Restore, b: Restore| if b.secs < a.secs { b } else { a };
+    let (mut best_plain, mut best_consolidated) = (None::<Restore>, None::<Restore>);
+    for _ in 0..2 {
+        let p = restore(plain, keyring, descriptor, seq).await;
+        let c = restore(consolidated, keyring, descriptor, seq).await;
+        assert_eq!(p.hash, c.hash, "the two vaults restore different images");
+        best_plain = Some(match best_plain {
+            Some(best) => faster(best, p),
+            None => p,
+        });
+        best_consolidated = Some(match best_consolidated {
+            Some(best) => faster(best, c),
+            None => c,
+        });
+    }
+    (
+        best_plain.expect("two restores"),
+        best_consolidated.expect("two restores"),
+    )
 }
 
 async fn run(disk_bytes: u64, checkpoints: &[u64]) {
@@ -251,18 +295,17 @@ async fn run(disk_bytes: u64, checkpoints: &[u64]) {
             consolidated_bytes += disk_bytes;
         }
         if checkpoints.contains(&round) {
-            let (plain_secs, plain_hash) = restore(&plain, &keyring, &disk_descriptor, disk.seq).await;
-            let (cons_secs, cons_hash) = restore(&consolidated, &keyring, &disk_descriptor, disk.seq).await;
-            assert_eq!(
-                plain_hash, cons_hash,
-                "round {round}: the two vaults restore different images"
-            );
-            let ratio = *first_ratio.get_or_insert(cons_secs);
+            let (p, c) = restore_both(&plain, &consolidated, &keyring, &disk_descriptor, disk.seq).await;
+            let ratio = *first_ratio.get_or_insert(c.secs);
             println!(
-                "  after {round:>3} rounds: consolidated {cons_secs:>6.2} s ({:.2}x of the first checkpoint), {:>6} MiB stored; \
-                 never consolidated {plain_secs:>6.2} s, {:>6} MiB stored",
-                cons_secs / ratio,
+                "  after {round:>3} rounds: consolidated {:>6.2} s (CPU {:.2} s; {:.2}x of the first checkpoint), {:>6} MiB stored; \
+                 never consolidated {:>6.2} s (CPU {:.2} s), {:>6} MiB stored",
+                c.secs,
+                c.cpu,
+                c.secs / ratio,
                 dir_bytes(consolidated.dir.path()) >> 20,
+                p.secs,
+                p.cpu,
                 dir_bytes(plain.dir.path()) >> 20,
             );
         }

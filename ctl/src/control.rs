@@ -151,15 +151,26 @@ pub fn render_status(status: &Status) -> String {
     out
 }
 
+/// ": 12 of 64 disks done" while a run is under way (nothing before its first disk is done).
+fn run_progress(retention: &ferry_client::control::RetentionStatus) -> String {
+    if retention.run_disks_total == 0 {
+        return String::new();
+    }
+    format!(
+        ": {} of {} disks done",
+        retention.run_disks_done, retention.run_disks_total
+    )
+}
+
 /// Retention's last run: when, and per disk the stored bytes, base and oldest point.
 fn render_retention(retention: &ferry_client::control::RetentionStatus) -> String {
     let Some(last) = retention.last_run_unix_ms else {
         return format!(
             "retention  {}\n",
             if retention.running {
-                "consolidating now (first run)"
+                format!("consolidating now (first run){}", run_progress(retention))
             } else {
-                "not run yet"
+                "not run yet".into()
             }
         );
     };
@@ -167,7 +178,11 @@ fn render_retention(retention: &ferry_client::control::RetentionStatus) -> Strin
         "retention  last run {} UTC ({:.1} s){}; {} runs, {} failed\n",
         ferry_format::time::format_unix_ms(last),
         retention.last_run_secs,
-        if retention.running { ", running now" } else { "" },
+        if retention.running {
+            format!(", running now{}", run_progress(retention))
+        } else {
+            String::new()
+        },
         retention.runs,
         retention.failures
     );

@@ -118,7 +118,33 @@ async fn run_now(args: RunArgs, json: bool) -> Result<()> {
                 parallel: args.parallel.map_or(retention.parallel as usize, usize::from),
                 scratch_dir: args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
             };
-            consolidate_all(opened.storage.clone(), &opened.keyring, &retention, &options, only).await?
+            // Progress on stderr, a line per disk as it is done (stdout keeps the summary).
+            let progress = |summary: &DiskSummary, done: usize, total: usize| {
+                if !json {
+                    eprintln!(
+                        "disk {done}/{total} {}: {}",
+                        summary.disk_id,
+                        match &summary.error {
+                            Some(error) => format!("failed: {error}"),
+                            None => format!(
+                                "base seq {}, {} points kept, {} dropped",
+                                summary.base_seq.map_or("-".into(), |s| s.to_string()),
+                                summary.points_kept,
+                                summary.points_dropped
+                            ),
+                        }
+                    );
+                }
+            };
+            consolidate_all(
+                opened.storage.clone(),
+                &opened.keyring,
+                &retention,
+                &options,
+                only,
+                progress,
+            )
+            .await?
         }
     };
     if json {

@@ -160,6 +160,11 @@ pub struct RetentionDisk {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RetentionStatus {
     pub running: bool,
+    /// The run in progress: disks done, and disks it covers (both 0 when none runs).
+    #[serde(default)]
+    pub run_disks_done: u64,
+    #[serde(default)]
+    pub run_disks_total: u64,
     pub last_run_unix_ms: Option<u64>,
     pub last_run_secs: f64,
     pub runs: u64,

@@ -177,6 +177,7 @@ const BOUNDED: &[Bounded] = &[
     Bounded { key: "alerts.drain_warning_secs", low: 1, high: 7 * 86_400, bytes: false, value: |c| c.alerts.drain_warning_secs.into() },
     Bounded { key: "alerts.rpo_threshold_secs", low: 1, high: 30 * 86_400, bytes: false, value: |c| c.alerts.rpo_threshold_secs.into() },
     Bounded { key: "retention.parallel", low: 1, high: 64, bytes: false, value: |c| c.retention.parallel.into() },
+    Bounded { key: "retention.nice", low: 0, high: 19, bytes: false, value: |c| c.retention.nice.into() },
     Bounded { key: "alerts.throttle_free_percent", low: 0, high: 90, bytes: false, value: |c| c.alerts.throttle_free_percent.into() },
 ];
 
@@ -614,6 +615,9 @@ run_every = "{r_run_every}"
 # Storage calls (and chunks being sealed) in flight at once in a run ({r_parallel}): its share
 # of the uplink and the CPU beside the upload pipeline.
 parallel = {ret_parallel}
+# The nice value of ferryd's consolidation threads ({r_nice}): under load ingest and uploads
+# get the CPU first, and consolidation the CPU they leave (0: an equal share).
+nice = {ret_nice}
 {r_disks}
 [storage_retry]
 # Transient storage errors (timeouts, resets, 500, 503, 429) are retried with exponential
@@ -668,6 +672,8 @@ total_budget_ms = {total_budget_ms}
             r_run_every = self.retention.run_every,
             ret_parallel = self.retention.parallel,
             r_parallel = bounds("retention.parallel"),
+            ret_nice = self.retention.nice,
+            r_nice = bounds("retention.nice"),
             r_disks = render_disk_overrides(&self.retention),
             r_limit_percent = bounds("cache.limit_percent"),
             r_segment_bytes = bounds("cache.segment_bytes"),

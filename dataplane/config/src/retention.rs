@@ -199,6 +199,9 @@ pub struct RetentionConfig {
     /// Storage calls (and base chunks being sealed) in flight at once in a run: its share of
     /// the uplink and the machine beside the upload pipeline.
     pub parallel: u32,
+    /// The nice value of ferryd's background consolidation threads (0-19): under load the
+    /// scheduler gives ingest and uploads the CPU first, idle CPU goes to consolidation.
+    pub nice: u32,
     /// Overrides by disk id.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub disks: BTreeMap<Uuid, DiskPolicyOverride>,
@@ -215,6 +218,7 @@ impl Default for RetentionConfig {
             chunk_bytes: policy.chunk_bytes,
             run_every: Span(600),
             parallel: 4,
+            nice: 10,
             disks: BTreeMap::new(),
         }
     }

@@ -8,7 +8,8 @@
 //!   worker pool (`worker`), upload them at the bandwidth cap, then write recovery points and
 //!   release the cache (`calls`, `ledger`); `tuning` holds what `ferryctl tune` changes.
 //! - [`retention`]: consolidation of the vault (`ferry_vault`) in the background and on
-//!   demand, one run at a time, and what the last run found.
+//!   demand, one run at a time, and what the last run found; it and the data endpoint run on
+//!   [`niced_runtime`]s, at a lower CPU weight than sealing and uploads.
 //! - [`server`]: the endpoints: data (mTLS, HTTP/2), management (registration), the control
 //!   socket (status, tune, drain) and `/metrics`; [`admission`] says whether new data is taken,
 //!   [`alerts`] computes health.
@@ -24,6 +25,7 @@ pub mod counters;
 pub mod daemon;
 pub mod ingest_memory;
 pub mod memory_budget;
+pub mod niced_runtime;
 pub mod pipeline;
 pub mod retention;
 pub mod server;

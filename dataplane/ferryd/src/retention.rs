@@ -3,10 +3,15 @@
 //! at a time (a request waits for a background run in progress, so the two never race).
 //!
 //! The work is `ferry_vault::retention::consolidate`; here are its schedule, its share of the
-//! machine (`retention.parallel` storage calls and chunk seals at once, so ingest and uploads
-//! keep going), the scratch directory, and what the last run found, which `ferryctl status`,
+//! machine, the scratch directory, and what the last run found, which `ferryctl status`,
 //! `/metrics` and the alerts show (stored bytes and the oldest restorable point per disk, a
 //! pin older than the window, a failed run).
+//!
+//! Its share: `retention.parallel` storage calls and chunk seals at once, on a runtime of its
+//! own whose threads run at nice `retention.nice` (default 19; [`crate::niced_runtime`]), so
+//! under load sealing, uploads and ingest get the CPU first. It has its own storage client
+//! too: connections it opens are driven by its low-priority threads, and must not be handed
+//! to the pipeline's uploads from a shared pool.
 
 use anyhow::Result;
 use ferry_client::control::{RetentionDisk, RetentionStatus};
@@ -18,6 +23,8 @@ use ferry_vault::retention::RunRequest;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use crate::niced_runtime::{Lowered, NicedRuntime, NICE_MAX};
 
 /// The first background run waits this long after start (the pipeline connects first).
 const FIRST_RUN_DELAY: Duration = Duration::from_secs(30);
@@ -45,22 +52,28 @@ fn first_run_delay() -> Duration {
 pub type Vault = (Arc<dyn ObjectStorage>, Keyring);
 
 pub struct Retention {
-    /// Set once the target is connected.
+    /// Set once the target is connected (a storage client of its own; see the header).
     pub vault: OnceLock<Vault>,
+    /// Where runs execute, at the lower weight.
+    runtime: NicedRuntime,
     /// Held by the run in progress.
     running: tokio::sync::Mutex<()>,
-    last: Mutex<RetentionStatus>,
+    /// Shared with the run in progress, which records each disk as it finishes.
+    last: Arc<Mutex<RetentionStatus>>,
     scratch_dir: PathBuf,
 }
 
 impl Retention {
-    pub fn new(scratch_dir: PathBuf) -> Self {
-        Self {
+    /// `nice`: `retention.nice` as ferryd started (a change takes effect at the next start).
+    pub fn new(scratch_dir: PathBuf, nice: u32) -> std::io::Result<Self> {
+        let nice = i32::try_from(nice).unwrap_or(NICE_MAX).min(NICE_MAX);
+        Ok(Self {
             vault: OnceLock::new(),
+            runtime: NicedRuntime::start("ferry-retention", Some(1), Lowered::AtLeast(nice))?,
             running: tokio::sync::Mutex::new(()),
-            last: Mutex::new(RetentionStatus::default()),
+            last: Arc::new(Mutex::new(RetentionStatus::default())),
             scratch_dir,
-        }
+        })
     }
 
     /// What the last run found (for status, metrics and alerts).
@@ -86,14 +99,24 @@ impl Retention {
             scratch_dir: self.scratch_dir.clone(),
         };
         let started = std::time::Instant::now();
-        let result = consolidate_all(storage.clone(), keyring, &config.retention, &options, request.disk).await;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.runs += 1;
-        match &result {
-            Ok(summaries) => {
-                for summary in summaries.iter().filter(|s| !s.dry_run) {
+        let task = {
+            let (storage, keyring, retention, options, only, last) = (
+                storage.clone(),
+                keyring.clone(),
+                config.retention.clone(),
+                options.clone(),
+                request.disk,
+                self.last.clone(),
+            );
+            // Each disk shows in status as soon as it is done (a run over many disks is long).
+            let progress = move |summary: &DiskSummary, done: usize, total: usize| {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                (last.run_disks_done, last.run_disks_total) = (done as u64, total as u64);
+                if !summary.dry_run {
                     tracing::info!(
                         disk = %summary.disk_id,
+                        done,
+                        total,
                         base_seq = ?summary.base_seq,
                         kept = summary.points_kept,
                         dropped = summary.points_dropped,
@@ -105,6 +128,22 @@ impl Retention {
                     );
                     record(&mut last, summary);
                 }
+            };
+            self.runtime
+                .handle()
+                .spawn(async move { consolidate_all(storage, &keyring, &retention, &options, only, progress).await })
+        };
+        // A run whose caller goes away (ferryd stopping) stops too; the next run finishes it.
+        let _stop_with_caller = AbortOnDrop(task.abort_handle());
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the consolidation task failed: {e}")),
+        };
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.runs += 1;
+        (last.run_disks_done, last.run_disks_total) = (0, 0);
+        match &result {
+            Ok(summaries) => {
                 last.last_error = summaries
                     .iter()
                     .find_map(|s| s.error.as_ref().map(|e| format!("disk {}: {e}", s.disk_id)));
@@ -119,6 +158,15 @@ impl Retention {
             last.failures += 1;
         }
         result
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`log`]: a disk's change sets, the chain that covers a range of seqs, replaying it.
 //! - [`base`]: base images: reading one into an image, writing a new one.
 //! - [`image`]: image files (records in place, zeros as holes).
+//! - [`points`]: a disk's recovery points, and choosing one (latest, app, by id, seq, time).
 //! - [`restore`]: a disk image at a seq, from its newest base and the log after it.
 //! - [`sealed`]: sealed JSON objects read, written and looked for in one way.
 //! - [`retention`]: which recovery points a consolidation keeps (the `[retention]` policy).
@@ -13,6 +14,7 @@ pub mod base;
 pub mod disks;
 pub mod image;
 pub mod log;
+pub mod points;
 pub mod restore;
 pub mod retention;
 pub mod sealed;

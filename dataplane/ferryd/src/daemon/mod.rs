@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::cache::{Cache, CacheOptions};
+use crate::niced_runtime::{Lowered, NicedRuntime, INGEST_NICE_OFFSET};
 use crate::pipeline::ConnectError;
-use crate::server::{control, ingest_runtime, metrics, serve, tls, AppState, Endpoint};
+use crate::server::{control, metrics, serve, tls, AppState, Endpoint};
 
 /// Longest the first look at the target may delay start.
 pub const FIRST_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -110,7 +111,10 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     // the configured retry policy.
     drop(first_try);
     let tuning = Arc::new(crate::pipeline::tuning::Tuning::new(&config.pipeline));
-    let retention = Arc::new(crate::retention::Retention::new(layout.retention_scratch_dir()));
+    let retention = Arc::new(
+        crate::retention::Retention::new(layout.retention_scratch_dir(), config.retention.nice)
+            .context("cannot start the consolidation runtime")?,
+    );
     tokio::spawn(target::start_pipeline(
         target,
         config.clone(),
@@ -148,9 +152,10 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     tracing::info!(data = %data_listener.local_addr()?, management = %management_listener.local_addr()?, "ferryd is serving");
 
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-    // The data endpoint runs on its own, lower-weight runtime (see ingest_runtime); its
+    // The data endpoint runs on its own, lower-weight runtime (see niced_runtime); its
     // listener moves there so its connections are driven by that runtime's threads.
-    let ingest = ingest_runtime::IngestRuntime::start().context("cannot start the ingest runtime")?;
+    let ingest = NicedRuntime::start("ferry-ingest", None, Lowered::By(INGEST_NICE_OFFSET))
+        .context("cannot start the ingest runtime")?;
     let data_listener = data_listener.into_std()?;
     let data_loop = {
         let (tls, state, graceful, stopped) = (tls.clone(), state.clone(), graceful.clone(), stopped.clone());

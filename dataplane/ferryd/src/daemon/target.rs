@@ -126,6 +126,15 @@ pub(super) async fn start_pipeline(
     };
     status.set_target_error(None);
     tracing::info!(target = %storage.describe(), workers = tuning.workers(), "upload pipeline running");
-    let _ = retention.vault.set((storage.clone(), keyring.clone()));
+    // Consolidation gets a client of its own (crate::retention says why); should the second
+    // connection fail where the first just worked, it shares the pipeline's.
+    let for_retention = match connect(&target, config.storage_retry, &key).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            tracing::warn!(error = %e, "consolidation shares the pipeline's storage client");
+            (storage.clone(), keyring.clone())
+        }
+    };
+    let _ = retention.vault.set(for_retention);
     crate::pipeline::start(cache, storage, keyring, tuning, status, stopped);
 }

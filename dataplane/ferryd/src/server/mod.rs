@@ -7,7 +7,6 @@
 pub mod control;
 pub mod data;
 pub mod http;
-pub mod ingest_runtime;
 pub mod metrics;
 pub mod register;
 pub mod tls;

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use ferry_config::retention::{DiskPolicy, WINDOW_MAX};
 use ferry_format::batch::DiskGeometry;
 use ferry_format::names::ObjectName;
-use ferry_format::plaintexts::{DiskDescriptor, PrunedPoint, RecoveryPoint, PLAINTEXT_FORMAT};
+use ferry_format::plaintexts::{DiskDescriptor, PrunedPoint, PLAINTEXT_FORMAT};
 use ferry_format::{Keyring, ObjectKey};
 use ferry_storage::{list_all, ObjectStorage, StorageError};
 use futures::{StreamExt, TryStreamExt};
@@ -87,7 +87,8 @@ pub struct DiskSummary {
 }
 
 /// Every disk of the vault under `retention` (or only `only`), one after another; a disk that
-/// fails is reported in its summary and the others go on.
+/// fails is reported in its summary and the others go on. `progress` hears of each disk as it
+/// is done: its summary, how many disks are done, and how many there are.
 ///
 /// The future is boxed and declared `Send` here, where its borrows are concrete: left to
 /// inference, rustc cannot prove it `Send` for every lifetime when a caller spawns it.
@@ -97,8 +98,9 @@ pub fn consolidate_all<'a>(
     retention: &'a ferry_config::retention::RetentionConfig,
     options: &'a Options,
     only: Option<Uuid>,
+    progress: impl FnMut(&DiskSummary, usize, usize) + Send + 'a,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<DiskSummary>>> + Send + 'a>> {
-    Box::pin(consolidate_each(storage, keyring, retention, options, only))
+    Box::pin(consolidate_each(storage, keyring, retention, options, only, progress))
 }
 
 async fn consolidate_each(
@@ -107,13 +109,14 @@ async fn consolidate_each(
     retention: &ferry_config::retention::RetentionConfig,
     options: &Options,
     only: Option<Uuid>,
+    mut progress: impl FnMut(&DiskSummary, usize, usize) + Send,
 ) -> Result<Vec<DiskSummary>> {
     let disks = match only {
         Some(disk_id) => vec![disk_id],
         None => crate::disks::ids(&*storage).await?,
     };
     let mut summaries = Vec::with_capacity(disks.len());
-    for disk_id in disks {
+    for &disk_id in &disks {
         let policy = retention.policy_for(disk_id);
         let summary = match consolidate_disk(storage.clone(), keyring, disk_id, &policy, options).await {
             Ok(summary) => summary,
@@ -125,6 +128,7 @@ async fn consolidate_each(
             },
         };
         summaries.push(summary);
+        progress(summaries.last().expect("just pushed"), summaries.len(), disks.len());
     }
     Ok(summaries)
 }
@@ -136,33 +140,6 @@ async fn stored_bytes(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<u64>
         .await
         .context("cannot list the disk's objects")?;
     Ok(objects.iter().map(|o| o.size_bytes).sum())
-}
-
-/// Every recovery point of a disk, read (`parallel` at once), with its object name.
-async fn read_points(
-    storage: &Arc<dyn ObjectStorage>,
-    key: &Arc<ObjectKey>,
-    disk_id: Uuid,
-    parallel: usize,
-) -> Result<Vec<(String, RecoveryPoint)>> {
-    let names: Vec<String> = list_all(&**storage, &ObjectName::disk_prefix(disk_id, "points/"))
-        .await
-        .context("cannot list the recovery points")?
-        .into_iter()
-        .map(|meta| meta.name)
-        .filter(|name| matches!(ObjectName::parse(name), Ok(ObjectName::Point { .. })))
-        .collect();
-    let (storage, key) = (storage.clone(), key.clone());
-    futures::stream::iter(names.into_iter().map(move |name| {
-        let (storage, key) = (storage.clone(), key.clone());
-        async move {
-            let point: RecoveryPoint = crate::sealed::read_json(&*storage, &key, &name).await?;
-            Ok::<_, anyhow::Error>((name, point))
-        }
-    }))
-    .buffer_unordered(parallel.max(1))
-    .try_collect()
-    .await
 }
 
 /// Deletes `names`, `parallel` at once; an object already gone counts as deleted (a repeated
@@ -204,7 +181,7 @@ pub async fn consolidate_disk(
         ..Default::default()
     };
 
-    let points = read_points(&storage, &key, disk_id, parallel).await?;
+    let points = crate::points::read_all(&storage, &key, disk_id, parallel).await?;
     let refs: Vec<PointRef> = points
         .iter()
         .map(|(_, p)| PointRef {

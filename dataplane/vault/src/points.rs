@@ -1,0 +1,154 @@
+//! A disk's recovery points (FORMATS.md section 4): reading them all, and choosing one the way
+//! `ferryctl restore` and `ferryctl failover` are asked to ([`Selector`]).
+
+use anyhow::{bail, Context, Result};
+use ferry_format::names::ObjectName;
+use ferry_format::plaintexts::RecoveryPoint;
+use ferry_format::ObjectKey;
+use ferry_storage::{list_all, ObjectStorage};
+use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Every recovery point of a disk with its object name, read `parallel` at once, by seq.
+pub async fn read_all(
+    storage: &Arc<dyn ObjectStorage>,
+    key: &Arc<ObjectKey>,
+    disk_id: Uuid,
+    parallel: usize,
+) -> Result<Vec<(String, RecoveryPoint)>> {
+    let names: Vec<String> = list_all(&**storage, &ObjectName::disk_prefix(disk_id, "points/"))
+        .await
+        .context("cannot list the recovery points")?
+        .into_iter()
+        .map(|meta| meta.name)
+        .filter(|name| matches!(ObjectName::parse(name), Ok(ObjectName::Point { .. })))
+        .collect();
+    let (storage, key) = (storage.clone(), key.clone());
+    let mut points: Vec<(String, RecoveryPoint)> = futures::stream::iter(names.into_iter().map(move |name| {
+        let (storage, key) = (storage.clone(), key.clone());
+        async move {
+            let point: RecoveryPoint = crate::sealed::read_json(&*storage, &key, &name).await?;
+            Ok::<_, anyhow::Error>((name, point))
+        }
+    }))
+    .buffer_unordered(parallel.max(1))
+    .try_collect()
+    .await?;
+    points.sort_by_key(|(_, point)| point.seq);
+    Ok(points)
+}
+
+/// Which state of a disk is wanted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// The newest recovery point.
+    Latest,
+    /// The newest point of kind `app`.
+    LatestApp,
+    /// The point with this bookmark id.
+    Bookmark(String),
+    /// The state after this batch (a point or not).
+    Seq(u64),
+    /// The newest point whose source time is at or before this (Unix ms).
+    At(u64),
+}
+
+/// What a selector chose: a seq, and the point there when there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chosen {
+    pub seq: u64,
+    pub point: Option<RecoveryPoint>,
+}
+
+/// Chooses from `points` (by seq, as [`read_all`] gives them); the error says why none fits.
+pub fn choose(points: &[RecoveryPoint], selector: &Selector) -> Result<Chosen> {
+    let found = match selector {
+        Selector::Seq(0) => bail!("seqs count from 1"),
+        Selector::Seq(seq) => {
+            return Ok(Chosen {
+                seq: *seq,
+                point: points.iter().find(|p| p.seq == *seq).cloned(),
+            })
+        }
+        Selector::Latest => points.last(),
+        Selector::LatestApp => points.iter().rev().find(|p| p.kind == "app"),
+        Selector::Bookmark(id) => points.iter().rev().find(|p| &p.bookmark_id == id),
+        Selector::At(at) => points
+            .iter()
+            .filter(|p| p.source_time_unix_ms <= *at)
+            .max_by_key(|p| (p.source_time_unix_ms, p.seq)),
+    };
+    match found {
+        Some(point) => Ok(Chosen {
+            seq: point.seq,
+            point: Some(point.clone()),
+        }),
+        None => bail!(match selector {
+            _ if points.is_empty() => "the disk has no recovery point yet".to_string(),
+            Selector::LatestApp => "the disk has no app-consistent recovery point".to_string(),
+            Selector::Bookmark(id) => format!("no recovery point {id}"),
+            Selector::At(at) => format!(
+                "no recovery point at or before {} UTC (the oldest is from {} UTC)",
+                ferry_format::time::format_unix_ms(*at),
+                ferry_format::time::format_unix_ms(points.iter().map(|p| p.source_time_unix_ms).min().unwrap_or(0))
+            ),
+            _ => "no recovery point fits".to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(seq: u64, id: &str, kind: &str, source: u64) -> RecoveryPoint {
+        RecoveryPoint {
+            format: 1,
+            disk_id: Uuid::nil(),
+            seq,
+            bookmark_id: id.into(),
+            kind: kind.into(),
+            tag: None,
+            group_id: None,
+            source_time_unix_ms: source,
+            created_unix_ms: source,
+        }
+    }
+
+    #[test]
+    fn each_selector_chooses_its_point_or_says_why_not() {
+        let points = [
+            point(10, "a", "crash", 1_000),
+            point(20, "b", "app", 2_000),
+            point(30, "c", "crash", 3_000),
+        ];
+        let seq = |s: &Selector| choose(&points, s).map(|c| c.seq).map_err(|e| e.to_string());
+        assert_eq!(seq(&Selector::Latest), Ok(30));
+        assert_eq!(seq(&Selector::LatestApp), Ok(20));
+        assert_eq!(seq(&Selector::Bookmark("a".into())), Ok(10));
+        assert_eq!(seq(&Selector::At(2_500)), Ok(20)); // between two points: the older
+        assert_eq!(seq(&Selector::At(3_000)), Ok(30));
+        assert_eq!(seq(&Selector::Seq(25)), Ok(25));
+        assert_eq!(choose(&points, &Selector::Seq(25)).unwrap().point, None);
+        assert_eq!(
+            choose(&points, &Selector::Seq(20)).unwrap().point.unwrap().bookmark_id,
+            "b"
+        );
+        assert!(seq(&Selector::At(999))
+            .unwrap_err()
+            .contains("no recovery point at or before"));
+        assert!(seq(&Selector::Bookmark("zz".into()))
+            .unwrap_err()
+            .contains("no recovery point zz"));
+        assert!(seq(&Selector::Seq(0)).is_err());
+        assert!(choose(&points[..1], &Selector::LatestApp)
+            .unwrap_err()
+            .to_string()
+            .contains("no app-consistent"));
+        assert!(choose(&[], &Selector::Latest)
+            .unwrap_err()
+            .to_string()
+            .contains("no recovery point yet"));
+    }
+}
