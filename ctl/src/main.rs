@@ -1,7 +1,8 @@
 //! `ferryctl`: Ferry's control-plane CLI.
 //!
 //! Local (offline) commands read the appliance directory or target storage directly and need
-//! no running ferryd: `init`, `vault check`, `points` (and `points pin|unpin`), `restore`;
+//! no running ferryd: `init`, `vault check`, `points` (and `points pin|unpin`), `restore`,
+//! `failover` (and `failover list|cleanup`);
 //! `demo` runs ferryd and an agent end to end in a scratch directory. `status`, `disks`,
 //! `machines`, `tune` and `drain` ask a running ferryd over its control socket; `retention
 //! run|set` ask ferryd when it runs and work on storage (or ferry.toml) directly when it does
@@ -12,7 +13,9 @@ use std::process::ExitCode;
 
 mod control;
 mod demo;
+mod failover;
 mod init;
+mod point_args;
 mod points;
 mod restore;
 mod retention;
@@ -51,6 +54,10 @@ enum Command {
     Points(points::PointsArgs),
     /// Write a disk image at a seq or recovery point (reads storage only; no ferryd needed).
     Restore(restore::RestoreArgs),
+    /// Turn recovery points into disks a machine can boot (fixed VHD or raw files), with test
+    /// failovers that pin their points until `failover cleanup`; `failover list` shows them
+    /// (reads storage only; no ferryd needed).
+    Failover(Box<failover::FailoverArgs>),
     /// Retention: consolidate now (run), or override one disk's policy (set).
     #[command(subcommand)]
     Retention(retention::RetentionCommand),
@@ -91,6 +98,7 @@ fn main() -> ExitCode {
             Command::Points(args) => points::run(args, cli.json).await,
             Command::Restore(args) => restore::run(args, cli.json).await,
             Command::Retention(command) => retention::run(command, cli.json).await,
+            Command::Failover(args) => failover::run(*args, cli.json).await,
             Command::Demo(args) => demo::run(args, cli.json).await,
             Command::Status(args) => control::status(args, cli.json, false).await,
             Command::Disks(args) => control::status(args, cli.json, true).await,

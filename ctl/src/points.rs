@@ -4,13 +4,12 @@
 //! `ferryctl points pin|unpin --disk DISK --point BOOKMARK`: retention never prunes a pinned
 //! point (the pin is an object in storage, so any restore tool sees it).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::RecoveryPoint;
 use ferry_format::plaintexts::{Pin, PLAINTEXT_FORMAT};
 use ferry_format::BookmarkId;
-use ferry_storage::list_all;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -64,31 +63,45 @@ struct ListedPoint {
 
 /// Every recovery point of `disk`, by seq.
 pub async fn read_points(opened: &OpenVault, disk: Uuid) -> Result<Vec<RecoveryPoint>> {
-    let prefix = ObjectName::disk_prefix(disk, "points/");
-    let mut points = Vec::new();
-    for meta in list_all(&*opened.storage, &prefix)
-        .await
-        .context("cannot list the recovery points")?
-    {
-        if ObjectName::parse(&meta.name).is_err() {
-            continue; // not an object of this format
-        }
-        points.push(read_point(opened, disk, &meta.name).await?);
-    }
-    points.sort_by_key(|p| p.seq);
-    Ok(points)
+    let key = std::sync::Arc::new(opened.keyring.disk_key(disk));
+    let points = ferry_vault::points::read_all(&opened.storage, &key, disk, 16).await?;
+    Ok(points.into_iter().map(|(_, point)| point).collect())
 }
 
 /// One recovery point object of `disk`, read, unsealed and parsed.
 pub async fn read_point(opened: &OpenVault, disk: Uuid, name: &str) -> Result<RecoveryPoint> {
-    let sealed = opened
-        .storage
-        .get(name)
-        .await
-        .with_context(|| format!("cannot read {name}"))?;
-    let plain = ferry_format::seal::unseal(&opened.keyring.disk_key(disk), name, &sealed)
-        .with_context(|| format!("object {name} is corrupt"))?;
-    serde_json::from_slice(&plain).with_context(|| format!("object {name} is not a recovery point"))
+    ferry_vault::sealed::read_json(&*opened.storage, &opened.keyring.disk_key(disk), name).await
+}
+
+/// [`ferry_vault::points::choose`], and when a named point is gone, the reason retention
+/// recorded ("pruned by retention" with when), pointing at `ferryctl points`.
+pub async fn choose_or_explain(
+    opened: &OpenVault,
+    disk_id: Uuid,
+    points: &[RecoveryPoint],
+    selector: &ferry_vault::points::Selector,
+) -> Result<ferry_vault::points::Chosen> {
+    match ferry_vault::points::choose(points, selector) {
+        Ok(chosen) => Ok(chosen),
+        Err(e) => {
+            if let ferry_vault::points::Selector::Bookmark(id) = selector {
+                let key = opened.keyring.disk_key(disk_id);
+                let pruned = ferry_vault::retention::records::find_pruned(&*opened.storage, &key, disk_id, id).await?;
+                if let Some(record) = pruned.last() {
+                    bail!(
+                        "recovery point {id} (seq {}, source time {} UTC) was pruned by retention on {} UTC \
+                         (ferryctl points --disk {disk_id} lists the points kept)",
+                        record.seq,
+                        ferry_format::time::format_unix_ms(record.source_time_unix_ms),
+                        ferry_format::time::format_unix_ms(record.pruned_unix_ms)
+                    );
+                }
+            }
+            Err(e.context(format!(
+                "disk {disk_id}: no recovery point fits (ferryctl points --disk {disk_id} lists them)"
+            )))
+        }
+    }
 }
 
 pub use ferry_format::time::format_unix_ms;

@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 use uuid::Uuid;
 
+use crate::point_args::PointArgs;
 use crate::vault_access::{self, OpenVault, VaultArgs};
+use ferry_vault::points::Selector;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -24,15 +26,8 @@ pub struct RestoreArgs {
     /// MACHINE/NAME (machine id prefix and disk name); `ferryctl vault disks` lists them.
     #[arg(long, value_name = "DISK")]
     pub disk: String,
-    /// Restore the state after this batch.
-    #[arg(long, value_name = "N", conflicts_with_all = ["point", "latest"])]
-    pub seq: Option<u64>,
-    /// Restore at this recovery point (bookmark id).
-    #[arg(long, value_name = "BOOKMARK", conflicts_with = "latest")]
-    pub point: Option<String>,
-    /// Restore at the newest recovery point.
-    #[arg(long)]
-    pub latest: bool,
+    #[command(flatten)]
+    pub which: PointArgs,
     /// The image file to write (created; must not exist).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -58,35 +53,14 @@ struct RestoreReport {
 }
 
 async fn target_seq(args: &RestoreArgs, opened: &OpenVault, disk_id: Uuid) -> Result<u64> {
-    if let Some(seq) = args.seq {
-        if seq == 0 {
-            bail!("--seq counts from 1");
-        }
-        return Ok(seq);
+    let selector = args.which.selector()?;
+    if let Selector::Seq(seq) = selector {
+        return Ok(seq); // any seq in storage, a point or not (checked against storage below)
     }
     let points = crate::points::read_points(opened, disk_id).await?;
-    let chosen = match &args.point {
-        Some(id) => points.iter().filter(|p| &p.bookmark_id == id).max_by_key(|p| p.seq),
-        None if args.latest => points.last(),
-        None => bail!("say what to restore: --seq N, --point BOOKMARK or --latest"),
-    };
-    if let Some(point) = chosen {
-        return Ok(point.seq);
-    }
-    if let Some(id) = &args.point {
-        let key = opened.keyring.disk_key(disk_id);
-        let pruned = ferry_vault::retention::records::find_pruned(&*opened.storage, &key, disk_id, id).await?;
-        if let Some(record) = pruned.last() {
-            bail!(
-                "recovery point {id} (seq {}, source time {} UTC) was pruned by retention on {} UTC \
-                 (ferryctl points --disk {disk_id} lists the points kept)",
-                record.seq,
-                ferry_format::time::format_unix_ms(record.source_time_unix_ms),
-                ferry_format::time::format_unix_ms(record.pruned_unix_ms)
-            );
-        }
-    }
-    bail!("disk {disk_id} has no such recovery point (ferryctl points --disk {disk_id} lists them)")
+    crate::points::choose_or_explain(opened, disk_id, &points, &selector)
+        .await
+        .map(|chosen| chosen.seq)
 }
 
 pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {

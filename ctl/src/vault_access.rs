@@ -25,6 +25,8 @@ pub struct VaultArgs {
 }
 
 pub struct OpenVault {
+    /// The target as configured (failover writes page blobs beside the vault's container).
+    pub target: ferry_storage::TargetConfig,
     pub storage: Arc<dyn ObjectStorage>,
     pub keyring: Keyring,
     pub vault: VaultDescriptor,
@@ -61,6 +63,7 @@ pub async fn open(args: &VaultArgs) -> Result<OpenVault> {
     let vault = VaultDescriptor::parse(&bytes)?;
     let keyring = vault.open(&key)?;
     Ok(OpenVault {
+        target,
         storage,
         keyring,
         vault,

@@ -10,6 +10,7 @@
 //! ferry/v1/disks/{disk_id}/pins/{seq:020}-{bookmark_id}.fseal
 //! ferry/v1/disks/{disk_id}/pruned/{pruned_unix_ms:016}-{seq:020}-{bookmark_id}.fseal
 //! ferry/v1/groups/{group_id}/points/{created_unix_ms:016}-{bookmark_id}.fseal
+//! ferry/v1/failovers/{failover_id}.fseal
 //! ```
 //! Parsing is strict: exactly the digit counts above, canonical lowercase UUIDs, valid
 //! bookmark ids, `first_seq <= last_seq`. `parse(name.to_string()) == name` for every name, and
@@ -73,7 +74,14 @@ pub enum ObjectName {
         created_unix_ms: u64,
         bookmark_id: BookmarkId,
     },
+    /// The record of a failover or test failover (sealed with the vault-wide key).
+    Failover {
+        failover_id: Uuid,
+    },
 }
+
+/// The listing prefix of every failover record.
+pub const FAILOVERS_PREFIX: &str = "ferry/v1/failovers/";
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{name:?} is not a Ferry v1 object name: {reason}")]
@@ -93,7 +101,7 @@ impl ObjectName {
             | ObjectName::BaseChunk { disk_id, .. }
             | ObjectName::Pin { disk_id, .. }
             | ObjectName::Pruned { disk_id, .. } => Some(*disk_id),
-            ObjectName::VaultJson | ObjectName::GroupPoint { .. } => None,
+            ObjectName::VaultJson | ObjectName::GroupPoint { .. } | ObjectName::Failover { .. } => None,
         }
     }
 
@@ -194,6 +202,9 @@ impl ObjectName {
                     bookmark_id,
                 })
             }
+            ["failovers", failover] => Ok(ObjectName::Failover {
+                failover_id: uuid(failover).ok_or_else(|| fail("bad failover id"))?,
+            }),
             _ => Err(fail("unknown object kind")),
         }
     }
@@ -244,6 +255,7 @@ impl fmt::Display for ObjectName {
                     "{ROOT}disks/{disk_id}/pruned/{pruned_unix_ms:016}-{seq:020}-{bookmark_id}.fseal"
                 )
             }
+            ObjectName::Failover { failover_id } => write!(f, "{ROOT}failovers/{failover_id}.fseal"),
             ObjectName::GroupPoint {
                 group_id,
                 created_unix_ms,
@@ -326,6 +338,7 @@ mod tests {
                 created_unix_ms: 1_790_000_000_000,
                 bookmark_id: bm,
             },
+            ObjectName::Failover { failover_id: disk() },
         ];
         for name in names {
             let text = name.to_string();

@@ -1,5 +1,5 @@
 //! FORMATS.md section 4: the JSON plaintexts of `disk.fseal`, recovery points, base manifests,
-//! pins and pruned-point records, and splitting a change set (concatenated batches) back
+//! pins, pruned-point records and failover records, and splitting a change set (concatenated batches) back
 //! into its batches.
 
 use bytes::Bytes;
@@ -71,6 +71,41 @@ pub struct PrunedPoint {
     pub kind: String,
     pub source_time_unix_ms: u64,
     pub pruned_unix_ms: u64,
+}
+
+/// `failovers/{failover_id}.fseal`: a failover or test failover, written before its outputs
+/// (`state` "running") and again when they are done ("done"); a test failover's cleanup
+/// deletes it last. Pins it created are listed so cleanup releases those and no others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    pub format: u32,
+    pub failover_id: Uuid,
+    pub test: bool,
+    /// "running" or "done".
+    pub state: String,
+    pub created_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    pub disks: Vec<FailoverDisk>,
+}
+
+/// One disk of a failover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverDisk {
+    pub disk_id: Uuid,
+    pub machine_id: Uuid,
+    pub name: String,
+    pub seq: u64,
+    /// The recovery point used (None: a seq that is not a point).
+    pub point: Option<String>,
+    pub kind: Option<String>,
+    pub source_time_unix_ms: Option<u64>,
+    /// Where it went: a path, a device, or a blob URL (without any signature).
+    pub output: String,
+    /// "vhd", "raw" or "device".
+    pub output_format: String,
+    pub virtual_size_bytes: u64,
+    /// Whether this failover created the pin on `point` (cleanup removes only those).
+    pub pinned_by_failover: bool,
 }
 
 /// The batches of a change set, in order, each as a slice of `change_set` (no copy). Each

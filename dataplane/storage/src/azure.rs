@@ -49,41 +49,7 @@ impl AzureBlob {
             message,
         };
         config.validate().map_err(invalid)?;
-        let timeout = Duration::from_secs(config.request_timeout_secs);
-        let mut options = ClientOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(Duration::from_secs(10));
-        let endpoint = config.account_url();
-        if endpoint.starts_with("http://") {
-            options = options.with_allow_http(true);
-        }
-        let no_retries = RetryConfig {
-            max_retries: 0,
-            retry_timeout: timeout,
-            ..Default::default()
-        };
-        let mut builder = MicrosoftAzureBuilder::new()
-            .with_account(&config.account)
-            .with_container_name(&config.container)
-            .with_endpoint(endpoint)
-            .with_client_options(options)
-            .with_retry(no_retries);
-        builder = match &config.credential {
-            AzureCredentialConfig::SharedKey { account_key } => builder.with_access_key(account_key.expose()),
-            AzureCredentialConfig::Sas { token } => builder.with_sas_authorization(split_sas(token.expose())),
-            AzureCredentialConfig::ManagedIdentity { client_id } => match client_id {
-                Some(id) => builder.with_client_id(id),
-                None => builder,
-            },
-            AzureCredentialConfig::WorkloadIdentity {
-                client_id,
-                tenant_id,
-                federated_token_file,
-            } => builder
-                .with_client_id(client_id)
-                .with_tenant_id(tenant_id)
-                .with_federated_token_file(federated_token_file),
-        };
+        let builder = store_builder(config, &config.container);
         let store = builder.build().map_err(|e| {
             let text = redact(&e.to_string());
             if text.contains("Invalid Access Key") {
@@ -168,6 +134,46 @@ impl AzureBlob {
             name: name.to_string(),
             reason: "not a valid blob path",
         })
+    }
+}
+
+/// `object_store`'s Azure client for `container` of the target's account, with its
+/// credential, timeouts and no retries of its own (see the module header).
+pub(crate) fn store_builder(config: &AzureTargetConfig, container: &str) -> MicrosoftAzureBuilder {
+    let timeout = Duration::from_secs(config.request_timeout_secs);
+    let mut options = ClientOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(Duration::from_secs(10));
+    let endpoint = config.account_url();
+    if endpoint.starts_with("http://") {
+        options = options.with_allow_http(true);
+    }
+    let no_retries = RetryConfig {
+        max_retries: 0,
+        retry_timeout: timeout,
+        ..Default::default()
+    };
+    let builder = MicrosoftAzureBuilder::new()
+        .with_account(&config.account)
+        .with_container_name(container)
+        .with_endpoint(endpoint)
+        .with_client_options(options)
+        .with_retry(no_retries);
+    match &config.credential {
+        AzureCredentialConfig::SharedKey { account_key } => builder.with_access_key(account_key.expose()),
+        AzureCredentialConfig::Sas { token } => builder.with_sas_authorization(split_sas(token.expose())),
+        AzureCredentialConfig::ManagedIdentity { client_id } => match client_id {
+            Some(id) => builder.with_client_id(id),
+            None => builder,
+        },
+        AzureCredentialConfig::WorkloadIdentity {
+            client_id,
+            tenant_id,
+            federated_token_file,
+        } => builder
+            .with_client_id(client_id)
+            .with_tenant_id(tenant_id)
+            .with_federated_token_file(federated_token_file),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Backends: [`local::LocalDirectory`] (the embedded default: durable temp-write, fsync,
 //! rename, fsync of the directory) and [`azure::AzureBlob`] (block blobs through
-//! `object_store`). Layers with one job each wrap any backend: [`retry::Retrying`] retries
+//! `object_store`); beside the trait, [`page_blob::PageBlob`] writes the page blobs a failover
+//! makes for Azure (through `azure_storage_blob`). Layers with one job each wrap any backend: [`retry::Retrying`] retries
 //! transient errors with exponential backoff and full jitter, bounded in attempts and time;
 //! [`faults::FaultInjecting`] is a test-only wrapper that fails, delays or answers errors on
 //! purpose.
@@ -27,6 +28,7 @@ pub mod faults;
 pub mod group_sync;
 pub mod local;
 pub mod pacing;
+pub mod page_blob;
 pub mod retry;
 
 pub use config::{AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};

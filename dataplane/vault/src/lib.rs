@@ -4,17 +4,21 @@
 //! - [`disks`]: the disks of a vault.
 //! - [`log`]: a disk's change sets, the chain that covers a range of seqs, replaying it.
 //! - [`base`]: base images: reading one into an image, writing a new one.
+//! - [`failover`]: failover outputs (fixed VHD or raw files) and the failover records.
 //! - [`image`]: image files (records in place, zeros as holes).
 //! - [`points`]: a disk's recovery points, and choosing one (latest, app, by id, seq, time).
 //! - [`restore`]: a disk image at a seq, from its newest base and the log after it.
+//! - [`vhd`]: the fixed VHD footer (failover outputs Azure and hypervisors boot).
 //! - [`sealed`]: sealed JSON objects read, written and looked for in one way.
 //! - [`retention`]: which recovery points a consolidation keeps (the `[retention]` policy).
 
 pub mod base;
 pub mod disks;
+pub mod failover;
 pub mod image;
 pub mod log;
 pub mod points;
 pub mod restore;
 pub mod retention;
 pub mod sealed;
+pub mod vhd;

@@ -5,6 +5,7 @@ mod bandwidth;
 mod control;
 mod ctl_init;
 mod early_answers;
+mod failover;
 mod ingest;
 mod perf;
 mod pipeline;

@@ -1,0 +1,636 @@
+//! `ferryctl failover`: recovery points turned into disks a machine can boot, from storage and
+//! the vault key alone (like `restore`: the site may be gone), and the failover records that
+//! `failover list` shows and `failover cleanup` undoes for a test failover.
+//!
+//! A run: resolve the disks (`--disk`, repeatable, or every disk of `--machine`), choose each
+//! disk's point with the same flags as `restore`, then, for a test failover, pin those points
+//! (retention keeps them while the test runs); write the record (`running`), write each disk
+//! (`--to-dir DIR`: `DIR/{failover_id}/{disk_id}.vhd`, a fixed VHD, or `.raw`), and rewrite the
+//! record `done`; `--to-device DEV` writes the one disk named onto a block device instead
+//! (checked first: size, not mounted, held exclusively). A failure leaves the record `failed` with what was written, so cleanup can
+//! remove it. Disks are written one after another, each with `--parallel` downloads ahead.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use ferry_format::names::ObjectName;
+use ferry_format::plaintexts::{FailoverDisk, FailoverRecord, Pin, PLAINTEXT_FORMAT};
+use ferry_format::BookmarkId;
+use ferry_vault::failover::FileFormat;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::point_args::PointArgs;
+use crate::vault_access::{self, OpenVault, VaultArgs};
+use crate::vault_disks::short;
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct FailoverArgs {
+    #[command(subcommand)]
+    pub action: Option<FailoverAction>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FailoverAction {
+    /// The failovers and test failovers recorded in the vault.
+    List(VaultArgs),
+    /// Delete a test failover's outputs, release the pins it made, and forget it.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    /// The failover id (`ferryctl failover list` shows them).
+    #[arg(value_name = "ID")]
+    pub failover_id: Uuid,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Where the disks go: one of these.
+#[derive(Args, Debug)]
+#[group(id = "destination", required = true, multiple = false)]
+pub struct Destination {
+    /// Write the disks as files under DIR/{failover id}/.
+    #[arg(long, value_name = "DIR")]
+    pub to_dir: Option<PathBuf>,
+    /// Write the (one) disk onto this block device: refused when it is smaller than the disk,
+    /// mounted or in use; everything past the disk's size is left as it was.
+    #[arg(long, value_name = "DEVICE")]
+    pub to_device: Option<PathBuf>,
+    /// Write the disks as fixed-VHD page blobs into this container of the target's Azure
+    /// account (created when missing and the credential allows).
+    #[arg(long, value_name = "NAME")]
+    pub to_azure_container: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// A fixed VHD (what Azure makes a managed disk from).
+    Vhd,
+    /// The disk's bytes only.
+    Raw,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A disk to fail over (repeatable): its id, a unique prefix, or MACHINE/NAME.
+    #[arg(long = "disk", value_name = "DISK")]
+    pub disks: Vec<String>,
+    /// Every disk of this machine (its id or a unique prefix of it).
+    #[arg(long, value_name = "MACHINE")]
+    pub machine: Option<String>,
+    #[command(flatten)]
+    pub which: PointArgs,
+    #[command(flatten)]
+    pub to: Destination,
+    /// The files' format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Vhd)]
+    pub format: FormatArg,
+    /// A test failover: replication goes on, the points used are pinned until
+    /// `ferryctl failover cleanup ID`.
+    #[arg(long)]
+    pub test: bool,
+    /// Objects downloaded ahead (and page writes in flight) at most, per disk.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// Where a disk going to Azure is put together first (sparse: as large as its data).
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// The report of a run (`--json`), also what `failover list --json` gives per failover.
+#[derive(Serialize)]
+struct Report {
+    failover_id: Uuid,
+    test: bool,
+    state: String,
+    disks: Vec<ReportDisk>,
+}
+
+#[derive(Serialize)]
+struct ReportDisk {
+    disk_id: Uuid,
+    name: String,
+    seq: u64,
+    point: Option<String>,
+    kind: Option<String>,
+    source_time_unix_ms: Option<u64>,
+    output: String,
+    virtual_size_bytes: u64,
+}
+
+impl Report {
+    fn of(record: &FailoverRecord) -> Self {
+        Report {
+            failover_id: record.failover_id,
+            test: record.test,
+            state: record.state.clone(),
+            disks: record
+                .disks
+                .iter()
+                .map(|d| ReportDisk {
+                    disk_id: d.disk_id,
+                    name: d.name.clone(),
+                    seq: d.seq,
+                    point: d.point.clone(),
+                    kind: d.kind.clone(),
+                    source_time_unix_ms: d.source_time_unix_ms,
+                    output: d.output.clone(),
+                    virtual_size_bytes: d.virtual_size_bytes,
+                })
+                .collect(),
+        }
+    }
+}
+
+pub async fn run(args: FailoverArgs, json: bool) -> Result<()> {
+    match args.action {
+        Some(FailoverAction::List(vault)) => list(vault, json).await,
+        Some(FailoverAction::Cleanup(cleanup_args)) => cleanup(cleanup_args, json).await,
+        None => fail_over(args.run, json).await,
+    }
+}
+
+/// The disks `--disk` and `--machine` name, each once, in the order given.
+async fn disks_named(opened: &OpenVault, args: &RunArgs) -> Result<Vec<Uuid>> {
+    let mut disks = Vec::new();
+    for selector in &args.disks {
+        disks.push(crate::vault_disks::resolve(opened, selector).await?);
+    }
+    if let Some(machine) = &args.machine {
+        let prefix = machine.trim().to_ascii_lowercase();
+        if prefix.is_empty() {
+            bail!("--machine is empty: give a machine id or a unique prefix of one");
+        }
+        let all = crate::vault_disks::list(opened, false).await?;
+        let mut machines: Vec<Uuid> = all
+            .iter()
+            .map(|d| d.machine_id)
+            .filter(|m| m.to_string().starts_with(&prefix))
+            .collect();
+        machines.dedup();
+        match machines.as_slice() {
+            [] => bail!("no machine in this vault matches {machine:?} (ferryctl vault disks lists them)"),
+            [one] => disks.extend(all.iter().filter(|d| d.machine_id == *one).map(|d| d.disk_id)),
+            many => bail!(
+                "{machine:?} is the start of {} machine ids; give more of it",
+                many.len()
+            ),
+        }
+    }
+    if disks.is_empty() {
+        bail!("say what to fail over: --disk DISK (repeatable) or --machine MACHINE");
+    }
+    let mut seen = std::collections::HashSet::new();
+    disks.retain(|d| seen.insert(*d));
+    Ok(disks)
+}
+
+/// One disk's plan: its descriptor, the seq and point chosen, where it goes.
+struct Planned {
+    descriptor: ferry_format::plaintexts::DiskDescriptor,
+    chosen: ferry_vault::points::Chosen,
+    output: PathBuf,
+}
+
+async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
+    let started = Instant::now();
+    let opened = vault_access::open(&args.vault).await?;
+    let disks = disks_named(&opened, &args).await?;
+    let selector = args.which.selector()?;
+    let format = match args.format {
+        FormatArg::Vhd => FileFormat::Vhd,
+        FormatArg::Raw => FileFormat::Raw,
+    };
+    let failover_id = Uuid::new_v4();
+    if args.to.to_device.is_some() && disks.len() != 1 {
+        bail!(
+            "--to-device takes one disk; {} were named (use --disk once)",
+            disks.len()
+        );
+    }
+    let out_dir = args.to.to_dir.as_ref().map(|dir| dir.join(failover_id.to_string()));
+    let azure = match &args.to.to_azure_container {
+        Some(container) => Some((azure_target(&opened, container).await?, container.clone())),
+        None => None,
+    };
+
+    // Choose every disk's point before writing anything: a disk without a fitting point stops
+    // the failover before it starts.
+    let mut planned: Vec<Planned> = Vec::with_capacity(disks.len());
+    for disk_id in disks {
+        let descriptor = crate::vault_disks::read_descriptor(&opened, disk_id).await?;
+        let points = crate::points::read_points(&opened, disk_id).await?;
+        let chosen = crate::points::choose_or_explain(&opened, disk_id, &points, &selector).await?;
+        let output = match (&out_dir, &args.to.to_device, &azure) {
+            (Some(dir), _, _) => dir.join(format!("{disk_id}.{}", format.as_str())),
+            (None, Some(device), _) => device.clone(),
+            (None, None, Some(_)) => PathBuf::from(blob_name(failover_id, disk_id)),
+            (None, None, None) => bail!(NO_DESTINATION),
+        };
+        planned.push(Planned {
+            descriptor,
+            chosen,
+            output,
+        });
+    }
+    // A device is checked (and held, exclusively) before anything is recorded.
+    let device = match &args.to.to_device {
+        Some(path) => Some(ferry_vault::failover::open_device(
+            path,
+            planned[0].descriptor.size_bytes,
+        )?),
+        None => None,
+    };
+    if let Some(dir) = &out_dir {
+        let parent = dir.parent().unwrap_or(dir);
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // Page blobs are opened (URLs signed) before anything is recorded; each gets its URL.
+    let mut blobs = Vec::new();
+    if let Some((config, container)) = &azure {
+        for plan in &mut planned {
+            let name = plan.output.display().to_string();
+            let blob = ferry_storage::page_blob::PageBlob::open(config, container, &name)
+                .await
+                .with_context(|| format!("cannot reach the container {container}"))?;
+            plan.output = PathBuf::from(blob.url());
+            blobs.push(blob);
+        }
+    }
+    let (output_format, where_to) = match (&device, &out_dir, &azure) {
+        (Some(_), _, _) => ("device", planned[0].output.display().to_string()),
+        (None, Some(dir), _) => (format.as_str(), dir.display().to_string()),
+        (None, None, Some((config, container))) => ("vhd", format!("{}/{container}", config.account_url())),
+        (None, None, None) => bail!(NO_DESTINATION),
+    };
+
+    let now = ferry_client::clock::now_unix_ms();
+    let mut record = FailoverRecord {
+        format: PLAINTEXT_FORMAT,
+        failover_id,
+        test: args.test,
+        state: "running".into(),
+        created_unix_ms: now,
+        finished_unix_ms: None,
+        disks: Vec::with_capacity(planned.len()),
+    };
+    for plan in &planned {
+        let pinned_by_failover = match (&plan.chosen.point, args.test) {
+            (Some(point), true) => pin_for_test(&opened, point, failover_id).await?,
+            _ => false,
+        };
+        record.disks.push(FailoverDisk {
+            disk_id: plan.descriptor.disk_id,
+            machine_id: plan.descriptor.machine_id,
+            name: plan.descriptor.name.clone(),
+            seq: plan.chosen.seq,
+            point: plan.chosen.point.as_ref().map(|p| p.bookmark_id.clone()),
+            kind: plan.chosen.point.as_ref().map(|p| p.kind.clone()),
+            source_time_unix_ms: plan.chosen.point.as_ref().map(|p| p.source_time_unix_ms),
+            output: plan.output.display().to_string(),
+            output_format: output_format.into(),
+            virtual_size_bytes: match (&device, &azure) {
+                (Some(_), _) => plan.descriptor.size_bytes,
+                (None, Some(_)) => FileFormat::Vhd.virtual_size(plan.descriptor.size_bytes),
+                (None, None) => format.virtual_size(plan.descriptor.size_bytes),
+            },
+            pinned_by_failover,
+        });
+    }
+    ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
+    if !json {
+        eprintln!(
+            "{} {failover_id}: {} disk(s) to {}",
+            if args.test { "test failover" } else { "failover" },
+            planned.len(),
+            where_to
+        );
+    }
+
+    let total = planned.len();
+    for (number, plan) in planned.iter().enumerate() {
+        let disk_id = plan.descriptor.disk_id;
+        let target = plan.chosen.seq;
+        let mut last_report = Instant::now();
+        let progress = |seq| {
+            if !json && last_report.elapsed().as_secs() >= 1 {
+                eprintln!(
+                    "disk {}/{total} {}: seq {seq} of {target} ({}%)",
+                    number + 1,
+                    short(&disk_id),
+                    seq * 100 / target.max(1)
+                );
+                last_report = Instant::now();
+            }
+        };
+        let (storage, key) = (opened.storage.clone(), Arc::new(opened.keyring.disk_key(disk_id)));
+        let parallel = args.parallel as usize;
+        let scratch_dir = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let written = match (&device, blobs.get(number)) {
+            (None, Some(blob)) => ferry_vault::failover::write_page_blob(
+                storage,
+                key,
+                &plan.descriptor,
+                target,
+                blob,
+                &scratch_dir,
+                parallel,
+                ferry_client::clock::now_unix_ms(),
+                progress,
+            )
+            .await
+            .map(|_| ()),
+            (Some(device), _) => ferry_vault::failover::write_device(
+                storage,
+                key,
+                &plan.descriptor,
+                target,
+                device,
+                &plan.output,
+                parallel,
+                progress,
+            )
+            .await
+            .map(|_| ()),
+            (None, None) => ferry_vault::failover::write_file(
+                storage,
+                key,
+                &plan.descriptor,
+                target,
+                &plan.output,
+                format,
+                parallel,
+                ferry_client::clock::now_unix_ms(),
+                progress,
+            )
+            .await
+            .map(|_| ()),
+        };
+        if let Err(e) = written {
+            record.state = "failed".into();
+            record.finished_unix_ms = Some(ferry_client::clock::now_unix_ms());
+            let recorded = ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await;
+            let cleanup = if args.test {
+                format!("; ferryctl failover cleanup {failover_id} removes what it wrote and its pins")
+            } else {
+                String::new()
+            };
+            if let Err(record_error) = recorded {
+                eprintln!("warning: the failover record could not be updated: {record_error:#}");
+            }
+            return Err(e.context(format!("failover {failover_id}: disk {disk_id} failed{cleanup}")));
+        }
+        if !json {
+            eprintln!("disk {}/{total} {}: done", number + 1, short(&disk_id));
+        }
+    }
+    record.state = "done".into();
+    record.finished_unix_ms = Some(ferry_client::clock::now_unix_ms());
+    ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
+
+    if json {
+        println!("{}", serde_json::to_string_pretty(&Report::of(&record))?);
+    } else {
+        print!("{}", render_done(&record, started.elapsed().as_secs_f64()));
+    }
+    Ok(())
+}
+
+const NO_DESTINATION: &str = "say where the disks go: --to-dir DIR, --to-device DEVICE or --to-azure-container NAME";
+
+/// The blob a disk of a failover goes to.
+fn blob_name(failover_id: Uuid, disk_id: Uuid) -> String {
+    format!("ferry-failover-{failover_id}/{disk_id}.vhd")
+}
+
+fn is_blob(output: &str) -> bool {
+    output.starts_with("https://") || output.starts_with("http://")
+}
+
+/// Deletes the page blob at `url` (in a container of the target's account).
+async fn delete_blob(opened: &OpenVault, url: &str) -> Result<()> {
+    let ferry_storage::TargetConfig::Azure(config) = &opened.target else {
+        bail!("{url} is a blob: clean this failover up with the Azure target's --config or --azure-* flags");
+    };
+    let Some((container, name)) = url
+        .strip_prefix(&format!("{}/", config.account_url()))
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        bail!("{url} is not in the target's account {}", config.account_url());
+    };
+    let mut config = config.clone();
+    config.container = container.to_string();
+    let blob = ferry_storage::page_blob::PageBlob::open(&config, container, name).await?;
+    blob.delete().await.with_context(|| format!("cannot delete {url}"))
+}
+
+/// The target's Azure settings, for page blobs in `container` of its account; the container
+/// is created when missing (with a shared key or SAS credential).
+async fn azure_target(opened: &OpenVault, container: &str) -> Result<ferry_storage::AzureTargetConfig> {
+    let ferry_storage::TargetConfig::Azure(config) = &opened.target else {
+        bail!("--to-azure-container needs an Azure target: --config of an appliance on Azure, or the --azure-* flags");
+    };
+    let mut config = config.clone();
+    config.container = container.to_string();
+    config.create_container = matches!(
+        config.credential,
+        ferry_storage::AzureCredentialConfig::SharedKey { .. } | ferry_storage::AzureCredentialConfig::Sas { .. }
+    );
+    ferry_storage::azure::AzureBlob::connect(&config)
+        .await
+        .with_context(|| format!("cannot use the container {container}"))?;
+    Ok(config)
+}
+
+/// Pins `point` for a test failover; false when it was pinned already (by a user or another
+/// test), so this failover's cleanup leaves that pin alone.
+async fn pin_for_test(
+    opened: &OpenVault,
+    point: &ferry_format::plaintexts::RecoveryPoint,
+    failover_id: Uuid,
+) -> Result<bool> {
+    let bookmark_id = BookmarkId::new(&point.bookmark_id).map_err(anyhow::Error::msg)?;
+    let name = ObjectName::Pin {
+        disk_id: point.disk_id,
+        seq: point.seq,
+        bookmark_id,
+    }
+    .to_string();
+    if ferry_vault::sealed::exists(&*opened.storage, &name).await? {
+        return Ok(false);
+    }
+    let pin = Pin {
+        format: PLAINTEXT_FORMAT,
+        disk_id: point.disk_id,
+        seq: point.seq,
+        bookmark_id: point.bookmark_id.clone(),
+        reason: Some(format!("test failover {failover_id}")),
+        pinned_unix_ms: ferry_client::clock::now_unix_ms(),
+    };
+    let key = opened.keyring.disk_key(point.disk_id);
+    ferry_vault::retention::records::pin(&*opened.storage, &key, &pin).await?;
+    Ok(true)
+}
+
+fn render_done(record: &FailoverRecord, seconds: f64) -> String {
+    let now = ferry_client::clock::now_unix_ms();
+    let mut out = format!(
+        "{} {} done in {seconds:.1} s:\n",
+        if record.test { "Test failover" } else { "Failover" },
+        record.failover_id
+    );
+    for disk in &record.disks {
+        let point = match (&disk.point, disk.source_time_unix_ms) {
+            (Some(point), Some(time)) => format!(
+                "point {point} ({}, source time {} UTC, RPO {} s)",
+                disk.kind.as_deref().unwrap_or("?"),
+                ferry_format::time::format_unix_ms(time),
+                now.saturating_sub(time) / 1000
+            ),
+            _ => format!("seq {} (not a recovery point)", disk.seq),
+        };
+        out.push_str(&format!(
+            "  {} ({}/{}): {point}\n    -> {} ({}, {} bytes)\n",
+            disk.disk_id,
+            short(&disk.machine_id),
+            disk.name,
+            disk.output,
+            disk.output_format,
+            disk.virtual_size_bytes
+        ));
+        if is_blob(&disk.output) {
+            out.push_str(&format!(
+                "    az disk create --resource-group <group> --name {} --source {}\n",
+                disk.name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"),
+                disk.output
+            ));
+        }
+    }
+    if record.test {
+        out.push_str(&format!(
+            "Replication goes on; the points used stay pinned until `ferryctl failover cleanup {}`.\n",
+            record.failover_id
+        ));
+    }
+    out
+}
+
+async fn list(vault: VaultArgs, json: bool) -> Result<()> {
+    let opened = vault_access::open(&vault).await?;
+    let records = ferry_vault::failover::list_records(&*opened.storage, &opened.keyring).await?;
+    if json {
+        let reports: Vec<Report> = records.iter().map(Report::of).collect();
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("No failovers recorded in this vault.");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<5}  {:<8}  {:<24}  DISKS",
+        "FAILOVER", "TEST", "STATE", "STARTED (UTC)"
+    );
+    for record in &records {
+        println!(
+            "{:<36}  {:<5}  {:<8}  {:<24}  {}",
+            record.failover_id,
+            if record.test { "yes" } else { "no" },
+            record.state,
+            ferry_format::time::format_unix_ms(record.created_unix_ms),
+            record
+                .disks
+                .iter()
+                .map(|d| format!(
+                    "{}@{} -> {}",
+                    short(&d.disk_id),
+                    d.point.as_deref().unwrap_or("seq"),
+                    d.output
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CleanupReport {
+    failover_id: Uuid,
+    outputs_removed: Vec<String>,
+    outputs_already_gone: Vec<String>,
+    pins_released: usize,
+}
+
+async fn cleanup(args: CleanupArgs, json: bool) -> Result<()> {
+    let opened = vault_access::open(&args.vault).await?;
+    let id = args.failover_id;
+    let record = ferry_vault::failover::read_record(&*opened.storage, &opened.keyring, id).await?;
+    if !record.test {
+        bail!(
+            "failover {id} is not a test failover: its outputs are the failed-over disks, and cleanup \
+             never deletes those"
+        );
+    }
+    let mut report = CleanupReport {
+        failover_id: id,
+        outputs_removed: Vec::new(),
+        outputs_already_gone: Vec::new(),
+        pins_released: 0,
+    };
+    for disk in &record.disks {
+        let path = Path::new(&disk.output);
+        if disk.output_format == "device" {
+            // A device is not ours to delete; what the test wrote stays on it.
+            report
+                .outputs_already_gone
+                .push(format!("{} (a device: left as it is)", disk.output));
+        } else if is_blob(&disk.output) {
+            delete_blob(&opened, &disk.output).await?;
+            report.outputs_removed.push(disk.output.clone());
+        } else {
+            match std::fs::remove_file(path) {
+                Ok(()) => report.outputs_removed.push(disk.output.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    report.outputs_already_gone.push(disk.output.clone())
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| d.file_name() == Some(id.to_string().as_ref())) {
+            let _ = std::fs::remove_dir(dir); // only when empty: nothing else of ours is there
+        }
+        if let (true, Some(point)) = (disk.pinned_by_failover, &disk.point) {
+            let bookmark_id = BookmarkId::new(point).map_err(anyhow::Error::msg)?;
+            if ferry_vault::retention::records::unpin(&*opened.storage, disk.disk_id, disk.seq, &bookmark_id).await? {
+                report.pins_released += 1;
+            }
+        }
+    }
+    ferry_vault::failover::delete_record(&*opened.storage, id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "Test failover {id} cleaned up: {} output(s) removed{}, {} pin(s) released, record deleted.",
+            report.outputs_removed.len(),
+            if report.outputs_already_gone.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} already gone)", report.outputs_already_gone.len())
+            },
+            report.pins_released
+        );
+    }
+    Ok(())
+}
