@@ -26,6 +26,15 @@ impl ApplianceArg {
     }
 }
 
+/// The control client of the ferryd running on appliance `config`, if one runs there.
+pub fn running_ferryd(config: Option<&PathBuf>) -> anyhow::Result<Option<ControlClient>> {
+    let Some(dir) = config else { return Ok(None) };
+    let layout = ApplianceLayout::new(dir);
+    let appliance = ApplianceConfig::load(&layout.config_file())?;
+    let client = ControlClient::new(&layout.resolve(&appliance.server.control_socket));
+    Ok(client.answers().then_some(client))
+}
+
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[command(flatten)]

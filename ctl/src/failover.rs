@@ -53,7 +53,7 @@ pub struct CleanupArgs {
 }
 
 /// Where the disks go: one of these.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 #[group(id = "destination", required = true, multiple = false)]
 pub struct Destination {
     /// Write the disks as files under DIR/{failover id}/.
@@ -77,14 +77,14 @@ pub enum FormatArg {
     Raw,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// A disk to fail over (repeatable): its id, a unique prefix, or MACHINE/NAME.
     #[arg(long = "disk", value_name = "DISK")]
     pub disks: Vec<String>,
-    /// Every disk of this machine (its id or a unique prefix of it).
-    #[arg(long, value_name = "MACHINE")]
-    pub machine: Option<String>,
+    /// Every disk of this machine (its id or a unique prefix of it; repeatable).
+    #[arg(long = "machine", value_name = "MACHINE")]
+    pub machines: Vec<String>,
     #[command(flatten)]
     pub which: PointArgs,
     #[command(flatten)]
@@ -99,6 +99,9 @@ pub struct RunArgs {
     /// Objects downloaded ahead (and page writes in flight) at most, per disk.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
+    /// With --latest and a running ferryd: how long to wait for its cache to be uploaded.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub latest_wait: u64,
     /// Where a disk going to Azure is put together first (sparse: as large as its data).
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
@@ -108,7 +111,7 @@ pub struct RunArgs {
 
 /// The report of a run (`--json`), also what `failover list --json` gives per failover.
 #[derive(Serialize)]
-struct Report {
+pub struct Report {
     failover_id: Uuid,
     test: bool,
     state: String,
@@ -116,7 +119,7 @@ struct Report {
 }
 
 #[derive(Serialize)]
-struct ReportDisk {
+pub struct ReportDisk {
     disk_id: Uuid,
     name: String,
     seq: u64,
@@ -128,7 +131,7 @@ struct ReportDisk {
 }
 
 impl Report {
-    fn of(record: &FailoverRecord) -> Self {
+    pub fn of(record: &FailoverRecord) -> Self {
         Report {
             failover_id: record.failover_id,
             test: record.test,
@@ -165,7 +168,7 @@ async fn disks_named(opened: &OpenVault, args: &RunArgs) -> Result<Vec<Uuid>> {
     for selector in &args.disks {
         disks.push(crate::vault_disks::resolve(opened, selector).await?);
     }
-    if let Some(machine) = &args.machine {
+    for machine in &args.machines {
         let prefix = machine.trim().to_ascii_lowercase();
         if prefix.is_empty() {
             bail!("--machine is empty: give a machine id or a unique prefix of one");
@@ -204,13 +207,24 @@ struct Planned {
 async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
     let started = Instant::now();
     let opened = vault_access::open(&args.vault).await?;
-    let disks = disks_named(&opened, &args).await?;
+    let record = execute(&opened, &args, Uuid::new_v4(), json).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&Report::of(&record))?);
+    } else {
+        print!("{}", render_done(&record, started.elapsed().as_secs_f64()));
+    }
+    Ok(())
+}
+
+/// One failover as `args` says, under `failover_id`: the disks named, their points chosen,
+/// pinned when a test, recorded, written, recorded done. Progress on stderr unless `json`.
+pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json: bool) -> Result<FailoverRecord> {
+    let disks = disks_named(opened, args).await?;
     let selector = args.which.selector()?;
     let format = match args.format {
         FormatArg::Vhd => FileFormat::Vhd,
         FormatArg::Raw => FileFormat::Raw,
     };
-    let failover_id = Uuid::new_v4();
     if args.to.to_device.is_some() && disks.len() != 1 {
         bail!(
             "--to-device takes one disk; {} were named (use --disk once)",
@@ -219,17 +233,20 @@ async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
     }
     let out_dir = args.to.to_dir.as_ref().map(|dir| dir.join(failover_id.to_string()));
     let azure = match &args.to.to_azure_container {
-        Some(container) => Some((azure_target(&opened, container).await?, container.clone())),
+        Some(container) => Some((azure_target(opened, container).await?, container.clone())),
         None => None,
     };
 
+    if args.which.latest {
+        wait_for_uploads(args, &disks).await?;
+    }
     // Choose every disk's point before writing anything: a disk without a fitting point stops
     // the failover before it starts.
     let mut planned: Vec<Planned> = Vec::with_capacity(disks.len());
     for disk_id in disks {
-        let descriptor = crate::vault_disks::read_descriptor(&opened, disk_id).await?;
-        let points = crate::points::read_points(&opened, disk_id).await?;
-        let chosen = crate::points::choose_or_explain(&opened, disk_id, &points, &selector).await?;
+        let descriptor = crate::vault_disks::read_descriptor(opened, disk_id).await?;
+        let points = crate::points::read_points(opened, disk_id).await?;
+        let chosen = crate::points::choose_or_explain(opened, disk_id, &points, &selector).await?;
         let output = match (&out_dir, &args.to.to_device, &azure) {
             (Some(dir), _, _) => dir.join(format!("{disk_id}.{}", format.as_str())),
             (None, Some(device), _) => device.clone(),
@@ -286,7 +303,7 @@ async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
     };
     for plan in &planned {
         let pinned_by_failover = match (&plan.chosen.point, args.test) {
-            (Some(point), true) => pin_for_test(&opened, point, failover_id).await?,
+            (Some(point), true) => pin_for_test(opened, point, failover_id).await?,
             _ => false,
         };
         record.disks.push(FailoverDisk {
@@ -397,13 +414,62 @@ async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
     record.state = "done".into();
     record.finished_unix_ms = Some(ferry_client::clock::now_unix_ms());
     ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
+    Ok(record)
+}
 
-    if json {
-        println!("{}", serde_json::to_string_pretty(&Report::of(&record))?);
-    } else {
-        print!("{}", render_done(&record, started.elapsed().as_secs_f64()));
+/// `--latest` with `--config` naming a running ferryd: waits until each disk's batches that
+/// ferryd holds now (its durable seq) have left its cache (uploaded, and their recovery points
+/// written), so the newest point is as new as the appliance can make it (lowest RPO). Without a running ferryd there is nothing to wait for.
+async fn wait_for_uploads(args: &RunArgs, disks: &[Uuid]) -> Result<()> {
+    let Some(client) = crate::control::running_ferryd(args.vault.config.as_ref())? else {
+        return Ok(());
+    };
+    let status = client.status().await.context("ferryd's status")?;
+    let goals: Vec<(Uuid, u64)> = disks
+        .iter()
+        .filter_map(|id| {
+            status
+                .disks
+                .iter()
+                .find(|d| d.disk_id == *id)
+                .map(|d| (*id, d.durable_seq))
+        })
+        .collect();
+    let deadline = Instant::now() + std::time::Duration::from_secs(args.latest_wait);
+    loop {
+        let status = client.status().await.context("ferryd's status")?;
+        let behind: Vec<(Uuid, u64, u64)> = goals
+            .iter()
+            .filter_map(|(id, goal)| {
+                let uploaded = status
+                    .disks
+                    .iter()
+                    .find(|d| d.disk_id == *id)
+                    .map_or(0, |d| d.released_seq);
+                (uploaded < *goal).then_some((*id, uploaded, *goal))
+            })
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "ferryd has not uploaded what it holds for {} within {} s ({}); use --latest-processed \
+                 for the newest point already in storage",
+                behind.iter().map(|(id, _, _)| short(id)).collect::<Vec<_>>().join(", "),
+                args.latest_wait,
+                behind
+                    .iter()
+                    .map(|(id, uploaded, goal)| format!("{}: seq {uploaded} of {goal}", short(id)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        // On stderr also with --json (stdout keeps the report).
+        let (id, uploaded, goal) = behind[0];
+        eprintln!("waiting for ferryd to upload {}: seq {uploaded} of {goal}", short(&id));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    Ok(())
 }
 
 const NO_DESTINATION: &str = "say where the disks go: --to-dir DIR, --to-device DEVICE or --to-azure-container NAME";
@@ -482,7 +548,7 @@ async fn pin_for_test(
     Ok(true)
 }
 
-fn render_done(record: &FailoverRecord, seconds: f64) -> String {
+pub fn render_done(record: &FailoverRecord, seconds: f64) -> String {
     let now = ferry_client::clock::now_unix_ms();
     let mut out = format!(
         "{} {} done in {seconds:.1} s:\n",

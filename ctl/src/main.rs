@@ -15,6 +15,7 @@ mod control;
 mod demo;
 mod failover;
 mod init;
+mod plan;
 mod point_args;
 mod points;
 mod restore;
@@ -58,6 +59,9 @@ enum Command {
     /// failovers that pin their points until `failover cleanup`; `failover list` shows them
     /// (reads storage only; no ferryd needed).
     Failover(Box<failover::FailoverArgs>),
+    /// Recovery plans: fail machines over group by group, with scripts and manual steps.
+    #[command(subcommand)]
+    Plan(plan::PlanCommand),
     /// Retention: consolidate now (run), or override one disk's policy (set).
     #[command(subcommand)]
     Retention(retention::RetentionCommand),
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             Command::Restore(args) => restore::run(args, cli.json).await,
             Command::Retention(command) => retention::run(command, cli.json).await,
             Command::Failover(args) => failover::run(*args, cli.json).await,
+            Command::Plan(command) => plan::run(command, cli.json).await,
             Command::Demo(args) => demo::run(args, cli.json).await,
             Command::Status(args) => control::status(args, cli.json, false).await,
             Command::Disks(args) => control::status(args, cli.json, true).await,

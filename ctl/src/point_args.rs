@@ -8,7 +8,8 @@ use ferry_vault::points::Selector;
 #[derive(Args, Debug, Clone, Default)]
 #[group(id = "which_point", required = true, multiple = false)]
 pub struct PointArgs {
-    /// The newest recovery point in storage.
+    /// The newest recovery point (with `failover --config` naming a running ferryd, after
+    /// waiting until what the disk has cached now is uploaded: the lowest RPO).
     #[arg(long)]
     pub latest: bool,
     /// The newest recovery point already in storage, without waiting for anything cached

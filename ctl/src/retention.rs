@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use ferry_client::control::{ControlClient, Method};
+use ferry_client::control::Method;
 use ferry_config::config::ApplianceConfig;
 use ferry_config::layout::ApplianceLayout;
 use ferry_config::retention::{DiskPolicyOverride, RetentionConfig, Span};
@@ -78,21 +78,13 @@ pub async fn run(command: RetentionCommand, json: bool) -> Result<()> {
 }
 
 /// The appliance's control client when its ferryd answers.
-fn running_ferryd(config: Option<&PathBuf>) -> Result<Option<ControlClient>> {
-    let Some(dir) = config else { return Ok(None) };
-    let layout = ApplianceLayout::new(dir);
-    let appliance = ApplianceConfig::load(&layout.config_file())?;
-    let client = ControlClient::new(&layout.resolve(&appliance.server.control_socket));
-    Ok(client.answers().then_some(client))
-}
-
 async fn run_now(args: RunArgs, json: bool) -> Result<()> {
     let opened = vault_access::open(&args.vault).await?;
     let only = match &args.disk {
         Some(selector) => Some(crate::vault_disks::resolve(&opened, selector).await?),
         None => None,
     };
-    let summaries: Vec<DiskSummary> = match running_ferryd(args.vault.config.as_ref())? {
+    let summaries: Vec<DiskSummary> = match crate::control::running_ferryd(args.vault.config.as_ref())? {
         Some(client) => {
             if !json {
                 eprintln!("ferryd is running: asking it to consolidate");
@@ -229,7 +221,7 @@ async fn set(args: SetArgs, json: bool) -> Result<()> {
     if !args.clear && change.overrides.is_empty() {
         bail!("say what to override: --window, --keep-all, --crash-every, --app-every, --chunk-bytes (or --clear)");
     }
-    let retention: RetentionConfig = match running_ferryd(Some(&args.config))? {
+    let retention: RetentionConfig = match crate::control::running_ferryd(Some(&args.config))? {
         Some(client) => client
             .send(Method::PUT, "/v1/retention/policy", &change)
             .await

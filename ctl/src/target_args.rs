@@ -7,7 +7,7 @@ use clap::Args;
 use ferry_storage::{AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};
 use std::path::PathBuf;
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 pub struct TargetArgs {
     /// Local-directory target.
     #[arg(long, value_name = "PATH", conflicts_with = "azure_account")]

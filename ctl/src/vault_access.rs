@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::target_args::TargetArgs;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct VaultArgs {
     /// An appliance directory (its config names the target and the key file).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["target_dir", "azure_account"])]

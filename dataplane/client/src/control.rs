@@ -53,6 +53,10 @@ pub struct DiskStatus {
     pub size_bytes: u64,
     pub durable_seq: u64,
     pub uploaded_seq: u64,
+    /// Batches through this seq have left the cache: uploaded, and every recovery point among
+    /// them written to storage.
+    #[serde(default)]
+    pub released_seq: u64,
     /// Bytes of this disk's batches still in the cache.
     pub backlog_bytes: u64,
     /// Now minus the source time of the newest write in the latest restorable point.

@@ -46,6 +46,26 @@ fn ext4_image(dir: &Path, name: &str, size: u64, files: &[(&str, &[u8])]) -> Pat
     image
 }
 
+/// `image` holds a clean ext4 (`e2fsck -f -n`) with `file` equal to `expected` (`debugfs`).
+fn assert_clean_ext4_with(image: &Path, file: &str, expected: &[u8]) {
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat /{file}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(cat.stdout == expected, "/{file} differs in {}", image.display());
+}
+
 /// The agent's pass reports, one per disk.
 fn passes(agent: &Agent, extra: &[&str]) -> Vec<serde_json::Value> {
     let run = agent.run_once(extra);
@@ -247,22 +267,7 @@ async fn failover_to_a_local_vhd_boots_the_same_ext4_as_a_restore() {
     } else {
         eprintln!("qemu-img compare skipped: qemu-img is not installed (Debian: qemu-utils)");
     }
-    let fsck = std::process::Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(&vhd)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let cat = std::process::Command::new("debugfs")
-        .args(["-R", "cat /hello.txt"])
-        .arg(&vhd)
-        .output()
-        .unwrap();
-    assert_eq!(cat.stdout, hello, "the file written before the point");
+    assert_clean_ext4_with(&vhd, "hello.txt", &hello); // written before the point
 
     // Recorded in the vault: `failover list` shows it.
     let listed = run_ok(&["--json", "failover", "list", "--config", config]);
@@ -625,16 +630,7 @@ async fn failover_onto_a_block_device_and_the_devices_it_refuses() {
         device_bytes[(32 * MIB) as usize..].iter().all(|&b| b == 0xAA),
         "bytes past the disk were touched"
     );
-    let fsck = std::process::Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_clean_ext4_with(Path::new(&target), "f.txt", b"on the device");
 
     // Refused, with nothing written: a smaller device, a mounted one, a file.
     let small_file = scratch.path().join("small.dev");
@@ -771,22 +767,7 @@ async fn failover_to_azurite_writes_a_fixed_vhd_page_blob_of_only_the_data() {
     assert!(bytes[size as usize..(41 * MIB) as usize].iter().all(|&b| b == 0));
     let local_vhd = scratch.path().join("from-azure.vhd");
     std::fs::write(&local_vhd, &bytes[..]).unwrap();
-    let fsck = std::process::Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(&local_vhd)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-    let cat = std::process::Command::new("debugfs")
-        .args(["-R", "cat /data.txt"])
-        .arg(&local_vhd)
-        .output()
-        .unwrap();
-    assert_eq!(cat.stdout, data);
+    assert_clean_ext4_with(&local_vhd, "data.txt", &data);
 
     // Its page ranges: exactly the non-zero 512-byte sectors (merged as the service reports).
     let mut expected: Vec<(u64, u64)> = Vec::new();
@@ -841,5 +822,183 @@ async fn failover_to_azurite_writes_a_fixed_vhd_page_blob_of_only_the_data() {
     assert!(
         matches!(gone, Err(ferry_storage::StorageError::NotFound { .. })),
         "{gone:?}"
+    );
+}
+
+/// `--latest` with a running ferryd waits until what ferryd holds for the disk is uploaded
+/// (the lowest RPO); `--latest-processed` takes the newest point already in storage at once.
+#[tokio::test]
+async fn latest_waits_for_the_cache_and_latest_processed_does_not() {
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let agent = Agent::register(&appliance);
+    let scratch = tempfile::tempdir().unwrap();
+    let image = ext4_image(scratch.path(), "held", 32 * MIB, &[("x.txt", b"x")]);
+    agent.configure(&[&image], "");
+    let first = wait_for_points(&appliance, &passes(&agent, &[]))[0].clone();
+    let disk = first["disk_id"].as_str().unwrap().to_string();
+    let config = appliance.dir.to_str().unwrap();
+    // Uploads crawl at the lowest cap (1 MB/s) while 12 MiB of incompressible data waits.
+    let tune = ferryctl(&["tune", "--config", config, "bandwidth_cap_bytes_per_sec=1000000"]);
+    assert!(tune.success, "{}", tune.stderr);
+    let mut noise = vec![0u8; (12 * MIB) as usize];
+    ferry_harness::datagen::DataGenerator::new(9, ferry_harness::datagen::Mix::INCOMPRESSIBLE).fill(&mut noise);
+    let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &noise, 8 * MIB).unwrap();
+    let second = passes(&agent, &[]);
+    let second_bookmark = second[0]["bookmark_id"].as_str().unwrap().to_string();
+
+    let out = scratch.path().join("out");
+    let waiting = std::process::Command::new(ferry_tests::binary("ferryctl"))
+        .args([
+            "--json", "failover", "--config", config, "--disk", &disk, "--latest", "--format", "raw", "--to-dir",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let processed = run_ok(&[
+        "--json",
+        "failover",
+        "--config",
+        config,
+        "--disk",
+        &disk,
+        "--latest-processed",
+        "--format",
+        "raw",
+        "--to-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        processed["disks"][0]["point"], first["bookmark_id"],
+        "--latest-processed waited or saw the held point"
+    );
+    let lift = ferryctl(&["tune", "--config", config, "bandwidth_cap_bytes_per_sec=0"]);
+    assert!(lift.success, "{}", lift.stderr);
+    let waited = waiting.wait_with_output().unwrap();
+    assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&waited.stdout).unwrap();
+    assert_eq!(
+        report["disks"][0]["point"],
+        second_bookmark.as_str(),
+        "--latest did not wait for the cache"
+    );
+}
+
+/// A recovery plan: groups in order, scripts given the failover id and outputs, a failing
+/// script stops the run, `--resume` goes on from the failed group only.
+#[tokio::test]
+async fn a_plan_runs_groups_in_order_stops_at_a_failing_script_and_resumes() {
+    use std::os::unix::fs::PermissionsExt;
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let scratch = tempfile::tempdir().unwrap();
+    // Two machines, a disk each.
+    let mut disks = Vec::new();
+    let mut machines = Vec::new();
+    for name in ["db", "app"] {
+        let agent = Agent::register(&appliance);
+        let image = ext4_image(scratch.path(), name, 24 * MIB, &[("f", name.as_bytes())]);
+        agent.configure(&[&image], "");
+        let point = wait_for_points(&appliance, &passes(&agent, &[]))[0].clone();
+        disks.push(point["disk_id"].as_str().unwrap().to_string());
+        machines.push(agent.identity().machine_id.to_string());
+    }
+    let log = scratch.path().join("calls.log");
+    let script = |name: &str, exit: i32| {
+        let path = scratch.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{name} $FERRY_PLAN_GROUP $FERRY_FAILOVER_ID $(echo \"$FERRY_OUTPUTS\" | wc -l)\" >> {}\nexit {exit}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let (pre, post) = (script("pre", 0), script("post", 0));
+    let failing = script("failing", 3);
+    let plan = scratch.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name = \"erp\"\n[[groups]]\nname = \"databases\"\nmachines = [\"{}\"]\npre_script = {pre:?}\npost_script = {post:?}\n\
+             manual = \"check the database\"\n[[groups]]\nname = \"apps\"\ndisks = [\"{}\"]\npre_script = {failing:?}\npost_script = {post:?}\n",
+            &machines[0][..8],
+            disks[1]
+        ),
+    )
+    .unwrap();
+    let config = appliance.dir.to_str().unwrap();
+    let out = scratch.path().join("out");
+    let args = |extra: &[&str]| {
+        let mut all = vec![
+            "--json",
+            "plan",
+            "run",
+            plan.to_str().unwrap(),
+            "--config",
+            config,
+            "--latest",
+            "--format",
+            "raw",
+            "--yes",
+        ];
+        all.extend_from_slice(&["--to-dir", out.to_str().unwrap()]);
+        all.extend_from_slice(extra);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let first = ferryctl(&args(&[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let error = |run: &ferry_tests::Run| run.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        !first.success && error(&first).contains("group \"apps\" failed"),
+        "{}",
+        first.stdout
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines.len(), 3, "{calls}");
+    assert!(lines[0].starts_with("pre databases "), "{calls}");
+    assert!(
+        lines[1].starts_with("post databases ") && lines[1].ends_with(" 1"),
+        "one output: {calls}"
+    );
+    assert!(lines[2].starts_with("failing apps "), "{calls}");
+    let group_id = lines[0].split(' ').nth(2).unwrap();
+    assert_eq!(
+        lines[1].split(' ').nth(2),
+        Some(group_id),
+        "pre and post see the same failover id"
+    );
+    let listed = run_ok(&["--json", "failover", "list", "--config", config]);
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "the failed group failed over nothing"
+    );
+    assert_eq!(listed[0]["failover_id"], group_id);
+    assert_eq!(listed[0]["disks"][0]["disk_id"], disks[0].as_str());
+
+    // Resuming without a fix fails the same way; with the script fixed, only "apps" runs.
+    std::fs::copy(&pre, &failing).unwrap();
+    let resumed = ferryctl(&args(&["--resume"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(resumed.success, "{}", resumed.stderr);
+    let report = resumed.json();
+    assert_eq!(report["failovers"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(report["failovers"][0]["disks"][0]["disk_id"], disks[1].as_str());
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.lines().count(), 5, "{calls}");
+    assert!(calls.lines().nth(3).unwrap().starts_with("pre apps "), "{calls}");
+    // A changed plan is not resumed.
+    std::fs::write(&plan, std::fs::read_to_string(&plan).unwrap() + "\n# edited\n").unwrap();
+    let changed = ferryctl(&args(&["--resume"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !changed.success && error(&changed).contains("the plan changed"),
+        "{}",
+        changed.stdout
     );
 }

@@ -204,6 +204,7 @@ fn status(state: &AppState) -> Status {
                 size_bytes: info.size_bytes,
                 durable_seq: info.durable_seq,
                 uploaded_seq: info.uploaded_seq,
+                released_seq: view.released_through,
                 backlog_bytes: state.cache.backlog_bytes(info.disk_id),
                 rpo_secs: info
                     .latest_point
