@@ -96,9 +96,13 @@ pub struct RunArgs {
     /// `ferryctl failover cleanup ID`.
     #[arg(long)]
     pub test: bool,
-    /// Objects downloaded ahead (and page writes in flight) at most, per disk.
+    /// Objects downloaded ahead at most, per disk.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
+    /// Put Page calls in flight at most, per disk going to Azure (each carries one run of
+    /// non-zero sectors, often much less than 4 MiB, so many in flight keep the link busy).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub put_parallel: u16,
     /// With --latest and a running ferryd: how long to wait for its cache to be uploaded.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub latest_wait: u64,
@@ -361,7 +365,7 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
                 target,
                 blob,
                 &scratch_dir,
-                parallel,
+                (parallel, args.put_parallel as usize),
                 ferry_client::clock::now_unix_ms(),
                 progress,
             )

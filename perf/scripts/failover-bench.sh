@@ -9,7 +9,7 @@
 # each timed, as MB/s of disk (the disk's size over the wall time) and of stored data (the
 # vault's bytes for the disk over the wall time), with CPU seconds.
 #
-#   perf/scripts/failover-bench.sh
+#   perf/scripts/failover-bench.sh                 # PUT_PARALLEL="8 32 64" compares Put Page depths
 #
 # Needs `cargo build --release --bins`, qemu-img, and Azurite installed by scripts/test.sh
 # (scripts/azurite/node_modules). ~4 GB of $TMPDIR, removed at the end.
@@ -70,6 +70,8 @@ print(f'{name:<34} {wall:6.2f} s  {size / wall / 1e6:7.0f} MB/s of disk  {stored
 echo "disk 1 GiB (512 MiB mixed data, 512 MiB zeros); stored in the vault: $((stored / 1000000)) MB"
 time_it "ferryctl restore (raw)" "$bin/ferryctl" restore --config "$app" --disk "$disk" --latest --out "$work/restored.raw"
 time_it "ferryctl failover --to-dir (VHD)" "$bin/ferryctl" failover --config "$app" --disk "$disk" --latest --to-dir "$work/out"
-time_it "ferryctl failover --to-azure-container" "$bin/ferryctl" failover --config "$app" --disk "$disk" --latest \
-  --to-azure-container recovered --scratch-dir "$work"
+for puts in ${PUT_PARALLEL:-32}; do
+  time_it "failover --to-azure-container, $puts puts" "$bin/ferryctl" failover --config "$app" --disk "$disk" --latest \
+    --to-azure-container recovered --scratch-dir "$work" --put-parallel "$puts"
+done
 time_it "qemu-img convert -O vpc (fixed)" qemu-img convert -f raw -O vpc -o subformat=fixed "$work/restored.raw" "$work/peer.vhd"

@@ -216,8 +216,9 @@ pub struct BlobWritten {
 /// an existing blob is refused): the disk is restored into a sparse scratch file in
 /// `scratch_dir` first (a restore applies change sets in order, so the same range may be
 /// written several times; the blob gets each sector once), then only its non-zero 512-byte
-/// sectors are sent, in runs of at most 4 MiB, `parallel` at once, then the footer page. On
-/// failure the blob is deleted. Memory: `parallel` runs of at most 4 MiB.
+/// sectors are sent, in runs of at most 4 MiB, then the footer page. `parallel` is (objects
+/// downloaded ahead, Put Page calls in flight). On failure the blob is deleted. Memory: the
+/// restore's, then the runs in flight (at most 4 MiB each).
 #[allow(clippy::too_many_arguments)]
 pub async fn write_page_blob(
     storage: Arc<dyn ObjectStorage>,
@@ -226,7 +227,7 @@ pub async fn write_page_blob(
     seq: u64,
     blob: &ferry_storage::page_blob::PageBlob,
     scratch_dir: &Path,
-    parallel: usize,
+    parallel: (usize, usize),
     now_unix_ms: u64,
     progress: impl FnMut(u64) + Send,
 ) -> Result<BlobWritten> {
@@ -235,14 +236,15 @@ pub async fn write_page_blob(
     scratch
         .set_len(descriptor.size_bytes)
         .context("cannot size the scratch file")?;
-    let restored = crate::restore::restore_into(storage, key, descriptor, seq, &scratch, parallel, progress).await?;
+    let (downloads, puts) = parallel;
+    let restored = crate::restore::restore_into(storage, key, descriptor, seq, &scratch, downloads, progress).await?;
     let virtual_size = vhd::virtual_size(descriptor.size_bytes);
     let footer = vhd::Footer::for_disk(descriptor.size_bytes, now_unix_ms, Uuid::new_v4()).to_bytes();
     blob.create(virtual_size + footer.len() as u64)
         .await
         .with_context(|| format!("cannot create the page blob {}", blob.url()))?;
     let uploaded = async {
-        let mut uploaded = upload_non_zero(&scratch, descriptor.size_bytes, blob, parallel).await?;
+        let mut uploaded = upload_non_zero(&scratch, descriptor.size_bytes, blob, puts).await?;
         blob.put_pages(virtual_size, Bytes::copy_from_slice(&footer))
             .await
             .context("cannot write the VHD footer")?;
