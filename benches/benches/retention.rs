@@ -11,7 +11,8 @@
 //! MB/s (disk bytes covered by the bases it wrote per second) and CPU share (this process's
 //! CPU time over wall time while it ran; nothing else runs then).
 //! Run: `cargo bench -p ferry-benches --bench retention` (under `cargo test`: a tiny pass;
-//! `FERRY_BENCH_ROUNDS=10` for other checkpoints).
+//! `FERRY_BENCH_ROUNDS=10` for other checkpoints; `FERRY_BENCH_DROP_CACHES=1`, as root, drops
+//! the page cache before each checkpoint's restores).
 
 use bytes::Bytes;
 use ferry_benches::{cpu_seconds, runtime};
@@ -203,6 +204,13 @@ async fn restore_both(
     seq: u64,
 ) -> (Restore, Restore) {
     let faster = |a: Restore, b: Restore| if b.secs < a.secs { b } else { a };
+    // FERRY_BENCH_DROP_CACHES=1 (root): every checkpoint starts from the same memory state,
+    // and the first restore of each vault reads it cold, as a restore from remote storage
+    // does; without it, how full the page cache is by then weighs on the later checkpoints.
+    if std::env::var("FERRY_BENCH_DROP_CACHES").as_deref() == Ok("1") {
+        std::process::Command::new("sync").status().expect("sync runs");
+        std::fs::write("/proc/sys/vm/drop_caches", "1").expect("FERRY_BENCH_DROP_CACHES=1 needs root");
+    }
     let (mut best_plain, mut best_consolidated) = (None::<Restore>, None::<Restore>);
     for _ in 0..2 {
         let p = restore(plain, keyring, descriptor, seq).await;
