@@ -7,13 +7,14 @@
 //! (retention keeps them while the test runs); write the record (`running`), write each disk
 //! (`--to-dir DIR`: `DIR/{failover_id}/{disk_id}.vhd`, a fixed VHD, or `.raw`), and rewrite the
 //! record `done`; `--to-device DEV` writes the one disk named onto a block device instead
-//! (checked first: size, not mounted, held exclusively). A failure leaves the record `failed` with what was written, so cleanup can
+//! (checked first: size, not mounted, held exclusively), `--to-azure-container NAME` into
+//! page blobs. A failure leaves the record `failed` with what was written, so cleanup can
 //! remove it. Disks are written one after another, each with `--parallel` downloads ahead.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ferry_format::names::ObjectName;
-use ferry_format::plaintexts::{FailoverDisk, FailoverRecord, Pin, PLAINTEXT_FORMAT};
+use ferry_format::plaintexts::{FailoverDisk, FailoverOutput, FailoverRecord, FailoverState, Pin, PLAINTEXT_FORMAT};
 use ferry_format::BookmarkId;
 use ferry_vault::failover::FileFormat;
 use serde::Serialize;
@@ -89,9 +90,10 @@ pub struct RunArgs {
     pub which: PointArgs,
     #[command(flatten)]
     pub to: Destination,
-    /// The files' format.
-    #[arg(long, value_enum, default_value_t = FormatArg::Vhd)]
-    pub format: FormatArg,
+    /// The files' format with --to-dir (default vhd; a device gets the disk's bytes, Azure a
+    /// fixed VHD).
+    #[arg(long, value_enum, requires = "to_dir")]
+    pub format: Option<FormatArg>,
     /// A test failover: replication goes on, the points used are pinned until
     /// `ferryctl failover cleanup ID`.
     #[arg(long)]
@@ -139,7 +141,7 @@ impl Report {
         Report {
             failover_id: record.failover_id,
             test: record.test,
-            state: record.state.clone(),
+            state: record.state.as_str().into(),
             disks: record
                 .disks
                 .iter()
@@ -172,12 +174,16 @@ async fn disks_named(opened: &OpenVault, args: &RunArgs) -> Result<Vec<Uuid>> {
     for selector in &args.disks {
         disks.push(crate::vault_disks::resolve(opened, selector).await?);
     }
+    let all = if args.machines.is_empty() {
+        Vec::new()
+    } else {
+        crate::vault_disks::list(opened, false).await? // names and machines only
+    };
     for machine in &args.machines {
         let prefix = machine.trim().to_ascii_lowercase();
         if prefix.is_empty() {
             bail!("--machine is empty: give a machine id or a unique prefix of one");
         }
-        let all = crate::vault_disks::list(opened, false).await?;
         let mut machines: Vec<Uuid> = all
             .iter()
             .map(|d| d.machine_id)
@@ -201,11 +207,60 @@ async fn disks_named(opened: &OpenVault, args: &RunArgs) -> Result<Vec<Uuid>> {
     Ok(disks)
 }
 
-/// One disk's plan: its descriptor, the seq and point chosen, where it goes.
+/// One disk's plan: its descriptor, the seq and point chosen, where it goes (a path, a device
+/// or a blob URL).
 struct Planned {
     descriptor: ferry_format::plaintexts::DiskDescriptor,
     chosen: ferry_vault::points::Chosen,
-    output: PathBuf,
+    output: String,
+}
+
+/// Where a failover's disks go, checked before anything is written.
+enum Target {
+    /// `DIR/{failover id}/`, one file per disk.
+    Files { dir: PathBuf, format: FileFormat },
+    /// One disk onto a block device, held open (exclusively) from the check to the end.
+    Device { path: PathBuf, device: std::fs::File },
+    /// Page blobs in a container of the target's account, one per disk, opened (URLs signed)
+    /// in disk order.
+    Azure {
+        blobs: Vec<ferry_storage::page_blob::PageBlob>,
+        container_url: String,
+    },
+}
+
+impl Target {
+    fn output(&self) -> FailoverOutput {
+        match self {
+            Target::Files {
+                format: FileFormat::Vhd,
+                ..
+            } => FailoverOutput::Vhd,
+            Target::Files {
+                format: FileFormat::Raw,
+                ..
+            } => FailoverOutput::Raw,
+            Target::Device { .. } => FailoverOutput::Device,
+            Target::Azure { .. } => FailoverOutput::PageBlob,
+        }
+    }
+
+    /// The size a disk of `size_bytes` has there (a VHD's without its footer).
+    fn virtual_size(&self, size_bytes: u64) -> u64 {
+        match self {
+            Target::Files { format, .. } => format.virtual_size(size_bytes),
+            Target::Device { .. } => size_bytes,
+            Target::Azure { .. } => FileFormat::Vhd.virtual_size(size_bytes),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Files { dir, .. } => dir.display().to_string(),
+            Target::Device { path, .. } => path.display().to_string(),
+            Target::Azure { container_url, .. } => container_url.clone(),
+        }
+    }
 }
 
 async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
@@ -225,22 +280,16 @@ async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
 pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json: bool) -> Result<FailoverRecord> {
     let disks = disks_named(opened, args).await?;
     let selector = args.which.selector()?;
-    let format = match args.format {
-        FormatArg::Vhd => FileFormat::Vhd,
-        FormatArg::Raw => FileFormat::Raw,
-    };
     if args.to.to_device.is_some() && disks.len() != 1 {
         bail!(
             "--to-device takes one disk; {} were named (use --disk once)",
             disks.len()
         );
     }
-    let out_dir = args.to.to_dir.as_ref().map(|dir| dir.join(failover_id.to_string()));
     let azure = match &args.to.to_azure_container {
         Some(container) => Some((azure_target(opened, container).await?, container.clone())),
         None => None,
     };
-
     if args.which.latest {
         wait_for_uploads(args, &disks).await?;
     }
@@ -251,57 +300,62 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
         let descriptor = crate::vault_disks::read_descriptor(opened, disk_id).await?;
         let points = crate::points::read_points(opened, disk_id).await?;
         let chosen = crate::points::choose_or_explain(opened, disk_id, &points, &selector).await?;
-        let output = match (&out_dir, &args.to.to_device, &azure) {
-            (Some(dir), _, _) => dir.join(format!("{disk_id}.{}", format.as_str())),
-            (None, Some(device), _) => device.clone(),
-            (None, None, Some(_)) => PathBuf::from(blob_name(failover_id, disk_id)),
-            (None, None, None) => bail!(NO_DESTINATION),
-        };
         planned.push(Planned {
             descriptor,
             chosen,
-            output,
+            output: String::new(),
         });
     }
-    // A device is checked (and held, exclusively) before anything is recorded.
-    let device = match &args.to.to_device {
-        Some(path) => Some(ferry_vault::failover::open_device(
-            path,
-            planned[0].descriptor.size_bytes,
-        )?),
-        None => None,
-    };
-    if let Some(dir) = &out_dir {
-        let parent = dir.parent().unwrap_or(dir);
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // Page blobs are opened (URLs signed) before anything is recorded; each gets its URL.
-    let mut blobs = Vec::new();
-    if let Some((config, container)) = &azure {
-        for plan in &mut planned {
-            let name = plan.output.display().to_string();
-            let blob = ferry_storage::page_blob::PageBlob::open(config, container, &name)
-                .await
-                .with_context(|| format!("cannot reach the container {container}"))?;
-            plan.output = PathBuf::from(blob.url());
-            blobs.push(blob);
+    let target = match (&args.to.to_dir, &args.to.to_device, azure) {
+        (Some(dir), _, _) => {
+            let format = match args.format.unwrap_or(FormatArg::Vhd) {
+                FormatArg::Vhd => FileFormat::Vhd,
+                FormatArg::Raw => FileFormat::Raw,
+            };
+            let dir = dir.join(failover_id.to_string());
+            for plan in &mut planned {
+                let file = format!("{}.{}", plan.descriptor.disk_id, format.as_str());
+                plan.output = dir.join(file).display().to_string();
+            }
+            std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+                .and_then(|()| std::fs::create_dir(&dir))
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Target::Files { dir, format }
         }
-    }
-    let (output_format, where_to) = match (&device, &out_dir, &azure) {
-        (Some(_), _, _) => ("device", planned[0].output.display().to_string()),
-        (None, Some(dir), _) => (format.as_str(), dir.display().to_string()),
-        (None, None, Some((config, container))) => ("vhd", format!("{}/{container}", config.account_url())),
-        (None, None, None) => bail!(NO_DESTINATION),
+        (None, Some(path), _) => {
+            let device = ferry_vault::failover::open_device(path, planned[0].descriptor.size_bytes)?;
+            planned[0].output = path.display().to_string();
+            Target::Device {
+                path: path.clone(),
+                device,
+            }
+        }
+        (None, None, Some((config, container))) => {
+            let mut blobs = Vec::with_capacity(planned.len());
+            for plan in &mut planned {
+                let name = blob_name(failover_id, plan.descriptor.disk_id);
+                let blob = ferry_storage::page_blob::PageBlob::open(&config, &container, &name)
+                    .await
+                    .with_context(|| format!("cannot reach the container {container}"))?;
+                plan.output = blob.url().to_string();
+                blobs.push(blob);
+            }
+            Target::Azure {
+                blobs,
+                container_url: format!("{}/{container}", config.account_url()),
+            }
+        }
+        (None, None, None) => {
+            bail!("say where the disks go: --to-dir DIR, --to-device DEVICE or --to-azure-container NAME")
+        }
     };
 
-    let now = ferry_client::clock::now_unix_ms();
     let mut record = FailoverRecord {
         format: PLAINTEXT_FORMAT,
         failover_id,
         test: args.test,
-        state: "running".into(),
-        created_unix_ms: now,
+        state: FailoverState::Running,
+        created_unix_ms: ferry_client::clock::now_unix_ms(),
         finished_unix_ms: None,
         disks: Vec::with_capacity(planned.len()),
     };
@@ -310,21 +364,18 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
             (Some(point), true) => pin_for_test(opened, point, failover_id).await?,
             _ => false,
         };
+        let point = plan.chosen.point.as_ref();
         record.disks.push(FailoverDisk {
             disk_id: plan.descriptor.disk_id,
             machine_id: plan.descriptor.machine_id,
             name: plan.descriptor.name.clone(),
             seq: plan.chosen.seq,
-            point: plan.chosen.point.as_ref().map(|p| p.bookmark_id.clone()),
-            kind: plan.chosen.point.as_ref().map(|p| p.kind.clone()),
-            source_time_unix_ms: plan.chosen.point.as_ref().map(|p| p.source_time_unix_ms),
-            output: plan.output.display().to_string(),
-            output_format: output_format.into(),
-            virtual_size_bytes: match (&device, &azure) {
-                (Some(_), _) => plan.descriptor.size_bytes,
-                (None, Some(_)) => FileFormat::Vhd.virtual_size(plan.descriptor.size_bytes),
-                (None, None) => format.virtual_size(plan.descriptor.size_bytes),
-            },
+            point: point.map(|p| p.bookmark_id.clone()),
+            kind: point.map(|p| p.kind.clone()),
+            source_time_unix_ms: point.map(|p| p.source_time_unix_ms),
+            output: plan.output.clone(),
+            output_format: target.output(),
+            virtual_size_bytes: target.virtual_size(plan.descriptor.size_bytes),
             pinned_by_failover,
         });
     }
@@ -334,88 +385,79 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
             "{} {failover_id}: {} disk(s) to {}",
             if args.test { "test failover" } else { "failover" },
             planned.len(),
-            where_to
+            target.describe()
         );
     }
 
     let total = planned.len();
+    let parallel = args.parallel as usize;
     for (number, plan) in planned.iter().enumerate() {
         let disk_id = plan.descriptor.disk_id;
-        let target = plan.chosen.seq;
+        let seq = plan.chosen.seq;
         let mut last_report = Instant::now();
-        let progress = |seq| {
+        let progress = |applied| {
             if !json && last_report.elapsed().as_secs() >= 1 {
                 eprintln!(
-                    "disk {}/{total} {}: seq {seq} of {target} ({}%)",
+                    "disk {}/{total} {}: seq {applied} of {seq} ({}%)",
                     number + 1,
                     short(&disk_id),
-                    seq * 100 / target.max(1)
+                    applied * 100 / seq.max(1)
                 );
                 last_report = Instant::now();
             }
         };
         let (storage, key) = (opened.storage.clone(), Arc::new(opened.keyring.disk_key(disk_id)));
-        let parallel = args.parallel as usize;
-        let scratch_dir = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let written = match (&device, blobs.get(number)) {
-            (None, Some(blob)) => ferry_vault::failover::write_page_blob(
-                storage,
-                key,
-                &plan.descriptor,
-                target,
-                blob,
-                &scratch_dir,
-                (parallel, args.put_parallel as usize),
-                ferry_client::clock::now_unix_ms(),
-                progress,
-            )
-            .await
-            .map(|_| ()),
-            (Some(device), _) => ferry_vault::failover::write_device(
-                storage,
-                key,
-                &plan.descriptor,
-                target,
-                device,
-                &plan.output,
-                parallel,
-                progress,
-            )
-            .await
-            .map(|_| ()),
-            (None, None) => ferry_vault::failover::write_file(
-                storage,
-                key,
-                &plan.descriptor,
-                target,
-                &plan.output,
-                format,
-                parallel,
-                ferry_client::clock::now_unix_ms(),
-                progress,
-            )
-            .await
-            .map(|_| ()),
+        let (descriptor, output) = (&plan.descriptor, Path::new(&plan.output));
+        let written = match &target {
+            Target::Files { format, .. } => {
+                let now = ferry_client::clock::now_unix_ms();
+                ferry_vault::failover::write_file(
+                    storage, key, descriptor, seq, output, *format, parallel, now, progress,
+                )
+                .await
+            }
+            Target::Device { device, .. } => {
+                ferry_vault::failover::write_device(storage, key, descriptor, seq, device, output, parallel, progress)
+                    .await
+            }
+            Target::Azure { blobs, .. } => {
+                let scratch_dir = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+                let in_flight = (parallel, args.put_parallel as usize);
+                let now = ferry_client::clock::now_unix_ms();
+                ferry_vault::failover::write_page_blob(
+                    storage,
+                    key,
+                    descriptor,
+                    seq,
+                    &blobs[number],
+                    &scratch_dir,
+                    in_flight,
+                    now,
+                    progress,
+                )
+                .await
+            }
         };
         if let Err(e) = written {
-            record.state = "failed".into();
+            record.state = FailoverState::Failed;
             record.finished_unix_ms = Some(ferry_client::clock::now_unix_ms());
-            let recorded = ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await;
+            if let Err(record_error) =
+                ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await
+            {
+                eprintln!("warning: the failover record could not be updated: {record_error:#}");
+            }
             let cleanup = if args.test {
                 format!("; ferryctl failover cleanup {failover_id} removes what it wrote and its pins")
             } else {
                 String::new()
             };
-            if let Err(record_error) = recorded {
-                eprintln!("warning: the failover record could not be updated: {record_error:#}");
-            }
             return Err(e.context(format!("failover {failover_id}: disk {disk_id} failed{cleanup}")));
         }
         if !json {
             eprintln!("disk {}/{total} {}: done", number + 1, short(&disk_id));
         }
     }
-    record.state = "done".into();
+    record.state = FailoverState::Done;
     record.finished_unix_ms = Some(ferry_client::clock::now_unix_ms());
     ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
     Ok(record)
@@ -476,15 +518,9 @@ async fn wait_for_uploads(args: &RunArgs, disks: &[Uuid]) -> Result<()> {
     }
 }
 
-const NO_DESTINATION: &str = "say where the disks go: --to-dir DIR, --to-device DEVICE or --to-azure-container NAME";
-
 /// The blob a disk of a failover goes to.
 fn blob_name(failover_id: Uuid, disk_id: Uuid) -> String {
     format!("ferry-failover-{failover_id}/{disk_id}.vhd")
-}
-
-fn is_blob(output: &str) -> bool {
-    output.starts_with("https://") || output.starts_with("http://")
 }
 
 /// Deletes the page blob at `url` (in a container of the target's account).
@@ -498,9 +534,7 @@ async fn delete_blob(opened: &OpenVault, url: &str) -> Result<()> {
     else {
         bail!("{url} is not in the target's account {}", config.account_url());
     };
-    let mut config = config.clone();
-    config.container = container.to_string();
-    let blob = ferry_storage::page_blob::PageBlob::open(&config, container, name).await?;
+    let blob = ferry_storage::page_blob::PageBlob::open(config, container, name).await?;
     blob.delete().await.with_context(|| format!("cannot delete {url}"))
 }
 
@@ -575,10 +609,10 @@ pub fn render_done(record: &FailoverRecord, seconds: f64) -> String {
             short(&disk.machine_id),
             disk.name,
             disk.output,
-            disk.output_format,
+            disk.output_format.as_str(),
             disk.virtual_size_bytes
         ));
-        if is_blob(&disk.output) {
+        if disk.output_format == FailoverOutput::PageBlob {
             out.push_str(&format!(
                 "    az disk create --resource-group <group> --name {} --source {}\n",
                 disk.name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"),
@@ -616,7 +650,7 @@ async fn list(vault: VaultArgs, json: bool) -> Result<()> {
             "{:<36}  {:<5}  {:<8}  {:<24}  {}",
             record.failover_id,
             if record.test { "yes" } else { "no" },
-            record.state,
+            record.state.as_str(),
             ferry_format::time::format_unix_ms(record.created_unix_ms),
             record
                 .disks
@@ -639,6 +673,8 @@ struct CleanupReport {
     failover_id: Uuid,
     outputs_removed: Vec<String>,
     outputs_already_gone: Vec<String>,
+    /// Devices: not ours to delete; what the test wrote stays on them.
+    devices_left: Vec<String>,
     pins_released: usize,
 }
 
@@ -656,26 +692,24 @@ async fn cleanup(args: CleanupArgs, json: bool) -> Result<()> {
         failover_id: id,
         outputs_removed: Vec::new(),
         outputs_already_gone: Vec::new(),
+        devices_left: Vec::new(),
         pins_released: 0,
     };
     for disk in &record.disks {
         let path = Path::new(&disk.output);
-        if disk.output_format == "device" {
-            // A device is not ours to delete; what the test wrote stays on it.
-            report
-                .outputs_already_gone
-                .push(format!("{} (a device: left as it is)", disk.output));
-        } else if is_blob(&disk.output) {
-            delete_blob(&opened, &disk.output).await?;
-            report.outputs_removed.push(disk.output.clone());
-        } else {
-            match std::fs::remove_file(path) {
+        match disk.output_format {
+            FailoverOutput::Device => report.devices_left.push(disk.output.clone()),
+            FailoverOutput::PageBlob => {
+                delete_blob(&opened, &disk.output).await?;
+                report.outputs_removed.push(disk.output.clone());
+            }
+            FailoverOutput::Vhd | FailoverOutput::Raw => match std::fs::remove_file(path) {
                 Ok(()) => report.outputs_removed.push(disk.output.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     report.outputs_already_gone.push(disk.output.clone())
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
-            }
+            },
         }
         if let Some(dir) = path.parent().filter(|d| d.file_name() == Some(id.to_string().as_ref())) {
             let _ = std::fs::remove_dir(dir); // only when empty: nothing else of ours is there
@@ -692,12 +726,17 @@ async fn cleanup(args: CleanupArgs, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "Test failover {id} cleaned up: {} output(s) removed{}, {} pin(s) released, record deleted.",
+            "Test failover {id} cleaned up: {} output(s) removed{}{}, {} pin(s) released, record deleted.",
             report.outputs_removed.len(),
             if report.outputs_already_gone.is_empty() {
                 String::new()
             } else {
                 format!(" ({} already gone)", report.outputs_already_gone.len())
+            },
+            if report.devices_left.is_empty() {
+                String::new()
+            } else {
+                format!("; left as written: {}", report.devices_left.join(", "))
             },
             report.pins_released
         );

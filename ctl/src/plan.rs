@@ -97,13 +97,9 @@ impl Plan {
                 bail!("{}: two groups are named {:?}", path.display(), group.name);
             }
         }
-        let digest = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref());
+        let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()));
         Ok((plan, digest))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a run of the plan has done, kept beside the plan.
@@ -117,8 +113,8 @@ struct PlanState {
 struct GroupState {
     name: String,
     failover_id: Option<Uuid>,
-    /// "done" or "failed".
-    state: String,
+    done: bool,
+    /// Why it failed (None when done).
     error: Option<String>,
 }
 
@@ -164,7 +160,7 @@ async fn run_plan(args: PlanRunArgs, json: bool) -> Result<()> {
             groups: Vec::new(),
         }
     };
-    state.groups.retain(|g| g.state == "done");
+    state.groups.retain(|g| g.done);
     let opened = crate::vault_access::open(&args.failover.vault).await?;
     let mut reports = Vec::new();
     for (number, group) in plan.groups.iter().enumerate() {
@@ -189,7 +185,7 @@ async fn run_plan(args: PlanRunArgs, json: bool) -> Result<()> {
                 state.groups.push(GroupState {
                     name: group.name.clone(),
                     failover_id: Some(failover_id),
-                    state: "done".into(),
+                    done: true,
                     error: None,
                 });
                 save(&state_file, &state)?;
@@ -199,7 +195,7 @@ async fn run_plan(args: PlanRunArgs, json: bool) -> Result<()> {
                 state.groups.push(GroupState {
                     name: group.name.clone(),
                     failover_id: Some(failover_id),
-                    state: "failed".into(),
+                    done: false,
                     error: Some(format!("{e:#}")),
                 });
                 save(&state_file, &state)?;

@@ -74,15 +74,15 @@ pub struct PrunedPoint {
 }
 
 /// `failovers/{failover_id}.fseal`: a failover or test failover, written before its outputs
-/// (`state` "running") and again when they are done ("done"); a test failover's cleanup
-/// deletes it last. Pins it created are listed so cleanup releases those and no others.
+/// (`running`) and again when they are done (`done`) or one failed (`failed`); a test
+/// failover's cleanup deletes it last. Pins it created are listed so cleanup releases those
+/// and no others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverRecord {
     pub format: u32,
     pub failover_id: Uuid,
     pub test: bool,
-    /// "running" or "done".
-    pub state: String,
+    pub state: FailoverState,
     pub created_unix_ms: u64,
     pub finished_unix_ms: Option<u64>,
     pub disks: Vec<FailoverDisk>,
@@ -101,11 +101,54 @@ pub struct FailoverDisk {
     pub source_time_unix_ms: Option<u64>,
     /// Where it went: a path, a device, or a blob URL (without any signature).
     pub output: String,
-    /// "vhd", "raw" or "device".
-    pub output_format: String,
+    pub output_format: FailoverOutput,
     pub virtual_size_bytes: u64,
     /// Whether this failover created the pin on `point` (cleanup removes only those).
     pub pinned_by_failover: bool,
+}
+
+/// Where a failover is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// What a failover wrote a disk as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverOutput {
+    /// A fixed VHD file.
+    Vhd,
+    /// A raw image file.
+    Raw,
+    /// A block device.
+    Device,
+    /// A fixed VHD page blob in Azure.
+    PageBlob,
+}
+
+impl FailoverState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverState::Running => "running",
+            FailoverState::Done => "done",
+            FailoverState::Failed => "failed",
+        }
+    }
+}
+
+impl FailoverOutput {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverOutput::Vhd => "vhd",
+            FailoverOutput::Raw => "raw",
+            FailoverOutput::Device => "device",
+            FailoverOutput::PageBlob => "page_blob",
+        }
+    }
 }
 
 /// The batches of a change set, in order, each as a slice of `change_set` (no copy). Each
@@ -137,6 +180,21 @@ pub fn split_change_set(change_set: &Bytes) -> impl Iterator<Item = Result<(Batc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_states_and_outputs_are_written_as_their_names() {
+        for state in [FailoverState::Running, FailoverState::Done, FailoverState::Failed] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        for output in [
+            FailoverOutput::Vhd,
+            FailoverOutput::Raw,
+            FailoverOutput::Device,
+            FailoverOutput::PageBlob,
+        ] {
+            assert_eq!(serde_json::to_value(output).unwrap(), output.as_str());
+        }
+    }
     use crate::BatchEncoder;
 
     #[test]

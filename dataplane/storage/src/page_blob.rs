@@ -84,25 +84,31 @@ impl PageBlob {
             message: e,
         };
         let unsigned = format!("{}/{container}/{name}", config.account_url());
-        let unsigned_ref = unsigned.as_str();
+        // A configured SAS token is used as it is; any other credential signs each URL.
+        enum Signing<'a> {
+            Token(&'a str),
+            Signer(object_store::azure::MicrosoftAzure, StorePath),
+        }
+        let signing = match &config.credential {
+            AzureCredentialConfig::Sas { token } => Signing::Token(token.expose().trim_start_matches('?')),
+            _ => Signing::Signer(
+                store_builder(config, container)
+                    .build()
+                    .map_err(|e| fail(concise(&redact(&e.to_string()))))?,
+                StorePath::parse(name).map_err(|e| fail(e.to_string()))?,
+            ),
+        };
+        let (unsigned_ref, signing) = (unsigned.as_str(), &signing);
         let signed = |method: reqwest::Method| async move {
-            match &config.credential {
-                AzureCredentialConfig::Sas { token } => {
-                    Url::parse(&format!("{unsigned_ref}?{}", token.expose().trim_start_matches('?')))
-                        .map_err(|e| fail(e.to_string()))
-                }
-                _ => {
-                    let store = store_builder(config, container)
-                        .build()
-                        .map_err(|e| fail(concise(&redact(&e.to_string()))))?;
-                    let path = StorePath::parse(name).map_err(|e| fail(e.to_string()))?;
-                    let url = store
-                        .signed_url(method, &path, SIGNED_FOR)
-                        .await
-                        .map_err(|e| error(Operation::Put, name, e, None))?;
-                    Url::parse(url.as_str()).map_err(|e| fail(e.to_string()))
-                }
-            }
+            let url = match signing {
+                Signing::Token(token) => format!("{unsigned_ref}?{token}"),
+                Signing::Signer(store, path) => store
+                    .signed_url(method, path, SIGNED_FOR)
+                    .await
+                    .map_err(|e| error(Operation::Put, name, e, None))?
+                    .to_string(),
+            };
+            Url::parse(&url).map_err(|e| fail(redact(&e.to_string())))
         };
         let client = |url: Url| PageBlobClient::new(url, None, None).map_err(|e| fail(redact(&e.to_string())));
         let write = client(signed(reqwest::Method::PUT).await?)?;

@@ -283,13 +283,9 @@ impl Buffers {
 
 /// Whether `file` holds data (not a hole) anywhere in `offset .. offset + length`.
 fn has_data(file: &File, offset: u64, length: u64) -> Result<bool> {
-    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
-        Ok(next) => Ok(next < offset + length),
-        Err(rustix::io::Errno::NXIO) => Ok(false), // no data at or after offset
-        // A file system without SEEK_DATA: read it to find out.
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok(true),
-        Err(e) => Err(std::io::Error::from(e)).context("cannot look for data in the scratch file"),
-    }
+    let extent =
+        crate::image::data_extent(file, offset, offset + length).context("cannot look for data in the scratch file")?;
+    Ok(extent.is_some())
 }
 
 /// What writing a base did.

@@ -48,14 +48,6 @@ impl FileFormat {
     }
 }
 
-/// What writing one output did.
-#[derive(Clone, Copy, Debug)]
-pub struct FileWritten {
-    pub virtual_size_bytes: u64,
-    pub file_bytes: u64,
-    pub restored: Restored,
-}
-
 /// Writes `descriptor`'s disk at `seq` into the new file `path` (it must not exist) as
 /// `format`, fsynced. `progress` gets the last seq applied after each change set. On failure
 /// the file is removed.
@@ -70,7 +62,7 @@ pub async fn write_file(
     parallel: usize,
     now_unix_ms: u64,
     progress: impl FnMut(u64) + Send,
-) -> Result<FileWritten> {
+) -> Result<Restored> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -86,8 +78,7 @@ pub async fn write_file(
             }
             FileFormat::Raw => None,
         };
-        let file_bytes = virtual_size + footer.map_or(0, |f| f.len() as u64);
-        file.set_len(file_bytes)
+        file.set_len(virtual_size + footer.map_or(0, |f| f.len() as u64))
             .with_context(|| format!("cannot size {}", path.display()))?;
         let restored = crate::restore::restore_into(storage, key, descriptor, seq, &file, parallel, progress).await?;
         if let Some(footer) = footer {
@@ -96,11 +87,7 @@ pub async fn write_file(
         }
         file.sync_all()
             .with_context(|| format!("cannot fsync {}", path.display()))?;
-        Ok(FileWritten {
-            virtual_size_bytes: virtual_size,
-            file_bytes,
-            restored,
-        })
+        Ok(restored)
     }
     .await;
     if written.is_err() {
@@ -203,15 +190,6 @@ pub async fn write_device(
     Ok(restored)
 }
 
-/// What writing a page blob did.
-#[derive(Clone, Copy, Debug)]
-pub struct BlobWritten {
-    pub virtual_size_bytes: u64,
-    /// Bytes sent in Put Page calls (the non-zero sectors and the footer).
-    pub bytes_uploaded: u64,
-    pub restored: Restored,
-}
-
 /// Writes `descriptor`'s disk at `seq` as a fixed VHD into the page blob `blob` (created here;
 /// an existing blob is refused): the disk is restored into a sparse scratch file in
 /// `scratch_dir` first (a restore applies change sets in order, so the same range may be
@@ -230,7 +208,7 @@ pub async fn write_page_blob(
     parallel: (usize, usize),
     now_unix_ms: u64,
     progress: impl FnMut(u64) + Send,
-) -> Result<BlobWritten> {
+) -> Result<Restored> {
     let scratch = tempfile::tempfile_in(scratch_dir)
         .with_context(|| format!("cannot make a scratch file in {}", scratch_dir.display()))?;
     scratch
@@ -244,20 +222,14 @@ pub async fn write_page_blob(
         .await
         .with_context(|| format!("cannot create the page blob {}", blob.url()))?;
     let uploaded = async {
-        let mut uploaded = upload_non_zero(&scratch, descriptor.size_bytes, blob, puts).await?;
+        upload_non_zero(&scratch, descriptor.size_bytes, blob, puts).await?;
         blob.put_pages(virtual_size, Bytes::copy_from_slice(&footer))
             .await
-            .context("cannot write the VHD footer")?;
-        uploaded += footer.len() as u64;
-        Ok::<_, anyhow::Error>(uploaded)
+            .context("cannot write the VHD footer")
     }
     .await;
     match uploaded {
-        Ok(bytes_uploaded) => Ok(BlobWritten {
-            virtual_size_bytes: virtual_size,
-            bytes_uploaded,
-            restored,
-        }),
+        Ok(()) => Ok(restored),
         Err(e) => {
             let _ = blob.delete().await; // no half-written disk left to be mistaken for one
             Err(e)
@@ -265,65 +237,41 @@ pub async fn write_page_blob(
     }
 }
 
-/// Sends the non-zero sectors of `file`'s first `size` bytes to `blob`; returns the bytes sent.
+/// Sends the non-zero sectors of `file`'s first `size` bytes to `blob`.
 async fn upload_non_zero(
     file: &std::fs::File,
     size: u64,
     blob: &ferry_storage::page_blob::PageBlob,
     parallel: usize,
-) -> Result<u64> {
+) -> Result<()> {
     use ferry_storage::page_blob::{PAGE, PUT_PAGE_MAX};
     use futures::TryStreamExt;
     // Pieces of at most 4 MiB of the file's data extents (holes are skipped without reading),
     // read one after another as the uploads take them.
     let pieces = futures::stream::try_unfold(0u64, move |at| async move {
-        let mut at = at;
-        loop {
-            if at >= size {
-                return Ok::<_, anyhow::Error>(None);
-            }
-            let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
-                Ok(start) => start.min(size),
-                Err(rustix::io::Errno::NXIO) => return Ok(None),
-                Err(_) => at, // no SEEK_DATA here: read everything
-            };
-            if start >= size {
-                return Ok(None);
-            }
-            let hole = match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start)) {
-                Ok(hole) => hole.min(size),
-                Err(_) => size,
-            };
-            // Whole pages: a hole boundary inside a page still sends that page.
-            let start = start / PAGE * PAGE;
-            let end = hole
-                .div_ceil(PAGE)
-                .saturating_mul(PAGE)
-                .min(size.div_ceil(PAGE) * PAGE)
-                .min(start + PUT_PAGE_MAX);
-            if end <= start {
-                at = start + PAGE;
-                continue;
-            }
-            let mut data = vec![0u8; (end - start) as usize];
-            let readable = (end.min(size) - start) as usize;
-            file.read_exact_at(&mut data[..readable], start)
-                .context("cannot read the scratch file")?;
-            return Ok(Some(((start, Bytes::from(data)), end)));
-        }
+        let Some((start, hole)) = crate::image::data_extent(file, at, size).context("cannot read the scratch file")?
+        else {
+            return Ok::<_, anyhow::Error>(None);
+        };
+        // Whole pages (a hole boundary inside a page still sends that page), 4 MiB at most.
+        let start = start / PAGE * PAGE;
+        let end = hole.div_ceil(PAGE).saturating_mul(PAGE).min(start + PUT_PAGE_MAX);
+        let mut data = vec![0u8; (end - start) as usize];
+        let readable = (end.min(size) - start) as usize;
+        file.read_exact_at(&mut data[..readable], start)
+            .context("cannot read the scratch file")?;
+        Ok(Some(((start, Bytes::from(data)), end)))
     });
     let runs = pieces
         .map_ok(|(offset, data): (u64, Bytes)| futures::stream::iter(non_zero_runs(offset, &data).into_iter().map(Ok)))
         .try_flatten();
     runs.map_ok(|(offset, run): (u64, Bytes)| async move {
-        let length = run.len() as u64;
         blob.put_pages(offset, run)
             .await
-            .with_context(|| format!("cannot write pages at {offset}"))?;
-        Ok::<_, anyhow::Error>(length)
+            .with_context(|| format!("cannot write pages at {offset}"))
     })
     .try_buffer_unordered(parallel.max(1))
-    .try_fold(0u64, |sum, length| async move { Ok(sum + length) })
+    .try_collect()
     .await
 }
 

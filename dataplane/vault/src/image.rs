@@ -1,5 +1,6 @@
 //! Disk image files: replayed records written in place, zero ranges punched as holes so an
-//! image stays sparse (written as zeros where the file system cannot punch).
+//! image stays sparse (written as zeros where the file system cannot punch), and finding the
+//! data between the holes again.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,6 +22,28 @@ pub fn zero_range(file: &File, offset: u64, length: u64) -> std::io::Result<()> 
         done += n as u64;
     }
     Ok(())
+}
+
+/// The next extent of data (not a hole) of `file` at or after `at` and before `end`:
+/// `(start, end of the data)`, or None when only holes are left. Where the file system cannot
+/// tell (no SEEK_DATA), everything counts as data.
+pub fn data_extent(file: &File, at: u64, end: u64) -> std::io::Result<Option<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    if at >= end {
+        return Ok(None);
+    }
+    let start = match rustix::fs::seek(file, SeekFrom::Data(at)) {
+        Ok(start) if start >= end => return Ok(None),
+        Ok(start) => start,
+        Err(rustix::io::Errno::NXIO) => return Ok(None), // no data at or after `at`
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => return Ok(Some((at, end))),
+        Err(e) => return Err(e.into()),
+    };
+    let hole = match rustix::fs::seek(file, SeekFrom::Hole(start)) {
+        Ok(hole) => hole.min(end),
+        Err(_) => end,
+    };
+    Ok(Some((start, hole)))
 }
 
 /// A restore's output: records go straight into the image.

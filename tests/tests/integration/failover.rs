@@ -66,6 +66,16 @@ fn assert_clean_ext4_with(image: &Path, file: &str, expected: &[u8]) {
     assert!(cat.stdout == expected, "/{file} differs in {}", image.display());
 }
 
+/// `ferryctl restore` of `disk` at `which` (`["--latest"]`, `["--point", id]`) into `out`;
+/// the restored bytes.
+fn restored(config: &str, disk: &str, which: &[&str], out: &Path) -> Vec<u8> {
+    let mut args = vec!["--json", "restore", "--config", config, "--disk", disk];
+    args.extend_from_slice(which);
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    run_ok(&args);
+    std::fs::read(out).unwrap()
+}
+
 /// The agent's pass reports, one per disk.
 fn passes(agent: &Agent, extra: &[&str]) -> Vec<serde_json::Value> {
     let run = agent.run_once(extra);
@@ -222,19 +232,7 @@ async fn failover_to_a_local_vhd_boots_the_same_ext4_as_a_restore() {
 
     // The same bytes as a restore at that point; past the disk, zeros.
     let raw = scratch.path().join("restored.raw");
-    run_ok(&[
-        "--json",
-        "restore",
-        "--config",
-        config,
-        "--disk",
-        disk,
-        "--point",
-        bookmark,
-        "--out",
-        raw.to_str().unwrap(),
-    ]);
-    let restored = std::fs::read(&raw).unwrap();
+    let restored = restored(config, disk, &["--point", bookmark], &raw);
     assert_eq!(restored.len() as u64, size);
     assert!(
         bytes[..size as usize] == restored[..],
@@ -395,21 +393,14 @@ async fn every_selector_picks_its_point_and_test_failovers_clean_up() {
     let seq = seq_of(&points[0], &disk_a).1.to_string();
     let by_seq = failover(&["--disk", &disk_a, "--seq", &seq]);
     assert_eq!(by_seq["disks"][0]["seq"].as_u64(), Some(seq.parse().unwrap()));
-    let restored = scratch.path().join("a-at-point.raw");
-    run_ok(&[
-        "--json",
-        "restore",
-        "--config",
+    let at_point = restored(
         config,
-        "--disk",
         &disk_a,
-        "--point",
-        &bookmark,
-        "--out",
-        restored.to_str().unwrap(),
-    ]);
+        &["--point", &bookmark],
+        &scratch.path().join("a-at-point.raw"),
+    );
     let output = by_point["disks"][0]["output"].as_str().unwrap();
-    assert!(std::fs::read(output).unwrap() == std::fs::read(&restored).unwrap());
+    assert!(std::fs::read(output).unwrap() == at_point);
 
     // Nothing fits: clear errors, nothing written, nothing recorded.
     let listed_before = run_ok(&["--json", "failover", "list", "--config", config])
@@ -610,20 +601,10 @@ async fn failover_onto_a_block_device_and_the_devices_it_refuses() {
     assert_eq!(report["disks"][0]["output"], target.as_str());
     assert_eq!(report["disks"][0]["virtual_size_bytes"], 32 * MIB);
     let raw = scratch.path().join("restored.raw");
-    run_ok(&[
-        "--json",
-        "restore",
-        "--config",
-        config,
-        "--disk",
-        disk,
-        "--latest",
-        "--out",
-        raw.to_str().unwrap(),
-    ]);
+    let restore = restored(config, disk, &["--latest"], &raw);
     let device_bytes = std::fs::read(&target).unwrap();
     assert!(
-        device_bytes[..(32 * MIB) as usize] == std::fs::read(&raw).unwrap()[..],
+        device_bytes[..(32 * MIB) as usize] == restore[..],
         "the device differs from the restore"
     );
     assert!(
@@ -748,18 +729,7 @@ async fn failover_to_azurite_writes_a_fixed_vhd_page_blob_of_only_the_data() {
     let bytes = ferry_storage::ObjectStorage::get(&reader, &name).await.unwrap();
     check_footer(&bytes[bytes.len() - 512..], bytes.len() as u64);
     let raw = scratch.path().join("restored.raw");
-    run_ok(&[
-        "--json",
-        "restore",
-        "--config",
-        config,
-        "--disk",
-        disk,
-        "--latest",
-        "--out",
-        raw.to_str().unwrap(),
-    ]);
-    let restored = std::fs::read(&raw).unwrap();
+    let restored = restored(config, disk, &["--latest"], &raw);
     assert!(
         bytes[..size as usize] == restored[..],
         "the blob's disk bytes differ from the restore"
