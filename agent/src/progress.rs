@@ -115,7 +115,8 @@ pub struct DiskStatus {
     pub path: PathBuf,
     pub size_bytes: u64,
     /// starting | initial | continuous | resync | waiting (set-up failed; retried, the error
-    /// says why) | error (set-up failed for good)
+    /// says why) | error (set-up failed for good) | failed_over (the disk's failover was
+    /// committed: not replicated any more)
     pub phase: String,
     pub resync_reason: Option<String>,
     /// The pass running now, or the last one.

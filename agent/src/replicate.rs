@@ -63,6 +63,8 @@ struct Slot {
     retry_at: Option<Instant>,
     /// The last set-up failed because the appliance was busy or unreachable.
     waiting_on_appliance: bool,
+    /// The disk was failed over (committed): never set up again in this run.
+    failed_over: bool,
 }
 
 /// The agent's live state, shared with the status writer.
@@ -164,6 +166,7 @@ pub async fn run(
                         counters: None,
                         retry_at: None,
                         waiting_on_appliance: false,
+                        failed_over: false,
                     }
                 })
                 .collect(),
@@ -273,7 +276,7 @@ async fn set_up_disks(
         let due = {
             let slots = board.slots();
             let slot = &slots[index];
-            slot.session.is_none() && slot.retry_at.is_none_or(|at| at <= Instant::now())
+            slot.session.is_none() && !slot.failed_over && slot.retry_at.is_none_or(|at| at <= Instant::now())
         };
         if !due {
             continue;
@@ -293,6 +296,15 @@ async fn set_up_disks(
                 slot.retry_at = None;
                 slot.waiting_on_appliance = false;
                 slot.session = Some(session);
+            }
+            Err(failure) if failure.failed_over.is_some() => {
+                let text = format!("{:#}", failure.error);
+                tracing::warn!(disk = %disk.path.display(), reason = %text, "not replicating this disk any more");
+                slot.status.last_error = Some(text);
+                slot.status.phase = "failed_over".into();
+                slot.retry_at = None;
+                slot.waiting_on_appliance = false;
+                slot.failed_over = true;
             }
             Err(failure) => {
                 let text = format!("{:#}", failure.error);
@@ -570,6 +582,7 @@ mod tests {
                     counters: None,
                     retry_at: None,
                     waiting_on_appliance: false,
+                    failed_over: false,
                 }
             })
             .collect();

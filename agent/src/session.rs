@@ -51,6 +51,9 @@ pub struct SetupError {
     pub transient: bool,
     /// The appliance's `Retry-After` (a 503 while it drains or its cache is full).
     pub retry_after: Option<Duration>,
+    /// The disk was failed over and the failover committed (`state: failed_over`): this
+    /// machine's copy is no longer replicated; the agent stops sending it (other disks go on).
+    pub failed_over: Option<Uuid>,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for SetupError {
@@ -60,6 +63,7 @@ impl<E: Into<anyhow::Error>> From<E> for SetupError {
             fatal: false,
             transient: false,
             retry_after: None,
+            failed_over: None,
         }
     }
 }
@@ -87,6 +91,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
             fatal: true,
             transient: false,
             retry_after: None,
+            failed_over: None,
         };
     }
     let fatal = matches!(
@@ -105,6 +110,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
         error: anyhow::anyhow!("{endpoint}: {error}"),
         fatal,
         retry_after,
+        failed_over: None,
     }
 }
 
@@ -132,12 +138,7 @@ pub async fn setup(
     config: &AgentConfig,
     disk: &DiskConfig,
 ) -> Result<Session, SetupError> {
-    let device = Arc::new(Device::open(disk).map_err(|error| SetupError {
-        error,
-        fatal: false,
-        transient: false,
-        retry_after: None,
-    })?);
+    let device = Arc::new(Device::open(disk).map_err(SetupError::from)?);
     let disk_id = device.disk_id(machine_id);
     let dir = progress::disk_dir(&config.state_dir, disk_id);
     private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -155,6 +156,17 @@ pub async fn setup(
         .await
         .map_err(|e| explain(e, endpoint))?;
     let info = abandoned.disk;
+    if info.state == ferry_client::api::DiskState::FailedOver {
+        let failover = info.failover_id.map(|id| id.to_string()).unwrap_or_else(|| "?".into());
+        return Err(SetupError {
+            error: anyhow::anyhow!(
+                "disk {disk_id} was failed over (failover {failover}, committed): the failed-over copy is the disk \
+                 now, so this machine's copy is no longer replicated and the agent stops sending it"
+            ),
+            failed_over: Some(info.failover_id.unwrap_or_default()),
+            ..SetupError::from(anyhow::anyhow!("failed over"))
+        });
+    }
     if abandoned.abandoned > 0 {
         tracing::info!(%disk_id, batches = abandoned.abandoned, "gave up batches a previous run left past a gap");
     }
@@ -320,6 +332,7 @@ mod tests {
             state: ferry_client::api::DiskState::Replicating,
             error: None,
             resync_reason: None,
+            failover_id: None,
         }
     }
 

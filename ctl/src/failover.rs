@@ -42,6 +42,12 @@ pub enum FailoverAction {
     List(VaultArgs),
     /// Delete a test failover's outputs, release the pins it made, and forget it.
     Cleanup(CleanupArgs),
+    /// Move a failover (before commit) to another recovery point: only the blocks that can
+    /// differ between the two points are rewritten in its outputs.
+    ChangePoint(crate::failover_final::ChangePointArgs),
+    /// Make a failover final: ferryd refuses its disks' new batches (409 failed_over) and
+    /// their agents stop sending.
+    Commit(crate::failover_final::CommitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +170,8 @@ pub async fn run(args: FailoverArgs, json: bool) -> Result<()> {
     match args.action {
         Some(FailoverAction::List(vault)) => list(vault, json).await,
         Some(FailoverAction::Cleanup(cleanup_args)) => cleanup(cleanup_args, json).await,
+        Some(FailoverAction::ChangePoint(change)) => crate::failover_final::change_point(change, json).await,
+        Some(FailoverAction::Commit(commit)) => crate::failover_final::commit(commit, json).await,
         None => fail_over(args.run, json).await,
     }
 }
@@ -357,6 +365,7 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
         state: FailoverState::Running,
         created_unix_ms: ferry_client::clock::now_unix_ms(),
         finished_unix_ms: None,
+        committed_unix_ms: None,
         disks: Vec::with_capacity(planned.len()),
     };
     for plan in &planned {
@@ -377,6 +386,7 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
             output_format: target.output(),
             virtual_size_bytes: target.virtual_size(plan.descriptor.size_bytes),
             pinned_by_failover,
+            changing_seqs: None,
         });
     }
     ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
@@ -523,10 +533,10 @@ fn blob_name(failover_id: Uuid, disk_id: Uuid) -> String {
     format!("ferry-failover-{failover_id}/{disk_id}.vhd")
 }
 
-/// Deletes the page blob at `url` (in a container of the target's account).
-async fn delete_blob(opened: &OpenVault, url: &str) -> Result<()> {
+/// The page blob at `url` (a failover's output, in a container of the target's account).
+pub(crate) async fn open_blob(opened: &OpenVault, url: &str) -> Result<ferry_storage::page_blob::PageBlob> {
     let ferry_storage::TargetConfig::Azure(config) = &opened.target else {
-        bail!("{url} is a blob: clean this failover up with the Azure target's --config or --azure-* flags");
+        bail!("{url} is a blob: reach it with the Azure target's --config or --azure-* flags");
     };
     let Some((container, name)) = url
         .strip_prefix(&format!("{}/", config.account_url()))
@@ -534,7 +544,12 @@ async fn delete_blob(opened: &OpenVault, url: &str) -> Result<()> {
     else {
         bail!("{url} is not in the target's account {}", config.account_url());
     };
-    let blob = ferry_storage::page_blob::PageBlob::open(config, container, name).await?;
+    Ok(ferry_storage::page_blob::PageBlob::open(config, container, name).await?)
+}
+
+/// Deletes the page blob at `url` (in a container of the target's account).
+async fn delete_blob(opened: &OpenVault, url: &str) -> Result<()> {
+    let blob = open_blob(opened, url).await?;
     blob.delete().await.with_context(|| format!("cannot delete {url}"))
 }
 

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 mod control;
 mod demo;
 mod failover;
+mod failover_final;
 mod init;
 mod plan;
 mod point_args;

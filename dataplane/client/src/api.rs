@@ -39,6 +39,9 @@ pub enum DiskState {
     ResyncRequired,
     /// ferryd refuses new data (ferryctl drain, or stopping).
     Draining,
+    /// The disk was failed over and the failover committed: its new batches are refused
+    /// (`409 failed_over`); `failover_id` says which failover.
+    FailedOver,
 }
 
 text_enum!(DiskState {
@@ -46,6 +49,7 @@ text_enum!(DiskState {
     UploadError => "upload_error",
     ResyncRequired => "resync_required",
     Draining => "draining",
+    FailedOver => "failed_over",
 });
 
 /// `PUT /v1/disks/{disk_id}`.
@@ -88,6 +92,9 @@ pub struct DiskInfo {
     /// Why the agent is re-reading the disk, when `state` is `resync_required`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync_reason: Option<String>,
+    /// The committed failover of the disk, when `state` is `failed_over`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_id: Option<Uuid>,
 }
 
 /// `PUT /v1/disks/{disk_id}/resync`: the sender starts (`required: true`, with a reason) or has
@@ -156,6 +163,7 @@ pub enum ErrorCode {
     SizeShrink,
     OutOfWindow,
     SeqConflict,
+    FailedOver,
     TooLarge,
     Internal,
     Busy,
@@ -181,6 +189,7 @@ text_enum!(ErrorCode {
     SizeShrink => "size_shrink",
     OutOfWindow => "out_of_window",
     SeqConflict => "seq_conflict",
+    FailedOver => "failed_over",
     TooLarge => "too_large",
     Internal => "internal",
     Busy => "busy",
@@ -202,7 +211,11 @@ impl ErrorCode {
             ErrorCode::BadPassphrase | ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound | ErrorCode::UnknownDisk => 404,
-            ErrorCode::DiskConflict | ErrorCode::SizeShrink | ErrorCode::OutOfWindow | ErrorCode::SeqConflict => 409,
+            ErrorCode::DiskConflict
+            | ErrorCode::SizeShrink
+            | ErrorCode::OutOfWindow
+            | ErrorCode::SeqConflict
+            | ErrorCode::FailedOver => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::Busy | ErrorCode::CacheFull | ErrorCode::Draining => 503,
@@ -232,6 +245,9 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_seq: Option<u64>,
+    /// With `failed_over`: the committed failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_id: Option<Uuid>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! - `GET /v1/tune` -> [`TuneState`]; `PUT /v1/tune` with [`TuneRequest`] -> [`TuneState`].
 //! - `POST /v1/drain`, `POST /v1/resume` -> [`Status`]: stop accepting data (for maintenance;
 //!   uploads go on until the cache is empty), or accept it again.
+//! - `POST /v1/failovers/commit` with [`FailoverCommit`] -> [`FailoverCommitted`]: the disks
+//!   of a committed failover; ferryd refuses their new batches from then on (`409 failed_over`).
 //! - `POST /v1/retention/run` with `ferry_vault::retention::RunRequest` -> one
 //!   `DiskSummary` per disk (a consolidation now, after any in progress);
 //!   `PUT /v1/retention/policy` with `PolicyChange` -> the resulting `[retention]`. Those
@@ -282,6 +284,21 @@ impl TuneRequest {
     }
 }
 
+/// `POST /v1/failovers/commit`: these disks were failed over by `failover_id`, committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverCommit {
+    pub failover_id: Uuid,
+    pub disk_ids: Vec<Uuid>,
+}
+
+/// The answer: which of the disks this ferryd holds (now refused) and which it does not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverCommitted {
+    pub marked: Vec<Uuid>,
+    pub unknown: Vec<Uuid>,
+}
+
 /// Talks to ferryd's control socket.
 pub struct ControlClient {
     socket: PathBuf,
@@ -389,6 +406,11 @@ impl ControlClient {
     /// Whether a ferryd answers on the socket now (it accepts a connection).
     pub fn answers(&self) -> bool {
         std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+    }
+
+    /// Tells ferryd the disks of a committed failover (it refuses their new batches).
+    pub async fn commit_failover(&self, commit: &FailoverCommit) -> Result<FailoverCommitted, ClientError> {
+        self.send(hyper::Method::POST, "/v1/failovers/commit", commit).await
     }
 
     /// Accepts data again after a drain.

@@ -13,6 +13,7 @@
 //! - [`server`]: the endpoints: data (mTLS, HTTP/2), management (registration), the control
 //!   socket (status, tune, drain) and `/metrics`; [`admission`] says whether new data is taken,
 //!   [`alerts`] computes health.
+//! - [`failed_over`]: disks of committed failovers, whose new batches are refused.
 //! - [`daemon`]: start-up and shut-down wiring (config, cache, target, listeners, drain).
 //!
 //! Its state files are `ferry_durable::checked`; its wire and storage types come from
@@ -23,6 +24,7 @@ pub mod alerts;
 pub mod cache;
 pub mod counters;
 pub mod daemon;
+pub mod failed_over;
 pub mod ingest_memory;
 pub mod memory_budget;
 pub mod niced_runtime;

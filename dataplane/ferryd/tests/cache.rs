@@ -34,6 +34,7 @@ fn meta(disk_id: Uuid) -> DiskMeta {
         write_ordered: false,
         created_unix_ms: 1,
         resync_reason: None,
+        failed_over: None,
     }
 }
 

@@ -74,9 +74,10 @@ pub struct PrunedPoint {
 }
 
 /// `failovers/{failover_id}.fseal`: a failover or test failover, written before its outputs
-/// (`running`) and again when they are done (`done`) or one failed (`failed`); a test
-/// failover's cleanup deletes it last. Pins it created are listed so cleanup releases those
-/// and no others.
+/// (`running`) and again when they are done (`done`) or one failed (`failed`), while
+/// `change-point` rewrites them (`changing_point`) and when it is committed (`committed`); a
+/// test failover's cleanup deletes it last. Pins it created are listed so cleanup releases
+/// those and no others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverRecord {
     pub format: u32,
@@ -85,6 +86,9 @@ pub struct FailoverRecord {
     pub state: FailoverState,
     pub created_unix_ms: u64,
     pub finished_unix_ms: Option<u64>,
+    /// When `ferryctl failover commit` made it final (absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_unix_ms: Option<u64>,
     pub disks: Vec<FailoverDisk>,
 }
 
@@ -105,6 +109,12 @@ pub struct FailoverDisk {
     pub virtual_size_bytes: u64,
     /// Whether this failover created the pin on `point` (cleanup removes only those).
     pub pinned_by_failover: bool,
+    /// While `change-point` rewrites the output (or after it failed half way): the lowest and
+    /// highest seq whose bytes the output may hold, block by block. The next change-point
+    /// rewrites every block a batch in that range wrote, so an interrupted change is safe to
+    /// run again towards any point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changing_seqs: Option<(u64, u64)>,
 }
 
 /// Where a failover is.
@@ -114,6 +124,10 @@ pub enum FailoverState {
     Running,
     Done,
     Failed,
+    /// `ferryctl failover change-point` is rewriting the outputs (or failed half way).
+    ChangingPoint,
+    /// Final: the machines run from the outputs; ferryd refuses the disks' new batches.
+    Committed,
 }
 
 /// What a failover wrote a disk as.
@@ -136,6 +150,8 @@ impl FailoverState {
             FailoverState::Running => "running",
             FailoverState::Done => "done",
             FailoverState::Failed => "failed",
+            FailoverState::ChangingPoint => "changing_point",
+            FailoverState::Committed => "committed",
         }
     }
 }
@@ -183,7 +199,13 @@ mod tests {
 
     #[test]
     fn failover_states_and_outputs_are_written_as_their_names() {
-        for state in [FailoverState::Running, FailoverState::Done, FailoverState::Failed] {
+        for state in [
+            FailoverState::Running,
+            FailoverState::Done,
+            FailoverState::Failed,
+            FailoverState::ChangingPoint,
+            FailoverState::Committed,
+        ] {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         }
         for output in [

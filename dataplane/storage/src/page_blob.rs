@@ -1,8 +1,8 @@
 //! Page blobs in a container of the target's Azure account: what a failover writes for Azure
 //! to make a managed disk from (a fixed VHD, `az disk create --source <blob URL>`).
 //!
-//! The calls go through Microsoft's typed client (`azure_storage_blob`: Create, Put Page, Get
-//! Page Ranges, Get Properties, Delete), authorized by a SAS in each blob URL that `object_store` signs from
+//! The calls go through Microsoft's typed client (`azure_storage_blob`: Create, Put Page, Clear
+//! Pages, Get Page Ranges, Get Properties, Delete), authorized by a SAS in each blob URL that `object_store` signs from
 //! the target's credential (a service SAS from an account key, a user delegation SAS from an
 //! identity; a configured SAS token is used as it is). Each URL is signed for the one blob and
 //! the one kind of call (write, read, delete) and for [`SIGNED_FOR`]; the signature never
@@ -168,6 +168,24 @@ impl PageBlob {
                 HttpRange::new(offset, length),
                 None,
             )
+            .await
+            .map(|_| ())
+            .map_err(|e| error(Operation::Put, &self.name, &e, status_of(&e)))
+    }
+
+    /// Makes `length` bytes at `offset` (whole pages; any length, unlike Put Page) zero pages
+    /// again, which also stops them counting as written.
+    pub async fn clear_pages(&self, offset: u64, length: u64) -> Result<(), StorageError> {
+        if !offset.is_multiple_of(PAGE) || !length.is_multiple_of(PAGE) || length == 0 {
+            return Err(StorageError::Permanent {
+                operation: Operation::Put,
+                name: self.name.clone(),
+                kind: PermanentKind::InvalidRequest,
+                message: format!("pages at {offset}, {length} bytes: not whole 512-byte pages"),
+            });
+        }
+        self.write
+            .clear_pages(HttpRange::new(offset, length), None)
             .await
             .map(|_| ())
             .map_err(|e| error(Operation::Put, &self.name, &e, status_of(&e)))

@@ -276,7 +276,7 @@ async fn upload_non_zero(
 }
 
 /// The runs of non-zero 512-byte sectors of `data` (which starts at `offset`), as slices.
-fn non_zero_runs(offset: u64, data: &Bytes) -> Vec<(u64, Bytes)> {
+pub(crate) fn non_zero_runs(offset: u64, data: &Bytes) -> Vec<(u64, Bytes)> {
     let page = ferry_storage::page_blob::PAGE as usize;
     let mut runs = Vec::new();
     let mut run_start: Option<usize> = None;

@@ -4,6 +4,8 @@
 //! - [`disks`]: the disks of a vault.
 //! - [`log`]: a disk's change sets, the chain that covers a range of seqs, replaying it.
 //! - [`base`]: base images: reading one into an image, writing a new one.
+//! - [`change_point`]: a failover's point changed in place: the blocks two seqs can differ
+//!   in, rewritten from the new point's image.
 //! - [`failover`]: failover outputs (fixed VHD or raw files) and the failover records.
 //! - [`image`]: image files (records in place, zeros as holes).
 //! - [`points`]: a disk's recovery points, and choosing one (latest, app, by id, seq, time).
@@ -13,6 +15,7 @@
 //! - [`retention`]: which recovery points a consolidation keeps (the `[retention]` policy).
 
 pub mod base;
+pub mod change_point;
 pub mod disks;
 pub mod failover;
 pub mod image;

@@ -8,15 +8,15 @@ use ferry_tests::{ferryctl, Agent, Appliance, Ferryd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
-fn run_ok(args: &[&str]) -> serde_json::Value {
+pub(crate) fn run_ok(args: &[&str]) -> serde_json::Value {
     let run = ferryctl(args);
     assert!(run.success, "ferryctl {args:?} failed:\n{}{}", run.stdout, run.stderr);
     run.json()
 }
 
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -24,7 +24,7 @@ fn have(tool: &str) -> bool {
 }
 
 /// An ext4 image of `size` bytes holding `files` (made with `mkfs.ext4 -d`, no mount needed).
-fn ext4_image(dir: &Path, name: &str, size: u64, files: &[(&str, &[u8])]) -> PathBuf {
+pub(crate) fn ext4_image(dir: &Path, name: &str, size: u64, files: &[(&str, &[u8])]) -> PathBuf {
     let content = dir.join(format!("{name}-content"));
     std::fs::create_dir_all(&content).unwrap();
     for (file, bytes) in files {
@@ -68,7 +68,7 @@ fn assert_clean_ext4_with(image: &Path, file: &str, expected: &[u8]) {
 
 /// `ferryctl restore` of `disk` at `which` (`["--latest"]`, `["--point", id]`) into `out`;
 /// the restored bytes.
-fn restored(config: &str, disk: &str, which: &[&str], out: &Path) -> Vec<u8> {
+pub(crate) fn restored(config: &str, disk: &str, which: &[&str], out: &Path) -> Vec<u8> {
     let mut args = vec!["--json", "restore", "--config", config, "--disk", disk];
     args.extend_from_slice(which);
     args.extend_from_slice(&["--out", out.to_str().unwrap()]);
@@ -77,14 +77,14 @@ fn restored(config: &str, disk: &str, which: &[&str], out: &Path) -> Vec<u8> {
 }
 
 /// The agent's pass reports, one per disk.
-fn passes(agent: &Agent, extra: &[&str]) -> Vec<serde_json::Value> {
+pub(crate) fn passes(agent: &Agent, extra: &[&str]) -> Vec<serde_json::Value> {
     let run = agent.run_once(extra);
     assert!(run.success, "ferry-agent run --once failed: {}", run.stderr);
     run.json().as_array().cloned().expect("an array of pass reports")
 }
 
 /// Waits until every (disk, bookmark) is a point in storage; returns the points.
-fn wait_for_points(appliance: &Appliance, reports: &[serde_json::Value]) -> Vec<serde_json::Value> {
+pub(crate) fn wait_for_points(appliance: &Appliance, reports: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let config = appliance.dir.to_str().unwrap();
     reports
         .iter()
@@ -111,7 +111,7 @@ fn wait_for_points(appliance: &Appliance, reports: &[serde_json::Value]) -> Vec<
 
 /// This test's own reading of a fixed VHD footer (the VHD specification, "Hard Disk Footer
 /// Format"), checking every field; returns the current size.
-fn check_footer(footer: &[u8], file_len: u64) -> u64 {
+pub(crate) fn check_footer(footer: &[u8], file_len: u64) -> u64 {
     let be32 = |at: usize| u32::from_be_bytes(footer[at..at + 4].try_into().unwrap());
     let be64 = |at: usize| u64::from_be_bytes(footer[at..at + 8].try_into().unwrap());
     assert_eq!(footer.len(), 512);
@@ -663,8 +663,35 @@ async fn failover_onto_a_block_device_and_the_devices_it_refuses() {
     assert_eq!(listed, listed_before, "a refused failover left a record");
 }
 
+/// The blob's page ranges (merged) are exactly the non-zero 512-byte sectors of `bytes` (the
+/// whole blob); returns them.
+pub(crate) async fn assert_pages_are_the_non_zero_sectors(
+    blob: &ferry_storage::page_blob::PageBlob,
+    bytes: &[u8],
+) -> Vec<(u64, u64)> {
+    let mut expected: Vec<(u64, u64)> = Vec::new();
+    for (index, sector) in bytes.chunks(512).enumerate() {
+        if sector.iter().any(|&b| b != 0) {
+            let start = index as u64 * 512;
+            match expected.last_mut() {
+                Some(last) if last.1 == start => last.1 = start + 512,
+                _ => expected.push((start, start + 512)),
+            }
+        }
+    }
+    let mut actual: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in blob.page_ranges().await.unwrap() {
+        match actual.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => actual.push((start, end)),
+        }
+    }
+    assert_eq!(actual, expected, "page ranges are not exactly the non-zero sectors");
+    actual
+}
+
 /// A container of the Azurite account, with its well-known key.
-fn azurite_config(endpoint: &str, container: &str) -> ferry_storage::AzureTargetConfig {
+pub(crate) fn azurite_config(endpoint: &str, container: &str) -> ferry_storage::AzureTargetConfig {
     ferry_storage::AzureTargetConfig {
         account: ferry_tests::AZURITE_ACCOUNT.into(),
         container: container.into(),
@@ -740,24 +767,7 @@ async fn failover_to_azurite_writes_a_fixed_vhd_page_blob_of_only_the_data() {
     assert_clean_ext4_with(&local_vhd, "data.txt", &data);
 
     // Its page ranges: exactly the non-zero 512-byte sectors (merged as the service reports).
-    let mut expected: Vec<(u64, u64)> = Vec::new();
-    for (index, sector) in bytes.chunks(512).enumerate() {
-        if sector.iter().any(|&b| b != 0) {
-            let start = index as u64 * 512;
-            match expected.last_mut() {
-                Some(last) if last.1 == start => last.1 = start + 512,
-                _ => expected.push((start, start + 512)),
-            }
-        }
-    }
-    let mut actual: Vec<(u64, u64)> = Vec::new();
-    for (start, end) in blob.page_ranges().await.unwrap() {
-        match actual.last_mut() {
-            Some(last) if last.1 == start => last.1 = end,
-            _ => actual.push((start, end)),
-        }
-    }
-    assert_eq!(actual, expected, "page ranges are not exactly the non-zero sectors");
+    let actual = assert_pages_are_the_non_zero_sectors(&blob, &bytes).await;
     let stored: u64 = actual.iter().map(|(s, e)| e - s).sum();
     assert!(stored < 41 * MIB / 2, "{stored} bytes of pages for a mostly empty disk");
 

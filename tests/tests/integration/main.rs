@@ -6,6 +6,7 @@ mod control;
 mod ctl_init;
 mod early_answers;
 mod failover;
+mod failover_final;
 mod ingest;
 mod perf;
 mod pipeline;

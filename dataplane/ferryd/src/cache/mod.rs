@@ -94,6 +94,9 @@ pub struct DiskMeta {
     /// Why the agent is re-reading the whole disk, while it does (`state: resync_required`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync_reason: Option<String>,
+    /// The committed failover of the disk (`state: failed_over`): its new batches are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_over: Option<Uuid>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -405,6 +408,23 @@ impl Cache {
             .ok_or(CacheError::UnknownDisk(meta.disk_id))?;
         disk.meta = meta;
         Ok(view(disk))
+    }
+
+    /// Records that the disk was failed over by the committed failover `failover_id` (from
+    /// then on its new batches are refused), durably; unchanged when already so.
+    pub fn set_failed_over(&self, disk_id: Uuid, failover_id: Uuid) -> Result<DiskView, CacheError> {
+        let meta = {
+            let state = self.shared.state();
+            let disk = state.disks.get(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
+            if disk.meta.failed_over == Some(failover_id) {
+                return Ok(view(disk));
+            }
+            DiskMeta {
+                failed_over: Some(failover_id),
+                ..disk.meta.clone()
+            }
+        };
+        self.update_disk(meta)
     }
 
     pub fn disk(&self, disk_id: Uuid) -> Option<DiskView> {

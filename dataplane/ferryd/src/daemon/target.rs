@@ -83,7 +83,8 @@ pub(super) async fn connect(
     Ok((storage, keyring))
 }
 
-/// What runs on the target once it answers: the upload pipeline and consolidation.
+/// What runs on the target once it answers: the upload pipeline, consolidation, and the
+/// committed failovers' marks (crate::failed_over).
 pub(super) struct OnTarget {
     pub cache: Cache,
     pub status: crate::pipeline::PipelineStatus,
@@ -135,6 +136,11 @@ pub(super) async fn start_pipeline(
             (storage.clone(), keyring.clone())
         }
     };
+    tokio::spawn(crate::failed_over::apply_committed(
+        cache.clone(),
+        for_retention.0.clone(),
+        for_retention.1.clone(),
+    ));
     let _ = retention.vault.set(for_retention);
     crate::pipeline::start(cache, storage, keyring, tuning, status, stopped);
 }

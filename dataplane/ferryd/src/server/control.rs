@@ -158,6 +158,19 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
                 )),
             }
         }
+        (Method::POST, "/v1/failovers/commit") => {
+            match serde_json::from_slice::<ferry_client::control::FailoverCommit>(&body) {
+                Ok(commit) => {
+                    let cache = state.cache.clone();
+                    match tokio::task::spawn_blocking(move || crate::failed_over::mark(&cache, &commit)).await {
+                        Ok(Ok(answer)) => Ok(json(StatusCode::OK, &answer)),
+                        Ok(Err(e)) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
+                        Err(e) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
+                    }
+                }
+                Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("failover commit: {e}"))),
+            }
+        }
         (Method::POST, "/v1/drain") => {
             state.tuning.set_flush_all(true);
             if state.admission.set_maintenance(true) {

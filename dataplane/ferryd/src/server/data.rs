@@ -129,7 +129,9 @@ pub(super) fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
             kind: p.kind,
             source_time_unix_ms: p.source_time_unix_ms,
         }),
-        state: if view.meta.resync_reason.is_some() {
+        state: if view.meta.failed_over.is_some() {
+            DiskState::FailedOver
+        } else if view.meta.resync_reason.is_some() {
             DiskState::ResyncRequired
         } else if error.is_some() {
             DiskState::UploadError
@@ -140,6 +142,7 @@ pub(super) fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
         },
         error,
         resync_reason: view.meta.resync_reason.clone(),
+        failover_id: view.meta.failed_over,
     }
 }
 
@@ -273,6 +276,7 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
         write_ordered: spec.write_ordered,
         created_unix_ms: ferry_client::clock::now_unix_ms(),
         resync_reason: None,
+        failed_over: None,
     };
     let view = off_the_runtime(state, move |cache| cache.create_disk(meta)).await?;
     if view.meta.machine_id != machine {
@@ -424,7 +428,7 @@ async fn put_batch(
 }
 
 /// What can be refused from the headers alone: draining, a disk that is not the caller's, a
-/// seq past the window, a declared length over the limit.
+/// failed-over disk, a seq past the window, a declared length over the limit.
 fn refuse_before_reading(
     state: &AppState,
     machine: Uuid,
@@ -435,6 +439,9 @@ fn refuse_before_reading(
 ) -> Result<DiskView, ApiError> {
     draining(state)?;
     let disk = owned_disk(state, machine, disk_id)?;
+    if let Some(failover_id) = disk.meta.failed_over {
+        return Err(failed_over(disk_id, failover_id));
+    }
     if let Some(Admission::OutOfWindow { expected_seq }) = state.cache.window_check(disk_id, seq).map_err(internal)? {
         return Err(out_of_window(seq, expected_seq));
     }
@@ -469,6 +476,19 @@ async fn discard_body(mut body: Incoming, limit: usize) {
         }
     };
     let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
+}
+
+/// `409 failed_over`: the disk's committed failover made the failed-over copy the disk; what
+/// this machine writes is no longer replicated.
+fn failed_over(disk_id: Uuid, failover_id: Uuid) -> ApiError {
+    ApiError::new(
+        ErrorCode::FailedOver,
+        format!(
+            "disk {disk_id} was failed over (failover {failover_id}, committed): its new batches are refused; \
+             nothing was stored"
+        ),
+    )
+    .failover(failover_id)
 }
 
 fn out_of_window(seq: u64, expected_seq: u64) -> ApiError {

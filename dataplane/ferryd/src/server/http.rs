@@ -17,6 +17,7 @@ pub struct ApiError {
     pub message: String,
     pub expected_seq: Option<u64>,
     pub retry_after_secs: Option<u64>,
+    pub failover_id: Option<uuid::Uuid>,
 }
 
 impl ApiError {
@@ -27,11 +28,18 @@ impl ApiError {
             message: message.into(),
             expected_seq: None,
             retry_after_secs: None,
+            failover_id: None,
         }
     }
 
     pub fn expected(mut self, seq: u64) -> Self {
         self.expected_seq = Some(seq);
+        self
+    }
+
+    /// Names the committed failover (with `failed_over`).
+    pub fn failover(mut self, failover_id: uuid::Uuid) -> Self {
+        self.failover_id = Some(failover_id);
         self
     }
 
@@ -45,6 +53,7 @@ impl ApiError {
             error: self.code.as_str().to_string(),
             message: self.message,
             expected_seq: self.expected_seq,
+            failover_id: self.failover_id,
         };
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = json(status, &body);
