@@ -44,14 +44,15 @@ async fn disk_ids(opened: &OpenVault) -> Result<Vec<Uuid>> {
 /// A disk's descriptor, from `disk.fseal`.
 pub async fn read_descriptor(opened: &OpenVault, disk_id: Uuid) -> Result<DiskDescriptor> {
     let name = ObjectName::DiskMeta { disk_id }.to_string();
-    let sealed = opened
-        .storage
-        .get(&name)
+    let key = opened.keyring.disk_key(disk_id);
+    ferry_vault::sealed::read_json(&*opened.storage, &key, &name)
         .await
-        .with_context(|| format!("disk {disk_id} is not in this vault (no {name})"))?;
-    let plain = ferry_format::seal::unseal(&opened.keyring.disk_key(disk_id), &name, &sealed)
-        .with_context(|| format!("object {name} is corrupt"))?;
-    serde_json::from_slice(&plain).with_context(|| format!("object {name} is not a disk descriptor"))
+        .map_err(|e| match e.downcast_ref::<ferry_storage::StorageError>() {
+            Some(ferry_storage::StorageError::NotFound { .. }) => {
+                anyhow::anyhow!("disk {disk_id} is not in this vault (no {name})")
+            }
+            _ => e,
+        })
 }
 
 /// The recovery point with the highest seq, reading only that one point object.
