@@ -33,6 +33,18 @@ export FERRY_REQUIRE_AZURITE=1
 if [ "$(id -u)" = 0 ] && [ -e /dev/loop-control ] && command -v mkfs.ext4 >/dev/null; then
   export FERRY_REQUIRE_LOOP=1
 fi
+# The point-in-time pass test needs a loop-mounted XFS (reflink): install xfsprogs where it is
+# missing and this is a Debian-like machine run as root; where XFS can then be made, it is
+# required too.
+if [ "$(id -u)" = 0 ] && ! command -v mkfs.xfs >/dev/null && command -v apt-get >/dev/null; then
+  echo "== installing xfsprogs (mkfs.xfs) for the point-in-time pass test"
+  apt-get install -y --no-install-recommends xfsprogs >/dev/null 2>&1 ||
+    { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends xfsprogs >/dev/null 2>&1; } ||
+    echo "   (could not install xfsprogs: that test skips, saying so)"
+fi
+if [ "$(id -u)" = 0 ] && [ -e /dev/loop-control ] && command -v mkfs.xfs >/dev/null && grep -qw xfs /proc/filesystems; then
+  export FERRY_REQUIRE_XFS=1
+fi
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -36,6 +36,9 @@ pub struct DiskConfig {
     pub identity: Option<String>,
     /// 512 or 4096; detected for block devices, 512 for files by default.
     pub sector_size: Option<u32>,
+    /// How a pass captures the disk at one instant (snapshot.rs): auto, reflink, lvm, none.
+    #[serde(default)]
+    pub snapshot: crate::snapshot::SnapshotMode,
 }
 
 #[derive(Clone, Debug, Deserialize)]

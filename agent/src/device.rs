@@ -80,6 +80,24 @@ impl Device {
         })
     }
 
+    /// The same disk read from `file` (a snapshot of it): same identity, name and size.
+    pub fn reading_from(&self, file: File, is_block_device: bool) -> Device {
+        Device {
+            file,
+            path: self.path.clone(),
+            name: self.name.clone(),
+            size_bytes: self.size_bytes,
+            sector_size: self.sector_size,
+            identity: self.identity.clone(),
+            is_block_device,
+        }
+    }
+
+    /// The open disk (for a snapshot provider).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The disk's id on this machine (UUIDv5 of the machine id and the identity string).
     pub fn disk_id(&self, machine_id: Uuid) -> Uuid {
         Uuid::new_v5(&machine_id, self.identity.as_bytes())

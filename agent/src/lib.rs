@@ -7,6 +7,7 @@
 //! - [`blockmap`]: per-block BLAKE3 digests of what the server holds (errs towards unknown).
 //! - [`pass`]: one read of a whole disk that sends what differs, then a bookmark.
 //! - [`session`]: a disk's setup after a (re)start, and the initial/continuous/resync decision.
+//! - [`snapshot`]: a disk captured at one instant for a pass (reflink, LVM, or the live disk).
 //! - [`quiesce`]: pre/post scripts and fsfreeze around app-consistent passes.
 //! - [`replicate`]: the rounds on the bookmark policy (`ferry-agent run`).
 //! - [`progress`], [`status`]: what is remembered between runs and shown by `status`.
@@ -20,4 +21,5 @@ pub mod progress;
 pub mod quiesce;
 pub mod replicate;
 pub mod session;
+pub mod snapshot;
 pub mod status;

@@ -123,6 +123,10 @@ pub struct DiskStatus {
     pub pass: Option<PassStatus>,
     pub last_bookmark: Option<BookmarkRecord>,
     pub last_error: Option<String>,
+    /// The snapshot provider the last pass used (`reflink`, `lvm`, `none`) and, under `auto`,
+    /// why it fell back to the live disk.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -137,6 +141,10 @@ pub struct PassStatus {
     /// Batch bytes the server acknowledged in this pass.
     pub sent_bytes: u64,
     pub quiesced: Option<bool>,
+    /// How long the disk's writers were held while its snapshot was taken (none: the pass
+    /// read the live disk).
+    #[serde(default)]
+    pub hold_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -36,6 +36,18 @@ pub struct QuiesceOutcome {
 }
 
 impl Quiesce {
+    /// Whether one of the file systems this quiesce froze holds `path` (a reflink clone there
+    /// would wait for the thaw).
+    pub fn froze_file_system_of(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(target) = std::fs::metadata(path) else {
+            return false;
+        };
+        self.frozen
+            .iter()
+            .any(|(_, root)| root.metadata().is_ok_and(|m| m.dev() == target.dev()))
+    }
+
     /// Runs the pre script and freezes; failures are recorded, not returned.
     pub async fn begin(config: &QuiesceConfig) -> Quiesce {
         let mut quiesce = Quiesce {

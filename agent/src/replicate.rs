@@ -28,6 +28,7 @@ use crate::pass::{run_pass, BookmarkChoice, PassCounters, PassOutcome, PassReque
 use crate::progress::{self, AgentStatus, BookmarkRecord, DiskStatus, PassStatus, Phase};
 use crate::quiesce::Quiesce;
 use crate::session::{self, Session};
+use crate::snapshot::SnapshotMode;
 use ferry_client::clock::now_unix_ms;
 use ferry_durable::private_dir;
 
@@ -328,17 +329,53 @@ async fn set_up_disks(
 
 /// One round of passes over every disk that is set up.
 async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bool) -> anyhow::Result<Vec<PassReport>> {
-    // Start a pass on every disk that is set up.
+    // An app-consistent round quiesces first, so the disks are captured while the
+    // applications are quiet; when every disk is captured at one instant (a snapshot), they
+    // thaw at once, otherwise only when every disk has been read.
     let started_ms = now_unix_ms();
+    let mut quiesce = if app && config.quiesce.is_configured() {
+        Some(Quiesce::begin(&config.quiesce).await)
+    } else {
+        if app {
+            tracing::info!("an app-consistent bookmark is due but [quiesce] configures nothing: crash-consistent");
+        }
+        None
+    };
+    // Start a pass on every disk that is set up, each reading its snapshot.
     let mut passes = Vec::new();
     let mut reads_done = Vec::new();
     let mut kinds = Vec::new();
+    let mut all_point_in_time = true;
     {
         let mut slots = board.slots();
         for (index, slot) in slots.iter_mut().enumerate() {
             let Some(session) = slot.session.as_mut() else {
                 continue;
             };
+            let mut mode = config.disks.get(index).map(|d| d.snapshot).unwrap_or_default();
+            let frozen_here = !session.device.is_block_device
+                && quiesce
+                    .as_ref()
+                    .is_some_and(|q| q.froze_file_system_of(&session.device.path));
+            if frozen_here && mode != SnapshotMode::Lvm {
+                // A clone writes the file system the quiesce froze: it would wait for the thaw.
+                tracing::warn!(disk = %session.device.path.display(), "[quiesce] froze the file system of this image: the pass reads the live disk while it stays frozen");
+                mode = SnapshotMode::None;
+            }
+            let snapshot = match crate::snapshot::take(&session.device, mode) {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    let error = format!("snapshot ({mode:?}): {e:#}");
+                    tracing::error!(disk = %session.device.path.display(), %error, "no pass this round");
+                    slot.status.last_error = Some(error);
+                    continue;
+                }
+            };
+            all_point_in_time &= snapshot.point_in_time();
+            slot.status.snapshot = Some(match &snapshot.note {
+                Some(note) => format!("{} ({note})", snapshot.provider),
+                None => snapshot.provider.to_string(),
+            });
             let phase = session.progress.phase();
             let number = session.progress.passes_completed + 1;
             let bookmark_id = BookmarkId::new(&format!("pass-{number}-{started_ms}"))
@@ -347,6 +384,8 @@ async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bo
                 (Phase::Resync, Some(reason)) => format!("resync: {reason}"),
                 _ => phase.as_str().to_string(),
             };
+            // The capture's words first: a long resync reason may be cut at the tag's limit.
+            let tag = format!("{}; {tag}", snapshot.tag());
             session.progress.pass_in_progress = true;
             if let Err(e) = progress::save(&config.state_dir, &session.progress) {
                 slot.status.last_error = Some(format!("saving progress: {e}"));
@@ -364,12 +403,13 @@ async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bo
                 running: true,
                 started_unix_ms: started_ms,
                 size_bytes: session.device.size_bytes,
+                hold_ms: snapshot.point_in_time().then_some(snapshot.hold.as_secs_f64() * 1e3),
                 ..PassStatus::default()
             });
             let request = PassRequest {
                 client: client.clone(),
                 disk_id: session.disk_id,
-                device: session.device.clone(),
+                device: snapshot.device.clone(),
                 map: session.map.clone(),
                 first_seq: session.next_seq,
                 settings: session.settings,
@@ -379,21 +419,27 @@ async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bo
                 reads_done: done_tx,
                 bookmark: kind_rx,
             };
-            passes.push(async move { (index, phase, run_pass(request).await) });
+            passes.push(async move {
+                let result = run_pass(request).await;
+                drop(snapshot); // an LVM snapshot is removed once its pass is over
+                (index, phase, result)
+            });
         }
     }
     if passes.is_empty() {
+        if let Some(quiesce) = quiesce {
+            quiesce.end(true).await;
+        }
         return Ok(Vec::new());
     }
 
-    // Quiesce (if due) while the passes read; thaw as soon as every disk has been read.
-    let quiesce = if app && config.quiesce.is_configured() {
-        Some(Quiesce::begin(&config.quiesce).await)
-    } else {
-        if app {
-            tracing::info!("an app-consistent bookmark is due but [quiesce] configures nothing: crash-consistent");
+    // Every disk captured: thaw now. Otherwise thaw as soon as every disk has been read.
+    let early = match quiesce.take() {
+        Some(q) if all_point_in_time => Some(q.end(true).await),
+        other => {
+            quiesce = other;
+            None
         }
-        None
     };
     let limit = quiesce
         .as_ref()
@@ -405,9 +451,13 @@ async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bo
         results = &mut passes => { finished = Some(results); true }
         waited = tokio::time::timeout(limit, join_all(reads_done)) => waited.is_ok(),
     };
-    let consistent = match quiesce {
-        Some(quiesce) => {
-            let outcome = quiesce.end(reads_in_time).await;
+    let outcome = match (early, quiesce) {
+        (Some(outcome), _) => Some(outcome),
+        (None, Some(quiesce)) => Some(quiesce.end(reads_in_time).await),
+        (None, None) => None,
+    };
+    let consistent = match outcome {
+        Some(outcome) => {
             for note in &outcome.notes {
                 tracing::warn!(%note, "quiesce");
             }
@@ -559,6 +609,7 @@ mod tests {
                     name: None,
                     identity: None,
                     sector_size: None,
+                    snapshot: Default::default(),
                 })
                 .unwrap();
                 let (map, _) = BlockMap::open(&dir.join(format!("map{i}")), progress.disk_id, 65536, 1 << 20).unwrap();

@@ -85,6 +85,13 @@ pub fn render(status: &AgentStatus) -> String {
             "{:<16} {:<11} {:<34} {:<34} {:>9}\n",
             disk.name, disk.phase, progress, bookmark, lag
         ));
+        if let Some(snapshot) = &disk.snapshot {
+            let hold = match disk.pass.as_ref().and_then(|p| p.hold_ms) {
+                Some(ms) => format!(", writes held {ms:.1} ms"),
+                None => String::new(),
+            };
+            out.push_str(&format!("  snapshot: {snapshot}{hold}\n"));
+        }
         if let Some(reason) = &disk.resync_reason {
             out.push_str(&format!("  resync: {reason}\n"));
         }

@@ -100,6 +100,7 @@ async fn run(bytes: usize) {
             name: None,
             identity: None,
             sector_size: None,
+            snapshot: Default::default(),
         }],
         scan: Default::default(),
         bookmarks: Default::default(),

@@ -539,3 +539,68 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// A loop-mounted file system of a test's own (`ext4`, or `xfs` with reflink), unmounted (and
+/// thawed) however the test ends.
+pub struct LoopMount {
+    pub mount: PathBuf,
+    /// The loop device that holds it.
+    pub device: PathBuf,
+}
+
+impl LoopMount {
+    /// `None` (the test then skips, saying why) without root, loop devices or the file
+    /// system's mkfs, unless FERRY_REQUIRE_LOOP=1 (ext4) or FERRY_REQUIRE_XFS=1 (xfs): then
+    /// not being able to make one fails the test.
+    pub fn new(dir: &Path, fs_type: &str) -> Option<LoopMount> {
+        let sh = |cmd: &str| {
+            Command::new("sh")
+                .args(["-c", cmd])
+                .output()
+                .map(|o| {
+                    (
+                        o.status.success(),
+                        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                    )
+                })
+                .unwrap_or((false, String::new()))
+        };
+        let image = dir.join(format!("{fs_type}.img"));
+        let mount = dir.join(format!("{fs_type}-mnt"));
+        std::fs::create_dir_all(&mount).expect("mount point");
+        let (make, required_by) = match fs_type {
+            "ext4" => (
+                "truncate -s 64M {img} && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 {img} && mount -o loop,noinit_itable {img} {mnt}",
+                "FERRY_REQUIRE_LOOP",
+            ),
+            "xfs" => (
+                "truncate -s 512M {img} && mkfs.xfs -q -f -m reflink=1 {img} && mount -o loop {img} {mnt}",
+                "FERRY_REQUIRE_XFS",
+            ),
+            other => panic!("no recipe for a loop-mounted {other}"),
+        };
+        let made = sh(&make
+            .replace("{img}", &image.display().to_string())
+            .replace("{mnt}", &mount.display().to_string()));
+        if !made.0 {
+            assert!(
+                std::env::var(required_by).is_err(),
+                "{required_by} is set but a loop-mounted {fs_type} could not be made"
+            );
+            eprintln!("skipped: needs root, loop devices and mkfs.{fs_type} (set {required_by}=1 to require)");
+            return None;
+        }
+        let (_, source) = sh(&format!("findmnt -n -o SOURCE {}", mount.display()));
+        Some(LoopMount {
+            mount,
+            device: PathBuf::from(source),
+        })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("--unfreeze").arg(&self.mount).output();
+        let _ = Command::new("umount").arg(&self.mount).output();
+    }
+}

@@ -11,3 +11,4 @@ mod ingest;
 mod perf;
 mod pipeline;
 mod retention;
+mod snapshot;

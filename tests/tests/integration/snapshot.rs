@@ -1,0 +1,216 @@
+//! Point-in-time passes with the real ferry-agent, ferryd and ferryctl: an image file on a
+//! loop-mounted XFS (reflink) is rewritten block by block the whole time the agent reads it;
+//! every point taken with `snapshot = "reflink"` restores to a state that one instant of the
+//! writer's log explains, and the same check fails for `snapshot = "none"` (live reads), so
+//! the check can fail.
+
+use ferry_tests::{ferryctl, Agent, Appliance, Ferryd, LoopMount};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::failover::{run_ok, wait_for_points};
+
+const BLOCK: usize = 4096;
+const BLOCKS: usize = 4096; // a 16 MiB image
+
+/// A block as the writer writes it: its index, the write's sequence number, then a filler.
+fn block(index: usize, seq: u64) -> Vec<u8> {
+    let mut bytes = vec![(seq % 251) as u8 + 1; BLOCK];
+    bytes[..8].copy_from_slice(&(index as u64).to_le_bytes());
+    bytes[8..16].copy_from_slice(&seq.to_le_bytes());
+    bytes
+}
+
+/// Writes random blocks of `image`, each with the next sequence number, until `stop`; the log
+/// holds, in order, the block each sequence number went to (entry i is seq i + 1).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<u32>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(image: &Path) -> Writer {
+        let file = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+        let (stop, log) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (stop_flag, written) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut seq = 0u64;
+            while !stop_flag.load(Ordering::Relaxed) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let index = (rng % BLOCKS as u64) as usize;
+                seq += 1;
+                file.write_all_at(&block(index, seq), (index * BLOCK) as u64).unwrap();
+                written.lock().unwrap().push(index as u32);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        Writer {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    fn log(&self) -> Vec<u32> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Whether `restored` is the image after exactly the first P writes of `log` for some P (the
+/// highest sequence number it holds): every block must hold its last write at or before P.
+/// Returns the first block that says otherwise.
+fn explained_by_one_instant(restored: &[u8], log: &[u32]) -> Result<u64, String> {
+    let seq_of = |index: usize| {
+        let bytes = &restored[index * BLOCK..(index + 1) * BLOCK];
+        assert_eq!(
+            u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            index as u64,
+            "block {index} holds another block's bytes"
+        );
+        u64::from_le_bytes(bytes[8..16].try_into().unwrap())
+    };
+    let newest = (0..BLOCKS).map(seq_of).max().unwrap_or(0);
+    assert!(newest as usize <= log.len(), "a write the log does not have");
+    let mut expected = vec![0u64; BLOCKS];
+    for (i, index) in log[..newest as usize].iter().enumerate() {
+        expected[*index as usize] = i as u64 + 1;
+    }
+    for (index, want) in expected.iter().enumerate() {
+        let found = seq_of(index);
+        if found != *want {
+            return Err(format!(
+                "block {index} holds write {found}, but after write {newest} it held write {want}"
+            ));
+        }
+    }
+    Ok(newest)
+}
+
+/// Three passes of the agent over `image` with `snapshot` while the writer runs; for each
+/// point, whether one instant of the writer's log explains it.
+async fn points_under_writes(mode: &str) -> Option<(Vec<Result<u64, String>>, Vec<serde_json::Value>)> {
+    let scratch = tempfile::tempdir().unwrap();
+    let fs = LoopMount::new(scratch.path(), "xfs")?;
+    let image = fs.mount.join("disk.img");
+    let initial: Vec<u8> = (0..BLOCKS).flat_map(|i| block(i, 0)).collect();
+    std::fs::write(&image, &initial).unwrap();
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let agent = Agent::register(&appliance);
+    // Reads at 4 MB/s: a pass takes about 4 s, long enough for thousands of writes.
+    std::fs::write(
+        &agent.config,
+        format!(
+            "state_dir = {:?}\n[[disks]]\npath = {:?}\nsnapshot = {mode:?}\n[scan]\nread_rate_bytes_per_sec = 4000000\n",
+            agent.state_dir.to_str().unwrap(),
+            image.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let writer = Writer::start(&image);
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        let run = agent.run_once(&[]);
+        assert!(run.success, "ferry-agent run --once: {}", run.stderr);
+        reports.extend(run.json().as_array().cloned().unwrap());
+    }
+    let log = writer.log();
+    drop(writer);
+    let status = agent.status().expect("the agent's status");
+    let points = wait_for_points(&appliance, &reports);
+    let config = appliance.dir.to_str().unwrap();
+    let mut verdicts = Vec::new();
+    for point in &points {
+        let out = scratch.path().join("restored.raw");
+        let _ = std::fs::remove_file(&out);
+        run_ok(&[
+            "--json",
+            "restore",
+            "--config",
+            config,
+            "--disk",
+            point["disk_id"].as_str().unwrap(),
+            "--point",
+            point["bookmark_id"].as_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        verdicts.push(explained_by_one_instant(&std::fs::read(&out).unwrap(), &log));
+    }
+    let listed = ferryctl(&[
+        "--json",
+        "points",
+        "--config",
+        config,
+        "--disk",
+        points[0]["disk_id"].as_str().unwrap(),
+    ]);
+    assert!(listed.success, "{}", listed.stderr);
+    Some((verdicts, vec![listed.json(), status]))
+}
+
+#[tokio::test]
+async fn reflink_passes_read_one_instant_and_live_reads_do_not() {
+    let Some((verdicts, shown)) = points_under_writes("reflink").await else {
+        return;
+    };
+    for (number, verdict) in verdicts.iter().enumerate() {
+        let newest = verdict
+            .as_ref()
+            .unwrap_or_else(|e| panic!("reflink point {} is not one instant: {e}", number + 1));
+        assert!(*newest > 0, "the writer had written before the pass");
+    }
+    // The points say how they were taken, and the agent shows how long writes were held.
+    let tags: Vec<&str> = shown[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["tag"].as_str())
+        .collect();
+    assert_eq!(tags.len(), 3, "{}", shown[0]);
+    assert!(
+        tags.iter().all(|t| t.starts_with("snapshot reflink, writes held")),
+        "{tags:?}"
+    );
+    eprintln!("reflink points: {verdicts:?}; tags {tags:?}");
+    let disk = &shown[1]["disks"][0];
+    assert_eq!(disk["snapshot"], "reflink", "{disk}");
+    assert!(disk["pass"]["hold_ms"].is_f64(), "no hold time shown: {disk}");
+
+    // The same check on live reads finds a state no instant had.
+    let Some((verdicts, shown)) = points_under_writes("none").await else {
+        return;
+    };
+    eprintln!("live-read points: {verdicts:?}");
+    assert!(
+        verdicts.iter().any(|v| v.is_err()),
+        "live reads under writes gave only consistent points: the check cannot tell ({verdicts:?})"
+    );
+    let tags: Vec<&str> = shown[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["tag"].as_str())
+        .collect();
+    assert!(
+        tags.iter().all(|t| t.starts_with("live read, not point-in-time")),
+        "{tags:?}"
+    );
+    assert_eq!(shown[1]["disks"][0]["snapshot"], "none");
+}
