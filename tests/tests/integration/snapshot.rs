@@ -2,7 +2,8 @@
 //! loop-mounted XFS (reflink) is rewritten block by block the whole time the agent reads it;
 //! every point taken with `snapshot = "reflink"` restores to a state that one instant of the
 //! writer's log explains, and the same check fails for `snapshot = "none"` (live reads), so
-//! the check can fail.
+//! the check can fail. An LVM logical volume is read from an LVM snapshot where device-mapper
+//! exists.
 
 use ferry_tests::{ferryctl, Agent, Appliance, Ferryd, LoopMount};
 use std::os::unix::fs::FileExt;
@@ -213,4 +214,93 @@ async fn reflink_passes_read_one_instant_and_live_reads_do_not() {
         "{tags:?}"
     );
     assert_eq!(shown[1]["disks"][0]["snapshot"], "none");
+}
+
+/// `snapshot = "lvm"` on a logical volume (a volume group on a loop device): the pass reads an
+/// LVM snapshot, the point restores equal to the volume, and the snapshot is removed after the
+/// pass. Needs device-mapper and the LVM tools; skipped, saying so, where either is missing.
+#[tokio::test]
+async fn lvm_passes_read_a_snapshot_that_is_removed_afterwards() {
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                )
+            })
+            .unwrap_or((false, String::new()))
+    };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .open("/dev/mapper/control")
+        .is_err()
+        || !sh("command -v lvcreate").0
+    {
+        eprintln!("skipped: needs device-mapper (/dev/mapper/control) and the LVM tools (lvm2)");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let backing = scratch.path().join("pv.img");
+    let vg = format!("ferrytest{}", std::process::id());
+    let (made, loop_device) = sh(&format!(
+        "truncate -s 256M {b} && d=$(losetup -f --show {b}) && pvcreate -q $d >/dev/null && vgcreate -q {vg} $d >/dev/null && lvcreate -q -L 64M -n data {vg} >/dev/null && echo $d",
+        b = backing.display()
+    ));
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("vgremove -q -f {} ; losetup -d {}", self.0, self.1)])
+                .output();
+        }
+    }
+    let _cleanup = Cleanup(vg.clone(), loop_device.clone());
+    assert!(made, "a volume group on a loop device could not be made");
+    let volume = format!("/dev/{vg}/data");
+    let mut data = vec![0u8; 64 << 20];
+    ferry_harness::datagen::DataGenerator::new(3, ferry_harness::datagen::Mix::MIXED).fill(&mut data[..32 << 20]);
+    let device = std::fs::OpenOptions::new().write(true).open(&volume).unwrap();
+    device.write_all_at(&data, 0).unwrap();
+    device.sync_all().unwrap();
+    let appliance = Appliance::init(|c| c);
+    let _ferryd = Ferryd::start(&appliance).await;
+    let agent = Agent::register(&appliance);
+    std::fs::write(
+        &agent.config,
+        format!(
+            "state_dir = {:?}\n[[disks]]\npath = {volume:?}\nsnapshot = \"lvm\"\n",
+            agent.state_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run = agent.run_once(&[]);
+    assert!(run.success, "ferry-agent run --once: {}", run.stderr);
+    let reports = run.json().as_array().cloned().unwrap();
+    let point = &wait_for_points(&appliance, &reports)[0];
+    assert!(
+        point["tag"].as_str().unwrap_or_default().starts_with("snapshot lvm"),
+        "{point}"
+    );
+    let (_, volumes) = sh(&format!("lvs --noheadings -o lv_name {vg}"));
+    assert!(!volumes.contains("ferry-snapshot"), "the snapshot was left: {volumes}");
+    let out = scratch.path().join("restored.raw");
+    run_ok(&[
+        "--json",
+        "restore",
+        "--config",
+        appliance.dir.to_str().unwrap(),
+        "--disk",
+        point["disk_id"].as_str().unwrap(),
+        "--point",
+        point["bookmark_id"].as_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the restore differs from the volume"
+    );
 }
