@@ -143,13 +143,17 @@ fn chunk_len(size_bytes: u64, chunk_size: u64, index: u64) -> u64 {
 }
 
 /// Writes every chunk of `manifest` into `image` at its offset (absent chunks stay as the
-/// image has them: a fresh sparse file reads zeros). Returns the bytes written.
+/// image has them: a fresh sparse file reads zeros). Returns the bytes written. `past_cache`:
+/// chunks go past the page cache (a restore's output, written once; see
+/// [`crate::image::DirectWriter`]) rather than through it (a consolidation's scratch, read
+/// back at once).
 pub async fn fill(
     storage: Arc<dyn ObjectStorage>,
     key: Arc<ObjectKey>,
     manifest: &BaseManifest,
     image: &File,
     parallel: usize,
+    past_cache: bool,
 ) -> Result<u64> {
     let chunks: Vec<(u64, String)> = manifest
         .chunks
@@ -168,10 +172,13 @@ pub async fn fill(
     }))
     .buffer_unordered(parallel.max(1));
     let mut written = 0;
+    let mut direct = past_cache.then(|| crate::image::DirectWriter::new(image));
     while let Some((index, data)) = chunks.try_next().await? {
-        image
-            .write_all_at(&data, index * chunk_size)
-            .context("cannot write the image")?;
+        match direct.as_mut() {
+            Some(writer) => writer.write_at(&data, index * chunk_size),
+            None => image.write_all_at(&data, index * chunk_size),
+        }
+        .context("cannot write the image")?;
         written += data.len() as u64;
     }
     Ok(written)

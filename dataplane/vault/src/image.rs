@@ -1,9 +1,11 @@
 //! Disk image files: replayed records written in place, zero ranges punched as holes so an
-//! image stays sparse (written as zeros where the file system cannot punch), and finding the
-//! data between the holes again.
+//! image stays sparse (written as zeros where the file system cannot punch), large aligned
+//! pieces written past the page cache ([`DirectWriter`]), and finding the data between the
+//! holes again.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 
 use crate::log::RecordSink;
 
@@ -56,5 +58,85 @@ impl RecordSink for ImageFile<'_> {
 
     fn zero(&mut self, offset: u64, length: u64) -> std::io::Result<()> {
         zero_range(self.0, offset, length)
+    }
+}
+
+/// O_DIRECT's alignment for offsets, lengths and memory (the largest logical sector size).
+const DIRECT_ALIGNMENT: usize = 4096;
+
+/// Writes large pieces of an image (a base's chunks) with O_DIRECT, through a second
+/// descriptor of the same file: a restore writes each of those bytes once, and copying them
+/// into the page cache cost more than the write itself (`copy_folio_from_iter_atomic` was 48%
+/// of a base fill on the project's VM, `perf record`). Pieces that are not 4 KiB-aligned, and
+/// file systems without O_DIRECT, go through the page cache as before; the kernel keeps the
+/// two coherent. Memory: one aligned buffer as large as the largest piece.
+pub struct DirectWriter<'a> {
+    image: &'a File,
+    direct: Option<File>,
+    buffer: Vec<u8>,
+}
+
+impl<'a> DirectWriter<'a> {
+    pub fn new(image: &'a File) -> Self {
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(format!("/proc/self/fd/{}", image.as_raw_fd()))
+            .ok();
+        DirectWriter {
+            image,
+            direct,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Writes `data` at `offset`.
+    pub fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        let aligned = offset.is_multiple_of(DIRECT_ALIGNMENT as u64)
+            && data.len().is_multiple_of(DIRECT_ALIGNMENT)
+            && !data.is_empty();
+        if let (true, Some(direct)) = (aligned, &self.direct) {
+            if self.buffer.len() < data.len() + DIRECT_ALIGNMENT {
+                self.buffer = vec![0u8; data.len() + DIRECT_ALIGNMENT];
+            }
+            let start = self.buffer.as_ptr().align_offset(DIRECT_ALIGNMENT);
+            let window = &mut self.buffer[start..start + data.len()];
+            window.copy_from_slice(data);
+            match direct.write_all_at(window, offset) {
+                Ok(()) => return Ok(()),
+                // The file system refuses O_DIRECT after all: the page cache from now on.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => self.direct = None,
+                Err(e) => return Err(e),
+            }
+        }
+        self.image.write_all_at(data, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_and_buffered_pieces_land_where_they_belong() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("image"))
+            .unwrap();
+        file.set_len(1 << 20).unwrap();
+        let mut writer = DirectWriter::new(&file);
+        writer.write_at(&[1u8; 65536], 65536).unwrap(); // aligned: direct where possible
+        writer.write_at(&[2u8; 100], 4096 * 3 + 7).unwrap(); // unaligned: buffered
+        writer.write_at(&[3u8; 8192], 0).unwrap();
+        let mut back = vec![0u8; 1 << 20];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..8192].iter().all(|&b| b == 3));
+        assert!(back[4096 * 3 + 7..4096 * 3 + 107].iter().all(|&b| b == 2));
+        assert!(back[65536..131072].iter().all(|&b| b == 1));
+        assert!(back[131072..].iter().all(|&b| b == 0));
     }
 }

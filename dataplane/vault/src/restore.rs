@@ -54,7 +54,7 @@ pub async fn restore_into(
     };
     if let Some(base) = base_seq {
         let manifest = crate::base::read_manifest(&*storage, &key, disk_id, base, descriptor.size_bytes).await?;
-        restored.base_bytes = crate::base::fill(storage.clone(), key.clone(), &manifest, image, parallel)
+        restored.base_bytes = crate::base::fill(storage.clone(), key.clone(), &manifest, image, parallel, true)
             .await
             .with_context(|| format!("cannot restore the base at seq {base}"))?;
     }

@@ -358,7 +358,15 @@ async fn build_base(
     let mut scratch = base::Scratch::new(file, policy.chunk_bytes);
     if let Some(older) = older.as_ref().filter(|o| o.chunk_size != policy.chunk_bytes) {
         // Another chunking: the new base is written whole from the older one.
-        base::fill(storage.clone(), key.clone(), older, scratch.file(), options.parallel).await?;
+        base::fill(
+            storage.clone(),
+            key.clone(),
+            older,
+            scratch.file(),
+            options.parallel,
+            false,
+        )
+        .await?;
         scratch.touch_all(size);
     }
     let objects = crate::log::list(&**storage, disk_id).await?;
