@@ -9,10 +9,12 @@
 //! - [`session`]: a disk's setup after a (re)start, and the initial/continuous/resync decision.
 //! - [`snapshot`]: a disk captured at one instant for a pass (reflink, LVM, or the live disk).
 //! - [`quiesce`]: pre/post scripts and fsfreeze around app-consistent passes.
+//! - [`commands`]: the long poll for management commands, and their outcomes.
 //! - [`replicate`]: the rounds on the bookmark policy (`ferry-agent run`).
 //! - [`progress`], [`status`]: what is remembered between runs and shown by `status`.
 
 pub mod blockmap;
+pub mod commands;
 pub mod config;
 pub mod device;
 pub mod identity;

@@ -54,6 +54,8 @@ pub struct PassCounters {
 pub struct BookmarkChoice {
     pub kind: BookmarkKind,
     pub source_time_unix_ms: u64,
+    /// The consistency group the bookmark belongs to (a `bookmark` command's).
+    pub group_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug)]
@@ -221,7 +223,7 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
         id: bookmark_id.clone(),
         kind: choice.kind,
         tag: Some(tag),
-        group_id: None,
+        group_id: choice.group_id,
     });
     let bookmark_batch = encoder.finish();
     let bookmark_len = bookmark_batch.len() as u64;

@@ -30,6 +30,7 @@ use crate::quiesce::Quiesce;
 use crate::session::{self, Session};
 use crate::snapshot::SnapshotMode;
 use ferry_client::clock::now_unix_ms;
+use ferry_client::commands::{BookmarkAsk, Command, CommandBookmark, CommandName, CommandOutcome};
 use ferry_durable::private_dir;
 
 /// Wait before a failed disk is set up again, when the appliance gave no Retry-After.
@@ -184,6 +185,16 @@ pub async fn run(
         })
     };
     let agent_started_ms = now_unix_ms();
+    // Management commands: polled for while the agent runs (not for one round).
+    let management = crate::commands::client(&stored.identity, &stored.management_endpoint)
+        .context("loading this machine's certificate")?;
+    let (mut commands, poller) = if options.once {
+        (None, None)
+    } else {
+        let (rx, task) = crate::commands::spawn_poller(management.clone(), machine_id);
+        (Some(rx), Some(task))
+    };
+    let mut command: Option<Command> = None;
     let work = async {
         let once_deadline = Instant::now() + options.once_retry_for;
         loop {
@@ -203,12 +214,25 @@ pub async fn run(
                     continue;
                 }
             }
-            let app = if options.once {
+            let scheduled_app = if options.once {
                 options.app
             } else {
                 app_due(&board, config.bookmarks.app_interval_secs, agent_started_ms)
             };
-            let reports = round(&config, &client, &board, app).await?;
+            let (app, group_id) = match &command {
+                Some(c) if c.command == CommandName::Bookmark => (c.kind == Some(BookmarkAsk::App), c.group_id),
+                _ => (scheduled_app, None),
+            };
+            let mut notes = Vec::new();
+            if let Some(c) = command.as_ref().filter(|c| c.command == CommandName::Resync) {
+                notes = request_resync(&config, &client, &board, c).await;
+            }
+            let reports = round(&config, &client, &board, app, group_id).await;
+            if let Some(c) = command.take() {
+                let outcome = outcome_of(&board, reports.as_deref().unwrap_or_default(), &reports, notes);
+                crate::commands::report(&management, machine_id, &c, &outcome).await;
+            }
+            let reports = reports?;
             if options.once {
                 let failed: Vec<String> = board
                     .slots()
@@ -229,7 +253,10 @@ pub async fn run(
             if let Some(retry) = board.slots().iter().filter_map(|s| s.retry_at).min() {
                 next = next.min(retry);
             }
-            tokio::time::sleep_until(next.into()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                received = crate::commands::next(&mut commands) => command = Some(received),
+            }
         }
     };
     let result = tokio::select! {
@@ -240,8 +267,92 @@ pub async fn run(
         }
     };
     writer.abort();
+    if let Some(poller) = poller {
+        poller.abort();
+    }
     board.write(&config.state_dir);
     result
+}
+
+/// A `resync` command: the named disk (or every disk) forgets its block map and re-reads the
+/// whole disk in this round; ferryd shows it `resync_required` until the pass's bookmark.
+/// Returns what went wrong, for the outcome.
+async fn request_resync(config: &AgentConfig, client: &DataClient, board: &Board, command: &Command) -> Vec<String> {
+    let reason = command
+        .reason
+        .clone()
+        .unwrap_or_else(|| "requested by the operator".to_string());
+    let mut notes = Vec::new();
+    let mut marked = Vec::new();
+    {
+        let mut slots = board.slots();
+        for slot in slots.iter_mut() {
+            let Some(session) = slot.session.as_mut() else {
+                continue;
+            };
+            if command.disk_id.is_some_and(|d| d != session.disk_id) {
+                continue;
+            }
+            if let Err(e) = session.map.forget_all() {
+                notes.push(format!("disk {}: cannot reset the block map: {e}", session.disk_id));
+                continue;
+            }
+            session.progress.resync_reason = Some(reason.clone());
+            if let Err(e) = progress::save(&config.state_dir, &session.progress) {
+                notes.push(format!("disk {}: saving progress: {e}", session.disk_id));
+            }
+            slot.status.resync_reason = Some(reason.clone());
+            marked.push(session.disk_id);
+        }
+    }
+    if marked.is_empty() {
+        notes.push("no disk to resync is set up".to_string());
+    }
+    for disk_id in marked {
+        tracing::warn!(%disk_id, %reason, "resync requested: the whole disk is read again and what differs is sent");
+        if let Err(e) = client.put_resync(disk_id, Some(&reason)).await {
+            notes.push(format!("disk {disk_id}: telling the appliance: {e}"));
+        }
+    }
+    notes
+}
+
+/// A command's outcome from the round it ran: ok when every disk made its bookmark.
+fn outcome_of(
+    board: &Board,
+    reports: &[PassReport],
+    round: &anyhow::Result<Vec<PassReport>>,
+    mut notes: Vec<String>,
+) -> CommandOutcome {
+    if let Err(e) = round {
+        notes.push(format!("{e:#}"));
+    }
+    for slot in board.slots().iter() {
+        if let Some(error) = &slot.status.last_error {
+            notes.push(format!("{}: {error}", slot.status.path.display()));
+        }
+    }
+    let ok = notes.is_empty() && !reports.is_empty();
+    let message = if ok {
+        format!("{} disk(s) passed", reports.len())
+    } else if notes.is_empty() {
+        "no disk is set up for a pass".to_string()
+    } else {
+        notes.join("; ")
+    };
+    CommandOutcome {
+        ok,
+        message: message.chars().take(4096).collect(),
+        bookmarks: reports
+            .iter()
+            .map(|r| CommandBookmark {
+                disk_id: r.disk_id,
+                bookmark_id: r.bookmark_id.clone(),
+                kind: r.bookmark_kind.clone(),
+                seq: r.bookmark_seq,
+            })
+            .collect(),
+    }
 }
 
 /// Whether this round should quiesce: every disk is past its initial copy and out of resync
@@ -328,7 +439,13 @@ async fn set_up_disks(
 }
 
 /// One round of passes over every disk that is set up.
-async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bool) -> anyhow::Result<Vec<PassReport>> {
+async fn round(
+    config: &AgentConfig,
+    client: &DataClient,
+    board: &Board,
+    app: bool,
+    group_id: Option<Uuid>,
+) -> anyhow::Result<Vec<PassReport>> {
     // An app-consistent round quiesces first, so the disks are captured while the
     // applications are quiet; when every disk is captured at one instant (a snapshot), they
     // thaw at once, otherwise only when every disk has been read.
@@ -472,6 +589,7 @@ async fn round(config: &AgentConfig, client: &DataClient, board: &Board, app: bo
             BookmarkKind::Crash
         },
         source_time_unix_ms: started_ms,
+        group_id,
     };
     for kind in kinds {
         let _ = kind.send(choice.clone());

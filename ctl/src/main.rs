@@ -11,6 +11,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod command;
 mod control;
 mod demo;
 mod failover;
@@ -72,6 +73,10 @@ enum Command {
     Disks(control::StatusArgs),
     /// The machines registered with this appliance.
     Machines(control::ApplianceArg),
+    /// Ask a machine's agent for a pass now, a bookmark, or a resync, and wait for its outcome
+    /// (--log: the machine's commands).
+    #[command(name = "command")]
+    Ask(command::CommandArgs),
     /// Show or change ferryd's tunables at run time (written to ferry.toml; --reset for defaults).
     Tune(control::TuneArgs),
     /// Stop accepting data, upload everything cached, report when the cache is empty (--resume ends it).
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
             Command::Status(args) => control::status(args, cli.json, false).await,
             Command::Disks(args) => control::status(args, cli.json, true).await,
             Command::Machines(args) => control::machines(args, cli.json).await,
+            Command::Ask(args) => command::run(args, cli.json).await,
             Command::Passphrase(args) => secrets::passphrase(args, cli.json),
             Command::Drain(args) => control::drain(args, cli.json).await,
             Command::Tune(args) => control::tune(args, cli.json).await,

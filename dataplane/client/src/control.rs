@@ -8,6 +8,8 @@
 //! - `GET /v1/tune` -> [`TuneState`]; `PUT /v1/tune` with [`TuneRequest`] -> [`TuneState`].
 //! - `POST /v1/drain`, `POST /v1/resume` -> [`Status`]: stop accepting data (for maintenance;
 //!   uploads go on until the cache is empty), or accept it again.
+//! - `POST /v1/machines/{id}/commands` with `commands::CommandRequest` -> `commands::Command`
+//!   (queued for the machine's agent); `GET` the same path -> `commands::CommandLog`.
 //! - `POST /v1/failovers/commit` with [`FailoverCommit`] -> [`FailoverCommitted`]: the disks
 //!   of a committed failover; ferryd refuses their new batches from then on (`409 failed_over`).
 //! - `POST /v1/retention/run` with `ferry_vault::retention::RunRequest` -> one
@@ -411,6 +413,25 @@ impl ControlClient {
     /// Tells ferryd the disks of a committed failover (it refuses their new batches).
     pub async fn commit_failover(&self, commit: &FailoverCommit) -> Result<FailoverCommitted, ClientError> {
         self.send(hyper::Method::POST, "/v1/failovers/commit", commit).await
+    }
+
+    /// Queues a management command for `machine`'s agent; answers it as queued.
+    pub async fn queue_command(
+        &self,
+        machine: Uuid,
+        request: &crate::commands::CommandRequest,
+    ) -> Result<crate::commands::Command, ClientError> {
+        self.send(
+            hyper::Method::POST,
+            &format!("/v1/machines/{machine}/commands"),
+            request,
+        )
+        .await
+    }
+
+    /// `machine`'s commands: queued, delivered, done.
+    pub async fn command_log(&self, machine: Uuid) -> Result<crate::commands::CommandLog, ClientError> {
+        self.get(&format!("/v1/machines/{machine}/commands")).await
     }
 
     /// Accepts data again after a drain.

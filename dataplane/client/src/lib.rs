@@ -8,10 +8,12 @@
 //! - [`BatchSender`]: keeps a window of batches in flight on one connection, retries 503s and
 //!   lost connections with bounded backoff (honouring Retry-After), and resumes from the
 //!   server's `durable_seq`.
+//! - [`commands`]: management commands ferryd queues for an agent and their outcomes.
 
 pub mod api;
 pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod control;
 pub mod histogram;
 pub mod logging;

@@ -13,6 +13,7 @@
 //! - [`server`]: the endpoints: data (mTLS, HTTP/2), management (registration), the control
 //!   socket (status, tune, drain) and `/metrics`; [`admission`] says whether new data is taken,
 //!   [`alerts`] computes health.
+//! - [`commands`]: management commands queued for each machine's agent (long poll).
 //! - [`failed_over`]: disks of committed failovers, whose new batches are refused.
 //! - [`daemon`]: start-up and shut-down wiring (config, cache, target, listeners, drain).
 //!
@@ -22,6 +23,7 @@
 pub mod admission;
 pub mod alerts;
 pub mod cache;
+pub mod commands;
 pub mod counters;
 pub mod daemon;
 pub mod failed_over;

@@ -2,6 +2,7 @@
 
 mod agent;
 mod bandwidth;
+mod commands;
 mod control;
 mod ctl_init;
 mod early_answers;

@@ -145,6 +145,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         tuned: Arc::new(std::sync::Mutex::new(tuned)),
         retention: retention.clone(),
         tuning,
+        commands: Default::default(),
     });
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
     let control_listener = control::bind(&control_socket)?;

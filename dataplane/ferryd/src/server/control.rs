@@ -171,6 +171,12 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
                 Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("failover commit: {e}"))),
             }
         }
+        (method @ (Method::GET | Method::POST), path)
+            if path.starts_with("/v1/machines/") && path.ends_with("/commands") =>
+        {
+            let machine = path.trim_start_matches("/v1/machines/").trim_end_matches("/commands");
+            super::commands::control(state, &method, machine, &body)
+        }
         (Method::POST, "/v1/drain") => {
             state.tuning.set_flush_all(true);
             if state.admission.set_maintenance(true) {

@@ -4,6 +4,7 @@
 //! `/metrics` ([`metrics`]) are plain HTTP/1.1 ([`http::serve_http1`]). [`AppState`] is what
 //! every handler reads. `crate::daemon` builds it and starts the loops.
 
+pub mod commands;
 pub mod control;
 pub mod data;
 pub mod http;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub retention: Arc<crate::retention::Retention>,
     /// Batch bodies being received (a quarter of the memory budget).
     pub ingest_memory: Arc<crate::ingest_memory::IngestMemory>,
+    /// Management commands waiting for agents.
+    pub commands: crate::commands::CommandQueues,
 }
 
 #[derive(Clone, Copy)]
@@ -109,7 +112,7 @@ pub(crate) async fn serve(
                 async move {
                     let response = match endpoint {
                         Endpoint::Data => data::handle(&state, machine, request).await,
-                        Endpoint::Management => register::handle(&state, peer.ip(), request).await,
+                        Endpoint::Management => register::handle(&state, peer.ip(), machine, request).await,
                     };
                     Ok::<_, std::convert::Infallible>(response)
                 }

@@ -95,11 +95,21 @@ pub fn machine_records(layout: &ferry_config::layout::ApplianceLayout) -> std::i
     Ok(records)
 }
 
-pub async fn handle(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Response<Body> {
+/// The management endpoint: health, registration, and (as a registered machine) its commands.
+pub async fn handle(
+    state: &AppState,
+    peer: IpAddr,
+    machine: Option<uuid::Uuid>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let result = match (request.method().clone(), path.as_str()) {
         (Method::GET, "/v1/health") => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
         (Method::POST, "/v1/register") => register(state, peer, request).await,
+        _ if segments.starts_with(&["v1", "machines"]) => {
+            super::commands::agent(state, machine, &segments[2..], request).await
+        }
         _ => Err(ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))),
     };
     result.unwrap_or_else(ApiError::into_response)

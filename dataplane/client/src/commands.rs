@@ -1,0 +1,138 @@
+//! Management commands for agents (PROTOCOL.md section 4, docs/PROTOCOL.md "Management
+//! commands"): what ferryd queues for a machine, what the agent reports back, and what the
+//! control socket shows of both.
+//!
+//! - `GET /v1/machines/{machine_id}/commands?wait_s=N` (management endpoint, mTLS as that
+//!   machine) -> [`Commands`], at once when some are queued, else after at most N seconds
+//!   (0..=60) with none.
+//! - `POST /v1/machines/{machine_id}/commands/{id}/result` with [`CommandOutcome`] -> `{}`.
+//! - Control socket: `POST /v1/machines/{machine_id}/commands` with [`CommandRequest`] ->
+//!   [`Command`] (queued); `GET` the same path -> [`CommandLog`].
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What a command asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandName {
+    /// A pass of every disk now, ending in a bookmark of `kind` (with `group_id` when given).
+    Bookmark,
+    /// A pass of every disk now, its bookmark as the schedule would make it.
+    PassNow,
+    /// Re-read `disk_id` (every disk when absent) and send what differs: the block map is
+    /// forgotten, `reason` shown while it runs.
+    Resync,
+}
+
+crate::api::text_enum!(CommandName {
+    Bookmark => "bookmark",
+    PassNow => "pass-now",
+    Resync => "resync",
+});
+
+/// The bookmark kind a `bookmark` command asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BookmarkAsk {
+    App,
+    Crash,
+}
+
+/// A queued command, as the agent receives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: Uuid,
+    pub command: CommandName,
+    /// With `bookmark`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BookmarkAsk>,
+    /// With `bookmark`: the consistency group the bookmark belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<Uuid>,
+    /// With `resync`: the one disk (all of the machine's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_id: Option<Uuid>,
+    /// With `resync`: why, shown while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub issued_unix_ms: u64,
+}
+
+/// The answer of the long poll.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commands {
+    pub commands: Vec<Command>,
+}
+
+/// A bookmark a command's passes ended in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBookmark {
+    pub disk_id: Uuid,
+    pub bookmark_id: String,
+    pub kind: String,
+    pub seq: u64,
+}
+
+/// What the agent reports when a command is done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandOutcome {
+    pub ok: bool,
+    /// What happened, in words (at most 4096 characters).
+    pub message: String,
+    #[serde(default)]
+    pub bookmarks: Vec<CommandBookmark>,
+}
+
+/// Control socket: a command to queue for a machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    pub command: CommandName,
+    #[serde(default)]
+    pub kind: Option<BookmarkAsk>,
+    #[serde(default)]
+    pub group_id: Option<Uuid>,
+    #[serde(default)]
+    pub disk_id: Option<Uuid>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A command and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandReport {
+    pub command: Command,
+    pub outcome: CommandOutcome,
+    pub reported_unix_ms: u64,
+}
+
+/// Control socket: a machine's commands, queued, delivered (no outcome yet) and done.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandLog {
+    pub pending: Vec<Command>,
+    pub delivered: Vec<Command>,
+    pub results: Vec<CommandReport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_read_as_the_protocol_writes_them() {
+        let wire = r#"{"id":"6f1c9a52-2a0b-4b53-9f0e-6c1f0b2f8a11","command":"pass-now","issued_unix_ms":1}"#;
+        let command: Command = serde_json::from_str(wire).unwrap();
+        assert_eq!(command.command, CommandName::PassNow);
+        let bookmark = r#"{"id":"6f1c9a52-2a0b-4b53-9f0e-6c1f0b2f8a11","command":"bookmark","kind":"app",
+            "group_id":"0b1c9a52-2a0b-4b53-9f0e-6c1f0b2f8a11","issued_unix_ms":1}"#;
+        let command: Command = serde_json::from_str(bookmark).unwrap();
+        assert_eq!(command.kind, Some(BookmarkAsk::App));
+        assert!(command.group_id.is_some());
+        for name in CommandName::ALL {
+            assert_eq!(serde_json::to_value(name).unwrap(), name.as_str());
+        }
+        assert!(serde_json::from_str::<CommandRequest>(r#"{"command":"reboot"}"#).is_err());
+    }
+}
