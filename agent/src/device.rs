@@ -12,6 +12,7 @@ use std::fs::File;
 use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::config::DiskConfig;
@@ -26,6 +27,8 @@ pub struct Device {
     pub sector_size: u32,
     pub identity: String,
     pub is_block_device: bool,
+    /// Bytes laid over what the file holds (a held capture's, held.rs).
+    overlay: Option<Arc<crate::held::Overlay>>,
 }
 
 impl Device {
@@ -77,6 +80,7 @@ impl Device {
             sector_size,
             identity,
             is_block_device,
+            overlay: None,
         })
     }
 
@@ -90,7 +94,14 @@ impl Device {
             sector_size: self.sector_size,
             identity: self.identity.clone(),
             is_block_device,
+            overlay: None,
         }
+    }
+
+    /// Reads see `overlay` over what the file holds.
+    pub fn with_overlay(mut self, overlay: Arc<crate::held::Overlay>) -> Device {
+        self.overlay = Some(overlay);
+        self
     }
 
     /// The open disk (for a snapshot provider).
@@ -105,7 +116,11 @@ impl Device {
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        self.file.read_exact_at(buf, offset)?;
+        if let Some(overlay) = &self.overlay {
+            overlay.apply(buf, offset);
+        }
+        Ok(())
     }
 
     /// A buffer reads can go into (aligned for O_DIRECT).

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::config::QuiesceConfig;
 
 // linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int).
-const FIFREEZE: libc::c_ulong = 0xC004_5877;
-const FITHAW: libc::c_ulong = 0xC004_5878;
+pub(crate) const FIFREEZE: libc::c_ulong = 0xC004_5877;
+pub(crate) const FITHAW: libc::c_ulong = 0xC004_5878;
 
 pub struct Quiesce {
     frozen: Vec<(PathBuf, File)>,
@@ -165,7 +165,7 @@ fn freeze(mount: &Path) -> std::io::Result<File> {
 
 /// FIFREEZE or FITHAW on a mount point's directory (neither has a safe wrapper in std or
 /// rustix: rustix's `ioctl` is unsafe too, as any raw ioctl must be).
-fn freeze_ioctl(file: &File, request: libc::c_ulong) -> std::io::Result<()> {
+pub(crate) fn freeze_ioctl(file: &File, request: libc::c_ulong) -> std::io::Result<()> {
     // SAFETY: `request` is FIFREEZE or FITHAW (callers pass only these constants), on a
     // descriptor we opened; both ignore their argument, so passing 0 reads or writes nothing.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), request as _, 0) };

@@ -108,6 +108,18 @@ pub fn take(device: &Arc<Device>, mode: SnapshotMode) -> anyhow::Result<Snapshot
 
 /// A `FICLONE` copy of the image file beside it, open and already unlinked.
 fn reflink(device: &Arc<Device>) -> anyhow::Result<Snapshot> {
+    let (clone, hold) = reflink_clone(device)?;
+    Ok(Snapshot {
+        provider: "reflink",
+        hold,
+        device: Arc::new(device.reading_from(clone, false)),
+        note: None,
+        lvm: None,
+    })
+}
+
+/// The clone itself (open, unlinked) and how long the clone held the image's writers.
+pub(crate) fn reflink_clone(device: &Device) -> anyhow::Result<(File, Duration)> {
     if device.is_block_device {
         bail!(
             "{} is a block device: reflink takes image files (use lvm)",
@@ -137,13 +149,7 @@ fn reflink(device: &Arc<Device>) -> anyhow::Result<Snapshot> {
             device.path.display()
         )
     })?;
-    Ok(Snapshot {
-        provider: "reflink",
-        hold,
-        device: Arc::new(device.reading_from(clone, false)),
-        note: None,
-        lvm: None,
-    })
+    Ok((clone, hold))
 }
 
 /// `.{name}.ferry-snapshot` beside the image (a clone must be on the same file system).
