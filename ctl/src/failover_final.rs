@@ -321,7 +321,7 @@ async fn rewrite_disk(
         }
     };
     let (storage, key) = (opened.storage.clone(), Arc::new(opened.keyring.disk_key(disk_id)));
-    let scratch = change_point::image_at(
+    let (scratch, _) = ferry_vault::restore::into_scratch(
         storage,
         key,
         descriptor,

@@ -540,6 +540,20 @@ impl Agent {
     }
 }
 
+/// Runs `cmd` with `sh -c`: whether it succeeded, and its trimmed stdout.
+pub fn sh(cmd: &str) -> (bool, String) {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| {
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            )
+        })
+        .unwrap_or((false, String::new()))
+}
+
 /// A loop-mounted file system of a test's own (`ext4`, or `xfs` with reflink), unmounted (and
 /// thawed) however the test ends.
 pub struct LoopMount {
@@ -553,18 +567,6 @@ impl LoopMount {
     /// system's mkfs, unless FERRY_REQUIRE_LOOP=1 (ext4) or FERRY_REQUIRE_XFS=1 (xfs): then
     /// not being able to make one fails the test.
     pub fn new(dir: &Path, fs_type: &str) -> Option<LoopMount> {
-        let sh = |cmd: &str| {
-            Command::new("sh")
-                .args(["-c", cmd])
-                .output()
-                .map(|o| {
-                    (
-                        o.status.success(),
-                        String::from_utf8_lossy(&o.stdout).trim().to_string(),
-                    )
-                })
-                .unwrap_or((false, String::new()))
-        };
         let image = dir.join(format!("{fs_type}.img"));
         let mount = dir.join(format!("{fs_type}-mnt"));
         std::fs::create_dir_all(&mount).expect("mount point");

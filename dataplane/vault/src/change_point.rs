@@ -1,6 +1,7 @@
 //! Changing a failover's recovery point in place (`ferryctl failover change-point`): which
 //! blocks of a disk can differ between two seqs, and rewriting only those blocks of an output
-//! (a VHD or raw file, a block device, a page blob) from the new point's image.
+//! (a VHD or raw file, a block device, a page blob) from the new point's image
+//! (`crate::restore::into_scratch`).
 //!
 //! The bytes of a disk at seq `b` are its bytes at `a < b` plus the batches `a+1..=b`, so every
 //! block no batch in that range wrote is the same at both seqs: only the written blocks need
@@ -150,26 +151,6 @@ pub async fn changed_between(
         .await
         .with_context(|| format!("cannot read the batches {}..={high}", low + 1))?;
     Ok(changed)
-}
-
-/// The disk at `seq` in a sparse scratch file in `scratch_dir` (unlinked: it goes away with
-/// the handle), what [`rewrite`] copies from.
-pub async fn image_at(
-    storage: Arc<dyn ObjectStorage>,
-    key: Arc<ObjectKey>,
-    descriptor: &DiskDescriptor,
-    seq: u64,
-    scratch_dir: &std::path::Path,
-    parallel: usize,
-    progress: impl FnMut(u64) + Send,
-) -> Result<File> {
-    let scratch = tempfile::tempfile_in(scratch_dir)
-        .with_context(|| format!("cannot make a scratch file in {}", scratch_dir.display()))?;
-    scratch
-        .set_len(descriptor.size_bytes)
-        .context("cannot size the scratch file")?;
-    crate::restore::restore_into(storage, key, descriptor, seq, &scratch, parallel, progress).await?;
-    Ok(scratch)
 }
 
 /// Where the rewritten blocks go.

@@ -209,13 +209,9 @@ pub async fn write_page_blob(
     now_unix_ms: u64,
     progress: impl FnMut(u64) + Send,
 ) -> Result<Restored> {
-    let scratch = tempfile::tempfile_in(scratch_dir)
-        .with_context(|| format!("cannot make a scratch file in {}", scratch_dir.display()))?;
-    scratch
-        .set_len(descriptor.size_bytes)
-        .context("cannot size the scratch file")?;
     let (downloads, puts) = parallel;
-    let restored = crate::restore::restore_into(storage, key, descriptor, seq, &scratch, downloads, progress).await?;
+    let (scratch, restored) =
+        crate::restore::into_scratch(storage, key, descriptor, seq, scratch_dir, downloads, progress).await?;
     let virtual_size = vhd::virtual_size(descriptor.size_bytes);
     let footer = vhd::Footer::for_disk(descriptor.size_bytes, now_unix_ms, Uuid::new_v4()).to_bytes();
     blob.create(virtual_size + footer.len() as u64)

@@ -21,6 +21,27 @@ pub struct Restored {
     pub replayed: Replayed,
 }
 
+/// The disk at `seq` in a new sparse scratch file in `scratch_dir` (unlinked: it goes away
+/// with the handle), for outputs that take the image once it is whole (a page blob, a
+/// change of a failover's point).
+pub async fn into_scratch(
+    storage: Arc<dyn ObjectStorage>,
+    key: Arc<ObjectKey>,
+    descriptor: &DiskDescriptor,
+    seq: u64,
+    scratch_dir: &std::path::Path,
+    parallel: usize,
+    progress: impl FnMut(u64) + Send,
+) -> Result<(File, Restored)> {
+    let scratch = tempfile::tempfile_in(scratch_dir)
+        .with_context(|| format!("cannot make a scratch file in {}", scratch_dir.display()))?;
+    scratch
+        .set_len(descriptor.size_bytes)
+        .context("cannot size the scratch file")?;
+    let restored = restore_into(storage, key, descriptor, seq, &scratch, parallel, progress).await?;
+    Ok((scratch, restored))
+}
+
 /// Writes the disk at `seq` into `image`, a new file already sized to the disk (it must read
 /// zeros). `progress` gets the last seq applied after each change set.
 pub async fn restore_into(

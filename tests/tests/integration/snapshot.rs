@@ -221,18 +221,7 @@ async fn reflink_passes_read_one_instant_and_live_reads_do_not() {
 /// pass. Needs device-mapper and the LVM tools; skipped, saying so, where either is missing.
 #[tokio::test]
 async fn lvm_passes_read_a_snapshot_that_is_removed_afterwards() {
-    let sh = |cmd: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .map(|o| {
-                (
-                    o.status.success(),
-                    String::from_utf8_lossy(&o.stdout).trim().to_string(),
-                )
-            })
-            .unwrap_or((false, String::new()))
-    };
+    let sh = ferry_tests::sh;
     if std::fs::OpenOptions::new()
         .read(true)
         .open("/dev/mapper/control")
