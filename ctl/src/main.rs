@@ -16,6 +16,7 @@ mod control;
 mod demo;
 mod failover;
 mod failover_final;
+mod group;
 mod init;
 mod plan;
 mod point_args;
@@ -73,6 +74,9 @@ enum Command {
     Disks(control::StatusArgs),
     /// The machines registered with this appliance.
     Machines(control::ApplianceArg),
+    /// Consistency groups: machines whose points are taken at one instant together.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Ask a machine's agent for a pass now, a bookmark, or a resync, and wait for its outcome
     /// (--log: the machine's commands).
     #[command(name = "command")]
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Command::Status(args) => control::status(args, cli.json, false).await,
             Command::Disks(args) => control::status(args, cli.json, true).await,
             Command::Machines(args) => control::machines(args, cli.json).await,
+            Command::Group(command) => group::run(command, cli.json).await,
             Command::Ask(args) => command::run(args, cli.json).await,
             Command::Passphrase(args) => secrets::passphrase(args, cli.json),
             Command::Drain(args) => control::drain(args, cli.json).await,

@@ -10,6 +10,8 @@
 //!   uploads go on until the cache is empty), or accept it again.
 //! - `POST /v1/machines/{id}/commands` with `commands::CommandRequest` -> `commands::Command`
 //!   (queued for the machine's agent); `GET` the same path -> `commands::CommandLog`.
+//! - `GET /v1/groups`, `POST /v1/groups`, `DELETE /v1/groups/{name or id}`: consistency
+//!   groups (`groups`).
 //! - `POST /v1/failovers/commit` with [`FailoverCommit`] -> [`FailoverCommitted`]: the disks
 //!   of a committed failover; ferryd refuses their new batches from then on (`409 failed_over`).
 //! - `POST /v1/retention/run` with `ferry_vault::retention::RunRequest` -> one
@@ -432,6 +434,19 @@ impl ControlClient {
     /// `machine`'s commands: queued, delivered, done.
     pub async fn command_log(&self, machine: Uuid) -> Result<crate::commands::CommandLog, ClientError> {
         self.get(&format!("/v1/machines/{machine}/commands")).await
+    }
+
+    pub async fn groups(&self) -> Result<Vec<crate::groups::Group>, ClientError> {
+        self.get("/v1/groups").await
+    }
+
+    pub async fn create_group(&self, spec: &crate::groups::GroupSpec) -> Result<crate::groups::Group, ClientError> {
+        self.send(hyper::Method::POST, "/v1/groups", spec).await
+    }
+
+    /// Deletes the group named or numbered `which`; answers it.
+    pub async fn delete_group(&self, which: &str) -> Result<crate::groups::Group, ClientError> {
+        self.call(hyper::Method::DELETE, &format!("/v1/groups/{which}")).await
     }
 
     /// Accepts data again after a drain.

@@ -8,6 +8,7 @@
 //! - [`BatchSender`]: keeps a window of batches in flight on one connection, retries 503s and
 //!   lost connections with bounded backoff (honouring Retry-After), and resumes from the
 //!   server's `durable_seq`.
+//! - [`groups`]: consistency groups as the control socket shows and changes them.
 //! - [`commands`]: management commands ferryd queues for an agent and their outcomes.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod control;
+pub mod groups;
 pub mod histogram;
 pub mod logging;
 pub mod register;

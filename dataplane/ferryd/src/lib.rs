@@ -14,6 +14,7 @@
 //!   socket (status, tune, drain) and `/metrics`; [`admission`] says whether new data is taken,
 //!   [`alerts`] computes health.
 //! - [`commands`]: management commands queued for each machine's agent (long poll).
+//! - [`groups`]: consistency groups (which machines take points together, how often).
 //! - [`failed_over`]: disks of committed failovers, whose new batches are refused.
 //! - [`daemon`]: start-up and shut-down wiring (config, cache, target, listeners, drain).
 //!
@@ -27,6 +28,7 @@ pub mod commands;
 pub mod counters;
 pub mod daemon;
 pub mod failed_over;
+pub mod groups;
 pub mod ingest_memory;
 pub mod memory_budget;
 pub mod niced_runtime;

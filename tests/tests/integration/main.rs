@@ -8,6 +8,7 @@ mod ctl_init;
 mod early_answers;
 mod failover;
 mod failover_final;
+mod groups;
 mod ingest;
 mod perf;
 mod pipeline;

@@ -127,6 +127,8 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         },
         stopped.clone(),
     ));
+    let groups = crate::groups::Groups::load(&layout.root().join("state/groups"))
+        .context("cannot read the consistency groups")?;
     let config_sustained = config.alerts.sustained_secs;
     let tuned = config.clone();
     let state = Arc::new(AppState {
@@ -146,6 +148,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         retention: retention.clone(),
         tuning,
         commands: Default::default(),
+        groups,
     });
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
     let control_listener = control::bind(&control_socket)?;

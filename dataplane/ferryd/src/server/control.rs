@@ -177,6 +177,24 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
             let machine = path.trim_start_matches("/v1/machines/").trim_end_matches("/commands");
             super::commands::control(state, &method, machine, &body)
         }
+        (Method::GET, "/v1/groups") => Ok(json(StatusCode::OK, &state.groups.list())),
+        (Method::POST, "/v1/groups") => match serde_json::from_slice::<ferry_client::groups::GroupSpec>(&body) {
+            Ok(spec) => create_group(state, spec),
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("group: {e}"))),
+        },
+        (Method::DELETE, path) if path.starts_with("/v1/groups/") => {
+            let which = path.trim_start_matches("/v1/groups/");
+            match state.groups.delete(which) {
+                Ok(group) => {
+                    tracing::info!(group = %group.name, "consistency group deleted");
+                    Ok(json(StatusCode::OK, &group))
+                }
+                Err(e @ crate::groups::GroupError::Unknown(_)) => {
+                    Err(ApiError::new(ErrorCode::NotFound, e.to_string()))
+                }
+                Err(e) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
+            }
+        }
         (Method::POST, "/v1/drain") => {
             state.tuning.set_flush_all(true);
             if state.admission.set_maintenance(true) {
@@ -197,6 +215,26 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
         )),
     };
     answer.unwrap_or_else(|e| e.into_response())
+}
+
+/// `POST /v1/groups`: a group of machines registered here.
+fn create_group(state: &AppState, spec: ferry_client::groups::GroupSpec) -> Result<Response<Body>, ApiError> {
+    let registered: Vec<uuid::Uuid> = super::register::machine_records(&state.layout)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the machine records: {e}")))?
+        .iter()
+        .map(|r| r.machine_id)
+        .collect();
+    match state
+        .groups
+        .create(spec, &registered, ferry_client::clock::now_unix_ms())
+    {
+        Ok(group) => {
+            tracing::info!(group = %group.name, machines = group.machines.len(), "consistency group created");
+            Ok(json(StatusCode::OK, &group))
+        }
+        Err(e @ crate::groups::GroupError::Invalid(_)) => Err(ApiError::new(ErrorCode::BadRequest, e.to_string())),
+        Err(e) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
+    }
 }
 
 fn counters(state: &AppState) -> Counters {

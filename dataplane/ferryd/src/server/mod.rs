@@ -55,6 +55,8 @@ pub struct AppState {
     pub ingest_memory: Arc<crate::ingest_memory::IngestMemory>,
     /// Management commands waiting for agents.
     pub commands: crate::commands::CommandQueues,
+    /// Consistency groups (the configuration server's).
+    pub groups: crate::groups::Groups,
 }
 
 #[derive(Clone, Copy)]
