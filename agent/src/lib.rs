@@ -7,6 +7,7 @@
 //! - [`blockmap`]: per-block BLAKE3 digests of what the server holds (errs towards unknown).
 //! - [`pass`]: one read of a whole disk that sends what differs, then a bookmark.
 //! - [`session`]: a disk's setup after a (re)start, and the initial/continuous/resync decision.
+//! - [`group`]: this machine's part in a consistency group's barrier (prepare, commit, abort).
 //! - [`held`]: a reflink capture held at one instant with the file system frozen (a group's
 //!   prepare): the clone plus what changed before the freeze.
 //! - [`snapshot`]: a disk captured at one instant for a pass (reflink, LVM, or the live disk).
@@ -19,6 +20,7 @@ pub mod blockmap;
 pub mod commands;
 pub mod config;
 pub mod device;
+pub mod group;
 pub mod held;
 pub mod identity;
 pub mod pass;

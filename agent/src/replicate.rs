@@ -58,9 +58,9 @@ pub struct PassReport {
     pub read_mb_per_s: f64,
 }
 
-struct Slot {
-    session: Option<Session>,
-    status: DiskStatus,
+pub(crate) struct Slot {
+    pub(crate) session: Option<Session>,
+    pub(crate) status: DiskStatus,
     counters: Option<Arc<PassCounters>>,
     retry_at: Option<Instant>,
     /// The last set-up failed because the appliance was busy or unreachable.
@@ -70,13 +70,13 @@ struct Slot {
 }
 
 /// The agent's live state, shared with the status writer.
-struct Board {
+pub(crate) struct Board {
     machine_id: Uuid,
     slots: Mutex<Vec<Slot>>,
 }
 
 impl Board {
-    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+    pub(crate) fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -214,40 +214,45 @@ pub async fn run(
                     continue;
                 }
             }
-            let scheduled_app = if options.once {
-                options.app
+            // A consistency group's barrier: capture and hold, then passes or nothing.
+            if let Some(c) = command.take_if(|c| c.command.is_group_barrier()) {
+                crate::group::barrier(&config, &client, &board, &management, machine_id, c, &mut commands).await;
             } else {
-                app_due(&board, config.bookmarks.app_interval_secs, agent_started_ms)
-            };
-            let (app, group_id) = match &command {
-                Some(c) if c.command == CommandName::Bookmark => (c.kind == Some(BookmarkAsk::App), c.group_id),
-                _ => (scheduled_app, None),
-            };
-            let mut notes = Vec::new();
-            if let Some(c) = command.as_ref().filter(|c| c.command == CommandName::Resync) {
-                notes = request_resync(&config, &client, &board, c).await;
-            }
-            let reports = round(&config, &client, &board, app, group_id).await;
-            if let Some(c) = command.take() {
-                let outcome = outcome_of(&board, reports.as_deref().unwrap_or_default(), &reports, notes);
-                crate::commands::report(&management, machine_id, &c, &outcome).await;
-            }
-            let reports = reports?;
-            if options.once {
-                let failed: Vec<String> = board
-                    .slots()
-                    .iter()
-                    .filter_map(|s| {
-                        s.status
-                            .last_error
-                            .clone()
-                            .map(|e| format!("{}: {e}", s.status.path.display()))
-                    })
-                    .collect();
-                if !failed.is_empty() {
-                    bail!("{}", failed.join("\n"));
+                let scheduled_app = if options.once {
+                    options.app
+                } else {
+                    app_due(&board, config.bookmarks.app_interval_secs, agent_started_ms)
+                };
+                let (app, group_id) = match &command {
+                    Some(c) if c.command == CommandName::Bookmark => (c.kind == Some(BookmarkAsk::App), c.group_id),
+                    _ => (scheduled_app, None),
+                };
+                let mut notes = Vec::new();
+                if let Some(c) = command.as_ref().filter(|c| c.command == CommandName::Resync) {
+                    notes = request_resync(&config, &client, &board, c).await;
                 }
-                return Ok(reports);
+                let reports = round(&config, &client, &board, app, group_id, None).await;
+                if let Some(c) = command.take() {
+                    let outcome = outcome_of(&board, reports.as_deref().unwrap_or_default(), &reports, notes);
+                    crate::commands::report(&management, machine_id, &c, &outcome).await;
+                }
+                let reports = reports?;
+                if options.once {
+                    let failed: Vec<String> = board
+                        .slots()
+                        .iter()
+                        .filter_map(|s| {
+                            s.status
+                                .last_error
+                                .clone()
+                                .map(|e| format!("{}: {e}", s.status.path.display()))
+                        })
+                        .collect();
+                    if !failed.is_empty() {
+                        bail!("{}", failed.join("\n"));
+                    }
+                    return Ok(reports);
+                }
             }
             let mut next = round_started + Duration::from_secs(config.bookmarks.crash_interval_secs);
             if let Some(retry) = board.slots().iter().filter_map(|s| s.retry_at).min() {
@@ -318,7 +323,7 @@ async fn request_resync(config: &AgentConfig, client: &DataClient, board: &Board
 }
 
 /// A command's outcome from the round it ran: ok when every disk made its bookmark.
-fn outcome_of(
+pub(crate) fn outcome_of(
     board: &Board,
     reports: &[PassReport],
     round: &anyhow::Result<Vec<PassReport>>,
@@ -352,6 +357,7 @@ fn outcome_of(
                 seq: r.bookmark_seq,
             })
             .collect(),
+        hold_ms: None,
     }
 }
 
@@ -439,18 +445,22 @@ async fn set_up_disks(
 }
 
 /// One round of passes over every disk that is set up.
-async fn round(
+pub(crate) async fn round(
     config: &AgentConfig,
     client: &DataClient,
     board: &Board,
     app: bool,
     group_id: Option<Uuid>,
+    barrier: Option<&crate::group::BarrierRound>,
 ) -> anyhow::Result<Vec<PassReport>> {
     // An app-consistent round quiesces first, so the disks are captured while the
     // applications are quiet; when every disk is captured at one instant (a snapshot), they
     // thaw at once, otherwise only when every disk has been read.
-    let started_ms = now_unix_ms();
-    let mut quiesce = if app && config.quiesce.is_configured() {
+    // A barrier's round: the disks were captured (and quiesced) at the prepare.
+    let started_ms = barrier.map_or_else(now_unix_ms, |b| b.captured_unix_ms);
+    let mut quiesce = if barrier.is_some() {
+        None
+    } else if app && config.quiesce.is_configured() {
         Some(Quiesce::begin(&config.quiesce).await)
     } else {
         if app {
@@ -479,7 +489,15 @@ async fn round(
                 tracing::warn!(disk = %session.device.path.display(), "[quiesce] froze the file system of this image: the pass reads the live disk while it stays frozen");
                 mode = SnapshotMode::None;
             }
-            let snapshot = match crate::snapshot::take(&session.device, mode) {
+            let taken = match barrier {
+                Some(b) => b
+                    .captures
+                    .get(&session.disk_id)
+                    .map(|device| crate::snapshot::Snapshot::held(device.clone(), b.hold))
+                    .ok_or_else(|| anyhow::anyhow!("no capture of this disk at the group barrier")),
+                None => crate::snapshot::take(&session.device, mode),
+            };
+            let snapshot = match taken {
                 Ok(snapshot) => snapshot,
                 Err(e) => {
                     let error = format!("snapshot ({mode:?}): {e:#}");
@@ -495,8 +513,8 @@ async fn round(
             });
             let phase = session.progress.phase();
             let number = session.progress.passes_completed + 1;
-            let bookmark_id = BookmarkId::new(&format!("pass-{number}-{started_ms}"))
-                .map_err(|e| anyhow::anyhow!("bookmark id: {e}"))?;
+            let bookmark_id = barrier.map_or_else(|| format!("pass-{number}-{started_ms}"), |b| b.bookmark_id.clone());
+            let bookmark_id = BookmarkId::new(&bookmark_id).map_err(|e| anyhow::anyhow!("bookmark id: {e}"))?;
             let tag = match (&phase, &session.progress.resync_reason) {
                 (Phase::Resync, Some(reason)) => format!("resync: {reason}"),
                 _ => phase.as_str().to_string(),
@@ -580,7 +598,7 @@ async fn round(
             }
             outcome.consistent
         }
-        None => false,
+        None => barrier.is_some() && app,
     };
     let choice = BookmarkChoice {
         kind: if consistent {
@@ -589,7 +607,7 @@ async fn round(
             BookmarkKind::Crash
         },
         source_time_unix_ms: started_ms,
-        group_id,
+        group_id: barrier.map(|b| b.group_id).or(group_id),
     };
     for kind in kinds {
         let _ = kind.send(choice.clone());

@@ -53,6 +53,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A capture held at a group barrier (held.rs), already released.
+    pub fn held(device: Arc<Device>, hold: Duration) -> Snapshot {
+        Snapshot {
+            provider: "reflink",
+            hold,
+            device,
+            note: Some("held at a group barrier".into()),
+            lvm: None,
+        }
+    }
+
     /// Whether the pass reads one instant of the disk.
     pub fn point_in_time(&self) -> bool {
         self.provider != "none"

@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Every disk of this machine (its id or a unique prefix of it; repeatable).
     #[arg(long = "machine", value_name = "MACHINE")]
     pub machines: Vec<String>,
+    /// Every member disk of a consistency group at the group point `--point` (its id, as
+    /// `ferryctl group list` shows).
+    #[arg(long, value_name = "GROUP_ID", conflicts_with_all = ["disks", "machines"], requires = "point")]
+    pub group: Option<Uuid>,
     #[command(flatten)]
     pub which: PointArgs,
     #[command(flatten)]
@@ -178,6 +182,11 @@ pub async fn run(args: FailoverArgs, json: bool) -> Result<()> {
 
 /// The disks `--disk` and `--machine` name, each once, in the order given.
 async fn disks_named(opened: &OpenVault, args: &RunArgs) -> Result<Vec<Uuid>> {
+    if let (Some(group_id), Some(bookmark)) = (args.group, &args.which.point) {
+        // Each member has a recovery point of the group's bookmark id at the member's seq.
+        let point = ferry_vault::group_points::find(&*opened.storage, &opened.keyring, group_id, bookmark).await?;
+        return Ok(point.members.iter().map(|m| m.disk_id).collect());
+    }
     let mut disks = Vec::new();
     for selector in &args.disks {
         disks.push(crate::vault_disks::resolve(opened, selector).await?);
@@ -208,7 +217,9 @@ async fn disks_named(opened: &OpenVault, args: &RunArgs) -> Result<Vec<Uuid>> {
         }
     }
     if disks.is_empty() {
-        bail!("say what to fail over: --disk DISK (repeatable) or --machine MACHINE");
+        bail!(
+            "say what to fail over: --disk DISK (repeatable), --machine MACHINE or --group GROUP_ID --point BOOKMARK"
+        );
     }
     let mut seen = std::collections::HashSet::new();
     disks.retain(|d| seen.insert(*d));

@@ -16,6 +16,22 @@ pub enum GroupCommand {
     List(ApplianceArg),
     /// Delete a group (by name or id); its points stay in the vault.
     Delete(DeleteArgs),
+    /// Take a group point now: the barrier across the members' agents (each must be running
+    /// `ferry-agent run`); waits until the group point is written or the barrier failed.
+    Point(PointArgs),
+    /// How the group's last barriers went (hold times, members, failures).
+    Barriers(DeleteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PointArgs {
+    /// The group's name or id.
+    pub group: String,
+    /// app (quiesced, where the members configure it) or crash.
+    #[arg(long, value_enum, default_value = "crash")]
+    pub kind: crate::command::KindArg,
+    #[command(flatten)]
+    pub appliance: ApplianceArg,
 }
 
 #[derive(Args, Debug)]
@@ -57,6 +73,43 @@ pub async fn run(command: GroupCommand, json: bool) -> Result<()> {
     match command {
         GroupCommand::Create(args) => create(args, json).await,
         GroupCommand::List(appliance) => list(appliance, json).await,
+        GroupCommand::Point(args) => {
+            let kind = match args.kind {
+                crate::command::KindArg::App => ferry_client::commands::BookmarkAsk::App,
+                crate::command::KindArg::Crash => ferry_client::commands::BookmarkAsk::Crash,
+            };
+            let report = args.appliance.client()?.group_point(&args.group, kind).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}: {}", if report.ok { "done" } else { "failed" }, report.message);
+                for (disk, seq) in &report.members {
+                    println!("  {disk}: seq {seq}");
+                }
+            }
+            if !report.ok {
+                bail!("no group point of {}", args.group);
+            }
+            Ok(())
+        }
+        GroupCommand::Barriers(args) => {
+            let reports = args.appliance.client()?.group_reports(&args.group).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    let held = r.hold_ms.iter().copied().fold(0.0, f64::max);
+                    println!(
+                        "{}  {:<24} {}  held at most {held:.1} ms: {}",
+                        ferry_format::time::format_unix_ms(r.created_unix_ms),
+                        r.bookmark_id,
+                        if r.ok { "ok    " } else { "FAILED" },
+                        r.message
+                    );
+                }
+            }
+            Ok(())
+        }
         GroupCommand::Delete(args) => {
             let removed = args.appliance.client()?.delete_group(&args.group).await?;
             if json {

@@ -137,8 +137,8 @@ pub async fn run(command: PlanCommand, json: bool) -> Result<()> {
 
 async fn run_plan(args: PlanRunArgs, json: bool) -> Result<()> {
     let (plan, digest) = Plan::load(&args.plan)?;
-    if !args.failover.disks.is_empty() || !args.failover.machines.is_empty() {
-        bail!("a plan names its disks: drop --disk and --machine");
+    if !args.failover.disks.is_empty() || !args.failover.machines.is_empty() || args.failover.group.is_some() {
+        bail!("a plan names its disks: drop --disk, --machine and --group");
     }
     let plan_name = plan.name.clone().unwrap_or_else(|| args.plan.display().to_string());
     let state_file = state_path(&args.plan);

@@ -24,6 +24,10 @@ pub struct PointsArgs {
     /// (machine id prefix and disk name). Without it, every disk of the vault is listed.
     #[arg(long, value_name = "DISK")]
     pub disk: Option<String>,
+    /// A consistency group's points (its id, as `ferryctl group list` shows), each with its
+    /// members' disks and seqs.
+    #[arg(long, value_name = "GROUP_ID", conflicts_with = "disk")]
+    pub group: Option<Uuid>,
     #[command(flatten)]
     pub vault: VaultArgs,
 }
@@ -113,6 +117,9 @@ pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
         None => {}
     }
     let opened = vault_access::open(&args.vault).await?;
+    if let Some(group_id) = args.group {
+        return print_group(&opened, group_id, json).await;
+    }
     let Some(selector) = &args.disk else {
         return crate::vault_disks::print(&opened, json).await;
     };
@@ -232,6 +239,35 @@ async fn set_pin(args: PinArgs, pin: bool, json: bool) -> Result<()> {
         println!(
             "{verb} recovery point {} (seq {}) of disk {disk}",
             args.point, point.seq
+        );
+    }
+    Ok(())
+}
+
+/// `points --group`: the group's points, oldest first.
+async fn print_group(opened: &OpenVault, group_id: Uuid, json: bool) -> Result<()> {
+    let points = ferry_vault::group_points::list(&*opened.storage, &opened.keyring, group_id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&points)?);
+        return Ok(());
+    }
+    if points.is_empty() {
+        println!("No points of group {group_id} in this vault yet.");
+        return Ok(());
+    }
+    println!("{:<32}  {:<5}  MEMBERS (disk@seq)  tag", "POINT", "KIND");
+    for point in &points {
+        println!(
+            "{:<32}  {:<5}  {}  {}",
+            point.bookmark_id,
+            point.kind,
+            point
+                .members
+                .iter()
+                .map(|m| format!("{}@{}", crate::vault_disks::short(&m.disk_id), m.seq))
+                .collect::<Vec<_>>()
+                .join(", "),
+            point.tag.as_deref().unwrap_or("")
         );
     }
     Ok(())

@@ -24,13 +24,20 @@ use ferry_vault::points::Selector;
 pub struct RestoreArgs {
     /// The disk to restore: its id, a unique prefix of it (as `ferryctl status` prints), or
     /// MACHINE/NAME (machine id prefix and disk name); `ferryctl vault disks` lists them.
-    #[arg(long, value_name = "DISK")]
-    pub disk: String,
+    #[arg(long, value_name = "DISK", required_unless_present = "group", requires = "out")]
+    pub disk: Option<String>,
+    /// A consistency group instead (its id): every member disk at the group point `--point`,
+    /// each into `--out-dir/{disk id}.raw`.
+    #[arg(long, value_name = "GROUP_ID", conflicts_with = "disk", requires_all = ["out_dir", "point"])]
+    pub group: Option<Uuid>,
     #[command(flatten)]
     pub which: PointArgs,
     /// The image file to write (created; must not exist).
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
+    #[arg(long, value_name = "FILE", conflicts_with = "group")]
+    pub out: Option<PathBuf>,
+    /// With --group: the directory the members' images go to (created when missing).
+    #[arg(long, value_name = "DIR", requires = "group")]
+    pub out_dir: Option<PathBuf>,
     /// Objects downloaded ahead at most.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
@@ -64,19 +71,51 @@ async fn target_seq(args: &RestoreArgs, opened: &OpenVault, disk_id: Uuid) -> Re
 }
 
 pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
-    let started = Instant::now();
     let opened = vault_access::open(&args.vault).await?;
-    let disk_id = crate::vault_disks::resolve(&opened, &args.disk).await?;
-    let key = opened.keyring.disk_key(disk_id);
-    let descriptor = crate::vault_disks::read_descriptor(&opened, disk_id).await?;
+    if let (Some(group_id), Some(dir), Some(bookmark)) = (args.group, &args.out_dir, &args.which.point) {
+        let point = ferry_vault::group_points::find(&*opened.storage, &opened.keyring, group_id, bookmark).await?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut reports = Vec::new();
+        for member in &point.members {
+            let out = dir.join(format!("{}.raw", member.disk_id));
+            reports.push(restore_one(&opened, member.disk_id, member.seq, &out, args.parallel, json).await?);
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+        }
+        return Ok(());
+    }
+    let (Some(disk), Some(out)) = (&args.disk, &args.out) else {
+        bail!("say what to restore: --disk DISK --out FILE, or --group GROUP_ID --point BOOKMARK --out-dir DIR");
+    };
+    let disk_id = crate::vault_disks::resolve(&opened, disk).await?;
     let target = target_seq(&args, &opened, disk_id).await?;
+    let report = restore_one(&opened, disk_id, target, out, args.parallel, json).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Restores `disk_id` at seq `target` into the new file `out`; prints a line unless `json`.
+async fn restore_one(
+    opened: &OpenVault,
+    disk_id: Uuid,
+    target: u64,
+    out: &std::path::Path,
+    parallel: u16,
+    json: bool,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let key = opened.keyring.disk_key(disk_id);
+    let descriptor = crate::vault_disks::read_descriptor(opened, disk_id).await?;
 
     let objects = ferry_vault::log::list(&*opened.storage, disk_id).await?;
     let newest = objects.iter().map(|o| o.last_seq).max().unwrap_or(0);
     let bases = ferry_vault::base::list(&*opened.storage, disk_id).await?;
     let newest_stored = newest.max(bases.manifests.last().copied().unwrap_or(0));
     if target > newest_stored {
-        let point = match crate::vault_disks::newest_point(&opened, disk_id).await? {
+        let point = match crate::vault_disks::newest_point(opened, disk_id).await? {
             Some(p) => format!(
                 "the newest recovery point is {} at seq {} ({} UTC)",
                 p.bookmark_id,
@@ -92,10 +131,10 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
         .read(true)
         .create_new(true)
         .mode(0o600)
-        .open(&args.out)
-        .with_context(|| format!("cannot create {} (it must not exist)", args.out.display()))?;
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
     file.set_len(descriptor.size_bytes)
-        .with_context(|| format!("cannot size {}", args.out.display()))?;
+        .with_context(|| format!("cannot size {}", out.display()))?;
     let mut last_report = Instant::now();
     let restored = ferry_vault::restore::restore_into(
         opened.storage.clone(),
@@ -103,7 +142,7 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
         &descriptor,
         target,
         &file,
-        args.parallel as usize,
+        parallel as usize,
         |seq| {
             if !json && last_report.elapsed().as_secs() >= 1 {
                 eprintln!("restore: seq {seq} of {target} ({}%)", seq * 100 / target.max(1));
@@ -116,16 +155,16 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
         Ok(restored) => restored,
         Err(e) => {
             // Leave no partial image behind that could be mistaken for a restore.
-            let _ = std::fs::remove_file(&args.out);
-            return Err(e.context(format!("cannot restore {}", args.out.display())));
+            let _ = std::fs::remove_file(out);
+            return Err(e.context(format!("cannot restore {}", out.display())));
         }
     };
     file.sync_all()
-        .with_context(|| format!("cannot fsync {}", args.out.display()))?;
+        .with_context(|| format!("cannot fsync {}", out.display()))?;
     let report = RestoreReport {
         disk_id,
         seq: target,
-        out: args.out.clone(),
+        out: out.to_path_buf(),
         size_bytes: descriptor.size_bytes,
         base_seq: restored.base_seq,
         objects_read: restored.replayed.objects_read,
@@ -133,9 +172,7 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
         bytes_written: restored.base_bytes + restored.replayed.bytes_written,
         seconds: started.elapsed().as_secs_f64(),
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else {
+    if !json {
         println!(
             "Restored disk {} at seq {} to {} ({} bytes, {} batches from {} objects, {:.1} s).",
             report.disk_id,
@@ -147,5 +184,5 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
             report.seconds
         );
     }
-    Ok(())
+    Ok(report)
 }

@@ -23,13 +23,35 @@ pub enum CommandName {
     /// Re-read `disk_id` (every disk when absent) and send what differs: the block map is
     /// forgotten, `reason` shown while it runs.
     Resync,
+    /// A consistency group's barrier, first phase: capture every disk at one instant and hold
+    /// its writes until `group-commit` or `group-abort` of the same `barrier_id`, or until
+    /// `deadline_unix_ms`, whichever comes first; report ok once held.
+    GroupPrepare,
+    /// Second phase: release the writes at once, then pass every disk from its capture and
+    /// end with the BOOKMARK `bookmark_id` of the group (`group_id`).
+    GroupCommit,
+    /// Release the writes and drop the captures; no bookmark.
+    GroupAbort,
 }
 
 crate::api::text_enum!(CommandName {
     Bookmark => "bookmark",
     PassNow => "pass-now",
     Resync => "resync",
+    GroupPrepare => "group-prepare",
+    GroupCommit => "group-commit",
+    GroupAbort => "group-abort",
 });
+
+impl CommandName {
+    /// `group-prepare`, `group-commit` or `group-abort`.
+    pub fn is_group_barrier(self) -> bool {
+        matches!(
+            self,
+            CommandName::GroupPrepare | CommandName::GroupCommit | CommandName::GroupAbort
+        )
+    }
+}
 
 /// The bookmark kind a `bookmark` command asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,6 +78,15 @@ pub struct Command {
     /// With `resync`: why, shown while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With the `group-*` commands: which barrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barrier_id: Option<Uuid>,
+    /// With `group-prepare` and `group-commit`: the group point's bookmark id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bookmark_id: Option<String>,
+    /// With `group-prepare`: when the agent releases the writes whatever it hears.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_unix_ms: Option<u64>,
     pub issued_unix_ms: u64,
 }
 
@@ -75,7 +106,7 @@ pub struct CommandBookmark {
 }
 
 /// What the agent reports when a command is done.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandOutcome {
     pub ok: bool,
@@ -83,6 +114,9 @@ pub struct CommandOutcome {
     pub message: String,
     #[serde(default)]
     pub bookmarks: Vec<CommandBookmark>,
+    /// With `group-commit`: how long the disks' writes were held, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ms: Option<f64>,
 }
 
 /// Control socket: a command to queue for a machine.
@@ -101,7 +135,7 @@ pub struct CommandRequest {
 }
 
 /// A command and its outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CommandReport {
     pub command: Command,
     pub outcome: CommandOutcome,
@@ -109,7 +143,7 @@ pub struct CommandReport {
 }
 
 /// Control socket: a machine's commands, queued, delivered (no outcome yet) and done.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommandLog {
     pub pending: Vec<Command>,
     pub delivered: Vec<Command>,

@@ -444,6 +444,22 @@ impl ControlClient {
         self.send(hyper::Method::POST, "/v1/groups", spec).await
     }
 
+    /// A group point of `which` now (answered when written or failed).
+    pub async fn group_point(
+        &self,
+        which: &str,
+        kind: crate::commands::BookmarkAsk,
+    ) -> Result<crate::groups::BarrierReport, ClientError> {
+        let request = crate::groups::PointRequest { kind };
+        self.send(hyper::Method::POST, &format!("/v1/groups/{which}/points"), &request)
+            .await
+    }
+
+    /// The last barriers of group `which`.
+    pub async fn group_reports(&self, which: &str) -> Result<Vec<crate::groups::BarrierReport>, ClientError> {
+        self.get(&format!("/v1/groups/{which}/points")).await
+    }
+
     /// Deletes the group named or numbered `which`; answers it.
     pub async fn delete_group(&self, which: &str) -> Result<crate::groups::Group, ClientError> {
         self.call(hyper::Method::DELETE, &format!("/v1/groups/{which}")).await

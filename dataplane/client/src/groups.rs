@@ -4,6 +4,9 @@
 //! - `GET /v1/groups` -> `Vec<`[`Group`]`>`.
 //! - `POST /v1/groups` with [`GroupSpec`] -> [`Group`] (created).
 //! - `DELETE /v1/groups/{name or id}` -> [`Group`] (the one removed).
+//! - `POST /v1/groups/{name or id}/points` with [`PointRequest`] -> [`BarrierReport`] (a group
+//!   point now; answered when it is written or has failed); `GET` the same path -> the last
+//!   reports.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -40,6 +43,30 @@ pub struct Group {
     pub app_every_secs: u64,
     pub barrier_secs: u64,
     pub created_unix_ms: u64,
+}
+
+/// `POST /v1/groups/{name or id}/points`: a group point now, of this kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointRequest {
+    pub kind: crate::commands::BookmarkAsk,
+}
+
+/// How one barrier went (`POST .../points` answers it; `GET .../points` lists the last ones).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BarrierReport {
+    pub group_id: Uuid,
+    pub bookmark_id: String,
+    pub created_unix_ms: u64,
+    /// The group point was written.
+    pub ok: bool,
+    pub message: String,
+    /// From the prepare to the last member's answer, when all prepared.
+    pub prepared_ms: Option<f64>,
+    /// Each member's hold of its writes, in milliseconds.
+    pub hold_ms: Vec<f64>,
+    /// The members' (disk, seq).
+    pub members: Vec<(Uuid, u64)>,
 }
 
 impl GroupSpec {

@@ -132,6 +132,9 @@ mod tests {
             group_id: None,
             disk_id: None,
             reason: None,
+            barrier_id: None,
+            bookmark_id: None,
+            deadline_unix_ms: None,
             issued_unix_ms: 1,
         }
     }
@@ -155,6 +158,7 @@ mod tests {
             ok: true,
             message: "done".into(),
             bookmarks: Vec::new(),
+            hold_ms: None,
         };
         queues.report(machine, first.id, outcome.clone(), 2).unwrap();
         assert_eq!(

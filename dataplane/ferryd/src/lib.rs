@@ -14,7 +14,8 @@
 //!   socket (status, tune, drain) and `/metrics`; [`admission`] says whether new data is taken,
 //!   [`alerts`] computes health.
 //! - [`commands`]: management commands queued for each machine's agent (long poll).
-//! - [`groups`]: consistency groups (which machines take points together, how often).
+//! - [`groups`]: consistency groups (which machines take points together, how often);
+//!   [`group_points`]: the barrier across their agents and the group points it writes.
 //! - [`failed_over`]: disks of committed failovers, whose new batches are refused.
 //! - [`daemon`]: start-up and shut-down wiring (config, cache, target, listeners, drain).
 //!
@@ -28,6 +29,7 @@ pub mod commands;
 pub mod counters;
 pub mod daemon;
 pub mod failed_over;
+pub mod group_points;
 pub mod groups;
 pub mod ingest_memory;
 pub mod memory_budget;

@@ -111,6 +111,11 @@ impl ObjectName {
         format!("{ROOT}disks/{}/{kind}", disk_id.hyphenated())
     }
 
+    /// Where group `group_id`'s points are listed.
+    pub fn group_points_prefix(group_id: Uuid) -> String {
+        format!("{ROOT}groups/{}/points/", group_id.hyphenated())
+    }
+
     pub fn parse(name: &str) -> Result<Self, NameError> {
         let fail = |reason| NameError {
             name: name.to_string(),

@@ -73,6 +73,26 @@ pub struct PrunedPoint {
     pub pruned_unix_ms: u64,
 }
 
+/// `groups/{group_id}/points/{created:016}-{bookmark_id}.fseal` (FORMATS.md section 4,
+/// sealed with the vault-wide key): a consistency group's point, written after every
+/// member's point exists. A member is restored at its `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPoint {
+    pub format: u32,
+    pub group_id: Uuid,
+    pub bookmark_id: String,
+    pub kind: String,
+    pub tag: Option<String>,
+    pub members: Vec<GroupMember>,
+}
+
+/// One disk of a group point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub disk_id: Uuid,
+    pub seq: u64,
+}
+
 /// `failovers/{failover_id}.fseal`: a failover or test failover, written before its outputs
 /// (`running`) and again when they are done (`done`) or one failed (`failed`), while
 /// `change-point` rewrites them (`changing_point`) and when it is committed (`committed`); a

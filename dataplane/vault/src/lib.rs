@@ -7,6 +7,7 @@
 //! - [`change_point`]: a failover's point changed in place: the blocks two seqs can differ
 //!   in, rewritten from the new point's image.
 //! - [`failover`]: failover outputs (fixed VHD or raw files) and the failover records.
+//! - [`group_points`]: a consistency group's points (the members' disks and seqs).
 //! - [`image`]: image files (records in place, zeros as holes).
 //! - [`points`]: a disk's recovery points, and choosing one (latest, app, by id, seq, time).
 //! - [`restore`]: a disk image at a seq, from its newest base and the log after it.
@@ -18,6 +19,7 @@ pub mod base;
 pub mod change_point;
 pub mod disks;
 pub mod failover;
+pub mod group_points;
 pub mod image;
 pub mod log;
 pub mod points;

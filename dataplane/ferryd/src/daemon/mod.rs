@@ -149,6 +149,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         tuning,
         commands: Default::default(),
         groups,
+        barriers: Default::default(),
     });
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
     let control_listener = control::bind(&control_socket)?;
@@ -172,6 +173,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     };
     let control_loop = tokio::spawn(control::serve(control_listener, state.clone(), stopped.clone()));
     tokio::spawn(control::sample_rates(state.clone(), stopped.clone()));
+    tokio::spawn(crate::group_points::run_schedule(state.clone(), stopped.clone()));
     tokio::spawn(crate::retention::run_in_background(
         retention,
         state.tuned.clone(),

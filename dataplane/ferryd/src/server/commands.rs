@@ -137,6 +137,9 @@ pub fn control(state: &AppState, method: &Method, machine: &str, body: &Bytes) -
 fn checked(state: &AppState, machine: Uuid, request: CommandRequest) -> Result<Command, ApiError> {
     let bad = |message: &str| Err(ApiError::new(ErrorCode::BadRequest, message.to_string()));
     match request.command {
+        CommandName::GroupPrepare | CommandName::GroupCommit | CommandName::GroupAbort => {
+            return bad("group barrier commands are ferryd's own (ferryctl group point takes a group point)")
+        }
         CommandName::Bookmark if request.kind.is_none() => {
             return bad("a bookmark command needs its kind (app or crash)")
         }
@@ -169,6 +172,9 @@ fn checked(state: &AppState, machine: Uuid, request: CommandRequest) -> Result<C
         group_id: request.group_id,
         disk_id: request.disk_id,
         reason,
+        barrier_id: None,
+        bookmark_id: None,
+        deadline_unix_ms: None,
         issued_unix_ms: ferry_client::clock::now_unix_ms(),
     })
 }

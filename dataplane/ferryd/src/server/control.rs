@@ -182,6 +182,12 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
             Ok(spec) => create_group(state, spec),
             Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("group: {e}"))),
         },
+        (method @ (Method::GET | Method::POST), path)
+            if path.starts_with("/v1/groups/") && path.ends_with("/points") =>
+        {
+            let which = path.trim_start_matches("/v1/groups/").trim_end_matches("/points");
+            group_points(state, &method, which, &body).await
+        }
         (Method::DELETE, path) if path.starts_with("/v1/groups/") => {
             let which = path.trim_start_matches("/v1/groups/");
             match state.groups.delete(which) {
@@ -215,6 +221,34 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
         )),
     };
     answer.unwrap_or_else(|e| e.into_response())
+}
+
+/// `POST /v1/groups/{which}/points` (a group point now) or `GET` (the last outcomes).
+async fn group_points(state: &AppState, method: &Method, which: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let Some(group) = state
+        .groups
+        .list()
+        .into_iter()
+        .find(|g| g.name == which || g.group_id.to_string() == which)
+    else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no group is named or numbered {which:?}"),
+        ));
+    };
+    if *method == Method::GET {
+        return Ok(json(StatusCode::OK, &state.barriers.reports(group.group_id)));
+    }
+    let request: ferry_client::groups::PointRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("group point request: {e}")))?;
+    match crate::group_points::take_point(state, &group, request.kind).await {
+        Some(report) => Ok(json(StatusCode::OK, &report)),
+        None => Err(ApiError::new(
+            ErrorCode::Busy,
+            format!("a point of group {} is being taken; retry", group.name),
+        )
+        .retry_after(5)),
+    }
 }
 
 /// `POST /v1/groups`: a group of machines registered here.

@@ -57,6 +57,8 @@ pub struct AppState {
     pub commands: crate::commands::CommandQueues,
     /// Consistency groups (the configuration server's).
     pub groups: crate::groups::Groups,
+    /// Their barriers: one at a time per group, and the last outcomes.
+    pub barriers: crate::group_points::Barriers,
 }
 
 #[derive(Clone, Copy)]
