@@ -199,7 +199,7 @@ async fn group_points_hold_causality_across_machines_and_a_dead_member_stops_non
         return;
     };
     let appliance = Appliance::init(|c| c);
-    let _ferryd = Ferryd::start(&appliance).await;
+    let mut ferryd = Some(Ferryd::start(&appliance).await);
     let config = appliance.dir.to_str().unwrap();
     let images: Vec<std::path::PathBuf> = [&fs_a, &fs_b]
         .iter()
@@ -399,6 +399,34 @@ async fn group_points_hold_causality_across_machines_and_a_dead_member_stops_non
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // ferryd dies in the middle of a barrier (the gone member keeps it waiting): the member
+    // holding its writes releases them by itself at the barrier's deadline.
+    let mut waiting = std::process::Command::new(ferry_tests::binary("ferryctl"))
+        .args(["--json", "group", "point", "pair", "--config", config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let held = writer.written();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_eq!(
+        writer.written(),
+        held,
+        "machine a's writes are not held during the prepare"
+    );
+    ferryd.take().unwrap().kill();
+    let _ = waiting.wait();
+    let released = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while writer.written() == held {
+        assert!(
+            std::time::Instant::now() < released,
+            "machine a kept its writes held past the barrier's deadline with ferryd gone"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ferryd = Ferryd::start(&appliance).await;
     children[1] = agents[1].spawn(false);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
@@ -413,11 +441,11 @@ async fn group_points_hold_causality_across_machines_and_a_dead_member_stops_non
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    // This ferryd's barriers (it started after the crash), and every group point in storage.
     let barriers = run_ok(&["--json", "group", "barriers", "pair", "--config", config]);
-    assert_eq!(
-        barriers.as_array().unwrap().iter().filter(|b| b["ok"] == true).count(),
-        21
-    );
+    assert_eq!(barriers.as_array().unwrap().last().unwrap()["ok"], true, "{barriers}");
+    let listed = run_ok(&["--json", "points", "--config", config, "--group", &group_id]);
+    assert_eq!(listed.as_array().unwrap().len(), 21);
     drop(writer);
     for child in &mut children {
         let _ = child.kill();
