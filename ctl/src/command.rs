@@ -59,24 +59,7 @@ pub struct CommandArgs {
 pub async fn run(args: CommandArgs, json: bool) -> Result<()> {
     let client = args.appliance.client()?;
     let machines = client.machines().await.context("asking ferryd for its machines")?;
-    let prefix = args.machine.trim().to_ascii_lowercase();
-    let matching: Vec<Uuid> = machines
-        .iter()
-        .map(|m| m.machine_id)
-        .filter(|id| !prefix.is_empty() && id.to_string().starts_with(&prefix))
-        .collect();
-    let machine = match matching.as_slice() {
-        [one] => *one,
-        [] => bail!(
-            "no machine registered here matches {:?} (ferryctl machines lists them)",
-            args.machine
-        ),
-        many => bail!(
-            "{:?} is the start of {} machine ids; give more of it",
-            args.machine,
-            many.len()
-        ),
-    };
+    let machine = crate::control::registered_machine(&machines, &args.machine)?;
     if args.log {
         let log = client.command_log(machine).await?;
         if json {

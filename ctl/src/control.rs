@@ -26,6 +26,21 @@ impl ApplianceArg {
     }
 }
 
+/// The registered machine `text` names (its id or a unique prefix of it), among `machines`.
+pub fn registered_machine(machines: &[ferry_client::control::MachineInfo], text: &str) -> anyhow::Result<uuid::Uuid> {
+    let prefix = text.trim().to_ascii_lowercase();
+    let matching: Vec<uuid::Uuid> = machines
+        .iter()
+        .map(|m| m.machine_id)
+        .filter(|id| !prefix.is_empty() && id.to_string().starts_with(&prefix))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        [] => anyhow::bail!("no machine registered here matches {text:?} (ferryctl machines lists them)"),
+        many => anyhow::bail!("{text:?} is the start of {} machine ids; give more of it", many.len()),
+    }
+}
+
 /// The control client of the ferryd running on appliance `config`, if one runs there.
 pub fn running_ferryd(config: Option<&PathBuf>) -> anyhow::Result<Option<ControlClient>> {
     let Some(dir) = config else { return Ok(None) };

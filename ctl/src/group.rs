@@ -4,7 +4,6 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ferry_client::groups::GroupSpec;
-use uuid::Uuid;
 
 use crate::control::ApplianceArg;
 
@@ -130,17 +129,7 @@ async fn create(args: CreateArgs, json: bool) -> Result<()> {
     let registered = client.machines().await.context("asking ferryd for its machines")?;
     let mut machines = Vec::new();
     for wanted in &args.machines {
-        let prefix = wanted.trim().to_ascii_lowercase();
-        let matching: Vec<Uuid> = registered
-            .iter()
-            .map(|m| m.machine_id)
-            .filter(|id| !prefix.is_empty() && id.to_string().starts_with(&prefix))
-            .collect();
-        match matching.as_slice() {
-            [one] => machines.push(*one),
-            [] => bail!("no machine registered here matches {wanted:?} (ferryctl machines lists them)"),
-            many => bail!("{wanted:?} is the start of {} machine ids; give more of it", many.len()),
-        }
+        machines.push(crate::control::registered_machine(&registered, wanted)?);
     }
     let spec = GroupSpec {
         name: args.name.clone(),
