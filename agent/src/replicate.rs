@@ -415,7 +415,7 @@ async fn set_up_disks(
                 slot.waiting_on_appliance = false;
                 slot.session = Some(session);
             }
-            Err(failure) if failure.failed_over.is_some() => {
+            Err(failure) if failure.failed_over => {
                 let text = format!("{:#}", failure.error);
                 tracing::warn!(disk = %disk.path.display(), reason = %text, "not replicating this disk any more");
                 slot.status.last_error = Some(text);

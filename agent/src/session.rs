@@ -53,7 +53,7 @@ pub struct SetupError {
     pub retry_after: Option<Duration>,
     /// The disk was failed over and the failover committed (`state: failed_over`): this
     /// machine's copy is no longer replicated; the agent stops sending it (other disks go on).
-    pub failed_over: Option<Uuid>,
+    pub failed_over: bool,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for SetupError {
@@ -63,7 +63,7 @@ impl<E: Into<anyhow::Error>> From<E> for SetupError {
             fatal: false,
             transient: false,
             retry_after: None,
-            failed_over: None,
+            failed_over: false,
         }
     }
 }
@@ -91,7 +91,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
             fatal: true,
             transient: false,
             retry_after: None,
-            failed_over: None,
+            failed_over: false,
         };
     }
     let fatal = matches!(
@@ -110,7 +110,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
         error: anyhow::anyhow!("{endpoint}: {error}"),
         fatal,
         retry_after,
-        failed_over: None,
+        failed_over: false,
     }
 }
 
@@ -158,14 +158,12 @@ pub async fn setup(
     let info = abandoned.disk;
     if info.state == ferry_client::api::DiskState::FailedOver {
         let failover = info.failover_id.map(|id| id.to_string()).unwrap_or_else(|| "?".into());
-        return Err(SetupError {
-            error: anyhow::anyhow!(
-                "disk {disk_id} was failed over (failover {failover}, committed): the failed-over copy is the disk \
-                 now, so this machine's copy is no longer replicated and the agent stops sending it"
-            ),
-            failed_over: Some(info.failover_id.unwrap_or_default()),
-            ..SetupError::from(anyhow::anyhow!("failed over"))
-        });
+        let mut failure = SetupError::from(anyhow::anyhow!(
+            "disk {disk_id} was failed over (failover {failover}, committed): the failed-over copy is the disk \
+             now, so this machine's copy is no longer replicated and the agent stops sending it"
+        ));
+        failure.failed_over = true;
+        return Err(failure);
     }
     if abandoned.abandoned > 0 {
         tracing::info!(%disk_id, batches = abandoned.abandoned, "gave up batches a previous run left past a gap");

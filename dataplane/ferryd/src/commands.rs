@@ -105,6 +105,18 @@ impl CommandQueues {
         Ok(())
     }
 
+    /// The outcome of `machine`'s command `id`, once reported (and while it is among the
+    /// outcomes kept).
+    pub fn outcome(&self, machine: Uuid, id: Uuid) -> Option<CommandOutcome> {
+        let machines = self.machines();
+        let queue = machines.get(&machine)?;
+        queue
+            .results
+            .iter()
+            .find(|r| r.command.id == id)
+            .map(|r| r.outcome.clone())
+    }
+
     /// What `machine` has queued, delivered and done.
     pub fn log(&self, machine: Uuid) -> CommandLog {
         let machines = self.machines();

@@ -131,14 +131,8 @@ async fn outcomes(state: &AppState, sent: &HashMap<Uuid, Uuid>, until: Instant) 
     loop {
         let mut found = HashMap::new();
         for (machine, id) in sent {
-            if let Some(report) = state
-                .commands
-                .log(*machine)
-                .results
-                .into_iter()
-                .find(|r| r.command.id == *id)
-            {
-                found.insert(*machine, report.outcome);
+            if let Some(outcome) = state.commands.outcome(*machine, *id) {
+                found.insert(*machine, outcome);
             }
         }
         if found.len() == sent.len() || Instant::now() >= until {
