@@ -286,7 +286,18 @@ async fn agent_killed_mid_pass_and_a_batch_past_a_gap_lose_nothing() {
     // A batch of garbage stored past a gap, as if the dead run had it in flight.
     let client = agent.identity().data_client().unwrap();
     let disk_id: Uuid = disk.parse().unwrap();
-    let info = client.get_disk(disk_id).await.unwrap();
+    // Batches the dead run had sent may still be landing in ferryd's cache: once they have,
+    // its durable_seq stops moving (otherwise one could close the gap below the orphan).
+    let mut info = client.get_disk(disk_id).await.unwrap();
+    let settle_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = client.get_disk(disk_id).await.unwrap();
+        if now.durable_seq == info.durable_seq || Instant::now() > settle_by {
+            break;
+        }
+        info = now;
+    }
     let orphan_seq = info.durable_seq + 2;
     let mut orphan = ferry_format::BatchEncoder::new(orphan_seq, 1);
     orphan.write(0, &vec![0xEE; 1 << 20]);
