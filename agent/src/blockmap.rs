@@ -22,26 +22,18 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use uuid::Uuid;
 
-pub type Digest = [u8; 16];
+pub type Digest = ferry_format::block_digest::BlockDigest;
 
 /// The entry of a block whose server content is not known.
-pub const UNKNOWN: Digest = [0; 16];
+pub const UNKNOWN: Digest = ferry_format::block_digest::NOT_A_DIGEST;
 
 const MAGIC: [u8; 8] = *b"FRAGMAP1";
 const VERSION: u32 = 1;
 const HEADER_BYTES: u64 = 4096;
 const ENTRY_BYTES: u64 = 16;
 
-/// The digest of a block's content (never [`UNKNOWN`]).
-pub fn digest(data: &[u8]) -> Digest {
-    let hash = blake3::hash(data);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&hash.as_bytes()[..16]);
-    if out == UNKNOWN {
-        out[0] = 1; // 2^-128: keeps "unknown" unambiguous at no cost
-    }
-    out
-}
+/// The digest of a block's content (never [`UNKNOWN`]): the one failover digests use too.
+pub use ferry_format::block_digest::block_digest as digest;
 
 /// How a map was opened.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -39,6 +39,34 @@ pub struct DiskConfig {
     /// How a pass captures the disk at one instant (snapshot.rs): auto, reflink, lvm, none.
     #[serde(default)]
     pub snapshot: crate::snapshot::SnapshotMode,
+    /// Reprotect after a failover: this disk (on the failed-over machine) replicates back,
+    /// starting from the failover's block digests, so its first pass sends only the blocks
+    /// changed since the failover. `FAILOVER_ID`, or `FAILOVER_ID/DISK_ID` when the failover
+    /// has several disks and names do not match.
+    pub reprotect_from: Option<String>,
+}
+
+impl DiskConfig {
+    /// `reprotect_from` parsed (checked by [`AgentConfig::validate`]).
+    pub fn reprotect_request(&self) -> Result<Option<ferry_client::api::ReprotectRequest>, String> {
+        let Some(text) = &self.reprotect_from else {
+            return Ok(None);
+        };
+        let (failover, disk) = match text.split_once('/') {
+            Some((failover, disk)) => (failover, Some(disk)),
+            None => (text.as_str(), None),
+        };
+        let uuid = |t: &str| ferry_format::ids::parse_canonical_uuid(t.trim());
+        let failover_id = uuid(failover)
+            .ok_or_else(|| format!("{text:?}: the failover id must be a lowercase UUID (ferryctl failover list)"))?;
+        let disk_id = match disk {
+            Some(disk) => {
+                Some(uuid(disk).ok_or_else(|| format!("{text:?}: the disk id after '/' must be a lowercase UUID"))?)
+            }
+            None => None,
+        };
+        Ok(Some(ferry_client::api::ReprotectRequest { failover_id, disk_id }))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -182,6 +210,8 @@ impl AgentConfig {
                     return Err(("disks.name", "must be 1 to 256 characters".into()));
                 }
             }
+            disk.reprotect_request()
+                .map_err(|message| ("disks.reprotect_from", message))?;
         }
         let block = self.scan.block_bytes;
         if !block.is_power_of_two() || !(4096..=4 << 20).contains(&block) {

@@ -13,6 +13,7 @@
 //! - [`snapshot`]: a disk captured at one instant for a pass (reflink, LVM, or the live disk).
 //! - [`quiesce`]: pre/post scripts and fsfreeze around app-consistent passes.
 //! - [`commands`]: the long poll for management commands, and their outcomes.
+//! - [`reprotect`]: a reprotected disk's block map seeded from the failover point's digests.
 //! - [`replicate`]: the rounds on the bookmark policy (`ferry-agent run`).
 //! - [`progress`], [`status`]: what is remembered between runs and shown by `status`.
 
@@ -27,6 +28,7 @@ pub mod pass;
 pub mod progress;
 pub mod quiesce;
 pub mod replicate;
+pub mod reprotect;
 pub mod session;
 pub mod snapshot;
 pub mod status;

@@ -35,6 +35,9 @@ use ferry_durable::private_dir;
 
 /// Wait before a failed disk is set up again, when the appliance gave no Retry-After.
 const RETRY_FAILED_DISK: Duration = Duration::from_secs(30);
+/// How often a failed-over disk is asked about again (a failback lifts the mark; the disk then
+/// replicates again without restarting the agent).
+const RECHECK_FAILED_OVER: Duration = Duration::from_secs(60);
 /// A Retry-After is honoured within these bounds (a wrong or hostile value neither spins
 /// nor parks the disk for hours).
 const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
@@ -65,7 +68,8 @@ pub(crate) struct Slot {
     retry_at: Option<Instant>,
     /// The last set-up failed because the appliance was busy or unreachable.
     waiting_on_appliance: bool,
-    /// The disk was failed over (committed): never set up again in this run.
+    /// The disk was failed over (committed): asked about again every minute only, until a
+    /// failback lifts the mark.
     failed_over: bool,
 }
 
@@ -394,7 +398,7 @@ async fn set_up_disks(
         let due = {
             let slots = board.slots();
             let slot = &slots[index];
-            slot.session.is_none() && !slot.failed_over && slot.retry_at.is_none_or(|at| at <= Instant::now())
+            slot.session.is_none() && slot.retry_at.is_none_or(|at| at <= Instant::now())
         };
         if !due {
             continue;
@@ -413,6 +417,7 @@ async fn set_up_disks(
                 slot.status.last_error = None;
                 slot.retry_at = None;
                 slot.waiting_on_appliance = false;
+                slot.failed_over = false;
                 slot.session = Some(session);
             }
             Err(failure) if failure.failed_over => {
@@ -420,7 +425,7 @@ async fn set_up_disks(
                 tracing::warn!(disk = %disk.path.display(), reason = %text, "not replicating this disk any more");
                 slot.status.last_error = Some(text);
                 slot.status.phase = "failed_over".into();
-                slot.retry_at = None;
+                slot.retry_at = Some(Instant::now() + RECHECK_FAILED_OVER);
                 slot.waiting_on_appliance = false;
                 slot.failed_over = true;
             }
@@ -746,6 +751,7 @@ mod tests {
                     identity: None,
                     sector_size: None,
                     snapshot: Default::default(),
+                    reprotect_from: None,
                 })
                 .unwrap();
                 let (map, _) = BlockMap::open(&dir.join(format!("map{i}")), progress.disk_id, 65536, 1 << 20).unwrap();

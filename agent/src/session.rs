@@ -96,7 +96,13 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
     }
     let fatal = matches!(
         error.code(),
-        Some(ErrorCode::SizeShrink | ErrorCode::DiskConflict | ErrorCode::Forbidden | ErrorCode::BadRequest)
+        Some(
+            ErrorCode::SizeShrink
+                | ErrorCode::DiskConflict
+                | ErrorCode::Forbidden
+                | ErrorCode::BadRequest
+                | ErrorCode::ReprotectRefused
+        )
     );
     let retry_after = match &error {
         ClientError::Status {
@@ -147,6 +153,9 @@ pub async fn setup(
         size_bytes: device.size_bytes,
         sector_size: device.sector_size,
         write_ordered: false,
+        reprotect_from: disk
+            .reprotect_request()
+            .map_err(|m| anyhow::anyhow!("reprotect_from: {m}"))?,
     };
     if let Err(error) = client.put_disk(disk_id, &spec).await {
         return Err(diagnose(error, anonymous, endpoint).await);
@@ -192,6 +201,14 @@ pub async fn setup(
     );
     if forget_map {
         map.forget_all().context("resetting the block map")?;
+    }
+    // A reprotected disk the server holds no batch of starts as the failover point: a fresh
+    // map may say so (reprotect.rs).
+    if info.reprotect_from.is_some() && opened == Opened::Created && info.durable_seq == 0 && resync.is_none() {
+        let seeded = crate::reprotect::seed(client, disk_id, &map, device.size_bytes)
+            .await
+            .map_err(SetupError::from)?;
+        tracing::info!(%disk_id, blocks = seeded, "block map seeded from the failover point: the first pass sends only what changed since");
     }
     if let Some(reason) = &resync {
         tracing::warn!(%disk_id, %reason, "resync: the whole disk is read again and what differs is sent");
@@ -331,6 +348,7 @@ mod tests {
             error: None,
             resync_reason: None,
             failover_id: None,
+            reprotect_from: None,
         }
     }
 

@@ -101,6 +101,7 @@ async fn run(bytes: usize) {
             identity: None,
             sector_size: None,
             snapshot: Default::default(),
+            reprotect_from: None,
         }],
         scan: Default::default(),
         bookmarks: Default::default(),

@@ -162,17 +162,9 @@ async fn restore(vault: &Vault, keyring: &Keyring, descriptor: &DiskDescriptor, 
     let file = tempfile::tempfile_in(vault.dir.path()).unwrap();
     file.set_len(descriptor.size_bytes).unwrap();
     let (started, cpu) = (Instant::now(), cpu_seconds());
-    ferry_vault::restore::restore_into(
-        vault.storage.clone(),
-        Arc::new(keyring.disk_key(descriptor.disk_id)),
-        descriptor,
-        seq,
-        &file,
-        8,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    ferry_vault::restore::restore_into(vault.storage.clone(), keyring, descriptor, seq, &file, 8, |_| {})
+        .await
+        .unwrap();
     file.sync_all().unwrap();
     let (secs, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let mut hasher = blake3::Hasher::new();
@@ -255,6 +247,7 @@ async fn run(disk_bytes: u64, checkpoints: &[u64]) {
         sector_size: 512,
         write_ordered: false,
         created_unix_ms: START_MS,
+        reprotect_from: None,
     };
     put_both(
         &both,

@@ -175,6 +175,7 @@ pub async fn stream_disk(
         size_bytes: 1 << 30,
         sector_size: 4096,
         write_ordered: false,
+        reprotect_from: None,
     };
     client.put_disk(disk, &spec).await.expect("disk created");
     let sender = Arc::new(ferry_client::BatchSender::new(

@@ -19,7 +19,6 @@ use ferry_format::BookmarkId;
 use ferry_vault::failover::FileFormat;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -398,6 +397,8 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
             virtual_size_bytes: target.virtual_size(plan.descriptor.size_bytes),
             pinned_by_failover,
             changing_seqs: None,
+            digest_blocks: None,
+            failed_back_unix_ms: None,
         });
     }
     ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
@@ -427,38 +428,72 @@ pub async fn execute(opened: &OpenVault, args: &RunArgs, failover_id: Uuid, json
                 last_report = Instant::now();
             }
         };
-        let (storage, key) = (opened.storage.clone(), Arc::new(opened.keyring.disk_key(disk_id)));
+        let storage = opened.storage.clone();
+        let keyring = &opened.keyring;
         let (descriptor, output) = (&plan.descriptor, Path::new(&plan.output));
-        let written = match &target {
-            Target::Files { format, .. } => {
-                let now = ferry_client::clock::now_unix_ms();
-                ferry_vault::failover::write_file(
-                    storage, key, descriptor, seq, output, *format, parallel, now, progress,
-                )
+        let scratch_dir = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let written = async {
+            // Every block's digest at this point, computed as the output is written: reprotect
+            // and failback compare against them (ferry_vault::digests).
+            let mut digests = ferry_vault::digests::DigestTable::new(descriptor.size_bytes, &scratch_dir)?;
+            match &target {
+                Target::Files { format, .. } => {
+                    let now = ferry_client::clock::now_unix_ms();
+                    ferry_vault::failover::write_file(
+                        storage.clone(),
+                        keyring,
+                        &mut digests,
+                        descriptor,
+                        seq,
+                        output,
+                        *format,
+                        parallel,
+                        now,
+                        progress,
+                    )
+                    .await?
+                }
+                Target::Device { device, .. } => {
+                    ferry_vault::failover::write_device(
+                        storage.clone(),
+                        keyring,
+                        &mut digests,
+                        descriptor,
+                        seq,
+                        device,
+                        output,
+                        parallel,
+                        progress,
+                    )
+                    .await?
+                }
+                Target::Azure { blobs, .. } => {
+                    let in_flight = (parallel, args.put_parallel as usize);
+                    let now = ferry_client::clock::now_unix_ms();
+                    ferry_vault::failover::write_page_blob(
+                        storage.clone(),
+                        keyring,
+                        &mut digests,
+                        descriptor,
+                        seq,
+                        &blobs[number],
+                        &scratch_dir,
+                        in_flight,
+                        now,
+                        progress,
+                    )
+                    .await?
+                }
+            };
+            digests
+                .store(&*storage, keyring, failover_id, disk_id, parallel)
                 .await
-            }
-            Target::Device { device, .. } => {
-                ferry_vault::failover::write_device(storage, key, descriptor, seq, device, output, parallel, progress)
-                    .await
-            }
-            Target::Azure { blobs, .. } => {
-                let scratch_dir = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-                let in_flight = (parallel, args.put_parallel as usize);
-                let now = ferry_client::clock::now_unix_ms();
-                ferry_vault::failover::write_page_blob(
-                    storage,
-                    key,
-                    descriptor,
-                    seq,
-                    &blobs[number],
-                    &scratch_dir,
-                    in_flight,
-                    now,
-                    progress,
-                )
-                .await
-            }
-        };
+                .context("cannot store the disk's block digests")
+        }
+        .await;
+        if let Ok(blocks) = &written {
+            record.disks[number].digest_blocks = Some(*blocks);
+        }
         if let Err(e) = written {
             record.state = FailoverState::Failed;
             record.finished_unix_ms = Some(ferry_client::clock::now_unix_ms());

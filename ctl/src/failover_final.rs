@@ -190,7 +190,8 @@ pub async fn change_point(args: ChangePointArgs, json: bool) -> Result<()> {
                 short(&disk_id)
             );
         }
-        let rewritten = rewrite_disk(&opened, &args, plan, disk.output_format, &output, &changed, &scratch_dir, json)
+        let digests = disk.digest_blocks.map(|_| id);
+        let rewritten = rewrite_disk(&opened, &args, plan, disk.output_format, &output, &changed, &scratch_dir, digests, json)
             .await
             .with_context(|| {
                 format!(
@@ -248,7 +249,9 @@ pub async fn change_point(args: ChangePointArgs, json: bool) -> Result<()> {
 }
 
 /// Restores the new point into a sparse scratch file, then copies the changed blocks into the
-/// disk's output (opened, and checked, here).
+/// disk's output (opened, and checked, here). With `digests_of` (the failover's id, when it
+/// stored block digests), the changed blocks' digests are recomputed from the new image and
+/// stored again.
 #[allow(clippy::too_many_arguments)]
 async fn rewrite_disk(
     opened: &OpenVault,
@@ -258,6 +261,7 @@ async fn rewrite_disk(
     output: &str,
     changed: &change_point::ChangedBlocks,
     scratch_dir: &Path,
+    digests_of: Option<Uuid>,
     json: bool,
 ) -> Result<change_point::Rewritten> {
     let descriptor = &plan.descriptor;
@@ -320,15 +324,15 @@ async fn rewrite_disk(
             last_report = Instant::now();
         }
     };
-    let (storage, key) = (opened.storage.clone(), Arc::new(opened.keyring.disk_key(disk_id)));
     let (scratch, _) = ferry_vault::restore::into_scratch(
-        storage,
-        key,
+        opened.storage.clone(),
+        &opened.keyring,
         descriptor,
         seq,
         scratch_dir,
         args.parallel as usize,
         progress,
+        Default::default(),
     )
     .await?;
     if !json {
@@ -338,12 +342,33 @@ async fn rewrite_disk(
             crate::control::mb(changed.bytes())
         );
     }
-    match &target {
+    let rewritten = match &target {
         Opened::File(file) => change_point::rewrite(&scratch, changed, Output::File(file)).await,
         Opened::Blob(blob) => {
             change_point::rewrite(&scratch, changed, Output::PageBlob(blob, args.put_parallel as usize)).await
         }
+    }?;
+    if let Some(failover_id) = digests_of {
+        let mut table = ferry_vault::digests::DigestTable::new(descriptor.size_bytes, scratch_dir)?;
+        table
+            .load(&*opened.storage, &opened.keyring, failover_id, disk_id)
+            .await?;
+        for (start, end) in changed.runs(u64::MAX) {
+            table.touch(start, end - start);
+        }
+        table.finish(&scratch)?;
+        table
+            .store(
+                &*opened.storage,
+                &opened.keyring,
+                failover_id,
+                disk_id,
+                args.parallel as usize,
+            )
+            .await
+            .context("cannot store the disk's block digests")?;
     }
+    Ok(rewritten)
 }
 
 #[derive(Serialize)]

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 mod command;
 mod control;
 mod demo;
+mod failback;
 mod failover;
 mod failover_final;
 mod group;
@@ -62,6 +63,10 @@ enum Command {
     /// failovers that pin their points until `failover cleanup`; `failover list` shows them
     /// (reads storage only; no ferryd needed).
     Failover(Box<failover::FailoverArgs>),
+    /// After a failover and a reprotect: write onto the original disk only the blocks that
+    /// differ from a point of the reprotected disk, and resume forward replication without an
+    /// initial copy.
+    Failback(Box<failback::FailbackArgs>),
     /// Recovery plans: fail machines over group by group, with scripts and manual steps.
     #[command(subcommand)]
     Plan(plan::PlanCommand),
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
             Command::Restore(args) => restore::run(args, cli.json).await,
             Command::Retention(command) => retention::run(command, cli.json).await,
             Command::Failover(args) => failover::run(*args, cli.json).await,
+            Command::Failback(args) => failback::run(*args, cli.json).await,
             Command::Plan(command) => plan::run(command, cli.json).await,
             Command::Demo(args) => demo::run(args, cli.json).await,
             Command::Status(args) => control::status(args, cli.json, false).await,

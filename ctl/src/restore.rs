@@ -107,7 +107,6 @@ async fn restore_one(
     json: bool,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
-    let key = opened.keyring.disk_key(disk_id);
     let descriptor = crate::vault_disks::read_descriptor(opened, disk_id).await?;
 
     let objects = ferry_vault::log::list(&*opened.storage, disk_id).await?;
@@ -138,7 +137,7 @@ async fn restore_one(
     let mut last_report = Instant::now();
     let restored = ferry_vault::restore::restore_into(
         opened.storage.clone(),
-        std::sync::Arc::new(key),
+        &opened.keyring,
         &descriptor,
         target,
         &file,

@@ -43,16 +43,7 @@ async fn disk_ids(opened: &OpenVault) -> Result<Vec<Uuid>> {
 
 /// A disk's descriptor, from `disk.fseal`.
 pub async fn read_descriptor(opened: &OpenVault, disk_id: Uuid) -> Result<DiskDescriptor> {
-    let name = ObjectName::DiskMeta { disk_id }.to_string();
-    let key = opened.keyring.disk_key(disk_id);
-    ferry_vault::sealed::read_json(&*opened.storage, &key, &name)
-        .await
-        .map_err(|e| match e.downcast_ref::<ferry_storage::StorageError>() {
-            Some(ferry_storage::StorageError::NotFound { .. }) => {
-                anyhow::anyhow!("disk {disk_id} is not in this vault (no {name})")
-            }
-            _ => e,
-        })
+    ferry_vault::disks::read_descriptor(&*opened.storage, &opened.keyring, disk_id).await
 }
 
 /// The recovery point with the highest seq, reading only that one point object.

@@ -104,6 +104,7 @@ pub async fn setup(scenario: &Scenario, management: &str, passphrase: &str) -> a
                 size_bytes: scenario.disk_size_bytes,
                 sector_size: 4096,
                 write_ordered: true,
+                reprotect_from: None,
             };
             client.put_disk(disk_id, &spec).await.context("creating a disk")?;
             disks.push(Arc::new(Disk {

@@ -60,6 +60,20 @@ pub struct DiskSpec {
     pub size_bytes: u64,
     pub sector_size: u32,
     pub write_ordered: bool,
+    /// Only when the disk is created: it replicates a failed-over machine's disk back, starting
+    /// from failover `failover_id`'s stored block digests (docs/PROTOCOL.md, reprotect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprotect_from: Option<ReprotectRequest>,
+}
+
+/// Which failed-over disk a new disk replicates back from: `disk_id`, or when absent the
+/// failover's disk with the same name, or its only disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReprotectRequest {
+    pub failover_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_id: Option<Uuid>,
 }
 
 /// A recovery point as `GET /v1/disks/{id}` shows it.
@@ -95,6 +109,9 @@ pub struct DiskInfo {
     /// The committed failover of the disk, when `state` is `failed_over`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_id: Option<Uuid>,
+    /// A reprotected disk: the failed-over disk and failover point it starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprotect_from: Option<ferry_format::plaintexts::ReprotectFrom>,
 }
 
 /// `PUT /v1/disks/{disk_id}/resync`: the sender starts (`required: true`, with a reason) or has
@@ -164,6 +181,7 @@ pub enum ErrorCode {
     OutOfWindow,
     SeqConflict,
     FailedOver,
+    ReprotectRefused,
     TooLarge,
     Internal,
     Busy,
@@ -190,6 +208,7 @@ text_enum!(ErrorCode {
     OutOfWindow => "out_of_window",
     SeqConflict => "seq_conflict",
     FailedOver => "failed_over",
+    ReprotectRefused => "reprotect_refused",
     TooLarge => "too_large",
     Internal => "internal",
     Busy => "busy",
@@ -215,7 +234,8 @@ impl ErrorCode {
             | ErrorCode::SizeShrink
             | ErrorCode::OutOfWindow
             | ErrorCode::SeqConflict
-            | ErrorCode::FailedOver => 409,
+            | ErrorCode::FailedOver
+            | ErrorCode::ReprotectRefused => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::Busy | ErrorCode::CacheFull | ErrorCode::Draining => 503,

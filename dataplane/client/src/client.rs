@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::api::{AbandonAnswer, BatchAck, DiskInfo, DiskSpec, ErrorBody, ResyncState};
 
-/// Largest response body read (answers are small JSON).
-const RESPONSE_MAX_BYTES: usize = 1 << 20;
+/// Largest answer body read (a reprotect digest segment is 1 MiB).
+const RESPONSE_MAX_BYTES: usize = 2 << 20;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
@@ -148,6 +148,21 @@ impl DataClient {
         })
     }
 
+    /// A non-2xx answer as the error it is.
+    fn status_error(response: &RawResponse) -> ClientError {
+        let parsed: Option<ErrorBody> = serde_json::from_slice(&response.body).ok();
+        ClientError::Status {
+            status: response.status,
+            code: parsed.as_ref().map(|b| b.error.clone()).unwrap_or_default(),
+            message: parsed
+                .as_ref()
+                .map(|b| b.message.clone())
+                .unwrap_or_else(|| String::from_utf8_lossy(&response.body).into_owned()),
+            expected_seq: parsed.and_then(|b| b.expected_seq),
+            retry_after_secs: response.retry_after_secs,
+        }
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -157,17 +172,7 @@ impl DataClient {
     ) -> Result<(u16, T), ClientError> {
         let response = self.raw(method, path, content_type, body).await?;
         if !(200..300).contains(&response.status) {
-            let parsed: Option<ErrorBody> = serde_json::from_slice(&response.body).ok();
-            return Err(ClientError::Status {
-                status: response.status,
-                code: parsed.as_ref().map(|b| b.error.clone()).unwrap_or_default(),
-                message: parsed
-                    .as_ref()
-                    .map(|b| b.message.clone())
-                    .unwrap_or_else(|| String::from_utf8_lossy(&response.body).into_owned()),
-                expected_seq: parsed.and_then(|b| b.expected_seq),
-                retry_after_secs: response.retry_after_secs,
-            });
+            return Err(Self::status_error(&response));
         }
         let value = serde_json::from_slice(&response.body)
             .map_err(|e| ClientError::Invalid(format!("unexpected answer: {e}")))?;
@@ -217,6 +222,23 @@ impl DataClient {
             )
             .await?
             .1)
+    }
+
+    /// Segment `segment` of the stored block digests a reprotected disk starts from (16 bytes
+    /// per 64 KiB block; an all-zero entry means the block reads as zeros).
+    pub async fn get_reprotect_digests(&self, disk_id: Uuid, segment: u64) -> Result<Bytes, ClientError> {
+        let response = self
+            .raw(
+                Method::GET,
+                &format!("/v1/disks/{disk_id}/reprotect-digests/{segment}"),
+                "application/json",
+                Bytes::new(),
+            )
+            .await?;
+        if !(200..300).contains(&response.status) {
+            return Err(Self::status_error(&response));
+        }
+        Ok(response.body)
     }
 
     /// Gives up the batches stored past `durable_seq` (a restarted sender that cannot send the

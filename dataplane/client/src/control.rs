@@ -14,6 +14,8 @@
 //!   groups (`groups`).
 //! - `POST /v1/failovers/commit` with [`FailoverCommit`] -> [`FailoverCommitted`]: the disks
 //!   of a committed failover; ferryd refuses their new batches from then on (`409 failed_over`).
+//! - `POST /v1/failovers/failback` with [`FailoverCommit`] -> [`FailbackLifted`]: those disks
+//!   were failed back (`ferryctl failback`); ferryd accepts their batches again.
 //! - `POST /v1/retention/run` with `ferry_vault::retention::RunRequest` -> one
 //!   `DiskSummary` per disk (a consolidation now, after any in progress);
 //!   `PUT /v1/retention/policy` with `PolicyChange` -> the resulting `[retention]`. Those
@@ -303,6 +305,14 @@ pub struct FailoverCommitted {
     pub unknown: Vec<Uuid>,
 }
 
+/// The answer to `POST /v1/failovers/failback`: the disks whose failed-over mark was lifted,
+/// and those this ferryd does not hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailbackLifted {
+    pub lifted: Vec<Uuid>,
+    pub unknown: Vec<Uuid>,
+}
+
 /// Talks to ferryd's control socket.
 pub struct ControlClient {
     socket: PathBuf,
@@ -415,6 +425,12 @@ impl ControlClient {
     /// Tells ferryd the disks of a committed failover (it refuses their new batches).
     pub async fn commit_failover(&self, commit: &FailoverCommit) -> Result<FailoverCommitted, ClientError> {
         self.send(hyper::Method::POST, "/v1/failovers/commit", commit).await
+    }
+
+    /// Tells ferryd that these disks of a committed failover were failed back (it accepts their
+    /// batches again).
+    pub async fn failback_done(&self, done: &FailoverCommit) -> Result<FailbackLifted, ClientError> {
+        self.send(hyper::Method::POST, "/v1/failovers/failback", done).await
     }
 
     /// Queues a management command for `machine`'s agent; answers it as queued.

@@ -7,8 +7,12 @@
 //! from the vault's committed failover records, so a commit made while ferryd was down, or
 //! from another machine with the vault key alone, still takes effect. Disks ferryd does not
 //! hold are left alone (another process server, or a disk never seen here).
+//!
+//! `ferryctl failback` lifts the mark of the disk it wrote back (the record says
+//! `failed_back_unix_ms`), the same two ways: the control socket, and the vault's records at
+//! each connection.
 
-use ferry_client::control::{FailoverCommit, FailoverCommitted};
+use ferry_client::control::{FailbackLifted, FailoverCommit, FailoverCommitted};
 use ferry_format::plaintexts::FailoverState;
 use std::sync::Arc;
 
@@ -31,6 +35,22 @@ pub fn mark(cache: &Cache, commit: &FailoverCommit) -> Result<FailoverCommitted,
     Ok(answer)
 }
 
+/// Lifts the mark of `done.failover_id` from its disks (failed back), fsynced before it returns.
+pub fn lift(cache: &Cache, done: &FailoverCommit) -> Result<FailbackLifted, CacheError> {
+    let mut answer = FailbackLifted::default();
+    for disk_id in &done.disk_ids {
+        match cache.clear_failed_over(*disk_id, done.failover_id) {
+            Ok(_) => {
+                tracing::info!(%disk_id, failover_id = %done.failover_id, "disk failed back: its batches are accepted again");
+                answer.lifted.push(*disk_id);
+            }
+            Err(CacheError::UnknownDisk(_)) => answer.unknown.push(*disk_id),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(answer)
+}
+
 /// Applies every committed failover recorded in the vault (see the header). Errors are logged:
 /// a vault that cannot be read now leaves the marks as they were.
 pub async fn apply_committed(
@@ -45,20 +65,30 @@ pub async fn apply_committed(
             return;
         }
     };
-    let commits: Vec<FailoverCommit> = records
+    let committed = records
         .into_iter()
-        .filter(|r| r.state == FailoverState::Committed && !r.test)
-        .map(|r| FailoverCommit {
-            failover_id: r.failover_id,
-            disk_ids: r.disks.iter().map(|d| d.disk_id).collect(),
-        })
-        .collect();
+        .filter(|r| r.state == FailoverState::Committed && !r.test);
+    let (mut commits, mut failbacks) = (Vec::new(), Vec::new());
+    for record in committed {
+        let (back, still): (Vec<_>, Vec<_>) = record.disks.iter().partition(|d| d.failed_back_unix_ms.is_some());
+        commits.push(FailoverCommit {
+            failover_id: record.failover_id,
+            disk_ids: still.iter().map(|d| d.disk_id).collect(),
+        });
+        failbacks.push(FailoverCommit {
+            failover_id: record.failover_id,
+            disk_ids: back.iter().map(|d| d.disk_id).collect(),
+        });
+    }
     if commits.is_empty() {
         return;
     }
     let marked = tokio::task::spawn_blocking(move || {
         for commit in &commits {
             mark(&cache, commit)?;
+        }
+        for failback in &failbacks {
+            lift(&cache, failback)?;
         }
         Ok::<_, CacheError>(())
     })

@@ -35,5 +35,6 @@ pub mod ingest_memory;
 pub mod memory_budget;
 pub mod niced_runtime;
 pub mod pipeline;
+pub mod reprotect;
 pub mod retention;
 pub mod server;

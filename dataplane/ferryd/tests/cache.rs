@@ -35,6 +35,7 @@ fn meta(disk_id: Uuid) -> DiskMeta {
         created_unix_ms: 1,
         resync_reason: None,
         failed_over: None,
+        reprotect_from: None,
     }
 }
 

@@ -8,11 +8,13 @@
 //! - [`keys`]: the vault key, its text form, `key_check`, and HKDF object keys.
 //! - [`names`]: every object name of FORMATS.md section 1, built and parsed back.
 //! - [`vault`]: `vault.json`, the only plaintext object.
+//! - [`block_digest`]: the 128-bit BLAKE3 digest of a disk block (block maps, failover digests).
 //!
 //! Everything here is deterministic given its inputs (except fresh nonces), bounded in what it
 //! allocates by limits named as constants, and never panics on input from the network or disk.
 
 pub mod batch;
+pub mod block_digest;
 pub mod bookmark;
 pub mod ids;
 pub mod keys;

@@ -11,6 +11,7 @@
 //! ferry/v1/disks/{disk_id}/pruned/{pruned_unix_ms:016}-{seq:020}-{bookmark_id}.fseal
 //! ferry/v1/groups/{group_id}/points/{created_unix_ms:016}-{bookmark_id}.fseal
 //! ferry/v1/failovers/{failover_id}.fseal
+//! ferry/v1/failovers/{failover_id}/digests/{disk_id}/{segment:010}.fseal
 //! ```
 //! Parsing is strict: exactly the digit counts above, canonical lowercase UUIDs, valid
 //! bookmark ids, `first_seq <= last_seq`. `parse(name.to_string()) == name` for every name, and
@@ -78,6 +79,13 @@ pub enum ObjectName {
     Failover {
         failover_id: Uuid,
     },
+    /// The 64 KiB-block digests of a failed-over disk at its failover point, 65,536 blocks per
+    /// segment (sealed with the disk's key).
+    FailoverDigests {
+        failover_id: Uuid,
+        disk_id: Uuid,
+        segment: u64,
+    },
 }
 
 /// The listing prefix of every failover record.
@@ -100,7 +108,8 @@ impl ObjectName {
             | ObjectName::BaseManifest { disk_id, .. }
             | ObjectName::BaseChunk { disk_id, .. }
             | ObjectName::Pin { disk_id, .. }
-            | ObjectName::Pruned { disk_id, .. } => Some(*disk_id),
+            | ObjectName::Pruned { disk_id, .. }
+            | ObjectName::FailoverDigests { disk_id, .. } => Some(*disk_id),
             ObjectName::VaultJson | ObjectName::GroupPoint { .. } | ObjectName::Failover { .. } => None,
         }
     }
@@ -210,6 +219,11 @@ impl ObjectName {
             ["failovers", failover] => Ok(ObjectName::Failover {
                 failover_id: uuid(failover).ok_or_else(|| fail("bad failover id"))?,
             }),
+            ["failovers", failover, "digests", disk, segment] => Ok(ObjectName::FailoverDigests {
+                failover_id: uuid(failover).ok_or_else(|| fail("bad failover id"))?,
+                disk_id: uuid(disk).ok_or_else(|| fail("bad disk id"))?,
+                segment: digits(segment, 10).ok_or_else(|| fail("digest segment is not 10 digits"))?,
+            }),
             _ => Err(fail("unknown object kind")),
         }
     }
@@ -261,6 +275,11 @@ impl fmt::Display for ObjectName {
                 )
             }
             ObjectName::Failover { failover_id } => write!(f, "{ROOT}failovers/{failover_id}.fseal"),
+            ObjectName::FailoverDigests {
+                failover_id,
+                disk_id,
+                segment,
+            } => write!(f, "{ROOT}failovers/{failover_id}/digests/{disk_id}/{segment:010}.fseal"),
             ObjectName::GroupPoint {
                 group_id,
                 created_unix_ms,
@@ -344,6 +363,11 @@ mod tests {
                 bookmark_id: bm,
             },
             ObjectName::Failover { failover_id: disk() },
+            ObjectName::FailoverDigests {
+                failover_id: disk(),
+                disk_id: disk(),
+                segment: 3,
+            },
         ];
         for name in names {
             let text = name.to_string();

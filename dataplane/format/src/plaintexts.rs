@@ -10,6 +10,11 @@ use crate::batch::{BatchError, BatchHeader};
 
 pub const PLAINTEXT_FORMAT: u32 = 1;
 
+/// The `format` of a reprotected disk's descriptor: its restore starts from another disk's
+/// state ([`ReprotectFrom`]), which a reader of format 1 would not know and would restore from
+/// zeros. A reader that does not know format 2 must refuse the disk rather than guess.
+pub const REPROTECTED_DISK_FORMAT: u32 = 2;
+
 /// `disks/{disk_id}/disk.fseal`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskDescriptor {
@@ -21,6 +26,20 @@ pub struct DiskDescriptor {
     pub sector_size: u32,
     pub write_ordered: bool,
     pub created_unix_ms: u64,
+    /// A reprotected disk (descriptor format 2): the disk's batches apply on top of
+    /// `disk_id`'s state at `seq`, the failover point of `failover_id`, not on zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprotect_from: Option<ReprotectFrom>,
+}
+
+/// Where a reprotected disk starts: the disk that failover `failover_id` failed over, at the
+/// seq it used. The replication back from the failed-over machine sends only the blocks that
+/// differ from that state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReprotectFrom {
+    pub failover_id: Uuid,
+    pub disk_id: Uuid,
+    pub seq: u64,
 }
 
 /// `disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal`.
@@ -135,6 +154,14 @@ pub struct FailoverDisk {
     /// run again towards any point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changing_seqs: Option<(u64, u64)>,
+    /// How many block digests were stored for this disk (`failovers/{id}/digests/{disk_id}/`),
+    /// absent for a failover from before digests (nothing to reprotect from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_blocks: Option<u64>,
+    /// When `ferryctl failback` wrote this disk back onto the original: ferryd accepts its
+    /// batches again (the failed-over mark is lifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_back_unix_ms: Option<u64>,
 }
 
 /// Where a failover is.

@@ -146,7 +146,8 @@ fn chunk_len(size_bytes: u64, chunk_size: u64, index: u64) -> u64 {
 /// image has them: a fresh sparse file reads zeros). Returns the bytes written. `past_cache`:
 /// chunks go past the page cache (a restore's output, written once; see
 /// [`crate::image::DirectWriter`]) rather than through it (a consolidation's scratch, read
-/// back at once).
+/// back at once). `extras`: chunks outside `only` are skipped; each chunk written is hashed
+/// into `digests`.
 pub async fn fill(
     storage: Arc<dyn ObjectStorage>,
     key: Arc<ObjectKey>,
@@ -154,13 +155,20 @@ pub async fn fill(
     image: &File,
     parallel: usize,
     past_cache: bool,
+    extras: crate::restore::Extras<'_>,
 ) -> Result<u64> {
+    let (size, chunk_size) = (manifest.size_bytes, manifest.chunk_size);
     let chunks: Vec<(u64, String)> = manifest
         .chunks
         .iter()
         .filter_map(|(index, name)| Some((index.parse().ok()?, name.clone())))
+        .filter(|(index, _)| {
+            extras
+                .only
+                .is_none_or(|only| only.any_marked(index * chunk_size, chunk_len(size, chunk_size, *index)))
+        })
         .collect();
-    let (size, chunk_size) = (manifest.size_bytes, manifest.chunk_size);
+    let mut digests = extras.digests;
     let mut chunks = futures::stream::iter(chunks.into_iter().map(move |(index, name)| {
         let (storage, key) = (storage.clone(), key.clone());
         let length = chunk_len(size, chunk_size, index);
@@ -179,6 +187,11 @@ pub async fn fill(
             None => image.write_all_at(&data, index * chunk_size),
         }
         .context("cannot write the image")?;
+        if let Some(table) = digests.as_deref_mut() {
+            table
+                .written(index * chunk_size, &data)
+                .context("cannot write the digest table")?;
+        }
         written += data.len() as u64;
     }
     Ok(written)

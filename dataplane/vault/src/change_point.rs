@@ -67,8 +67,34 @@ impl ChangedBlocks {
         }
     }
 
-    fn is_marked(&self, block: u64) -> bool {
-        self.words[(block / 64) as usize] & (1 << (block % 64)) != 0
+    pub fn is_marked(&self, block: u64) -> bool {
+        self.words
+            .get((block / 64) as usize)
+            .is_some_and(|word| word & (1 << (block % 64)) != 0)
+    }
+
+    /// Whether any block that `offset .. offset + length` touches is marked.
+    pub fn any_marked(&self, offset: u64, length: u64) -> bool {
+        let end = offset.saturating_add(length).min(self.size_bytes);
+        offset < end && (offset / BLOCK..end.div_ceil(BLOCK)).any(|block| self.is_marked(block))
+    }
+
+    /// Marks every block `other` marks (same disk size).
+    pub fn merge(&mut self, other: &ChangedBlocks) {
+        for (word, theirs) in self.words.iter_mut().zip(&other.words) {
+            *word |= theirs;
+        }
+        self.whole_disk |= other.whole_disk;
+    }
+
+    /// How many blocks are marked.
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// The disk size this map covers.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
     }
 
     /// How many bytes the changed blocks hold (the last block ends at the disk's end).

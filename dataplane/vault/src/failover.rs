@@ -5,7 +5,8 @@
 //! An output file is written as a restore is (the newest base, then the log after it; records
 //! in place, zeros as holes, so the file is as sparse as the disk), then, for a VHD, the
 //! footer after the virtual size. A failed output is removed: a half-written disk must not be
-//! mistaken for a failover. Memory is the restore's: about `parallel` objects at once.
+//! mistaken for a failover. Memory is the restore's: about `parallel` objects at once. Each
+//! output's 64 KiB block digests are computed as it is written (`crate::digests`).
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -19,7 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::restore::Restored;
+use crate::digests::DigestTable;
+use crate::restore::{Extras, Restored};
 use crate::vhd;
 
 /// How a disk is written to a file.
@@ -49,19 +51,20 @@ impl FileFormat {
 }
 
 /// Writes `descriptor`'s disk at `seq` into the new file `path` (it must not exist) as
-/// `format`, fsynced. `progress` gets the last seq applied after each change set. On failure
-/// the file is removed.
+/// `format`, fsynced, and its block digests into `digests` (finished). `progress` gets the last
+/// seq applied after each change set. On failure the file is removed.
 #[allow(clippy::too_many_arguments)]
 pub async fn write_file(
     storage: Arc<dyn ObjectStorage>,
-    key: Arc<ObjectKey>,
+    keyring: &Keyring,
+    digests: &mut DigestTable,
     descriptor: &DiskDescriptor,
     seq: u64,
     path: &Path,
     format: FileFormat,
     parallel: usize,
     now_unix_ms: u64,
-    progress: impl FnMut(u64) + Send,
+    mut progress: impl FnMut(u64) + Send,
 ) -> Result<Restored> {
     let file = OpenOptions::new()
         .read(true)
@@ -80,7 +83,22 @@ pub async fn write_file(
         };
         file.set_len(virtual_size + footer.map_or(0, |f| f.len() as u64))
             .with_context(|| format!("cannot size {}", path.display()))?;
-        let restored = crate::restore::restore_into(storage, key, descriptor, seq, &file, parallel, progress).await?;
+        let extras = Extras {
+            only: None,
+            digests: Some(&mut *digests),
+        };
+        let restored = crate::restore::restore_with(
+            storage,
+            keyring,
+            descriptor,
+            seq,
+            &file,
+            parallel,
+            &mut progress,
+            extras,
+        )
+        .await?;
+        digests.finish(&file)?;
         if let Some(footer) = footer {
             file.write_all_at(&footer, virtual_size)
                 .with_context(|| format!("cannot write the VHD footer of {}", path.display()))?;
@@ -170,20 +188,36 @@ fn mounted_at(rdev: u64) -> Result<Option<String>> {
 #[allow(clippy::too_many_arguments)]
 pub async fn write_device(
     storage: Arc<dyn ObjectStorage>,
-    key: Arc<ObjectKey>,
+    keyring: &Keyring,
+    digests: &mut DigestTable,
     descriptor: &DiskDescriptor,
     seq: u64,
     device: &std::fs::File,
     path: &Path,
     parallel: usize,
-    progress: impl FnMut(u64) + Send,
+    mut progress: impl FnMut(u64) + Send,
 ) -> Result<Restored> {
     let zero = rustix::fs::FallocateFlags::ZERO_RANGE | rustix::fs::FallocateFlags::KEEP_SIZE;
     if rustix::fs::fallocate(device, zero, 0, descriptor.size_bytes).is_err() {
         crate::image::zero_range(device, 0, descriptor.size_bytes)
             .with_context(|| format!("cannot zero {}", path.display()))?;
     }
-    let restored = crate::restore::restore_into(storage, key, descriptor, seq, device, parallel, progress).await?;
+    let extras = Extras {
+        only: None,
+        digests: Some(&mut *digests),
+    };
+    let restored = crate::restore::restore_with(
+        storage,
+        keyring,
+        descriptor,
+        seq,
+        device,
+        parallel,
+        &mut progress,
+        extras,
+    )
+    .await?;
+    digests.finish(device)?;
     device
         .sync_all()
         .with_context(|| format!("cannot fsync {}", path.display()))?;
@@ -200,7 +234,8 @@ pub async fn write_device(
 #[allow(clippy::too_many_arguments)]
 pub async fn write_page_blob(
     storage: Arc<dyn ObjectStorage>,
-    key: Arc<ObjectKey>,
+    keyring: &Keyring,
+    digests: &mut DigestTable,
     descriptor: &DiskDescriptor,
     seq: u64,
     blob: &ferry_storage::page_blob::PageBlob,
@@ -210,8 +245,22 @@ pub async fn write_page_blob(
     progress: impl FnMut(u64) + Send,
 ) -> Result<Restored> {
     let (downloads, puts) = parallel;
-    let (scratch, restored) =
-        crate::restore::into_scratch(storage, key, descriptor, seq, scratch_dir, downloads, progress).await?;
+    let extras = Extras {
+        only: None,
+        digests: Some(&mut *digests),
+    };
+    let (scratch, restored) = crate::restore::into_scratch(
+        storage,
+        keyring,
+        descriptor,
+        seq,
+        scratch_dir,
+        downloads,
+        progress,
+        extras,
+    )
+    .await?;
+    digests.finish(&scratch)?;
     let virtual_size = vhd::virtual_size(descriptor.size_bytes);
     let footer = vhd::Footer::for_disk(descriptor.size_bytes, now_unix_ms, Uuid::new_v4()).to_bytes();
     blob.create(virtual_size + footer.len() as u64)

@@ -2,6 +2,7 @@
 //! alone, by ferryd and by ferryctl (which works with ferryd stopped):
 //!
 //! - [`disks`]: the disks of a vault.
+//! - [`digests`]: a failover's 64 KiB block digests (reprotect and failback compare against them).
 //! - [`log`]: a disk's change sets, the chain that covers a range of seqs, replaying it.
 //! - [`base`]: base images: reading one into an image, writing a new one.
 //! - [`change_point`]: a failover's point changed in place: the blocks two seqs can differ
@@ -17,6 +18,7 @@
 
 pub mod base;
 pub mod change_point;
+pub mod digests;
 pub mod disks;
 pub mod failover;
 pub mod group_points;

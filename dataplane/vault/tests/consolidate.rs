@@ -89,6 +89,7 @@ async fn vault_with(write_ordered: bool, point_every: u64) -> Vault {
         sector_size: 512,
         write_ordered,
         created_unix_ms: NOW - BATCHES * HOUR_MS,
+        reprotect_from: None,
     };
     put_sealed(
         &*storage,
@@ -223,10 +224,9 @@ async fn point_seqs(vault: &Vault) -> Vec<u64> {
 async fn restore(vault: &Vault, seq: u64) -> anyhow::Result<Vec<u8>> {
     let file = tempfile::tempfile().unwrap();
     file.set_len(DISK_BYTES).unwrap();
-    let key = vault.keyring.disk_key(vault.disk_id);
     ferry_vault::restore::restore_into(
         vault.storage.clone(),
-        Arc::new(key),
+        &vault.keyring,
         &vault.descriptor,
         seq,
         &file,
@@ -543,9 +543,17 @@ async fn a_disk_that_grows_after_its_base_keeps_restoring() {
     );
     let file = tempfile::tempfile().unwrap();
     file.set_len(grown).unwrap();
-    ferry_vault::restore::restore_into(vault.storage.clone(), key, &vault.descriptor, seq, &file, 4, |_| {})
-        .await
-        .unwrap();
+    ferry_vault::restore::restore_into(
+        vault.storage.clone(),
+        &vault.keyring,
+        &vault.descriptor,
+        seq,
+        &file,
+        4,
+        |_| {},
+    )
+    .await
+    .unwrap();
     let mut restored = vec![0u8; grown as usize];
     std::os::unix::fs::FileExt::read_exact_at(&file, &mut restored, 0).unwrap();
     assert!(restored == image, "the grown disk restores different bytes");

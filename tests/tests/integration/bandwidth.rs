@@ -54,6 +54,7 @@ async fn send(appliance: &Appliance, batches: Vec<(u64, bytes::Bytes)>) -> (Data
         size_bytes: (batches.len() * MIB) as u64,
         sector_size: 512,
         write_ordered: false,
+        reprotect_from: None,
     };
     client.put_disk(disk, &spec).await.unwrap();
     BatchSender::new(client.clone(), disk, 4, RetryPolicy::default())

@@ -82,6 +82,7 @@ async fn status_disks_and_machines_match_a_known_workload() {
             size_bytes: 1 << 30,
             sector_size: 4096,
             write_ordered: true,
+            reprotect_from: None,
         };
         client.put_disk(*disk, &spec).await.unwrap();
         let (work, bytes) = batches(10 + i as u64);
@@ -254,6 +255,7 @@ async fn drain_empties_the_cache_then_resume_accepts_data() {
         size_bytes: 1 << 30,
         sector_size: 4096,
         write_ordered: true,
+        reprotect_from: None,
     };
     client.put_disk(disk, &spec).await.unwrap();
     let (work, _) = batches(20);
@@ -478,6 +480,7 @@ async fn tune_takes_effect_survives_a_restart_and_resets() {
         size_bytes: 1 << 30,
         sector_size: 4096,
         write_ordered: true,
+        reprotect_from: None,
     };
     client.put_disk(disk, &spec).await.unwrap();
     let (work, _) = batches(6);

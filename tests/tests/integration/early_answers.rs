@@ -129,6 +129,7 @@ async fn early_refusals_reach_curl_and_a_plain_h2_client() {
         size_bytes: 1 << 30,
         sector_size: 4096,
         write_ordered: false,
+        reprotect_from: None,
     };
     client.put_disk(known, &spec).await.unwrap();
     let url = |path: &str| format!("https://{}{path}", appliance.data);

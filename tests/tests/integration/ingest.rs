@@ -20,6 +20,7 @@ fn spec() -> DiskSpec {
         size_bytes: DISK_BYTES,
         sector_size: 512,
         write_ordered: false,
+        reprotect_from: None,
     }
 }
 

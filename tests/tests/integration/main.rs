@@ -6,6 +6,7 @@ mod commands;
 mod control;
 mod ctl_init;
 mod early_answers;
+mod failback;
 mod failover;
 mod failover_final;
 mod groups;

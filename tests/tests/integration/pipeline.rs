@@ -107,6 +107,7 @@ fn spec() -> DiskSpec {
         size_bytes: DISK_BYTES as u64,
         sector_size: SECTOR as u32,
         write_ordered: false,
+        reprotect_from: None,
     }
 }
 

@@ -140,6 +140,7 @@ async fn replicate(appliance: &Appliance, history: &History) -> (Uuid, DataClien
         size_bytes: DISK_BYTES as u64,
         sector_size: 512,
         write_ordered: false,
+        reprotect_from: None,
     };
     client.put_disk(disk, &spec).await.unwrap();
     let sender = BatchSender::new(machine.data_client().unwrap(), disk, 4, RetryPolicy::default());

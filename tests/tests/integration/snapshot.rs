@@ -313,6 +313,7 @@ async fn a_held_capture_is_the_image_at_the_freeze_while_writes_wait() {
             identity: None,
             sector_size: None,
             snapshot: Default::default(),
+            reprotect_from: None,
         })
         .unwrap(),
     );

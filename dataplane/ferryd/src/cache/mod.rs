@@ -97,6 +97,9 @@ pub struct DiskMeta {
     /// The committed failover of the disk (`state: failed_over`): its new batches are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_over: Option<Uuid>,
+    /// A reprotected disk: where its restore starts (the descriptor says it; FORMATS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprotect_from: Option<ferry_format::plaintexts::ReprotectFrom>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -421,6 +424,23 @@ impl Cache {
             }
             DiskMeta {
                 failed_over: Some(failover_id),
+                ..disk.meta.clone()
+            }
+        };
+        self.update_disk(meta)
+    }
+
+    /// Lifts the mark of failover `failover_id` (the disk was failed back: its batches are
+    /// accepted again), durably; unchanged when the disk carries no such mark.
+    pub fn clear_failed_over(&self, disk_id: Uuid, failover_id: Uuid) -> Result<DiskView, CacheError> {
+        let meta = {
+            let state = self.shared.state();
+            let disk = state.disks.get(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
+            if disk.meta.failed_over != Some(failover_id) {
+                return Ok(view(disk));
+            }
+            DiskMeta {
+                failed_over: None,
                 ..disk.meta.clone()
             }
         };

@@ -34,7 +34,7 @@ pub mod worker;
 use bytes::Bytes;
 use ferry_format::batch::DiskGeometry;
 use ferry_format::names::VAULT_JSON;
-use ferry_format::plaintexts::{DiskDescriptor, PLAINTEXT_FORMAT};
+use ferry_format::plaintexts::{DiskDescriptor, PLAINTEXT_FORMAT, REPROTECTED_DISK_FORMAT};
 use ferry_format::{Keyring, VaultDescriptor, VaultError, VaultKey};
 use ferry_storage::{ObjectStorage, StorageError};
 use std::collections::HashMap;
@@ -897,7 +897,11 @@ fn progress_of<'a>(disks: &'a mut HashMap<Uuid, DiskProgress>, view: &DiskView) 
 /// The disk's descriptor as `disk.fseal` holds it.
 fn descriptor_of(view: &DiskView) -> DiskDescriptor {
     DiskDescriptor {
-        format: PLAINTEXT_FORMAT,
+        format: if view.meta.reprotect_from.is_some() {
+            REPROTECTED_DISK_FORMAT
+        } else {
+            PLAINTEXT_FORMAT
+        },
         disk_id: view.meta.disk_id,
         machine_id: view.meta.machine_id,
         name: view.meta.name.clone(),
@@ -905,5 +909,6 @@ fn descriptor_of(view: &DiskView) -> DiskDescriptor {
         sector_size: view.meta.sector_size,
         write_ordered: view.meta.write_ordered,
         created_unix_ms: view.meta.created_unix_ms,
+        reprotect_from: view.meta.reprotect_from,
     }
 }

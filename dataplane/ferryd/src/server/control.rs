@@ -171,6 +171,19 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
                 Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("failover commit: {e}"))),
             }
         }
+        (Method::POST, "/v1/failovers/failback") => {
+            match serde_json::from_slice::<ferry_client::control::FailoverCommit>(&body) {
+                Ok(done) => {
+                    let cache = state.cache.clone();
+                    match tokio::task::spawn_blocking(move || crate::failed_over::lift(&cache, &done)).await {
+                        Ok(Ok(answer)) => Ok(json(StatusCode::OK, &answer)),
+                        Ok(Err(e)) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
+                        Err(e) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
+                    }
+                }
+                Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("failback: {e}"))),
+            }
+        }
         (method @ (Method::GET | Method::POST), path)
             if path.starts_with("/v1/machines/") && path.ends_with("/commands") =>
         {

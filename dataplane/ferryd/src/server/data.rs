@@ -60,6 +60,13 @@ async fn route(
                 ([], Method::GET) => get_disk(state, machine, disk_id),
                 (["abandon"], Method::POST) => abandon(state, machine, disk_id),
                 (["resync"], Method::PUT) => put_resync(state, machine, disk_id, request.into_body()).await,
+                (["reprotect-digests", segment], Method::GET) => {
+                    let segment: u64 = segment
+                        .parse()
+                        .map_err(|_| ApiError::new(ErrorCode::BadId, "segment must be a decimal number"))?;
+                    let view = owned_disk(state, machine, disk_id)?;
+                    crate::reprotect::digests(state, &view, segment).await
+                }
                 (["batches", seq], Method::PUT) => {
                     let seq: u64 = seq
                         .parse()
@@ -143,6 +150,7 @@ pub(super) fn disk_info(state: &AppState, view: &DiskView) -> DiskInfo {
         error,
         resync_reason: view.meta.resync_reason.clone(),
         failover_id: view.meta.failed_over,
+        reprotect_from: view.meta.reprotect_from,
     }
 }
 
@@ -244,6 +252,12 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
     }
     if let Some(existing) = state.cache.disk(disk_id) {
         let existing = owned_disk(state, machine, existing.meta.disk_id)?;
+        if spec.reprotect_from.is_some() && existing.meta.reprotect_from.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::DiskConflict,
+                format!("disk {disk_id} exists already: reprotect_from applies only when a disk is created"),
+            ));
+        }
         if existing.meta.sector_size != spec.sector_size || existing.meta.write_ordered != spec.write_ordered {
             return Err(ApiError::new(
                 ErrorCode::DiskConflict,
@@ -267,6 +281,10 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
         let view = off_the_runtime(state, move |cache| cache.update_disk(meta)).await?;
         return Ok(json(StatusCode::OK, &disk_info(state, &view)));
     }
+    let reprotect_from = match &spec.reprotect_from {
+        Some(request) => Some(crate::reprotect::resolve(state, request, &spec.name, spec.size_bytes).await?),
+        None => None,
+    };
     let meta = DiskMeta {
         disk_id,
         machine_id: machine,
@@ -277,6 +295,7 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
         created_unix_ms: ferry_client::clock::now_unix_ms(),
         resync_reason: None,
         failed_over: None,
+        reprotect_from,
     };
     let view = off_the_runtime(state, move |cache| cache.create_disk(meta)).await?;
     if view.meta.machine_id != machine {

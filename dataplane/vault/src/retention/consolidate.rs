@@ -181,6 +181,14 @@ pub async fn consolidate_disk(
         ..Default::default()
     };
 
+    if descriptor.reprotect_from.is_some() {
+        // A reprotected disk's restores start from another disk's failover point until it has
+        // a base of its own, and a base is built from the disk's own log alone: its
+        // consolidation is left for a later build. Nothing of it is deleted.
+        summary.stored_bytes_after = summary.stored_bytes_before;
+        summary.deferred = Some("a reprotected disk (replicating back after a failover) is not consolidated".into());
+        return Ok(summary);
+    }
     let points = crate::points::read_all(&storage, &key, disk_id, parallel).await?;
     let refs: Vec<PointRef> = points
         .iter()
@@ -365,6 +373,7 @@ async fn build_base(
             scratch.file(),
             options.parallel,
             false,
+            Default::default(),
         )
         .await?;
         scratch.touch_all(size);
