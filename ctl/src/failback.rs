@@ -7,7 +7,8 @@
 //! digest (`L`); on the failed-over side, the blocks the reverse replication's batches wrote up
 //! to the point (`R`, from its log). Every other block equals the failover point on both sides.
 //! The blocks of `L ∪ R` are restored (only those: base chunks and record pieces elsewhere are
-//! skipped) into a sparse scratch file, written onto the disk, fsynced, and read back past the
+//! skipped; the failed-over disk's history is read only for the blocks the reverse batches did
+//! not write whole, usually `L` minus `R`, often none) into a sparse scratch file, written onto the disk, fsynced, and read back past the
 //! page cache to verify their digests.
 //!
 //! Then forward replication is set up to resume without an initial copy: the original disk's
@@ -22,7 +23,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ferry_format::block_digest::{block_digest, expand, BlockDigest, DIGEST_BLOCK_BYTES};
+use ferry_format::block_digest::{block_digest, expand, BlockDigest, DIGEST_BLOCK_BYTES, NOT_A_DIGEST};
 use ferry_format::plaintexts::{DiskDescriptor, FailoverRecord, FailoverState};
 use ferry_vault::change_point::ChangedBlocks;
 use ferry_vault::digests::{self, SEGMENT_BLOCKS};
@@ -87,6 +88,9 @@ pub struct Report {
     pub changed_here_blocks: u64,
     /// Blocks the reverse replication wrote up to the point.
     pub changed_there_blocks: u64,
+    /// Of the blocks written, those restored from the failover point out of the failed-over
+    /// disk's history in the vault (the rest come from the reverse replication's batches alone).
+    pub from_failover_point_blocks: u64,
     pub written_bytes: u64,
     pub verified_bytes: u64,
     /// Whether the agent's block map was rewritten (else forward replication resyncs).
@@ -194,7 +198,7 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
     // L: the blocks changed here since the failover point.
     let mut differ = ChangedBlocks::none(size);
     let mut read_bytes = 0u64;
-    let mut buffer = vec![0u8; IO_BYTES as usize];
+    let mut reader = ferry_vault::image::DirectReader::new(&onto);
     let blocks = digests::blocks_of(size);
     for segment in 0..digests::segments_of(blocks) {
         let stored = digests::read_segment(&*opened.storage, &opened.keyring, id, disk_id, segment, blocks).await?;
@@ -203,13 +207,19 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
         while block < first + stored.len() as u64 {
             let start = block * BLOCK;
             let end = (start + IO_BYTES).min(size).min((first + stored.len() as u64) * BLOCK);
-            let piece = &mut buffer[..(end - start) as usize];
-            onto.read_exact_at(piece, start)
+            let piece = reader
+                .read_at(start, (end - start) as usize)
                 .with_context(|| format!("cannot read {} at {start}", args.onto.display()))?;
             read_bytes += end - start;
             for data in piece.chunks(BLOCK as usize) {
-                let was = expand(stored[(block - first) as usize], data.len());
-                if block_digest(data) != was {
+                let was = stored[(block - first) as usize];
+                // A block that was zeros is compared as such, without hashing it.
+                let same = if was == NOT_A_DIGEST {
+                    data.iter().all(|&b| b == 0)
+                } else {
+                    block_digest(data) == was
+                };
+                if !same {
                     differ.mark(block * BLOCK, data.len() as u64);
                 }
                 block += 1;
@@ -229,7 +239,7 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
     // R: the blocks the reverse replication wrote up to the point.
     let reverse_key = Arc::new(opened.keyring.disk_key(reverse.disk_id));
     let parallel = args.parallel as usize;
-    let there = ferry_vault::change_point::changed_between(
+    let there = ferry_vault::change_point::written_between(
         opened.storage.clone(),
         reverse_key,
         &reverse,
@@ -239,15 +249,27 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
     )
     .await?;
     // The reverse disk may be larger (a VHD rounds up): only the original's size comes back.
-    let mut there_clipped = ChangedBlocks::none(size);
-    for (start, end) in there.runs(u64::MAX) {
-        there_clipped.mark(start, end.min(size).saturating_sub(start));
-    }
+    let clip = |blocks: &ChangedBlocks| {
+        let mut clipped = ChangedBlocks::none(size);
+        for (start, end) in blocks.runs(u64::MAX) {
+            clipped.mark(start, end.min(size).saturating_sub(start));
+        }
+        clipped
+    };
+    let there_clipped = clip(&there.touched);
     let changed_there_blocks = there_clipped.count();
     differ.merge(&there_clipped);
+    // The blocks whose content comes from the failover point (in the vault, the failed-over
+    // disk's history): those the reverse replication did not write whole. The agent sends whole
+    // blocks, so these are the blocks changed here only; often none, and then the failed-over
+    // disk's history is not read at all.
+    let mut from_failover_point = differ.clone();
+    from_failover_point.remove(&clip(&there.whole));
+    let from_failover_point_blocks = from_failover_point.count();
     progress.say(true, || {
         format!(
-            "failback: {changed_here_blocks} blocks changed here, {changed_there_blocks} there: restoring {} of blocks",
+            "failback: {changed_here_blocks} blocks changed here, {changed_there_blocks} there: restoring {} of blocks \
+             ({from_failover_point_blocks} of them from the failover point)",
             crate::control::mb(differ.bytes())
         )
     });
@@ -256,6 +278,7 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
     let scratch_dir = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let extras = ferry_vault::restore::Extras {
         only: Some(&differ),
+        start_only: Some(&from_failover_point),
         digests: None,
     };
     let (scratch, _) = ferry_vault::restore::into_scratch(
@@ -270,6 +293,7 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
     )
     .await
     .with_context(|| format!("cannot restore the differing blocks of disk {}", reverse.disk_id))?;
+    let mut buffer = vec![0u8; IO_BYTES as usize];
     let mut written_bytes = 0u64;
     let total = differ.bytes();
     for (start, end) in differ.runs(IO_BYTES) {
@@ -291,23 +315,27 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
     onto.sync_all()
         .with_context(|| format!("cannot fsync {}", args.onto.display()))?;
 
-    // Verify: each written block read back from the disk, not the page cache.
+    // Verify: each written block read back from the disk, past the page cache (where the file
+    // system allows O_DIRECT; else the cache is dropped for the range first).
     let mut verified_bytes = 0u64;
-    let mut expected = vec![0u8; IO_BYTES as usize];
+    let mut reader = ferry_vault::image::DirectReader::new(&onto);
     for (start, end) in differ.runs(IO_BYTES) {
         let length = (end - start) as usize;
-        let _ = rustix::fs::fadvise(
-            &onto,
-            start,
-            std::num::NonZeroU64::new(end - start),
-            rustix::fs::Advice::DontNeed,
-        );
-        onto.read_exact_at(&mut buffer[..length], start)
-            .with_context(|| format!("cannot read {} back at {start}", args.onto.display()))?;
+        if !reader.is_direct() {
+            let _ = rustix::fs::fadvise(
+                &onto,
+                start,
+                std::num::NonZeroU64::new(end - start),
+                rustix::fs::Advice::DontNeed,
+            );
+        }
         scratch
-            .read_exact_at(&mut expected[..length], start)
+            .read_exact_at(&mut buffer[..length], start)
             .context("cannot read the scratch file")?;
-        if buffer[..length] != expected[..length] {
+        let found = reader
+            .read_at(start, length)
+            .with_context(|| format!("cannot read {} back at {start}", args.onto.display()))?;
+        if found != &buffer[..length] {
             bail!(
                 "{} does not read back what was written at {start}..{end}: the device lost writes; run failback again",
                 args.onto.display()
@@ -345,6 +373,7 @@ async fn fail_back(opened: &OpenVault, args: &FailbackArgs, json: bool, started:
         compared_blocks: blocks,
         changed_here_blocks,
         changed_there_blocks,
+        from_failover_point_blocks,
         written_bytes,
         verified_bytes,
         agent_map_written,

@@ -781,6 +781,9 @@ async fn cleanup(args: CleanupArgs, json: bool) -> Result<()> {
                 report.pins_released += 1;
             }
         }
+        if let Some(blocks) = disk.digest_blocks {
+            ferry_vault::digests::delete(&*opened.storage, id, disk.disk_id, blocks).await?;
+        }
     }
     ferry_vault::failover::delete_record(&*opened.storage, id).await?;
     if json {

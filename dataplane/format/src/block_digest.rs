@@ -24,13 +24,14 @@ pub fn block_digest(data: &[u8]) -> BlockDigest {
     out
 }
 
-/// The digest of `length` zero bytes.
+/// The digest of `length` zero bytes (a full block's is computed once per thread: a sparse
+/// disk has many).
 pub fn zero_block_digest(length: usize) -> BlockDigest {
     thread_local! {
-        static ZEROS: Vec<u8> = vec![0u8; DIGEST_BLOCK_BYTES as usize];
+        static FULL_BLOCK: BlockDigest = block_digest(&[0u8; DIGEST_BLOCK_BYTES as usize]);
     }
-    if length <= DIGEST_BLOCK_BYTES as usize {
-        ZEROS.with(|z| block_digest(&z[..length]))
+    if length == DIGEST_BLOCK_BYTES as usize {
+        FULL_BLOCK.with(|d| *d)
     } else {
         block_digest(&vec![0u8; length])
     }

@@ -80,7 +80,7 @@ pub enum ObjectName {
         failover_id: Uuid,
     },
     /// The 64 KiB-block digests of a failed-over disk at its failover point, 65,536 blocks per
-    /// segment (sealed with the disk's key).
+    /// segment (sealed with the vault-wide key, as everything outside `disks/`).
     FailoverDigests {
         failover_id: Uuid,
         disk_id: Uuid,
@@ -108,9 +108,11 @@ impl ObjectName {
             | ObjectName::BaseManifest { disk_id, .. }
             | ObjectName::BaseChunk { disk_id, .. }
             | ObjectName::Pin { disk_id, .. }
-            | ObjectName::Pruned { disk_id, .. }
-            | ObjectName::FailoverDigests { disk_id, .. } => Some(*disk_id),
-            ObjectName::VaultJson | ObjectName::GroupPoint { .. } | ObjectName::Failover { .. } => None,
+            | ObjectName::Pruned { disk_id, .. } => Some(*disk_id),
+            ObjectName::VaultJson
+            | ObjectName::GroupPoint { .. }
+            | ObjectName::Failover { .. }
+            | ObjectName::FailoverDigests { .. } => None,
         }
     }
 

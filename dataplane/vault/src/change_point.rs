@@ -79,6 +79,13 @@ impl ChangedBlocks {
         offset < end && (offset / BLOCK..end.div_ceil(BLOCK)).any(|block| self.is_marked(block))
     }
 
+    /// Unmarks every block `other` marks (same disk size).
+    pub fn remove(&mut self, other: &ChangedBlocks) {
+        for (word, theirs) in self.words.iter_mut().zip(&other.words) {
+            *word &= !theirs;
+        }
+    }
+
     /// Marks every block `other` marks (same disk size).
     pub fn merge(&mut self, other: &ChangedBlocks) {
         for (word, theirs) in self.words.iter_mut().zip(&other.words) {
@@ -152,13 +159,65 @@ pub async fn changed_between(
     high: u64,
     parallel: usize,
 ) -> Result<ChangedBlocks> {
-    let mut changed = ChangedBlocks::none(descriptor.size_bytes);
+    Ok(written_between(storage, key, descriptor, low, high, parallel)
+        .await?
+        .touched)
+}
+
+/// What the batches of a range wrote, block by block.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// Every block a record touched (see [`changed_between`]).
+    pub touched: ChangedBlocks,
+    /// The blocks one record covered whole: their content at the end of the range does not
+    /// depend on what they held before it.
+    pub whole: ChangedBlocks,
+}
+
+impl RecordSink for Written {
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.zero(offset, data.len() as u64)
+    }
+
+    fn zero(&mut self, offset: u64, length: u64) -> std::io::Result<()> {
+        self.touched.mark(offset, length);
+        let size = self.whole.size_bytes;
+        let end = offset.saturating_add(length).min(size);
+        let first = offset.div_ceil(BLOCK);
+        let mut block = first;
+        // Whole blocks inside the record (the disk's short last block counts when the record
+        // reaches the disk's end).
+        while block * BLOCK < end && (block * BLOCK + BLOCK).min(size) <= end {
+            block += 1;
+        }
+        if block > first {
+            self.whole
+                .mark(first * BLOCK, (block * BLOCK).min(size) - first * BLOCK);
+        }
+        Ok(())
+    }
+}
+
+/// [`changed_between`], also telling the blocks a record covered whole.
+pub async fn written_between(
+    storage: Arc<dyn ObjectStorage>,
+    key: Arc<ObjectKey>,
+    descriptor: &DiskDescriptor,
+    low: u64,
+    high: u64,
+    parallel: usize,
+) -> Result<Written> {
+    let mut written = Written {
+        touched: ChangedBlocks::none(descriptor.size_bytes),
+        whole: ChangedBlocks::none(descriptor.size_bytes),
+    };
     if low >= high {
-        return Ok(changed);
+        return Ok(written);
     }
     let objects = crate::log::list(&*storage, descriptor.disk_id).await?;
     let Ok(chain) = crate::log::cover(objects, low, high) else {
-        return Ok(ChangedBlocks::all(descriptor.size_bytes));
+        written.touched = ChangedBlocks::all(descriptor.size_bytes);
+        return Ok(written);
     };
     let replay = crate::log::Replay {
         storage,
@@ -173,10 +232,10 @@ pub async fn changed_between(
         parallel,
     };
     replay
-        .run(&mut changed, |_| {})
+        .run(&mut written, |_| {})
         .await
         .with_context(|| format!("cannot read the batches {}..={high}", low + 1))?;
-    Ok(changed)
+    Ok(written)
 }
 
 /// Where the rewritten blocks go.
@@ -301,6 +360,26 @@ fn split_zero(offset: u64, data: Bytes) -> Vec<Piece> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_mark_touched_blocks_and_the_blocks_they_cover_whole() {
+        let size = 10 * BLOCK + 4096; // a short last block
+        let mut written = Written {
+            touched: ChangedBlocks::none(size),
+            whole: ChangedBlocks::none(size),
+        };
+        written.write(BLOCK / 2, &vec![1u8; (2 * BLOCK) as usize]).unwrap(); // blocks 0-2, block 1 whole
+        written.zero(4 * BLOCK, 2 * BLOCK).unwrap(); // blocks 4 and 5 whole
+        written.write(10 * BLOCK, &[1u8; 4096]).unwrap(); // the short last block, whole
+        written.write(7 * BLOCK, &[1u8; 512]).unwrap(); // part of block 7
+        let blocks = |c: &ChangedBlocks| (0..11).filter(|b| c.is_marked(*b)).collect::<Vec<u64>>();
+        assert_eq!(blocks(&written.touched), [0, 1, 2, 4, 5, 7, 10]);
+        assert_eq!(blocks(&written.whole), [1, 4, 5, 10]);
+        let mut only_partly = written.touched.clone();
+        only_partly.remove(&written.whole);
+        assert_eq!(blocks(&only_partly), [0, 2, 7]);
+        assert_eq!(only_partly.count(), 3);
+    }
 
     #[test]
     fn marks_become_merged_bounded_runs_clamped_to_the_disk() {

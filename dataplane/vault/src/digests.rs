@@ -10,7 +10,8 @@
 //! entry [`NOT_A_DIGEST`] ("reads as zeros"; [`ferry_format::block_digest::expand`] makes it a
 //! digest again). The table lives in a sparse scratch file, 16 bytes per block (256 MiB for a
 //! 1 TiB disk, never in memory at once); it is stored in segments of [`SEGMENT_BLOCKS`]
-//! (1 MiB of digests, 4 GiB of disk), each sealed with the disk's key.
+//! (1 MiB of digests, 4 GiB of disk), each sealed with the vault-wide key (FORMATS.md section 2:
+//! everything outside `disks/`).
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;

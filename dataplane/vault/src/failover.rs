@@ -85,6 +85,7 @@ pub async fn write_file(
             .with_context(|| format!("cannot size {}", path.display()))?;
         let extras = Extras {
             only: None,
+            start_only: None,
             digests: Some(&mut *digests),
         };
         let restored = crate::restore::restore_with(
@@ -204,6 +205,7 @@ pub async fn write_device(
     }
     let extras = Extras {
         only: None,
+        start_only: None,
         digests: Some(&mut *digests),
     };
     let restored = crate::restore::restore_with(
@@ -247,6 +249,7 @@ pub async fn write_page_blob(
     let (downloads, puts) = parallel;
     let extras = Extras {
         only: None,
+        start_only: None,
         digests: Some(&mut *digests),
     };
     let (scratch, restored) = crate::restore::into_scratch(

@@ -63,6 +63,10 @@ pub struct Extras<'a> {
     /// Only these blocks have to come out right (a failback's): base chunks and record pieces
     /// outside them are skipped, so the other blocks may hold anything.
     pub only: Option<&'a ChangedBlocks>,
+    /// With `only`, for a reprotected disk: the blocks whose content comes from the starting
+    /// state (the others the disk's own batches write whole). None: all of `only`. When it
+    /// marks nothing, the starting state is not read at all.
+    pub start_only: Option<&'a ChangedBlocks>,
     /// Fed every base chunk and every block a record touches, for a failover's digests (the
     /// caller finishes the table once the image is whole).
     pub digests: Option<&'a mut DigestTable>,
@@ -139,12 +143,16 @@ pub async fn restore_with(
             true,
             Extras {
                 only: extras.only,
+                start_only: None,
                 digests: extras.digests.as_deref_mut(),
             },
         )
         .await
         .with_context(|| format!("cannot restore the base at seq {base}"))?;
-    } else if let Some(from) = descriptor.reprotect_from {
+    } else if let (Some(from), false) = (
+        descriptor.reprotect_from,
+        extras.start_only.is_some_and(|start| start.count() == 0),
+    ) {
         let original = crate::disks::read_descriptor(&*storage, keyring, from.disk_id).await?;
         if original.size_bytes > descriptor.size_bytes {
             bail!(
@@ -163,7 +171,8 @@ pub async fn restore_with(
             parallel,
             &mut |_| {},
             Extras {
-                only: extras.only,
+                only: extras.start_only.or(extras.only),
+                start_only: None,
                 digests: extras.digests.as_deref_mut(),
             },
         ))

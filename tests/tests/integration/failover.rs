@@ -492,11 +492,19 @@ async fn every_selector_picks_its_point_and_test_failovers_clean_up() {
         .collect();
     assert!(outputs.iter().all(|o| o.exists()));
 
+    let digests = appliance.dir.join("target/ferry/v1/failovers").join(&test_id);
+    assert_eq!(files_under(&digests), 2, "one digest segment per disk");
     let cleaned = run_ok(&["--json", "failover", "cleanup", &test_id, "--config", config]);
     assert_eq!(cleaned["outputs_removed"].as_array().map(Vec::len), Some(2));
     assert_eq!(cleaned["pins_released"], 1);
     assert!(outputs.iter().all(|o| !o.exists()));
     assert!(!out.join(&test_id).exists(), "the test failover's directory is left");
+    assert_eq!(
+        files_under(&digests),
+        0,
+        "the test failover's block digests are left in {}",
+        digests.display()
+    );
     assert!(pinned(&disk_b).is_empty());
     assert_eq!(
         pinned(&disk_a),
@@ -515,6 +523,17 @@ async fn every_selector_picks_its_point_and_test_failovers_clean_up() {
         "{}",
         again.stderr
     );
+}
+
+/// How many files are under `dir`, at any depth (0 when it does not exist).
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
+        .sum()
 }
 
 /// Loop devices made for a test, detached (and unmounted) when dropped.
