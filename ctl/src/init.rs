@@ -38,11 +38,32 @@ pub struct InitArgs {
     /// Prometheus /metrics address (default 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Make a scale-out process server of the site whose configuration server's management
+    /// endpoint is HOST:PORT (it gives the CA-signed certificate, the vault key and the target).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "join_token_file",
+        conflicts_with = "vault_key_file"
+    )]
+    pub join: Option<String>,
+    /// The one-time token `ferryctl ps token` made on the configuration server.
+    #[arg(long, value_name = "FILE", requires = "join")]
+    pub join_token_file: Option<PathBuf>,
+    /// The configuration server's certificate SHA-256 (its `ferryctl init` printed it);
+    /// without it the first certificate is trusted and its fingerprint printed.
+    #[arg(long, value_name = "SHA256", requires = "join")]
+    pub fingerprint: Option<String>,
+    /// This process server's name in the site (default: its first server name).
+    #[arg(long, value_name = "NAME", requires = "join")]
+    pub name: Option<String>,
 }
 
 #[derive(Serialize)]
 struct InitReport {
     appliance_dir: PathBuf,
+    /// A process server: the configuration server it joined (None: it is one).
+    config_server: Option<String>,
     config_file: PathBuf,
     vault_id: String,
     joined_existing_vault: bool,
@@ -156,6 +177,64 @@ async fn existing_vault(storage: &dyn ferry_storage::ObjectStorage, key: &VaultK
     }
 }
 
+/// The join's answer and this process server's private key.
+struct Joined {
+    answer: ferry_client::api::JoinResponse,
+    key_pem: String,
+}
+
+/// Joins the site (see [`InitArgs::join`]); the token is spent by the configuration server
+/// whatever happens next.
+async fn join_site(args: &InitArgs, config_server: &str, server_names: &[String], advertised: &str) -> Result<Joined> {
+    let token_file = args
+        .join_token_file
+        .as_deref()
+        .context("--join needs --join-token-file")?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("cannot read the join token file {}", token_file.display()))?;
+    let name = args.name.clone().unwrap_or_else(|| server_names[0].clone());
+    let joined = ferry_client::register::join(
+        config_server,
+        args.fingerprint.as_deref(),
+        &token,
+        &name,
+        server_names,
+        advertised,
+    )
+    .await
+    .with_context(|| format!("cannot join the site of the configuration server at {config_server}"))?;
+    if args.fingerprint.is_none() {
+        eprintln!(
+            "warning: no --fingerprint was given, so the first certificate {config_server} presented was trusted:\n  SHA-256 {}\n  \
+             Compare it with the one `ferryctl init` printed on the configuration server.",
+            joined.server_fingerprint
+        );
+    }
+    Ok(Joined {
+        answer: joined.answer,
+        key_pem: joined.key_pem,
+    })
+}
+
+/// A process server's files: the site's vault key and CA certificate (not its key: agents
+/// register with the configuration server), its own server certificate, the configuration.
+fn write_joined_files(
+    staging: &ApplianceLayout,
+    config: &ApplianceConfig,
+    key: &VaultKey,
+    joined: &Joined,
+) -> Result<String> {
+    write_new(&staging.vault_key_file(), format!("{}\n", key.to_text()).as_bytes())?;
+    new_dir(&staging.root().join("pki"))?;
+    write_new(&staging.ca_cert_file(), joined.answer.ca_pem.as_bytes())?;
+    write_new(&staging.server_cert_file(), joined.answer.cert_pem.as_bytes())?;
+    write_new(&staging.server_key_file(), joined.key_pem.as_bytes())?;
+    write_new(&staging.config_file(), config.to_documented_toml().as_bytes())?;
+    let der = ferry_client::tls::certificate_der(&joined.answer.cert_pem)
+        .context("the configuration server sent an unreadable certificate")?;
+    Ok(pki::fingerprint_sha256(&der))
+}
+
 fn write_appliance_files(
     staging: &ApplianceLayout,
     config: &ApplianceConfig,
@@ -195,10 +274,31 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
         .into_owned();
     std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
 
-    let target = args
-        .target
-        .to_config(Some(PathBuf::from(layout::LOCAL_TARGET_DIR)), true)?;
+    let mut server_names = args.server_names.clone();
+    if server_names.is_empty() {
+        server_names.extend(host_name());
+        server_names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    }
+    let data_port = args
+        .data_listen
+        .as_deref()
+        .and_then(|listen| listen.rsplit_once(':'))
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| "9443".into());
+    let advertised = format!("{}:{data_port}", server_names[0]);
+    let joined = match &args.join {
+        Some(config_server) => Some(join_site(&args, config_server, &server_names, &advertised).await?),
+        None => None,
+    };
+    let target = match &joined {
+        Some(joined) => serde_json::from_value(joined.answer.target.clone())
+            .context("the configuration server sent a target this ferryctl does not understand")?,
+        None => args
+            .target
+            .to_config(Some(PathBuf::from(layout::LOCAL_TARGET_DIR)), true)?,
+    };
     let mut config = ApplianceConfig::with_target(target);
+    config.server.config_server = args.join.clone();
     if let Some(listen) = &args.data_listen {
         config.server.data_listen = listen.clone();
     }
@@ -208,22 +308,15 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
     if let Some(listen) = &args.metrics_listen {
         config.server.metrics_listen = listen.clone();
     }
-    let mut server_names = args.server_names.clone();
-    if server_names.is_empty() {
-        server_names.extend(host_name());
-        server_names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
-    }
-    let data_port = config
-        .server
-        .data_listen
-        .rsplit_once(':')
-        .map(|(_, p)| p.to_string())
-        .unwrap_or_else(|| "9443".into());
-    config.server.advertised_data_endpoint = format!("{}:{data_port}", server_names[0]);
+    config.server.advertised_data_endpoint = advertised;
     config
         .validate()
         .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
-    let key = load_or_generate_key(args.vault_key_file.as_deref())?;
+    let key = match &joined {
+        Some(joined) => VaultKey::parse_text(&joined.answer.vault_key)
+            .context("the configuration server sent no usable vault key")?,
+        None => load_or_generate_key(args.vault_key_file.as_deref())?,
+    };
 
     // Assemble beside the final directory; relative target paths resolve inside it.
     let staging_dir = parent.join(format!(".{file_name}.init-{}", std::process::id()));
@@ -235,7 +328,25 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
             .await
             .context("cannot open the target")?;
         let existing = existing_vault(&*storage, &key).await?;
-        let fingerprint = write_appliance_files(&staging, &config, &key, &server_names)?;
+        if let Some(joined) = &joined {
+            match &existing {
+                Some(vault) if vault.vault_id == joined.answer.vault_id => {}
+                Some(vault) => bail!(
+                    "the target holds vault {}, not the site's vault {}: check the target's settings",
+                    vault.vault_id,
+                    joined.answer.vault_id
+                ),
+                None => bail!(
+                    "this machine reaches the site's target but finds no vault there ({}): a local-directory \
+                     target must be the same shared directory on every process server",
+                    storage.describe()
+                ),
+            }
+        }
+        let fingerprint = match &joined {
+            Some(joined) => write_joined_files(&staging, &config, &key, joined)?,
+            None => write_appliance_files(&staging, &config, &key, &server_names)?,
+        };
         let (vault, joined) = match existing {
             Some(vault) => (vault, true),
             None => {
@@ -268,6 +379,7 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
     let target_description = target_description.replace(&staging_dir.display().to_string(), &dir.display().to_string());
     let report = InitReport {
         appliance_dir: dir.clone(),
+        config_server: args.join.clone(),
         config_file: layout.config_file(),
         vault_id: vault.vault_id.to_string(),
         joined_existing_vault: joined,
@@ -292,6 +404,22 @@ fn print_report(report: &InitReport, json: bool) {
     } else {
         "new vault"
     };
+    if let Some(config_server) = &report.config_server {
+        println!(
+            "Initialised a scale-out process server in {}, of the site of the configuration server at {config_server}",
+            report.appliance_dir.display()
+        );
+        println!("  config       {}", report.config_file.display());
+        println!("  vault        {} (the site's)", report.vault_id);
+        println!("  target       {}", report.target);
+        println!("  server certificate SHA-256 {}", report.server_cert_sha256);
+        if let Some(start) = report.next_steps.first() {
+            println!();
+            println!("Next: start the process server:");
+            println!("       {start}");
+        }
+        return;
+    }
     println!("Initialised a Ferry appliance in {}", report.appliance_dir.display());
     println!("  config       {}", report.config_file.display());
     println!("  vault        {} ({vault_state})", report.vault_id);

@@ -22,6 +22,7 @@ mod init;
 mod plan;
 mod point_args;
 mod points;
+mod ps;
 mod restore;
 mod retention;
 mod secrets;
@@ -51,6 +52,10 @@ struct Cli {
 enum Command {
     /// Create an appliance directory: config, vault key, CA, passphrase; create or join the vault.
     Init(init::InitArgs),
+    /// Scale-out: join tokens for new process servers, and the process servers of this site
+    /// (on the configuration server).
+    #[command(subcommand)]
+    Ps(ps::PsCommand),
     /// Vault key commands.
     #[command(subcommand)]
     Vault(vault::VaultCommand),
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init(args) => init::run(args, cli.json).await,
+            Command::Ps(command) => ps::run(command, cli.json),
             Command::Vault(command) => vault::run(command, cli.json).await,
             Command::Points(args) => points::run(args, cli.json).await,
             Command::Restore(args) => restore::run(args, cli.json).await,

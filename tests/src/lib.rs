@@ -163,6 +163,69 @@ impl Appliance {
         )
     }
 
+    /// A scale-out process server of this appliance's site (which must be running), made by the
+    /// real `ferryctl ps token` and `ferryctl init --join`, named `name`, on free loopback ports.
+    pub fn join(&self, name: &str) -> Result<Appliance, Run> {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let dir = tmp.path().join("appliance");
+        let token = tmp.path().join("token");
+        let config = self.dir.to_str().expect("utf-8 path");
+        let made = ferryctl(&[
+            "ps",
+            "token",
+            "--config",
+            config,
+            "--out",
+            token.to_str().expect("utf-8 path"),
+        ]);
+        assert!(made.success, "ferryctl ps token failed: {}", made.stderr);
+        let (data, management, metrics) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let joined = ferryctl(&[
+            "init",
+            dir.to_str().expect("utf-8 path"),
+            "--join",
+            &self.management,
+            "--join-token-file",
+            token.to_str().expect("utf-8 path"),
+            "--fingerprint",
+            &self.fingerprint(),
+            "--name",
+            name,
+            "--data-listen",
+            &data,
+            "--management-listen",
+            &management,
+            "--metrics-listen",
+            &metrics,
+            "--server-name",
+            "127.0.0.1",
+            "--server-name",
+            "localhost",
+        ]);
+        if !joined.success {
+            return Err(joined);
+        }
+        Ok(Appliance {
+            dir,
+            data,
+            management,
+            metrics,
+            _tmp: tmp,
+        })
+    }
+
+    /// The SHA-256 fingerprint of this appliance's server certificate, as `ferryctl init`
+    /// prints it.
+    pub fn fingerprint(&self) -> String {
+        let pem = std::fs::read_to_string(self.dir.join("pki/server.pem")).expect("server.pem");
+        let der = ferry_client::tls::certificate_der(&pem).expect("a certificate");
+        ferry_config::pki::fingerprint_sha256(&der)
+    }
+
     pub fn passphrase(&self) -> String {
         std::fs::read_to_string(self.dir.join("passphrase"))
             .expect("passphrase")

@@ -148,6 +148,33 @@ pub struct RegisterRequest {
     pub csr_pem: String,
 }
 
+/// `POST /v1/join` on the configuration server's management endpoint: a scale-out process
+/// server joining the site with a one-time token (`ferryctl ps token`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+    /// The process server's name (unique in the site; `ferryctl ps list` shows it).
+    pub name: String,
+    /// DNS names or IP addresses agents reach it by (its certificate's names).
+    pub server_names: Vec<String>,
+    pub csr_pem: String,
+    /// host:port of its data endpoint, as agents reach it.
+    pub data_endpoint: String,
+}
+
+/// `201` to a join: what a process server of the site needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// The vault key, text form (`ferry-vault-key-v1:...`).
+    pub vault_key: String,
+    pub vault_id: Uuid,
+    /// The site's target, as the configuration server's `[target]` (paths absolute).
+    pub target: serde_json::Value,
+}
+
 /// `201` to a registration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegisterResponse {
@@ -172,6 +199,7 @@ pub enum ErrorCode {
     OutOfRange,
     BadBookmark,
     BadPassphrase,
+    BadToken,
     Unauthenticated,
     Forbidden,
     NotFound,
@@ -199,6 +227,7 @@ text_enum!(ErrorCode {
     OutOfRange => "out_of_range",
     BadBookmark => "bad_bookmark",
     BadPassphrase => "bad_passphrase",
+    BadToken => "bad_token",
     Unauthenticated => "unauthenticated",
     Forbidden => "forbidden",
     NotFound => "not_found",
@@ -227,7 +256,7 @@ impl ErrorCode {
             | ErrorCode::CrcMismatch
             | ErrorCode::OutOfRange
             | ErrorCode::BadBookmark => 400,
-            ErrorCode::BadPassphrase | ErrorCode::Unauthenticated => 401,
+            ErrorCode::BadPassphrase | ErrorCode::BadToken | ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound | ErrorCode::UnknownDisk => 404,
             ErrorCode::DiskConflict

@@ -69,3 +69,47 @@ pub async fn register(
         server_fingerprint: seen.get().unwrap_or_default(),
     })
 }
+
+/// What a join gave a new process server: the answer, its private key, and the configuration
+/// server's certificate fingerprint it was made with.
+pub struct Joined {
+    pub answer: crate::api::JoinResponse,
+    pub key_pem: String,
+    pub server_fingerprint: String,
+}
+
+/// Joins the site whose configuration server's management endpoint is `management`
+/// (`host:port`; its certificate must have SHA-256 `fingerprint`, or anything when `None`) as
+/// process server `name`, reachable by `server_names`, its data endpoint `data_endpoint`.
+pub async fn join(
+    management: &str,
+    fingerprint: Option<&str>,
+    token: &str,
+    name: &str,
+    server_names: &[String],
+    data_endpoint: &str,
+) -> Result<Joined, ClientError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| ClientError::Invalid(format!("key generation: {e}")))?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| ClientError::Invalid(format!("CSR: {e}")))?;
+    let (tls, seen) = crate::tls::pinned_recording(fingerprint)?;
+    let client = DataClient::new(management, tls);
+    let request = crate::api::JoinRequest {
+        token: token.trim().to_string(),
+        name: name.to_string(),
+        server_names: server_names.to_vec(),
+        csr_pem,
+        data_endpoint: data_endpoint.to_string(),
+    };
+    let (_, answer): (u16, crate::api::JoinResponse) = client.post_json("/v1/join", &request).await?;
+    Ok(Joined {
+        answer,
+        key_pem: key.serialize_pem(),
+        server_fingerprint: seen.get().unwrap_or_default(),
+    })
+}

@@ -147,3 +147,10 @@ impl ServerCertVerifier for PinnedFingerprint {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The DER bytes of the first certificate in `pem` (to print its fingerprint).
+pub fn certificate_der(pem: &str) -> Result<Vec<u8>, ClientError> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|der| der.to_vec())
+        .map_err(|e| ClientError::Invalid(format!("certificate: {e}")))
+}

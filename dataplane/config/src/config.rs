@@ -56,6 +56,11 @@ pub struct ServerConfig {
     pub advertised_data_endpoint: String,
     pub metrics_listen: String,
     pub control_socket: PathBuf,
+    /// A scale-out process server: the management endpoint (host:port) of the configuration
+    /// server it joined (`ferryctl init --join`). Absent: this appliance is the configuration
+    /// server (it registers agents and runs retention).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_server: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +71,7 @@ impl Default for ServerConfig {
             advertised_data_endpoint: "localhost:9443".into(),
             metrics_listen: "127.0.0.1:9464".into(),
             control_socket: "ferryd.sock".into(),
+            config_server: None,
         }
     }
 }
@@ -523,6 +529,7 @@ advertised_data_endpoint = {advertised:?}
 metrics_listen = {metrics_listen:?}
 # Unix socket for ferryctl (owner-only).
 control_socket = {control_socket:?}
+{config_server_line}
 
 [cache]
 # The durable NVMe cache of received batches.
@@ -634,6 +641,14 @@ total_budget_ms = {total_budget_ms}
             advertised = s.advertised_data_endpoint,
             metrics_listen = s.metrics_listen,
             control_socket = s.control_socket.display().to_string(),
+            config_server_line = match &s.config_server {
+                Some(server) => format!(
+                    "# This is a scale-out process server of the configuration server at this management\n\
+                     # endpoint (ferryctl init --join): agents register there, retention runs there.\n\
+                     config_server = {server:?}\n"
+                ),
+                None => "# (no config_server: this appliance is its site's configuration server)\n".to_string(),
+            },
             cache_dir = c.directory.display().to_string(),
             limit_percent = c.limit_percent,
             limit_bytes = c.limit_bytes,

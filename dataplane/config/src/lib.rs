@@ -9,13 +9,18 @@
 //! <appliance>/cache/              the NVMe cache (default location)
 //! <appliance>/target/             the local-directory target (the embedded default)
 //! <appliance>/retention-scratch/  consolidation's scratch files while it builds a base
+//! <appliance>/state/join-tokens/  a configuration server's one-time join tokens (hashed)
+//! <appliance>/state/process-servers/  the process servers that joined its site
 //! ```
+//! A scale-out process server (`ferryctl init --join`) has `pki/ca.pem` but no `ca.key` and no
+//! passphrase: agents register with the configuration server.
 //! The directory itself is mode 0700; every secret file 0600.
 
 pub mod config;
 pub mod layout;
 pub mod pki;
 pub mod retention;
+pub mod site;
 
 pub use config::{ApplianceConfig, ConfigError};
 pub use layout::ApplianceLayout;

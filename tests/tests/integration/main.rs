@@ -14,4 +14,5 @@ mod ingest;
 mod perf;
 mod pipeline;
 mod retention;
+mod scale_out;
 mod snapshot;

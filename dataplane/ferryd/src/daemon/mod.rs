@@ -174,11 +174,18 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     let control_loop = tokio::spawn(control::serve(control_listener, state.clone(), stopped.clone()));
     tokio::spawn(control::sample_rates(state.clone(), stopped.clone()));
     tokio::spawn(crate::group_points::run_schedule(state.clone(), stopped.clone()));
-    tokio::spawn(crate::retention::run_in_background(
-        retention,
-        state.tuned.clone(),
-        stopped.clone(),
-    ));
+    // Consolidation runs on one appliance of a site, its configuration server: two process
+    // servers consolidating the same vault would race (scale-out's disk ownership is not built
+    // yet). A process server answers `ferryctl retention run` itself when asked.
+    if state.config.server.config_server.is_none() {
+        tokio::spawn(crate::retention::run_in_background(
+            retention,
+            state.tuned.clone(),
+            stopped.clone(),
+        ));
+    } else {
+        drop(retention);
+    }
     tokio::spawn(metrics::serve(metrics_listener, state.clone(), stopped.clone()));
     let management_loop = tokio::spawn(serve(
         management_listener,

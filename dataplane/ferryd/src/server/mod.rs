@@ -8,6 +8,7 @@ pub mod commands;
 pub mod control;
 pub mod data;
 pub mod http;
+pub mod join;
 pub mod metrics;
 pub mod register;
 pub mod tls;

@@ -34,7 +34,7 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    fn delay_for(&self, address: IpAddr) -> Duration {
+    pub(super) fn delay_for(&self, address: IpAddr) -> Duration {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         match failures.get(&address) {
             Some((count, _)) if *count > 0 => {
@@ -44,7 +44,7 @@ impl Throttle {
         }
     }
 
-    fn failed(&self, address: IpAddr) {
+    pub(super) fn failed(&self, address: IpAddr) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() >= THROTTLE_ADDRESSES_MAX {
             let hour_ago = Instant::now() - Duration::from_secs(3600);
@@ -58,7 +58,7 @@ impl Throttle {
         entry.1 = Instant::now();
     }
 
-    fn succeeded(&self, address: IpAddr) {
+    pub(super) fn succeeded(&self, address: IpAddr) {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&address);
     }
 }
@@ -107,6 +107,7 @@ pub async fn handle(
     let result = match (request.method().clone(), path.as_str()) {
         (Method::GET, "/v1/health") => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
         (Method::POST, "/v1/register") => register(state, peer, request).await,
+        (Method::POST, "/v1/join") => super::join::join(state, peer, request).await,
         _ if segments.starts_with(&["v1", "machines"]) => {
             super::commands::agent(state, machine, &segments[2..], request).await
         }
@@ -128,6 +129,14 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
         .to_bytes();
     let body: RegisterRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("registration: {e}")))?;
+    if let Some(config_server) = &state.config.server.config_server {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this is a scale-out process server: agents register with the site's configuration server at {config_server}"
+            ),
+        ));
+    }
     if body.machine_name.is_empty() || body.machine_name.chars().count() > MACHINE_NAME_MAX_CHARS {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
