@@ -261,17 +261,18 @@ pub async fn machines(args: ApplianceArg, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<38} {:<24} {:>5}  {:<24} FROM",
-        "MACHINE", "NAME", "DISKS", "REGISTERED (UTC)"
+        "{:<38} {:<24} {:>5}  {:<24} {:<22} SENDS TO",
+        "MACHINE", "NAME", "DISKS", "REGISTERED (UTC)", "FROM"
     );
     for m in &machines {
         println!(
-            "{:<38} {:<24} {:>5}  {:<24} {}",
+            "{:<38} {:<24} {:>5}  {:<24} {:<22} {}",
             m.machine_id,
             m.machine_name,
             m.disks,
             ferry_format::time::format_unix_ms(m.registered_unix_ms),
-            m.registered_from
+            m.registered_from,
+            m.data_endpoint.as_deref().unwrap_or("this appliance")
         );
     }
     if machines.is_empty() {

@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init(args) => init::run(args, cli.json).await,
-            Command::Ps(command) => ps::run(command, cli.json),
+            Command::Ps(command) => ps::run(command, cli.json).await,
             Command::Vault(command) => vault::run(command, cli.json).await,
             Command::Points(args) => points::run(args, cli.json).await,
             Command::Restore(args) => restore::run(args, cli.json).await,

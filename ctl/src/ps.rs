@@ -3,7 +3,7 @@
 //! - `ps token --config DIR`: a one-time join token (valid one hour by default) for
 //!   `ferryctl init NEWDIR --join CONFIG:443 --join-token-file F` on a new process server; only
 //!   its hash is kept (`ferry_config::site`).
-//! - `ps list --config DIR`: the process servers that joined.
+//! - `ps list --config DIR`: the process servers that joined, each probed for health.
 //!
 //! Both read and write the appliance directory itself (ferryd reads the tokens at each join),
 //! so they work with ferryd running or not.
@@ -42,10 +42,10 @@ pub struct ListArgs {
     pub config: PathBuf,
 }
 
-pub fn run(command: PsCommand, json: bool) -> Result<()> {
+pub async fn run(command: PsCommand, json: bool) -> Result<()> {
     match command {
         PsCommand::Token(args) => token(args, json),
-        PsCommand::List(args) => list(args, json),
+        PsCommand::List(args) => list(args, json).await,
     }
 }
 
@@ -88,26 +88,48 @@ fn token(args: TokenArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn list(args: ListArgs, json: bool) -> Result<()> {
+/// A process server as `ps list` shows it: as recorded, and whether it answers now.
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    server: site::ProcessServer,
+    /// Its data endpoint answered `GET /v1/health` (TLS verified with the site's CA) within 2 s.
+    healthy: bool,
+}
+
+async fn list(args: ListArgs, json: bool) -> Result<()> {
     let layout = configuration_server(&args.config)?;
     let servers = site::servers(layout.root()).map_err(anyhow::Error::msg)?;
+    let ca_pem = std::fs::read_to_string(layout.ca_cert_file())
+        .with_context(|| format!("cannot read {}", layout.ca_cert_file().display()))?;
+    let probes = servers
+        .iter()
+        .map(|s| ferry_client::register::healthy(&s.data_endpoint, &ca_pem, std::time::Duration::from_secs(2)));
+    let health = futures::future::join_all(probes).await;
+    let listed: Vec<Listed> = servers
+        .into_iter()
+        .zip(health)
+        .map(|(server, healthy)| Listed { server, healthy })
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&servers)?);
+        println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
-    if servers.is_empty() {
+    if listed.is_empty() {
         println!("No process server has joined this site (ferryctl ps token makes a join token).");
         return Ok(());
     }
     println!(
-        "{:<20} {:<28} {:<24} joined from",
-        "name", "data endpoint", "joined (UTC)"
+        "{:<20} {:<28} {:<12} {:<24} joined from",
+        "name", "data endpoint", "health", "joined (UTC)"
     );
-    for server in &servers {
+    for entry in &listed {
+        let server = &entry.server;
         println!(
-            "{:<20} {:<28} {:<24} {}",
+            "{:<20} {:<28} {:<12} {:<24} {}",
             server.name,
             server.data_endpoint,
+            if entry.healthy { "ok" } else { "unreachable" },
             ferry_format::time::format_unix_ms(server.joined_unix_ms),
             server.joined_from
         );

@@ -191,7 +191,12 @@ pub struct MachineInfo {
     pub machine_name: String,
     pub registered_unix_ms: u64,
     pub registered_from: String,
+    /// Disks of the machine this ferryd holds (a machine placed on another process server of
+    /// the site has its disks there).
     pub disks: usize,
+    /// The process server's data endpoint the machine was given at registration.
+    #[serde(default)]
+    pub data_endpoint: Option<String>,
 }
 
 /// The tunables `ferryctl tune` shows and changes (ferry.toml keys of `[pipeline]`, and the

@@ -113,3 +113,14 @@ pub async fn join(
         server_fingerprint: seen.get().unwrap_or_default(),
     })
 }
+
+/// Whether the data endpoint `endpoint` of a site's process server answers `GET /v1/health`
+/// within `timeout`, its certificate verified with the site's CA `ca_pem` (placement and
+/// `ferryctl ps list` ask this of each process server).
+pub async fn healthy(endpoint: &str, ca_pem: &str, timeout: std::time::Duration) -> bool {
+    let Ok(tls) = crate::tls::ca_verified(ca_pem, None) else {
+        return false;
+    };
+    let client = DataClient::new(endpoint, tls);
+    matches!(tokio::time::timeout(timeout, client.health()).await, Ok(Ok(_)))
+}

@@ -197,3 +197,69 @@ async fn a_wrong_or_used_token_is_refused_and_creates_nothing() {
         on_process_server.stderr
     );
 }
+
+#[tokio::test]
+async fn new_machines_go_to_the_least_loaded_healthy_process_server_and_replicate_there() {
+    let site = Appliance::init(|c| c);
+    let _config_ferryd = Ferryd::start(&site).await;
+    let config = site.dir.to_str().unwrap();
+    let ps2 = site
+        .join("ps-2")
+        .unwrap_or_else(|run| panic!("join failed: {}", run.stderr));
+    let _ps2_ferryd = Ferryd::start(&ps2).await;
+    // Joined, but its ferryd is not running: unhealthy, never given machines.
+    let ps3 = site
+        .join("ps-3")
+        .unwrap_or_else(|run| panic!("join failed: {}", run.stderr));
+    let listed = run_ok(&["--json", "ps", "list", "--config", config]);
+    let health: Vec<(String, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["healthy"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(health, [("ps-2".to_string(), true), ("ps-3".to_string(), false)]);
+
+    // Fewest machines first, the configuration server on a tie: here, ps-2, here.
+    let agents: Vec<ferry_tests::Agent> = (0..3).map(|_| ferry_tests::Agent::register(&site)).collect();
+    let endpoints: Vec<String> = agents.iter().map(|a| a.identity().data_endpoint).collect();
+    assert_eq!(endpoints[1], ps2.data, "{endpoints:?}");
+    assert_ne!(endpoints[0], ps2.data);
+    assert_ne!(endpoints[2], ps2.data);
+    assert!(
+        endpoints.iter().all(|e| *e != ps3.data),
+        "an unreachable process server got a machine"
+    );
+    let machines = run_ok(&["--json", "machines", "--config", config]);
+    let placed = machines
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["data_endpoint"] == ps2.data.as_str())
+        .count();
+    assert_eq!(placed, 1, "{machines}");
+
+    // The machine placed on ps-2 replicates through it into the site's vault.
+    let scratch = tempfile::tempdir().unwrap();
+    let image = scratch.path().join("web.img");
+    let bytes: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&image, &bytes).unwrap();
+    agents[1].configure(&[&image], "");
+    let reports = super::failover::passes(&agents[1], &[]);
+    let points = super::failover::wait_for_points(&site, &reports);
+    let disk = points[0]["disk_id"].as_str().unwrap();
+    let restored = super::failover::restored(
+        config,
+        disk,
+        &["--point", points[0]["bookmark_id"].as_str().unwrap()],
+        &scratch.path().join("restored.raw"),
+    );
+    assert!(restored == bytes, "the disk replicated through ps-2 does not restore");
+    let on_ps2 = run_ok(&["--json", "disks", "--config", ps2.dir.to_str().unwrap()]);
+    assert!(
+        on_ps2.to_string().contains(disk),
+        "ps-2 does not hold the disk: {on_ps2}"
+    );
+}

@@ -444,6 +444,7 @@ fn machines(state: &AppState) -> Result<Vec<MachineInfo>, ApiError> {
             machine_name: record.machine_name,
             registered_unix_ms: record.registered_unix_ms,
             registered_from: record.registered_from,
+            data_endpoint: record.data_endpoint,
         })
         .collect();
     machines.sort_by_key(|m| m.registered_unix_ms);

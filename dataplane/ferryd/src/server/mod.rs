@@ -10,6 +10,7 @@ pub mod data;
 pub mod http;
 pub mod join;
 pub mod metrics;
+pub mod placement;
 pub mod register;
 pub mod tls;
 pub mod tune;

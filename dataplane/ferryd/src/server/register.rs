@@ -70,6 +70,10 @@ pub struct MachineRecord {
     pub machine_name: String,
     pub registered_unix_ms: u64,
     pub registered_from: String,
+    /// The data endpoint the machine was given (a process server of the site; absent in
+    /// records from before scale-out: this appliance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_endpoint: Option<String>,
 }
 
 /// Every registered machine's record (`state/machines/*.meta`); damaged files are skipped
@@ -174,11 +178,13 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
     let ca_key = read(state.layout.ca_key_file())?;
     let cert_pem = ferry_config::pki::sign_agent_csr(&body.csr_pem, &machine_id.to_string(), &ca_pem, &ca_key)
         .map_err(|e| ApiError::new(ErrorCode::BadCsr, e.to_string()))?;
+    let data_endpoint = super::placement::choose(state, &ca_pem).await;
     let record = MachineRecord {
         machine_id,
         machine_name: body.machine_name.clone(),
         registered_unix_ms: ferry_client::clock::now_unix_ms(),
         registered_from: peer.to_string(),
+        data_endpoint: Some(data_endpoint.clone()),
     };
     let dir = state.layout.root().join("state/machines");
     // fsyncs: on the blocking pool, not on the workers that serve the data streams.
@@ -195,12 +201,12 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
         tracing::error!(%message, "registration not recorded");
         return Err(ApiError::new(ErrorCode::Internal, "registration could not be recorded"));
     }
-    tracing::info!(%machine_id, machine_name = %body.machine_name, %peer, "machine registered");
+    tracing::info!(%machine_id, machine_name = %body.machine_name, %peer, %data_endpoint, "machine registered");
     let answer = RegisterResponse {
         machine_id,
         cert_pem,
         ca_pem,
-        data_endpoint: state.config.server.advertised_data_endpoint.clone(),
+        data_endpoint,
     };
     Ok(json(StatusCode::CREATED, &answer))
 }
