@@ -119,6 +119,24 @@ pub fn render_status(status: &Status) -> String {
             ""
         }
     );
+    match (&status.config_server, status.process_servers.as_slice()) {
+        (Some(config_server), _) => out.push_str(&format!(
+            "role       process server of the site of the configuration server at {config_server}\n"
+        )),
+        (None, []) => {}
+        (None, servers) => {
+            out.push_str(&format!(
+                "role       configuration server of a site with {} more process server(s):\n",
+                servers.len()
+            ));
+            for server in servers {
+                out.push_str(&format!(
+                    "             {} at {}: {} machine(s) placed there\n",
+                    server.name, server.data_endpoint, server.machines
+                ));
+            }
+        }
+    }
     if let Some(error) = &status.target_error {
         out.push_str(&format!("target     {error}\n"));
     }

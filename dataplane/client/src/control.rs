@@ -149,6 +149,25 @@ pub struct Status {
     /// Retention: stored bytes and the oldest restorable point per disk.
     #[serde(default)]
     pub retention: RetentionStatus,
+    /// `configuration_server` (it registers agents and places them) or `process_server` (it
+    /// joined the site of `config_server`).
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub config_server: Option<String>,
+    /// On a configuration server: the process servers that joined its site, with the machines
+    /// placed on each.
+    #[serde(default)]
+    pub process_servers: Vec<SiteServer>,
+}
+
+/// A process server of the site, as its configuration server knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteServer {
+    pub name: String,
+    pub data_endpoint: String,
+    /// Machines registration placed there.
+    pub machines: usize,
 }
 
 /// What retention's last run found for one disk.

@@ -238,6 +238,26 @@ async fn new_machines_go_to_the_least_loaded_healthy_process_server_and_replicat
         .filter(|m| m["data_endpoint"] == ps2.data.as_str())
         .count();
     assert_eq!(placed, 1, "{machines}");
+    // Each ferryd says its role; the configuration server lists its site.
+    let status = run_ok(&["--json", "status", "--config", config]);
+    assert_eq!(status["role"], "configuration_server");
+    let site_servers: Vec<(String, u64)> = status["process_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["machines"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(site_servers, [("ps-2".to_string(), 1), ("ps-3".to_string(), 0)]);
+    let text = ferryctl(&["status", "--config", config]);
+    assert!(
+        text.stdout
+            .contains("configuration server of a site with 2 more process server(s)"),
+        "{}",
+        text.stdout
+    );
+    let ps2_status = run_ok(&["--json", "status", "--config", ps2.dir.to_str().unwrap()]);
+    assert_eq!(ps2_status["role"], "process_server");
+    assert_eq!(ps2_status["config_server"], site.management.as_str());
 
     // The machine placed on ps-2 replicates through it into the site's vault.
     let scratch = tempfile::tempdir().unwrap();

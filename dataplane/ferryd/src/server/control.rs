@@ -293,6 +293,32 @@ fn counters(state: &AppState) -> Counters {
     )
 }
 
+/// This appliance's role, and on a configuration server the process servers of its site with
+/// the machines placed on each (from the appliance directory; nothing is asked over the
+/// network here).
+pub(super) fn site_of(state: &AppState) -> (String, Vec<ferry_client::control::SiteServer>) {
+    if state.config.server.config_server.is_some() {
+        return ("process_server".into(), Vec::new());
+    }
+    let servers = ferry_config::site::servers(state.layout.root()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the site's process servers");
+        Vec::new()
+    });
+    let records = super::register::machine_records(&state.layout).unwrap_or_default();
+    let listed = servers
+        .into_iter()
+        .map(|server| ferry_client::control::SiteServer {
+            machines: records
+                .iter()
+                .filter(|r| r.data_endpoint.as_deref() == Some(server.data_endpoint.as_str()))
+                .count(),
+            name: server.name,
+            data_endpoint: server.data_endpoint,
+        })
+        .collect();
+    ("configuration_server".into(), listed)
+}
+
 fn status(state: &AppState) -> Status {
     let now_ms = ferry_client::clock::now_unix_ms();
     let mut disks: Vec<DiskStatus> = state
@@ -362,6 +388,7 @@ fn status(state: &AppState) -> Status {
             retention_failure: retention.last_error.clone(),
         },
     );
+    let (role, process_servers) = site_of(state);
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: state.started.elapsed().as_secs(),
@@ -388,6 +415,9 @@ fn status(state: &AppState) -> Status {
         uploaded_bytes: now.1,
         storage_puts: now.3,
         storage_puts_per_hour: puts_60 * 3600.0,
+        role,
+        config_server: state.config.server.config_server.clone(),
+        process_servers,
         utilisation: Utilisation {
             seal_workers,
             seal_busy_10s: (busy_10 / seal_workers.max(1) as f64).min(1.0),

@@ -20,6 +20,24 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 /// The exposition text of everything ferryd measures.
 pub fn render(state: &super::AppState) -> String {
     let mut out = String::new();
+    let role = if state.config.server.config_server.is_some() {
+        "process_server"
+    } else {
+        "configuration_server"
+    };
+    let _ = writeln!(
+        out,
+        "# HELP ferry_role This appliance's role in its site (1 for the role it has).\n# TYPE ferry_role gauge\nferry_role{{role=\"{role}\"}} 1"
+    );
+    if role == "configuration_server" {
+        metric(
+            &mut out,
+            "ferry_site_process_servers",
+            "gauge",
+            "Process servers that joined this configuration server's site.",
+            ferry_config::site::servers(state.layout.root()).map_or(0, |s| s.len()),
+        );
+    }
     let ingested = state.ingested_bytes.load(Ordering::Relaxed);
     let uploaded = state.pipeline.uploaded_bytes();
     let sealed = state.pipeline.sealed_bytes();
