@@ -52,7 +52,14 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
 
-async fn reprotect_and_fail_back(appliance: Appliance, size: u64) {
+/// Where failback writes: the original image file, or a loop device over it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Onto {
+    ImageFile,
+    LoopDevice,
+}
+
+async fn reprotect_and_fail_back(appliance: Appliance, size: u64, onto: Onto) {
     let _ferryd = Ferryd::start(&appliance).await;
     let config = appliance.dir.to_str().unwrap().to_string();
     let scratch = tempfile::tempdir().unwrap();
@@ -185,10 +192,26 @@ async fn reprotect_and_fail_back(appliance: Appliance, size: u64) {
         refused.stdout,
         refused.stderr
     );
+    let mut loops = super::failover::Loops::default();
+    let target = match onto {
+        Onto::ImageFile => original.clone(),
+        Onto::LoopDevice => {
+            let mounted = loops.mounted(scratch.path(), size);
+            let refused = failback(&disk, &id, Path::new(&mounted));
+            assert!(
+                !refused.success
+                    && (refused.stderr.contains("is mounted at") || refused.stdout.contains("is mounted at")),
+                "{}{}",
+                refused.stdout,
+                refused.stderr
+            );
+            std::path::PathBuf::from(loops.attach(&original).expect("a loop device"))
+        }
+    };
     assert!(!same_bytes(&original, &failed_over));
 
     // Failback: only the blocks changed on either side are written, and verified.
-    let done = failback(&disk, &id, &original);
+    let done = failback(&disk, &id, &target);
     assert!(done.success, "{}{}", done.stdout, done.stderr);
     let report = done.json();
     let written = report["written_bytes"].as_u64().unwrap();
@@ -211,6 +234,7 @@ async fn reprotect_and_fail_back(appliance: Appliance, size: u64) {
     assert_eq!(report["read_bytes"].as_u64().unwrap(), size + written);
     assert_eq!(report["agent_map_written"], true);
     assert_eq!(report["ferryd_told"], true);
+    drop(loops); // the loop device's writes are in the file once it is detached
     assert!(
         same_bytes(&original, &failed_over),
         "after failback the original differs from the failed-over copy"
@@ -242,7 +266,19 @@ async fn reprotect_and_fail_back(appliance: Appliance, size: u64) {
 
 #[tokio::test]
 async fn reprotect_and_failback_on_a_local_target_write_only_what_differs() {
-    reprotect_and_fail_back(Appliance::init(|c| c), 256 * MIB).await;
+    reprotect_and_fail_back(Appliance::init(|c| c), 256 * MIB, Onto::ImageFile).await;
+}
+
+#[tokio::test]
+async fn failback_onto_a_block_device_refusing_a_mounted_one() {
+    let probe = tempfile::tempdir().unwrap();
+    let file = probe.path().join("probe");
+    std::fs::File::create(&file).unwrap().set_len(MIB).unwrap();
+    if super::failover::Loops::default().attach(&file).is_none() {
+        super::failover::Loops::unavailable();
+        return;
+    }
+    reprotect_and_fail_back(Appliance::init(|c| c), 64 * MIB, Onto::LoopDevice).await;
 }
 
 #[tokio::test]
@@ -251,5 +287,10 @@ async fn reprotect_and_failback_on_azurite_write_only_what_differs() {
         eprintln!("skipped: FERRY_TEST_AZURITE_ENDPOINT is not set");
         return;
     };
-    reprotect_and_fail_back(Appliance::init_azurite(&endpoint, "failback", |c| c), 64 * MIB).await;
+    reprotect_and_fail_back(
+        Appliance::init_azurite(&endpoint, "failback", |c| c),
+        64 * MIB,
+        Onto::ImageFile,
+    )
+    .await;
 }

@@ -537,14 +537,15 @@ fn files_under(dir: &Path) -> usize {
 }
 
 /// Loop devices made for a test, detached (and unmounted) when dropped.
-struct Loops {
-    devices: Vec<String>,
-    mounts: Vec<PathBuf>,
+#[derive(Default)]
+pub(crate) struct Loops {
+    pub(crate) devices: Vec<String>,
+    pub(crate) mounts: Vec<PathBuf>,
 }
 
 impl Loops {
     /// A loop device over `file`; None without root and loop devices.
-    fn attach(&mut self, file: &Path) -> Option<String> {
+    pub(crate) fn attach(&mut self, file: &Path) -> Option<String> {
         let out = std::process::Command::new("losetup")
             .args(["--find", "--show"])
             .arg(file)
@@ -567,6 +568,36 @@ impl Drop for Loops {
         for device in &self.devices {
             let _ = std::process::Command::new("losetup").args(["-d", device]).output();
         }
+    }
+}
+
+impl Loops {
+    /// A loop device over a new file of `size` zero bytes in `dir`, made ext4 and mounted.
+    pub(crate) fn mounted(&mut self, dir: &Path, size: u64) -> String {
+        let file = dir.join("mounted.dev");
+        std::fs::File::create(&file).unwrap().set_len(size).unwrap();
+        let device = self.attach(&file).expect("a loop device");
+        let mount_point = dir.join("mnt");
+        std::fs::create_dir(&mount_point).unwrap();
+        let made = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("mkfs.ext4 -q -F {device} && mount {device} {}", mount_point.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        self.mounts.push(mount_point);
+        device
+    }
+
+    /// Says why a test that needs loop devices is skipped (a failure under FERRY_REQUIRE_LOOP).
+    pub(crate) fn unavailable() {
+        assert!(
+            std::env::var("FERRY_REQUIRE_LOOP").is_err(),
+            "FERRY_REQUIRE_LOOP is set but no loop device could be made"
+        );
+        eprintln!("skipped: needs root and loop devices (set FERRY_REQUIRE_LOOP=1 to require)");
     }
 }
 
