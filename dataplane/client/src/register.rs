@@ -33,6 +33,20 @@ pub struct Registration {
     pub server_fingerprint: String,
 }
 
+/// A new key pair and a CSR for it naming `common_name` (the key never leaves this process:
+/// the appliance signs the CSR).
+fn key_and_csr(common_name: &str) -> Result<(rcgen::KeyPair, String), ClientError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| ClientError::Invalid(format!("key generation: {e}")))?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| ClientError::Invalid(format!("CSR: {e}")))?;
+    Ok((key, csr_pem))
+}
+
 /// Registers `machine_name` with the management endpoint `management` (`host:port`), whose
 /// certificate must have SHA-256 `fingerprint` (or anything, on first use, when `None`).
 pub async fn register(
@@ -41,14 +55,7 @@ pub async fn register(
     machine_name: &str,
     passphrase: &str,
 ) -> Result<Registration, ClientError> {
-    let key = rcgen::KeyPair::generate().map_err(|e| ClientError::Invalid(format!("key generation: {e}")))?;
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ClientError::Invalid(e.to_string()))?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, machine_name);
-    let csr_pem = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(|e| ClientError::Invalid(format!("CSR: {e}")))?;
+    let (key, csr_pem) = key_and_csr(machine_name)?;
     let (tls, seen) = crate::tls::pinned_recording(fingerprint)?;
     let client = DataClient::new(management, tls);
     let request = RegisterRequest {
@@ -89,14 +96,7 @@ pub async fn join(
     server_names: &[String],
     data_endpoint: &str,
 ) -> Result<Joined, ClientError> {
-    let key = rcgen::KeyPair::generate().map_err(|e| ClientError::Invalid(format!("key generation: {e}")))?;
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ClientError::Invalid(e.to_string()))?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    let csr_pem = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(|e| ClientError::Invalid(format!("CSR: {e}")))?;
+    let (key, csr_pem) = key_and_csr(name)?;
     let (tls, seen) = crate::tls::pinned_recording(fingerprint)?;
     let client = DataClient::new(management, tls);
     let request = crate::api::JoinRequest {

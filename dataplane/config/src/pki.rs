@@ -120,20 +120,31 @@ pub fn sign_agent_csr(
     ca_cert_pem: &str,
     ca_key_pem: &str,
 ) -> Result<String, PkiError> {
-    let ca_key = KeyPair::from_pem(ca_key_pem)?;
-    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
-    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| PkiError(format!("the CSR is not valid: {e}")))?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, machine_id);
     params.distinguished_name.push(DnType::OrganizationName, "Ferry agent");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, 2);
+    sign_csr(csr_pem, params, ca_cert_pem, ca_key_pem)
+}
+
+/// Signs the public key of `csr_pem` with the CA as `params` say (names, usages, validity;
+/// nothing the CSR asked for is taken), with a random serial number.
+fn sign_csr(
+    csr_pem: &str,
+    mut params: CertificateParams,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<String, PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError(format!("the CSR is not valid: {e}")))?;
     let mut serial = [0u8; 16];
     aws_lc_rs::rand::fill(&mut serial).map_err(|_| PkiError("the random generator failed".into()))?;
     serial[0] &= 0x7f;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-    validity(&mut params, 2);
     let request = rcgen::CertificateSigningRequestParams {
         params,
         public_key: csr.public_key,
@@ -153,10 +164,6 @@ pub fn sign_server_csr(
     if names.is_empty() {
         return Err(PkiError("a process server needs at least one server name".into()));
     }
-    let ca_key = KeyPair::from_pem(ca_key_pem)?;
-    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
-    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| PkiError(format!("the CSR is not valid: {e}")))?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, names[0].clone());
     for name in names {
@@ -168,16 +175,8 @@ pub fn sign_server_csr(
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let mut serial = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut serial).map_err(|_| PkiError("the random generator failed".into()))?;
-    serial[0] &= 0x7f;
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     validity(&mut params, 5);
-    let request = rcgen::CertificateSigningRequestParams {
-        params,
-        public_key: csr.public_key,
-    };
-    Ok(request.signed_by(&ca, &ca_key)?.pem())
+    sign_csr(csr_pem, params, ca_cert_pem, ca_key_pem)
 }
 
 #[cfg(test)]

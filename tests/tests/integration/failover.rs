@@ -620,11 +620,7 @@ async fn failover_onto_a_block_device_and_the_devices_it_refuses() {
     let target_file = scratch.path().join("target.dev");
     file_of(&target_file, 40 * MIB, 0xAA); // garbage the failover must not leave in the disk
     let Some(target) = loops.attach(&target_file) else {
-        assert!(
-            std::env::var("FERRY_REQUIRE_LOOP").is_err(),
-            "FERRY_REQUIRE_LOOP is set but no loop device could be made"
-        );
-        eprintln!("skipped: needs root and loop devices (set FERRY_REQUIRE_LOOP=1 to require)");
+        Loops::unavailable();
         return;
     };
     let appliance = Appliance::init(|c| c);
@@ -667,20 +663,7 @@ async fn failover_onto_a_block_device_and_the_devices_it_refuses() {
     let small_file = scratch.path().join("small.dev");
     file_of(&small_file, 16 * MIB, 0x55);
     let small = loops.attach(&small_file).expect("a second loop device");
-    let mounted_file = scratch.path().join("mounted.dev");
-    file_of(&mounted_file, 40 * MIB, 0);
-    let mounted = loops.attach(&mounted_file).expect("a third loop device");
-    let mount_point = scratch.path().join("mnt");
-    std::fs::create_dir(&mount_point).unwrap();
-    let made = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!("mkfs.ext4 -q -F {mounted} && mount {mounted} {}", mount_point.display()),
-        ])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    loops.mounts.push(mount_point.clone());
+    let mounted = loops.mounted(scratch.path(), 40 * MIB);
     let listed_before = run_ok(&["--json", "failover", "list", "--config", config])
         .as_array()
         .unwrap()
