@@ -70,13 +70,9 @@ pub fn generate_ca(appliance_name: &str) -> Result<(IssuedPem, rcgen::Certificat
     Ok((issued, cert, key))
 }
 
-/// The endpoints' server certificate for `names` (DNS names or IP addresses), signed by the CA.
-pub fn generate_server_cert(
-    names: &[String],
-    ca: &rcgen::Certificate,
-    ca_key: &KeyPair,
-) -> Result<IssuedPem, PkiError> {
-    let key = KeyPair::generate()?;
+/// A server certificate's parameters for `names` (DNS names or IP addresses; the first is the
+/// common name): server authentication only, valid for 5 years.
+fn server_params(names: &[String]) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(
         DnType::CommonName,
@@ -92,7 +88,17 @@ pub fn generate_server_cert(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut params, 5);
-    let cert = params.signed_by(&key, ca, ca_key)?;
+    Ok(params)
+}
+
+/// The endpoints' server certificate for `names` (DNS names or IP addresses), signed by the CA.
+pub fn generate_server_cert(
+    names: &[String],
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> Result<IssuedPem, PkiError> {
+    let key = KeyPair::generate()?;
+    let cert = server_params(names)?.signed_by(&key, ca, ca_key)?;
     Ok(IssuedPem {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -164,19 +170,7 @@ pub fn sign_server_csr(
     if names.is_empty() {
         return Err(PkiError("a process server needs at least one server name".into()));
     }
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, names[0].clone());
-    for name in names {
-        let san = match name.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(name.clone().try_into()?),
-        };
-        params.subject_alt_names.push(san);
-    }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    validity(&mut params, 5);
-    sign_csr(csr_pem, params, ca_cert_pem, ca_key_pem)
+    sign_csr(csr_pem, server_params(names)?, ca_cert_pem, ca_key_pem)
 }
 
 #[cfg(test)]

@@ -83,11 +83,7 @@ pub async fn write_file(
         };
         file.set_len(virtual_size + footer.map_or(0, |f| f.len() as u64))
             .with_context(|| format!("cannot size {}", path.display()))?;
-        let extras = Extras {
-            only: None,
-            start_only: None,
-            digests: Some(&mut *digests),
-        };
+        let extras = Extras::digests_into(&mut *digests);
         let restored = crate::restore::restore_with(
             storage,
             keyring,
@@ -203,11 +199,7 @@ pub async fn write_device(
         crate::image::zero_range(device, 0, descriptor.size_bytes)
             .with_context(|| format!("cannot zero {}", path.display()))?;
     }
-    let extras = Extras {
-        only: None,
-        start_only: None,
-        digests: Some(&mut *digests),
-    };
+    let extras = Extras::digests_into(&mut *digests);
     let restored = crate::restore::restore_with(
         storage,
         keyring,
@@ -247,11 +239,7 @@ pub async fn write_page_blob(
     progress: impl FnMut(u64) + Send,
 ) -> Result<Restored> {
     let (downloads, puts) = parallel;
-    let extras = Extras {
-        only: None,
-        start_only: None,
-        digests: Some(&mut *digests),
-    };
+    let extras = Extras::digests_into(&mut *digests);
     let (scratch, restored) = crate::restore::into_scratch(
         storage,
         keyring,

@@ -72,6 +72,17 @@ pub struct Extras<'a> {
     pub digests: Option<&'a mut DigestTable>,
 }
 
+impl<'a> Extras<'a> {
+    /// A whole restore that also feeds `table` (a failover's digests).
+    pub fn digests_into(table: &'a mut DigestTable) -> Self {
+        Extras {
+            only: None,
+            start_only: None,
+            digests: Some(table),
+        }
+    }
+}
+
 /// Writes the disk at `seq` into `image`, a new file already sized to the disk (it must read
 /// zeros). `progress` gets the last seq applied after each change set.
 pub async fn restore_into(
