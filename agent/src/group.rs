@@ -40,6 +40,7 @@ pub struct BarrierRound {
 
 fn failed(message: String) -> CommandOutcome {
     CommandOutcome {
+        move_ms: None,
         ok: false,
         message,
         bookmarks: Vec::new(),
@@ -133,6 +134,7 @@ pub(crate) async fn barrier(
     report(
         command,
         CommandOutcome {
+            move_ms: None,
             ok: true,
             message: format!("{} disk(s) captured and held", holds.len()),
             bookmarks: Vec::new(),
@@ -167,6 +169,7 @@ pub(crate) async fn barrier(
         report(
             decision,
             CommandOutcome {
+                move_ms: None,
                 ok: true,
                 message,
                 bookmarks: Vec::new(),

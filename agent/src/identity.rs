@@ -57,6 +57,18 @@ pub fn save(state_dir: &Path, identity: &Identity, machine_name: &str, managemen
     Ok(())
 }
 
+/// Records the data endpoint the configuration server placed this machine on now (a process
+/// server was unreachable, or the machine was moved).
+pub fn set_data_endpoint(state_dir: &Path, data_endpoint: &str) -> anyhow::Result<()> {
+    let path = identity_dir(state_dir).join("machine.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut machine: MachineFile =
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged; register again", path.display()))?;
+    machine.data_endpoint = data_endpoint.to_string();
+    ferry_durable::replace(&path, &serde_json::to_vec_pretty(&machine)?)?;
+    Ok(())
+}
+
 /// Loads the identity; a clear error when the machine is not registered or a file is bad.
 pub fn load(state_dir: &Path) -> anyhow::Result<StoredIdentity> {
     let dir = identity_dir(state_dir);

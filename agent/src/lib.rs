@@ -24,6 +24,7 @@ pub mod device;
 pub mod group;
 pub mod held;
 pub mod identity;
+pub mod moving;
 pub mod pass;
 pub mod progress;
 pub mod quiesce;

@@ -14,6 +14,15 @@
 
 use bytes::Bytes;
 use ferry_client::{BatchSender, ClientError, DataClient, RetryPolicy};
+
+/// A batch is retried for about 30 s (12 attempts, backoff doubling from 50 ms to 5 s): long
+/// enough to ride out a ferryd restart; then the pass fails, and the disk's set-up asks the
+/// configuration server where to send when its process server stays unreachable (scale-out).
+const SEND_RETRIES: RetryPolicy = RetryPolicy {
+    max_attempts: 12,
+    initial_backoff: std::time::Duration::from_millis(50),
+    max_backoff: std::time::Duration::from_secs(5),
+};
 use ferry_format::batch::{BatchEncoder, RECORD_HEADER_LEN};
 use ferry_format::bookmark::{Bookmark, BookmarkId, BookmarkKind};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -143,12 +152,7 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
         .spawn(move || reader.run(first_seq, tx))
         .map_err(|e| PassError::Other(format!("cannot start the reader thread: {e}")))?;
 
-    let sender = BatchSender::new(
-        client.clone(),
-        disk_id,
-        settings.window as usize,
-        RetryPolicy::default(),
-    );
+    let sender = BatchSender::new(client.clone(), disk_id, settings.window as usize, SEND_RETRIES);
     let mut in_flight = FuturesUnordered::new();
     // Slides over seqs, as ferryd's window does (see ferry_client::SendWindow).
     let mut window = ferry_client::SendWindow::new(settings.window as usize);

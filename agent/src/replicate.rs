@@ -131,6 +131,50 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Vec<PassReport>> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut pending = None;
+    loop {
+        match run_at_endpoint(&config, &options, shutdown.as_mut(), pending.take()).await? {
+            Ran::Finished(reports) => return Ok(reports),
+            Ran::Moved(endpoint, moving) => {
+                tracing::warn!(%endpoint, "this machine sends to another process server from now on");
+                identity::set_data_endpoint(&config.state_dir, &endpoint)?;
+                pending = moving;
+            }
+        }
+    }
+}
+
+/// How [`run_at_endpoint`] ended.
+enum Ran {
+    Finished(Vec<PassReport>),
+    /// The machine sends to this data endpoint now: run again there (and report the planned
+    /// move, if it was one, once the disks are set up).
+    Moved(String, Option<Box<crate::moving::PendingMove>>),
+}
+
+/// Least time between two placement questions to the configuration server.
+const PLACEMENT_ASK_EVERY: Duration = Duration::from_secs(5);
+
+/// Asks the configuration server where to send (after a disk's set-up met an unreachable
+/// process server or `not_owner`); the new endpoint when it differs from `endpoint`.
+async fn moved_to(management: &DataClient, machine_id: Uuid, endpoint: &str) -> Option<String> {
+    match management.placement(machine_id).await {
+        Ok(placement) if placement.data_endpoint != endpoint => Some(placement.data_endpoint),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the configuration server where to send");
+            None
+        }
+    }
+}
+
+async fn run_at_endpoint(
+    config: &AgentConfig,
+    options: &RunOptions,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut moving: Option<Box<crate::moving::PendingMove>>,
+) -> anyhow::Result<Ran> {
     let stored = identity::load(&config.state_dir)?;
     stored.check_current((now_unix_ms() / 1000) as i64)?;
     private_dir(&config.state_dir.join("disks")).context("creating the state directory")?;
@@ -201,9 +245,33 @@ pub async fn run(
     let mut command: Option<Command> = None;
     let work = async {
         let once_deadline = Instant::now() + options.once_retry_for;
+        let mut placement_asked: Option<Instant> = None;
         loop {
             let round_started = Instant::now();
-            set_up_disks(&config, &client, &anonymous, &endpoint, machine_id, &board).await?;
+            let ask = set_up_disks(config, &client, &anonymous, &endpoint, machine_id, &board).await?;
+            if let Some(pending) = moving.take() {
+                // A planned move: report it once the disks are set up here (or failed to be).
+                let errors: Vec<String> = board
+                    .slots()
+                    .iter()
+                    .filter(|s| s.session.is_none())
+                    .map(|s| {
+                        format!(
+                            "{}: {}",
+                            s.status.path.display(),
+                            s.status.last_error.clone().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                let outcome = crate::moving::outcome(&pending, &endpoint, &errors);
+                crate::commands::report(&management, machine_id, &pending.command, &outcome).await;
+            }
+            if ask && placement_asked.is_none_or(|at| at.elapsed() >= PLACEMENT_ASK_EVERY) {
+                placement_asked = Some(Instant::now());
+                if let Some(moved) = moved_to(&management, machine_id, &endpoint).await {
+                    return Ok(Ran::Moved(moved, None));
+                }
+            }
             if options.once {
                 // One pass of every disk: wait for those the appliance cannot take yet (a disk
                 // that failed here, say a missing device, fails the run at once as before).
@@ -218,9 +286,48 @@ pub async fn run(
                     continue;
                 }
             }
+            // A planned move: release the disks here, then run against the new process server.
+            if let Some(c) = command.take_if(|c| c.command == CommandName::Move) {
+                let to = c.data_endpoint.clone().unwrap_or_default();
+                let disks: Vec<Uuid> = board
+                    .slots()
+                    .iter()
+                    .filter_map(|s| s.session.as_ref().map(|session| session.disk_id))
+                    .collect();
+                let started = Instant::now();
+                match crate::moving::release_all(&client, &disks, &to).await {
+                    Ok(()) if !to.is_empty() => {
+                        let pending = crate::moving::PendingMove {
+                            command: c,
+                            started,
+                            from: endpoint.clone(),
+                            disks: disks.len(),
+                        };
+                        return Ok(Ran::Moved(to, Some(Box::new(pending))));
+                    }
+                    result => {
+                        let message = result
+                            .err()
+                            .unwrap_or_else(|| "a move command names no process server".into());
+                        tracing::error!(%message, "the move failed; the disks stay where they are");
+                        let outcome = crate::moving::outcome(
+                            &crate::moving::PendingMove {
+                                command: c.clone(),
+                                started,
+                                from: endpoint.clone(),
+                                disks: 0,
+                            },
+                            &to,
+                            &[message],
+                        );
+                        crate::commands::report(&management, machine_id, &c, &outcome).await;
+                        continue;
+                    }
+                }
+            }
             // A consistency group's barrier: capture and hold, then passes or nothing.
             if let Some(c) = command.take_if(|c| c.command.is_group_barrier()) {
-                crate::group::barrier(&config, &client, &board, &management, machine_id, c, &mut commands).await;
+                crate::group::barrier(config, &client, &board, &management, machine_id, c, &mut commands).await;
             } else {
                 let scheduled_app = if options.once {
                     options.app
@@ -233,9 +340,9 @@ pub async fn run(
                 };
                 let mut notes = Vec::new();
                 if let Some(c) = command.as_ref().filter(|c| c.command == CommandName::Resync) {
-                    notes = request_resync(&config, &client, &board, c).await;
+                    notes = request_resync(config, &client, &board, c).await;
                 }
-                let reports = round(&config, &client, &board, app, group_id, None).await;
+                let reports = round(config, &client, &board, app, group_id, None).await;
                 if let Some(c) = command.take() {
                     let outcome = outcome_of(&board, reports.as_deref().unwrap_or_default(), &reports, notes);
                     crate::commands::report(&management, machine_id, &c, &outcome).await;
@@ -255,7 +362,7 @@ pub async fn run(
                     if !failed.is_empty() {
                         bail!("{}", failed.join("\n"));
                     }
-                    return Ok(reports);
+                    return Ok(Ran::Finished(reports));
                 }
             }
             let mut next = round_started + Duration::from_secs(config.bookmarks.crash_interval_secs);
@@ -272,7 +379,7 @@ pub async fn run(
         result = work => result,
         () = shutdown => {
             tracing::info!("stopping: the pass in progress (if any) is cancelled; the next start resumes safely");
-            Ok(Vec::new())
+            Ok(Ran::Finished(Vec::new()))
         }
     };
     writer.abort();
@@ -350,6 +457,7 @@ pub(crate) fn outcome_of(
         notes.join("; ")
     };
     CommandOutcome {
+        move_ms: None,
         ok,
         message: message.chars().take(4096).collect(),
         bookmarks: reports
@@ -385,7 +493,8 @@ fn app_due(board: &Board, interval_secs: u64, agent_started_ms: u64) -> bool {
 }
 
 /// Sets up every disk that needs it (first round, or after a failure once its retry is due);
-/// errors only for what stops the agent (a refused certificate).
+/// errors only for what stops the agent (a refused certificate). True when a disk met an
+/// unreachable process server or `not_owner` (ask the configuration server where to send).
 async fn set_up_disks(
     config: &AgentConfig,
     client: &DataClient,
@@ -393,7 +502,8 @@ async fn set_up_disks(
     endpoint: &str,
     machine_id: Uuid,
     board: &Board,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
+    let mut ask_placement = false;
     for (index, disk) in config.disks.iter().enumerate() {
         let due = {
             let slots = board.slots();
@@ -430,6 +540,7 @@ async fn set_up_disks(
                 slot.failed_over = true;
             }
             Err(failure) => {
+                ask_placement |= failure.ask_placement;
                 let text = format!("{:#}", failure.error);
                 let wait = failure
                     .retry_after
@@ -445,8 +556,7 @@ async fn set_up_disks(
             }
         }
     }
-
-    Ok(())
+    Ok(ask_placement)
 }
 
 /// One round of passes over every disk that is set up.

@@ -54,6 +54,9 @@ pub struct SetupError {
     /// The disk was failed over and the failover committed (`state: failed_over`): this
     /// machine's copy is no longer replicated; the agent stops sending it (other disks go on).
     pub failed_over: bool,
+    /// The process server is unreachable or says another one owns the disk (`not_owner`):
+    /// the configuration server says where to send now (scale-out, docs/SCALE-OUT.md).
+    pub ask_placement: bool,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for SetupError {
@@ -64,6 +67,7 @@ impl<E: Into<anyhow::Error>> From<E> for SetupError {
             transient: false,
             retry_after: None,
             failed_over: false,
+            ask_placement: false,
         }
     }
 }
@@ -92,6 +96,7 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
             transient: false,
             retry_after: None,
             failed_over: false,
+            ask_placement: false,
         };
     }
     let fatal = matches!(
@@ -111,12 +116,14 @@ pub fn explain(error: ClientError, endpoint: &str) -> SetupError {
         } => Some(Duration::from_secs(*secs)),
         _ => None,
     };
+    let ask_placement = matches!(error, ClientError::Transport(_)) || error.code() == Some(ErrorCode::NotOwner);
     SetupError {
-        transient: !fatal && error.is_retryable(),
+        transient: !fatal && (error.is_retryable() || ask_placement),
         error: anyhow::anyhow!("{endpoint}: {error}"),
         fatal,
         retry_after,
         failed_over: false,
+        ask_placement,
     }
 }
 

@@ -120,6 +120,7 @@ impl Disk {
             if batches_in_object == CHANGE_SET_BATCHES || last {
                 let name = ObjectName::Log {
                     disk_id: self.id,
+                    epoch: 0,
                     first_seq,
                     last_seq: self.seq,
                 };
@@ -142,6 +143,7 @@ impl Disk {
         };
         let name = ObjectName::Point {
             disk_id: self.id,
+            epoch: 0,
             seq: self.seq,
             bookmark_id: BookmarkId::new(&point.bookmark_id).unwrap(),
         };

@@ -110,26 +110,37 @@ pub async fn run(args: CommandArgs, json: bool) -> Result<()> {
     if !json {
         eprintln!("queued {} {}; waiting for the agent", queued.command, queued.id);
     }
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let report = wait_for_outcome(&client, machine, &queued, args.wait).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {}",
+            if report.outcome.ok { "done" } else { "failed" },
+            report.outcome.message
+        );
+        for b in &report.outcome.bookmarks {
+            println!("  {}: {} ({}, seq {})", b.disk_id, b.bookmark_id, b.kind, b.seq);
+        }
+    }
+    if !report.outcome.ok {
+        bail!("the agent could not carry out {} {}", queued.command, queued.id);
+    }
+    Ok(())
+}
+
+/// Waits at most `wait_secs` for the agent's outcome of `queued` (sent to `machine`).
+pub async fn wait_for_outcome(
+    client: &ferry_client::control::ControlClient,
+    machine: uuid::Uuid,
+    queued: &ferry_client::commands::Command,
+    wait_secs: u64,
+) -> Result<ferry_client::commands::CommandReport> {
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let log = client.command_log(machine).await?;
-        if let Some(report) = log.results.iter().find(|r| r.command.id == queued.id) {
-            if json {
-                println!("{}", serde_json::to_string_pretty(report)?);
-            } else {
-                println!(
-                    "{}: {}",
-                    if report.outcome.ok { "done" } else { "failed" },
-                    report.outcome.message
-                );
-                for b in &report.outcome.bookmarks {
-                    println!("  {}: {} ({}, seq {})", b.disk_id, b.bookmark_id, b.kind, b.seq);
-                }
-            }
-            if !report.outcome.ok {
-                bail!("the agent could not carry out {} {}", queued.command, queued.id);
-            }
-            return Ok(());
+        if let Some(report) = log.results.into_iter().find(|r| r.command.id == queued.id) {
+            return Ok(report);
         }
         if Instant::now() >= deadline {
             let state = if log.pending.iter().any(|c| c.id == queued.id) {
@@ -137,7 +148,7 @@ pub async fn run(args: CommandArgs, json: bool) -> Result<()> {
             } else {
                 "delivered, no outcome yet"
             };
-            bail!("{} {} after {} s: {state}", queued.command, queued.id, args.wait);
+            bail!("{} {} after {wait_secs} s: {state}", queued.command, queued.id);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

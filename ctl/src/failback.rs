@@ -480,12 +480,16 @@ async fn write_agent_map(
     if !dir.join("progress.json").exists() {
         return Ok((false, 0));
     }
-    let newest = ferry_vault::log::list(&*opened.storage, original.disk_id)
-        .await?
-        .iter()
-        .map(|o| o.last_seq)
-        .max()
-        .unwrap_or(0);
+    let newest = ferry_vault::log::list(
+        &*opened.storage,
+        &opened.keyring.disk_key(original.disk_id),
+        original.disk_id,
+    )
+    .await?
+    .iter()
+    .map(|o| o.last_seq)
+    .max()
+    .unwrap_or(0);
     let after = ferry_vault::change_point::changed_between(
         opened.storage.clone(),
         Arc::new(opened.keyring.disk_key(original.disk_id)),

@@ -6,7 +6,6 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::RecoveryPoint;
 use ferry_format::plaintexts::{Pin, PLAINTEXT_FORMAT};
 use ferry_format::BookmarkId;
@@ -214,12 +213,7 @@ async fn set_pin(args: PinArgs, pin: bool, json: bool) -> Result<()> {
             pinned_unix_ms: ferry_client::clock::now_unix_ms(),
         };
         ferry_vault::retention::records::pin(&*opened.storage, &key, &record).await?;
-        let name = ObjectName::Point {
-            disk_id: disk,
-            seq: point.seq,
-            bookmark_id: bookmark.clone(),
-        };
-        if !ferry_vault::sealed::exists(&*opened.storage, &name.to_string()).await? {
+        if !ferry_vault::points::exists(&*opened.storage, &key, disk, point.seq, bookmark.as_str()).await? {
             ferry_vault::retention::records::unpin(&*opened.storage, disk, point.seq, &bookmark).await?;
             bail!(
                 "recovery point {} of disk {disk} was pruned by retention while it was being pinned",

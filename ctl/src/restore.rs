@@ -109,7 +109,7 @@ async fn restore_one(
     let started = Instant::now();
     let descriptor = crate::vault_disks::read_descriptor(opened, disk_id).await?;
 
-    let objects = ferry_vault::log::list(&*opened.storage, disk_id).await?;
+    let objects = ferry_vault::log::list(&*opened.storage, &opened.keyring.disk_key(disk_id), disk_id).await?;
     let newest = objects.iter().map(|o| o.last_seq).max().unwrap_or(0);
     let bases = ferry_vault::base::list(&*opened.storage, disk_id).await?;
     let newest_stored = newest.max(bases.manifests.last().copied().unwrap_or(0));

@@ -9,10 +9,8 @@
 //! listing, not for resolving a name) one listing of its `points/` plus a read of the newest
 //! point, 8 disks at a time.
 
-use anyhow::{bail, Context, Result};
-use ferry_format::names::ObjectName;
+use anyhow::{bail, Result};
 use ferry_format::plaintexts::{DiskDescriptor, RecoveryPoint};
-use ferry_storage::list_all;
 use futures::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
@@ -48,18 +46,9 @@ pub async fn read_descriptor(opened: &OpenVault, disk_id: Uuid) -> Result<DiskDe
 
 /// The recovery point with the highest seq, reading only that one point object.
 pub async fn newest_point(opened: &OpenVault, disk_id: Uuid) -> Result<Option<RecoveryPoint>> {
-    let listed = list_all(&*opened.storage, &ObjectName::disk_prefix(disk_id, "points/"))
-        .await
-        .context("cannot list the recovery points")?;
-    let newest = listed
-        .iter()
-        .filter_map(|m| match ObjectName::parse(&m.name) {
-            Ok(ObjectName::Point { seq, .. }) => Some((seq, &m.name)),
-            _ => None,
-        })
-        .max_by_key(|(seq, _)| *seq);
-    match newest {
-        Some((_, name)) => Ok(Some(crate::points::read_point(opened, disk_id, name).await?)),
+    let key = opened.keyring.disk_key(disk_id);
+    match ferry_vault::points::newest_name(&*opened.storage, &key, disk_id).await? {
+        Some(name) => Ok(Some(crate::points::read_point(opened, disk_id, &name).await?)),
         None => Ok(None),
     }
 }

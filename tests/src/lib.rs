@@ -357,6 +357,18 @@ impl Ferryd {
         self.child.id()
     }
 
+    /// SIGSTOP: the process freezes (its leases run out) until [`Ferryd::resume`].
+    pub fn pause(&self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    }
+
+    /// SIGCONT after [`Ferryd::pause`].
+    pub fn resume(&self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -184,6 +184,32 @@ pub struct RegisterResponse {
     pub data_endpoint: String,
 }
 
+/// `GET /v1/health` on the data endpoint: the status word and, from ferryd, its load (what
+/// the configuration server places machines by).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    /// Disks in this process server's cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<usize>,
+    /// MB/s of batches received over the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_mb_per_s: Option<f64>,
+    /// Share of the cache limit still free (0..=1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_free_fraction: Option<f64>,
+}
+
+/// Where a registered machine sends its data now (`GET /v1/machines/{id}/placement`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub data_endpoint: String,
+    /// True when the configuration server just moved the machine (its process server was
+    /// unreachable).
+    #[serde(default)]
+    pub moved: bool,
+}
+
 /// Every `"error"` code ferryd answers with (PROTOCOL.md section 3, the management endpoint and
 /// the control socket), each with the one HTTP status it comes with. Serialised as the
 /// snake_case strings of the wire.
@@ -210,6 +236,7 @@ pub enum ErrorCode {
     SeqConflict,
     FailedOver,
     ReprotectRefused,
+    NotOwner,
     TooLarge,
     Internal,
     Busy,
@@ -238,6 +265,7 @@ text_enum!(ErrorCode {
     SeqConflict => "seq_conflict",
     FailedOver => "failed_over",
     ReprotectRefused => "reprotect_refused",
+    NotOwner => "not_owner",
     TooLarge => "too_large",
     Internal => "internal",
     Busy => "busy",
@@ -264,7 +292,8 @@ impl ErrorCode {
             | ErrorCode::OutOfWindow
             | ErrorCode::SeqConflict
             | ErrorCode::FailedOver
-            | ErrorCode::ReprotectRefused => 409,
+            | ErrorCode::ReprotectRefused
+            | ErrorCode::NotOwner => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::Busy | ErrorCode::CacheFull | ErrorCode::Draining => 503,
@@ -297,6 +326,9 @@ pub struct ErrorBody {
     /// With `failed_over`: the committed failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_id: Option<Uuid>,
+    /// With `not_owner`: the data endpoint of the process server that owns the disk now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[cfg(test)]

@@ -190,14 +190,42 @@ impl DataClient {
 
     /// `GET /v1/health`: the server's status word.
     pub async fn health(&self) -> Result<String, ClientError> {
-        #[derive(serde::Deserialize)]
-        struct Health {
-            status: String,
-        }
-        let (_, health): (u16, Health) = self
+        Ok(self.health_and_load().await?.status)
+    }
+
+    /// `GET /v1/health` whole: the status word and the load ferryd reports with it.
+    pub async fn health_and_load(&self) -> Result<crate::api::Health, ClientError> {
+        let (_, health) = self
             .call(Method::GET, "/v1/health", "application/json", Bytes::new())
             .await?;
-        Ok(health.status)
+        Ok(health)
+    }
+
+    /// `GET /v1/machines/{id}/placement` (management endpoint, the configuration server): the
+    /// data endpoint this machine should send to now.
+    pub async fn placement(&self, machine_id: Uuid) -> Result<crate::api::Placement, ClientError> {
+        Ok(self
+            .call(
+                Method::GET,
+                &format!("/v1/machines/{machine_id}/placement"),
+                "application/json",
+                Bytes::new(),
+            )
+            .await?
+            .1)
+    }
+
+    /// `POST /v1/disks/{id}/release` with `{"to": endpoint}`: the process server stops taking
+    /// the disk's batches, uploads what it holds and releases the disk's lease; `503 busy` with
+    /// `Retry-After` while it is still uploading (ask again).
+    pub async fn release_disk(&self, disk_id: Uuid, to: &str) -> Result<DiskInfo, ClientError> {
+        Ok(self
+            .post_json(
+                &format!("/v1/disks/{disk_id}/release"),
+                &serde_json::json!({ "to": to }),
+            )
+            .await?
+            .1)
     }
 
     /// Creates (201) or confirms (200) a disk; returns the status and the disk.

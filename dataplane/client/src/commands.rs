@@ -32,6 +32,10 @@ pub enum CommandName {
     GroupCommit,
     /// Release the writes and drop the captures; no bookmark.
     GroupAbort,
+    /// Move the machine to another process server (`ferryctl ps move`, `ps drain`): release
+    /// every disk at the current one (it uploads what it holds first), then send to
+    /// `data_endpoint`; report once the disks are set up there.
+    Move,
 }
 
 crate::api::text_enum!(CommandName {
@@ -41,6 +45,7 @@ crate::api::text_enum!(CommandName {
     GroupPrepare => "group-prepare",
     GroupCommit => "group-commit",
     GroupAbort => "group-abort",
+    Move => "move",
 });
 
 impl CommandName {
@@ -87,6 +92,9 @@ pub struct Command {
     /// With `group-prepare`: when the agent releases the writes whatever it hears.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_unix_ms: Option<u64>,
+    /// With `move`: the process server to send to from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_endpoint: Option<String>,
     pub issued_unix_ms: u64,
 }
 
@@ -117,6 +125,10 @@ pub struct CommandOutcome {
     /// With `group-commit`: how long the disks' writes were held, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_ms: Option<f64>,
+    /// With `move`: from the first disk's release (its batches refused at the old process
+    /// server) to the last disk set up at the new one, in milliseconds: the RPO the move added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_ms: Option<f64>,
 }
 
 /// Control socket: a command to queue for a machine.

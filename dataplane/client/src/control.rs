@@ -170,6 +170,35 @@ pub struct SiteServer {
     pub machines: usize,
 }
 
+/// `ferryctl ps move`: move machine `machine_id` to process server `to` (a name from `ps list`,
+/// or a data endpoint of the site).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    pub machine_id: Uuid,
+    pub to: String,
+}
+
+/// `ferryctl ps drain`: move every machine off process server `name` (and place no new one
+/// there), or with `undo`, take new machines there again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    pub name: String,
+    #[serde(default)]
+    pub undo: bool,
+}
+
+/// A machine being moved: its `move` command is queued for its agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moving {
+    pub machine_id: Uuid,
+    pub machine_name: String,
+    pub from: String,
+    pub to: String,
+    pub command_id: Uuid,
+}
+
 /// What retention's last run found for one disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionDisk {
@@ -469,6 +498,16 @@ impl ControlClient {
             request,
         )
         .await
+    }
+
+    /// Moves a machine to another process server (configuration server only).
+    pub async fn move_machine(&self, request: &MoveRequest) -> Result<Moving, ClientError> {
+        self.send(hyper::Method::POST, "/v1/ps/move", request).await
+    }
+
+    /// Moves every machine off a process server (configuration server only).
+    pub async fn drain_server(&self, request: &DrainRequest) -> Result<Vec<Moving>, ClientError> {
+        self.send(hyper::Method::POST, "/v1/ps/drain", request).await
     }
 
     /// `machine`'s commands: queued, delivered, done.

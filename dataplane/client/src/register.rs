@@ -114,13 +114,19 @@ pub async fn join(
     })
 }
 
-/// Whether the data endpoint `endpoint` of a site's process server answers `GET /v1/health`
-/// within `timeout`, its certificate verified with the site's CA `ca_pem` (placement and
-/// `ferryctl ps list` ask this of each process server).
-pub async fn healthy(endpoint: &str, ca_pem: &str, timeout: std::time::Duration) -> bool {
-    let Ok(tls) = crate::tls::ca_verified(ca_pem, None) else {
-        return false;
-    };
+/// The health answer (with its load) of the process server at `endpoint`, verified with the
+/// site's CA, or `None` when it does not answer within `timeout`.
+pub async fn probe(endpoint: &str, ca_pem: &str, timeout: std::time::Duration) -> Option<crate::api::Health> {
+    let tls = crate::tls::ca_verified(ca_pem, None).ok()?;
     let client = DataClient::new(endpoint, tls);
-    matches!(tokio::time::timeout(timeout, client.health()).await, Ok(Ok(_)))
+    match tokio::time::timeout(timeout, client.health_and_load()).await {
+        Ok(Ok(health)) => Some(health),
+        _ => None,
+    }
+}
+
+/// Whether the data endpoint `endpoint` of a site's process server answers `GET /v1/health`
+/// within `timeout`, its certificate verified with the site's CA `ca_pem`.
+pub async fn healthy(endpoint: &str, ca_pem: &str, timeout: std::time::Duration) -> bool {
+    probe(endpoint, ca_pem, timeout).await.is_some()
 }

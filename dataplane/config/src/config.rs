@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// server (it registers agents and runs retention).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_server: Option<String>,
+    /// How long a disk's storage lease lasts (15..=60 s; renewed every third of it). A dead
+    /// process server's disks move after it runs out (docs/SCALE-OUT.md).
+    pub lease_secs: u32,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             metrics_listen: "127.0.0.1:9464".into(),
             control_socket: "ferryd.sock".into(),
             config_server: None,
+            lease_secs: 60,
         }
     }
 }
@@ -386,6 +390,12 @@ impl ApplianceConfig {
                 )
             })
         }
+        range(
+            "server.lease_secs",
+            self.server.lease_secs,
+            ferry_storage::lease::LEASE_SECS_MIN,
+            ferry_storage::lease::LEASE_SECS_MAX,
+        )?;
         if self.format != CONFIG_FORMAT {
             return Err((
                 "format",
@@ -529,6 +539,9 @@ advertised_data_endpoint = {advertised:?}
 metrics_listen = {metrics_listen:?}
 # Unix socket for ferryctl (owner-only).
 control_socket = {control_socket:?}
+# A disk's storage lease (15-60 s, renewed every third of it): one process server writes a
+# disk at a time; a dead one's disks move to another after this.
+lease_secs = {lease_secs}
 {config_server_line}
 
 [cache]
@@ -641,6 +654,7 @@ total_budget_ms = {total_budget_ms}
             advertised = s.advertised_data_endpoint,
             metrics_listen = s.metrics_listen,
             control_socket = s.control_socket.display().to_string(),
+            lease_secs = s.lease_secs,
             config_server_line = match &s.config_server {
                 Some(server) => format!(
                     "# This is a scale-out process server of the configuration server at this management\n\

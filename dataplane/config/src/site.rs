@@ -31,6 +31,9 @@ pub struct ProcessServer {
     pub server_names: Vec<String>,
     pub joined_unix_ms: u64,
     pub joined_from: String,
+    /// `ferryctl ps drain`: its machines were moved off and no new machine is placed there.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 fn tokens_dir(root: &Path) -> PathBuf {
@@ -186,6 +189,7 @@ mod tests {
             server_names: vec!["ps2".into()],
             joined_unix_ms: 5,
             joined_from: "10.0.0.2".into(),
+            drained: false,
         };
         record_server(dir.path(), &server).unwrap();
         assert_eq!(servers(dir.path()).unwrap(), vec![server]);

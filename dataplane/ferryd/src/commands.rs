@@ -147,6 +147,7 @@ mod tests {
             barrier_id: None,
             bookmark_id: None,
             deadline_unix_ms: None,
+            data_endpoint: None,
             issued_unix_ms: 1,
         }
     }
@@ -167,6 +168,7 @@ mod tests {
         assert_eq!(taken, std::slice::from_ref(&first));
         assert_eq!(queues.log(machine).delivered, std::slice::from_ref(&first));
         let outcome = CommandOutcome {
+            move_ms: None,
             ok: true,
             message: "done".into(),
             bookmarks: Vec::new(),

@@ -104,6 +104,7 @@ fn command(
         barrier_id: Some(barrier_id),
         bookmark_id: Some(bookmark_id.to_string()),
         deadline_unix_ms: Some(deadline),
+        data_endpoint: None,
         issued_unix_ms: ferry_client::clock::now_unix_ms(),
     }
 }
@@ -264,14 +265,9 @@ async fn run_barrier(state: &AppState, group: &Group, kind: BookmarkAsk) -> Barr
     };
     let until = Instant::now() + POINTS_TIMEOUT;
     for member in &members {
-        let name = ObjectName::Point {
-            disk_id: member.disk_id,
-            seq: member.seq,
-            bookmark_id: bookmark.clone(),
-        }
-        .to_string();
+        let key = keyring.disk_key(member.disk_id);
         loop {
-            match ferry_vault::sealed::exists(&*storage, &name).await {
+            match ferry_vault::points::exists(&*storage, &key, member.disk_id, member.seq, bookmark.as_str()).await {
                 Ok(true) => break,
                 Ok(false) | Err(_) if Instant::now() < until => tokio::time::sleep(Duration::from_millis(200)).await,
                 Ok(false) => {

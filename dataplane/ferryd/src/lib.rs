@@ -16,6 +16,8 @@
 //! - [`commands`]: management commands queued for each machine's agent (long poll).
 //! - [`groups`]: consistency groups (which machines take points together, how often);
 //!   [`group_points`]: the barrier across their agents and the group points it writes.
+//! - [`ownership`]: which disks this process server holds the storage lease of, in which owner
+//!   epoch (scale-out: one writer per disk, takeovers fenced by epoch-named objects).
 //! - [`failed_over`]: disks of committed failovers, whose new batches are refused.
 //! - [`daemon`]: start-up and shut-down wiring (config, cache, target, listeners, drain).
 //!
@@ -34,6 +36,7 @@ pub mod groups;
 pub mod ingest_memory;
 pub mod memory_budget;
 pub mod niced_runtime;
+pub mod ownership;
 pub mod pipeline;
 pub mod reprotect;
 pub mod retention;

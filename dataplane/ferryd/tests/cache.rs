@@ -36,6 +36,7 @@ fn meta(disk_id: Uuid) -> DiskMeta {
         resync_reason: None,
         failed_over: None,
         reprotect_from: None,
+        owner_epoch: 0,
     }
 }
 
@@ -77,6 +78,7 @@ both_engines!(
     second_open_is_locked,
     model_run,
     abandoned_batches_stay_abandoned_across_restarts,
+    a_taken_over_disk_restarts_at_storage_and_its_old_batches_stay_gone,
 );
 
 async fn durable_across_restart(engine: CacheEngine) {
@@ -178,7 +180,7 @@ async fn release_persists_and_deletes_segments(engine: CacheEngine) {
             store(&cache, disk, &batch(seq, 8, 0)).await.unwrap();
         }
         let before = cache.usage().segments;
-        cache.release(disk, 25).unwrap();
+        cache.release(disk, 25, 0).unwrap();
         let view = cache.disk(disk).unwrap();
         assert_eq!(
             (view.durable_seq, view.released_through, view.cached_batches),
@@ -198,7 +200,7 @@ async fn release_persists_and_deletes_segments(engine: CacheEngine) {
             store(&cache, disk, &batch(10, 8, 1)).await.unwrap(),
             Admission::Conflict { expected_seq: 31 }
         );
-        cache.release(disk, 99).unwrap();
+        cache.release(disk, 99, 0).unwrap();
         assert_eq!(
             cache.disk(disk).unwrap().released_through,
             30,
@@ -246,7 +248,7 @@ async fn full_cache_refuses_then_resumes(engine: CacheEngine) {
             "nothing lost at the limit"
         );
     }
-    cache.release(disk, seq - 1).unwrap();
+    cache.release(disk, seq - 1, 0).unwrap();
     assert_eq!(
         store(&cache, disk, &batch(seq, 20, 0)).await.unwrap(),
         Admission::Accept,
@@ -363,7 +365,7 @@ async fn model_run(engine: CacheEngine) {
             1 => {
                 let durable = cache.disk(disk).unwrap().durable_seq;
                 let through = durable.saturating_sub(next() % 4);
-                cache.release(disk, through).unwrap();
+                cache.release(disk, through, 0).unwrap();
                 let mark = released.entry(disk).or_default();
                 *mark = (*mark).max(through);
                 model.retain(|(d, s), _| *d != disk || *s > *mark);
@@ -381,7 +383,7 @@ async fn model_run(engine: CacheEngine) {
                     Admission::CacheFull => {
                         fulls += 1;
                         let durable = cache.disk(disk).unwrap().durable_seq;
-                        cache.release(disk, durable).unwrap();
+                        cache.release(disk, durable, 0).unwrap();
                         released.insert(disk, durable);
                         model.retain(|(d, s), _| *d != disk || *s > durable);
                     }
@@ -465,4 +467,58 @@ async fn abandoned_batches_stay_abandoned_across_restarts(engine: CacheEngine) {
         );
     }
     assert_eq!(cache.read_batch(disk, 1).unwrap().unwrap(), batch(1, 2, 0));
+}
+
+/// Scale-out: a disk taken over at an owner epoch restarts after what storage holds, its
+/// cached batches past that given up for good (across restarts too), and releases of the old
+/// epoch change nothing; a forgotten disk does not come back.
+async fn a_taken_over_disk_restarts_at_storage_and_its_old_batches_stay_gone(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, other) = (Uuid::from_u128(7), Uuid::from_u128(8));
+    {
+        let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        cache.create_disk(meta(disk)).unwrap();
+        cache.create_disk(meta(other)).unwrap();
+        for seq in 1..=5u64 {
+            store(&cache, disk, &batch(seq, 2, 0)).await.unwrap();
+            store(&cache, other, &batch(seq, 2, 0)).await.unwrap();
+        }
+        // Storage holds 1..=2 (say): epoch 1 starts at 3.
+        let view = cache
+            .take_over(
+                DiskMeta {
+                    owner_epoch: 1,
+                    ..meta(disk)
+                },
+                2,
+            )
+            .unwrap();
+        assert_eq!(
+            (view.durable_seq, view.released_through, view.cached_batches),
+            (2, 2, 0)
+        );
+        assert_eq!(view.meta.owner_epoch, 1);
+        assert_eq!(cache.read_batch(disk, 3).unwrap(), None);
+        // A release the old epoch's pipeline still had out changes nothing.
+        cache.release(disk, 2, 0).unwrap();
+        // The new epoch's batch 3 has other content: accepted, not a conflict.
+        assert_eq!(store(&cache, disk, &batch(3, 2, 9)).await.unwrap(), Admission::Accept);
+        cache.forget_disk(other).unwrap();
+        assert!(cache.disk(other).is_none());
+        cache.shutdown();
+    }
+    let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    let view = cache.disk(disk).unwrap();
+    assert_eq!(
+        (
+            view.durable_seq,
+            view.released_through,
+            view.cached_batches,
+            view.meta.owner_epoch
+        ),
+        (3, 2, 1, 1),
+        "the old 3..=5 did not come back; the new 3 did"
+    );
+    assert_eq!(cache.read_batch(disk, 3).unwrap().unwrap(), batch(3, 2, 9));
+    assert!(cache.disk(other).is_none(), "a forgotten disk stays forgotten");
 }

@@ -3,8 +3,12 @@
 //! ```text
 //! ferry/v1/vault.json
 //! ferry/v1/disks/{disk_id}/disk.fseal
-//! ferry/v1/disks/{disk_id}/log/{first_seq:020}-{last_seq:020}.fseal
-//! ferry/v1/disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal
+//! ferry/v1/disks/{disk_id}/log/{first_seq:020}-{last_seq:020}.fseal             (epoch 0)
+//! ferry/v1/disks/{disk_id}/log/e{epoch:010}/{first_seq:020}-{last_seq:020}.fseal
+//! ferry/v1/disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal                  (epoch 0)
+//! ferry/v1/disks/{disk_id}/points/e{epoch:010}/{seq:020}-{bookmark_id}.fseal
+//! ferry/v1/disks/{disk_id}/owners/{epoch:010}.fseal
+//! ferry/v1/disks/{disk_id}/lease
 //! ferry/v1/disks/{disk_id}/base/{seq:020}/manifest.fseal
 //! ferry/v1/disks/{disk_id}/base/{seq:020}/chunk-{index:010}.fseal
 //! ferry/v1/disks/{disk_id}/pins/{seq:020}-{bookmark_id}.fseal
@@ -13,6 +17,8 @@
 //! ferry/v1/failovers/{failover_id}.fseal
 //! ferry/v1/failovers/{failover_id}/digests/{disk_id}/{segment:010}.fseal
 //! ```
+//! Log objects and points written by a disk's owner of epoch 1 or later carry the epoch as a
+//! directory (format 2, docs/FORMATS.md "Ownership"); epoch 0's keep format 1's names.
 //! Parsing is strict: exactly the digit counts above, canonical lowercase UUIDs, valid
 //! bookmark ids, `first_seq <= last_seq`. `parse(name.to_string()) == name` for every name, and
 //! a string that parses prints back to itself, so each object has exactly one name.
@@ -28,6 +34,8 @@ pub const VAULT_JSON: &str = "ferry/v1/vault.json";
 const SEAL_SUFFIX: &str = ".fseal";
 /// Largest base chunk index that fits the 10-digit field.
 pub const CHUNK_INDEX_MAX: u64 = 9_999_999_999;
+/// Largest owner epoch that fits the 10-digit field.
+pub const EPOCH_MAX: u64 = 9_999_999_999;
 /// Largest creation time that fits the 16-digit field.
 pub const GROUP_TIME_MAX_MS: u64 = 9_999_999_999_999_999;
 
@@ -39,13 +47,26 @@ pub enum ObjectName {
     },
     Log {
         disk_id: Uuid,
+        /// The owner epoch that wrote it (0: format 1's name).
+        epoch: u64,
         first_seq: u64,
         last_seq: u64,
     },
     Point {
         disk_id: Uuid,
+        epoch: u64,
         seq: u64,
         bookmark_id: BookmarkId,
+    },
+    /// The record of the disk's owner of one epoch (sealed with the disk key).
+    Owner {
+        disk_id: Uuid,
+        epoch: u64,
+    },
+    /// The object whose lease the disk's owner holds (empty on Azure; the local target keeps
+    /// the lease in it). Not sealed: it holds no data.
+    DiskLease {
+        disk_id: Uuid,
     },
     BaseManifest {
         disk_id: Uuid,
@@ -105,6 +126,8 @@ impl ObjectName {
             ObjectName::DiskMeta { disk_id }
             | ObjectName::Log { disk_id, .. }
             | ObjectName::Point { disk_id, .. }
+            | ObjectName::Owner { disk_id, .. }
+            | ObjectName::DiskLease { disk_id }
             | ObjectName::BaseManifest { disk_id, .. }
             | ObjectName::BaseChunk { disk_id, .. }
             | ObjectName::Pin { disk_id, .. }
@@ -138,6 +161,11 @@ impl ObjectName {
         let rest = name
             .strip_prefix(ROOT)
             .ok_or_else(|| fail("does not start with ferry/v1/"))?;
+        if let Some(disk) = rest.strip_prefix("disks/").and_then(|r| r.strip_suffix("/lease")) {
+            return Ok(ObjectName::DiskLease {
+                disk_id: uuid(disk).ok_or_else(|| fail("bad disk id"))?,
+            });
+        }
         let rest = rest
             .strip_suffix(SEAL_SUFFIX)
             .ok_or_else(|| fail("does not end with .fseal"))?;
@@ -146,6 +174,43 @@ impl ObjectName {
             ["disks", disk, "disk"] => Ok(ObjectName::DiskMeta {
                 disk_id: uuid(disk).ok_or_else(|| fail("bad disk id"))?,
             }),
+            ["disks", disk, "owners", epoch] => Ok(ObjectName::Owner {
+                disk_id: uuid(disk).ok_or_else(|| fail("bad disk id"))?,
+                epoch: digits(epoch, 10).ok_or_else(|| fail("owner epoch is not 10 digits"))?,
+            }),
+            ["disks", disk, kind @ ("log" | "points"), epoch, rest] => {
+                let epoch = epoch
+                    .strip_prefix('e')
+                    .and_then(|e| digits(e, 10))
+                    .filter(|e| *e > 0)
+                    .ok_or_else(|| fail("epoch directory is not e + 10 digits of an epoch above 0"))?;
+                let inner = format!("{ROOT}disks/{disk}/{kind}/{rest}{SEAL_SUFFIX}");
+                match ObjectName::parse(&inner).map_err(|e| fail(e.reason))? {
+                    ObjectName::Log {
+                        disk_id,
+                        first_seq,
+                        last_seq,
+                        ..
+                    } => Ok(ObjectName::Log {
+                        disk_id,
+                        epoch,
+                        first_seq,
+                        last_seq,
+                    }),
+                    ObjectName::Point {
+                        disk_id,
+                        seq,
+                        bookmark_id,
+                        ..
+                    } => Ok(ObjectName::Point {
+                        disk_id,
+                        epoch,
+                        seq,
+                        bookmark_id,
+                    }),
+                    _ => Err(fail("unknown object kind")),
+                }
+            }
             ["disks", disk, "log", range] => {
                 let disk_id = uuid(disk).ok_or_else(|| fail("bad disk id"))?;
                 let (first, last) = range
@@ -158,6 +223,7 @@ impl ObjectName {
                 }
                 Ok(ObjectName::Log {
                     disk_id,
+                    epoch: 0,
                     first_seq,
                     last_seq,
                 })
@@ -170,6 +236,7 @@ impl ObjectName {
                 Ok(if *kind == "points" {
                     ObjectName::Point {
                         disk_id,
+                        epoch: 0,
                         seq,
                         bookmark_id,
                     }
@@ -240,18 +307,30 @@ impl fmt::Display for ObjectName {
             ObjectName::DiskMeta { disk_id } => write!(f, "{ROOT}disks/{disk_id}/disk.fseal"),
             ObjectName::Log {
                 disk_id,
+                epoch,
                 first_seq,
                 last_seq,
             } => {
-                write!(f, "{ROOT}disks/{disk_id}/log/{first_seq:020}-{last_seq:020}.fseal")
+                write!(
+                    f,
+                    "{ROOT}disks/{disk_id}/log/{}{first_seq:020}-{last_seq:020}.fseal",
+                    EpochDir(*epoch)
+                )
             }
             ObjectName::Point {
                 disk_id,
+                epoch,
                 seq,
                 bookmark_id,
             } => {
-                write!(f, "{ROOT}disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal")
+                write!(
+                    f,
+                    "{ROOT}disks/{disk_id}/points/{}{seq:020}-{bookmark_id}.fseal",
+                    EpochDir(*epoch)
+                )
             }
+            ObjectName::Owner { disk_id, epoch } => write!(f, "{ROOT}disks/{disk_id}/owners/{epoch:010}.fseal"),
+            ObjectName::DiskLease { disk_id } => write!(f, "{ROOT}disks/{disk_id}/lease"),
             ObjectName::BaseManifest { disk_id, seq } => {
                 write!(f, "{ROOT}disks/{disk_id}/base/{seq:020}/manifest.fseal")
             }
@@ -296,6 +375,18 @@ impl fmt::Display for ObjectName {
     }
 }
 
+/// The epoch directory of a log object's or point's name: none for epoch 0 (format 1).
+struct EpochDir(u64);
+
+impl fmt::Display for EpochDir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            epoch => write!(f, "e{epoch:010}/"),
+        }
+    }
+}
+
 fn uuid(text: &str) -> Option<Uuid> {
     parse_canonical_uuid(text)
 }
@@ -331,14 +422,33 @@ mod tests {
             ObjectName::DiskMeta { disk_id: disk() },
             ObjectName::Log {
                 disk_id: disk(),
+                epoch: 0,
                 first_seq: 1,
                 last_seq: u64::MAX,
             },
+            ObjectName::Log {
+                disk_id: disk(),
+                epoch: 3,
+                first_seq: 5,
+                last_seq: 9,
+            },
             ObjectName::Point {
                 disk_id: disk(),
+                epoch: 0,
                 seq: 42,
                 bookmark_id: bm.clone(),
             },
+            ObjectName::Point {
+                disk_id: disk(),
+                epoch: EPOCH_MAX,
+                seq: 42,
+                bookmark_id: bm.clone(),
+            },
+            ObjectName::Owner {
+                disk_id: disk(),
+                epoch: 0,
+            },
+            ObjectName::DiskLease { disk_id: disk() },
             ObjectName::BaseManifest {
                 disk_id: disk(),
                 seq: 7,
@@ -378,11 +488,22 @@ mod tests {
         assert_eq!(
             ObjectName::Log {
                 disk_id: disk(),
+                epoch: 0,
                 first_seq: 1,
                 last_seq: 12
             }
             .to_string(),
             "ferry/v1/disks/0f8fad5b-d9cb-469f-a165-70867728950e/log/00000000000000000001-00000000000000000012.fseal"
+        );
+        assert_eq!(
+            ObjectName::Point {
+                disk_id: disk(),
+                epoch: 2,
+                seq: 7,
+                bookmark_id: BookmarkId::new("b").unwrap(),
+            }
+            .to_string(),
+            "ferry/v1/disks/0f8fad5b-d9cb-469f-a165-70867728950e/points/e0000000002/00000000000000000007-b.fseal"
         );
     }
 
@@ -408,6 +529,12 @@ mod tests {
             format!("ferry/v1/groups/{d}/points/123-x.fseal"),
             format!("/ferry/v1/disks/{d}/disk.fseal"),
             "ferry/v1/vault.json.fseal".to_string(),
+            format!("ferry/v1/disks/{d}/log/e0000000000/00000000000000000001-00000000000000000002.fseal"),
+            format!("ferry/v1/disks/{d}/log/e1/00000000000000000001-00000000000000000002.fseal"),
+            format!("ferry/v1/disks/{d}/log/e0000000001/e0000000001/00000000000000000001-00000000000000000002.fseal"),
+            format!("ferry/v1/disks/{d}/points/e0000000001/3-a.fseal"),
+            format!("ferry/v1/disks/{d}/owners/1.fseal"),
+            format!("ferry/v1/disks/{d}/lease.fseal"),
         ] {
             assert!(ObjectName::parse(&bad).is_err(), "{bad} should be rejected");
         }

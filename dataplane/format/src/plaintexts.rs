@@ -42,6 +42,22 @@ pub struct ReprotectFrom {
     pub seq: u64,
 }
 
+/// `disks/{disk_id}/owners/{epoch:010}.fseal`: the process server that owns the disk from
+/// `since_seq` on, until the next epoch's record (docs/FORMATS.md "Ownership"). Created once
+/// (never replaced) by the owner holding the disk's lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub format: u32,
+    pub disk_id: Uuid,
+    pub epoch: u64,
+    /// The owner's lease id: a UUID that names the process server.
+    pub owner_id: Uuid,
+    pub owner_name: String,
+    /// The first seq this epoch may write; the batches before it are the earlier epochs'.
+    pub since_seq: u64,
+    pub claimed_unix_ms: u64,
+}
+
 /// `disks/{disk_id}/points/{seq:020}-{bookmark_id}.fseal`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryPoint {

@@ -7,6 +7,9 @@ use uuid::Uuid;
 use crate::keys::{Keyring, VaultKey};
 
 pub const VAULT_FORMAT: u32 = 1;
+/// The format of a vault that holds objects of an owner epoch above 0 (scale-out takeovers,
+/// docs/FORMATS.md "Ownership"): a reader must apply the owners' records to use them.
+pub const VAULT_FORMAT_EPOCHS: u32 = 2;
 /// `vault.json` is a few hundred bytes; anything much larger is not one.
 pub const VAULT_JSON_MAX_BYTES: usize = 64 * 1024;
 
@@ -24,7 +27,7 @@ pub enum VaultError {
     WrongKey { vault_id: Uuid },
     #[error("vault.json is not valid: {0}")]
     Invalid(String),
-    #[error("vault.json has format {0}; this version reads format 1")]
+    #[error("vault.json has format {0}; this version reads formats 1 and 2")]
     UnsupportedFormat(u32),
 }
 
@@ -44,7 +47,7 @@ impl VaultDescriptor {
             return Err(VaultError::Invalid(format!("{} bytes is too large", bytes.len())));
         }
         let parsed: Self = serde_json::from_slice(bytes).map_err(|e| VaultError::Invalid(e.to_string()))?;
-        if parsed.format != VAULT_FORMAT {
+        if !matches!(parsed.format, VAULT_FORMAT | VAULT_FORMAT_EPOCHS) {
             return Err(VaultError::UnsupportedFormat(parsed.format));
         }
         Ok(parsed)
@@ -84,9 +87,11 @@ mod tests {
         let v2 = String::from_utf8(vault.to_json())
             .unwrap()
             .replace("\"format\": 1", "\"format\": 2");
+        assert_eq!(VaultDescriptor::parse(v2.as_bytes()).unwrap().format, 2);
+        let v3 = v2.replace("\"format\": 2", "\"format\": 3");
         assert_eq!(
-            VaultDescriptor::parse(v2.as_bytes()),
-            Err(VaultError::UnsupportedFormat(2))
+            VaultDescriptor::parse(v3.as_bytes()),
+            Err(VaultError::UnsupportedFormat(3))
         );
     }
 }

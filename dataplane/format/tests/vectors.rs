@@ -186,6 +186,7 @@ fn sealed_cases() -> Vec<(String, Vec<u8>, i32, u8)> {
         (
             ObjectName::Log {
                 disk_id: disk,
+                epoch: 0,
                 first_seq: 1,
                 last_seq: 1,
             }
@@ -197,6 +198,7 @@ fn sealed_cases() -> Vec<(String, Vec<u8>, i32, u8)> {
         (
             ObjectName::Point {
                 disk_id: disk,
+                epoch: 0,
                 seq: 1,
                 bookmark_id: BookmarkId::new("crash-0001").unwrap(),
             }

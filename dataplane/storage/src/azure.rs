@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{AzureCredentialConfig, AzureTargetConfig};
 use crate::{
-    validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind, StorageError, TokenBucket,
-    LIST_PAGE_MAX,
+    validate_name, validate_prefix, LeaseAnswer, LeaseOp, ObjectMeta, ObjectStorage, Operation, PermanentKind,
+    StorageError, TokenBucket, LIST_PAGE_MAX,
 };
 
 /// The REST API version used for the container call.
@@ -36,7 +36,12 @@ const API_VERSION: &str = "2021-08-06";
 pub struct AzureBlob {
     store: MicrosoftAzure,
     config: AzureTargetConfig,
+    /// Signs the URLs of lease calls (`object_store` has none; `azure_storage_blob` does).
+    signer: crate::blob_url::BlobSigner,
 }
+
+/// How long a lease call's signed URL is good for: one call.
+const LEASE_URL_VALID_FOR: Duration = Duration::from_secs(300);
 
 impl AzureBlob {
     /// Builds the client, creates the container when configured to, and checks that the
@@ -65,9 +70,11 @@ impl AzureBlob {
                 invalid(concise(&text))
             }
         })?;
+        let signer = crate::blob_url::BlobSigner::new(config, &config.container).map_err(invalid)?;
         let blob = Self {
             store,
             config: config.clone(),
+            signer,
         };
         if config.create_container {
             blob.create_container().await?;
@@ -513,6 +520,73 @@ impl ObjectStorage for AzureBlob {
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_error(Operation::Delete, name, e)),
         }
+    }
+
+    async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError> {
+        let path = self.path(name)?;
+        let options = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self.store.put_opts(&path, PutPayload::from_bytes(data), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(map_error(Operation::Put, name, e)),
+        }
+    }
+
+    /// Lease Blob through `azure_storage_blob`: 409 (a lease present, or another lease id) is
+    /// [`LeaseAnswer::Refused`]; a missing blob is created empty and the call made again.
+    async fn lease(&self, name: &str, op: LeaseOp) -> Result<LeaseAnswer, StorageError> {
+        use crate::page_blob::{error, status_of};
+        validate_name(name)?;
+        op.validate().map_err(|message| StorageError::Permanent {
+            operation: Operation::Lease,
+            name: name.to_string(),
+            kind: PermanentKind::InvalidRequest,
+            message,
+        })?;
+        let url = self.signer.url(name, reqwest::Method::PUT, LEASE_URL_VALID_FOR).await?;
+        let client = azure_storage_blob::BlobClient::new(url, None, None)
+            .map_err(|e| error(Operation::Lease, name, &e, None))?;
+        for attempt in 0..2 {
+            let result = match &op {
+                LeaseOp::Acquire {
+                    lease_id,
+                    duration_secs,
+                } => {
+                    let options = azure_storage_blob::models::BlobClientAcquireLeaseOptions {
+                        proposed_lease_id: Some(lease_id.clone()),
+                        ..Default::default()
+                    };
+                    client
+                        .acquire_lease(*duration_secs as i32, Some(options))
+                        .await
+                        .map(|_| ())
+                }
+                LeaseOp::Renew { lease_id } => client.renew_lease(lease_id.clone(), None).await.map(|_| ()),
+                LeaseOp::Release { lease_id } => client.release_lease(lease_id.clone(), None).await.map(|_| ()),
+            };
+            match result {
+                Ok(()) => return Ok(LeaseAnswer::Granted),
+                Err(e) if status_of(&e) == Some(409) => return Ok(LeaseAnswer::Refused),
+                Err(e)
+                    if status_of(&e) == Some(404) && attempt == 0 && !e.to_string().contains("ContainerNotFound") =>
+                {
+                    if matches!(op, LeaseOp::Acquire { .. }) {
+                        self.put_new(name, Bytes::new()).await?;
+                    } else {
+                        return Ok(LeaseAnswer::Refused); // no blob: no lease of ours
+                    }
+                }
+                Err(e) => return Err(error(Operation::Lease, name, &e, status_of(&e))),
+            }
+        }
+        Err(StorageError::Transient {
+            operation: Operation::Lease,
+            name: name.to_string(),
+            message: "the leased blob disappeared while it was being created".into(),
+        })
     }
 
     fn describe(&self) -> String {

@@ -87,6 +87,14 @@ impl ObjectStorage for Discard {
         self.metadata.delete(name).await
     }
 
+    async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError> {
+        self.metadata.put_new(name, data).await
+    }
+
+    async fn lease(&self, name: &str, op: crate::LeaseOp) -> Result<crate::LeaseAnswer, StorageError> {
+        self.metadata.lease(name, op).await
+    }
+
     fn describe(&self) -> String {
         format!(
             "discard target (change sets dropped; metadata in {})",

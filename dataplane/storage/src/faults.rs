@@ -231,6 +231,14 @@ impl<S: ObjectStorage> ObjectStorage for FaultInjecting<S> {
         self.run(Operation::Delete, name, self.inner.delete(name)).await
     }
 
+    async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError> {
+        self.run(Operation::Put, name, self.inner.put_new(name, data)).await
+    }
+
+    async fn lease(&self, name: &str, op: crate::LeaseOp) -> Result<crate::LeaseAnswer, StorageError> {
+        self.run(Operation::Lease, name, self.inner.lease(name, op)).await
+    }
+
     fn describe(&self) -> String {
         format!("{} (with injected faults)", self.inner.describe())
     }

@@ -22,16 +22,19 @@ use std::fmt;
 use std::ops::Range;
 
 pub mod azure;
+mod blob_url;
 pub mod config;
 pub mod discard;
 pub mod faults;
 pub mod group_sync;
+pub mod lease;
 pub mod local;
 pub mod pacing;
 pub mod page_blob;
 pub mod retry;
 
 pub use config::{AzureCredentialConfig, AzureTargetConfig, LocalTargetConfig, Secret, TargetConfig};
+pub use lease::{LeaseAnswer, LeaseOp};
 pub use pacing::TokenBucket;
 pub use retry::RetryPolicy;
 
@@ -56,6 +59,7 @@ pub enum Operation {
     List,
     Delete,
     CreateContainer,
+    Lease,
 }
 
 impl fmt::Display for Operation {
@@ -67,6 +71,7 @@ impl fmt::Display for Operation {
             Operation::List => "list",
             Operation::Delete => "delete",
             Operation::CreateContainer => "create container",
+            Operation::Lease => "lease",
         })
     }
 }
@@ -188,6 +193,12 @@ pub trait ObjectStorage: Send + Sync + fmt::Debug {
     async fn list_directories(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// Removes the object; a missing object is not an error.
     async fn delete(&self, name: &str) -> Result<(), StorageError>;
+    /// Stores `data` under `name` only if no object has that name: `Ok(true)` when created,
+    /// `Ok(false)` when one existed (left as it was). Of two racing creators exactly one wins.
+    async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError>;
+    /// An exclusive lease on `name` with Azure Blob lease semantics ([`lease`]); the object is
+    /// created empty when missing.
+    async fn lease(&self, name: &str, op: LeaseOp) -> Result<LeaseAnswer, StorageError>;
     /// Where this target points, for status and logs; never contains a secret.
     fn describe(&self) -> String;
 }
@@ -224,6 +235,12 @@ impl<T: ObjectStorage + ?Sized> ObjectStorage for std::sync::Arc<T> {
     }
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         (**self).delete(name).await
+    }
+    async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError> {
+        (**self).put_new(name, data).await
+    }
+    async fn lease(&self, name: &str, op: LeaseOp) -> Result<LeaseAnswer, StorageError> {
+        (**self).lease(name, op).await
     }
     fn describe(&self) -> String {
         (**self).describe()

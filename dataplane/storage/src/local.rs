@@ -232,6 +232,25 @@ impl Drop for PendingObject {
     }
 }
 
+/// `put` that never replaces: the temporary file is hard-linked to the name (which fails when
+/// the name exists), then removed; the link is made durable like a rename.
+fn put_new_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_sync::GroupSync) -> io::Result<bool> {
+    let mut object = PendingObject::create(root, path)?;
+    object.append(data)?;
+    sync.sync(&object.file)?;
+    let created = match fs::hard_link(&object.temporary, &object.path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e),
+    };
+    if created {
+        if let Some(dir) = path.parent() {
+            fsync_directory(dir)?;
+        }
+    }
+    Ok(created) // dropping `object` removes the temporary name
+}
+
 fn put_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_sync::GroupSync) -> io::Result<()> {
     let mut object = PendingObject::create(root, path)?;
     object.append(data)?;
@@ -421,6 +440,35 @@ impl ObjectStorage for LocalDirectory {
         })
         .await
         .map_err(|(e, n)| map_io(Operation::List, &n, e))
+    }
+
+    async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError> {
+        let path = self.path_of(name)?;
+        let (root, sync) = (self.root.clone(), self.sync.clone());
+        blocking(Operation::Put, name, move || {
+            put_new_blocking(&root, &path, &data, &sync)
+        })
+        .await
+        .map_err(|(e, n)| map_io(Operation::Put, &n, e))
+    }
+
+    async fn lease(&self, name: &str, op: crate::LeaseOp) -> Result<crate::LeaseAnswer, StorageError> {
+        op.validate().map_err(|message| StorageError::Permanent {
+            operation: Operation::Lease,
+            name: name.to_string(),
+            kind: PermanentKind::InvalidRequest,
+            message,
+        })?;
+        let path = self.path_of(name)?;
+        let root = self.root.clone();
+        blocking(Operation::Lease, name, move || {
+            if let Some(dir) = path.parent() {
+                create_directories_durably(&root, dir)?;
+            }
+            crate::lease::local_lease(&path, &op)
+        })
+        .await
+        .map_err(|(e, n)| map_io(Operation::Lease, &n, e))
     }
 
     async fn delete(&self, name: &str) -> Result<(), StorageError> {

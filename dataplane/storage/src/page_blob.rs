@@ -15,12 +15,10 @@ use azure_storage_blob::models::{HttpRange, PageBlobClientCreateOptions};
 use azure_storage_blob::{BlobClient, PageBlobClient};
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::path::Path as StorePath;
-use object_store::signer::Signer;
 use std::time::Duration;
 
-use crate::azure::{concise, redact, store_builder};
-use crate::config::{AzureCredentialConfig, AzureTargetConfig};
+use crate::azure::{concise, redact};
+use crate::config::AzureTargetConfig;
 use crate::{Operation, PermanentKind, StorageError};
 
 /// The largest Put Page.
@@ -47,7 +45,7 @@ impl std::fmt::Debug for PageBlob {
     }
 }
 
-fn error(operation: Operation, name: &str, e: impl std::fmt::Display, status: Option<u16>) -> StorageError {
+pub(crate) fn error(operation: Operation, name: &str, e: impl std::fmt::Display, status: Option<u16>) -> StorageError {
     let message = concise(&redact(&e.to_string()));
     let permanent = |kind| StorageError::Permanent {
         operation,
@@ -70,7 +68,7 @@ fn error(operation: Operation, name: &str, e: impl std::fmt::Display, status: Op
     }
 }
 
-fn status_of(e: &azure_core::Error) -> Option<u16> {
+pub(crate) fn status_of(e: &azure_core::Error) -> Option<u16> {
     e.http_status().map(u16::from)
 }
 
@@ -84,32 +82,8 @@ impl PageBlob {
             message: e,
         };
         let unsigned = format!("{}/{container}/{name}", config.account_url());
-        // A configured SAS token is used as it is; any other credential signs each URL.
-        enum Signing<'a> {
-            Token(&'a str),
-            Signer(object_store::azure::MicrosoftAzure, StorePath),
-        }
-        let signing = match &config.credential {
-            AzureCredentialConfig::Sas { token } => Signing::Token(token.expose().trim_start_matches('?')),
-            _ => Signing::Signer(
-                store_builder(config, container)
-                    .build()
-                    .map_err(|e| fail(concise(&redact(&e.to_string()))))?,
-                StorePath::parse(name).map_err(|e| fail(e.to_string()))?,
-            ),
-        };
-        let (unsigned_ref, signing) = (unsigned.as_str(), &signing);
-        let signed = |method: reqwest::Method| async move {
-            let url = match signing {
-                Signing::Token(token) => format!("{unsigned_ref}?{token}"),
-                Signing::Signer(store, path) => store
-                    .signed_url(method, path, SIGNED_FOR)
-                    .await
-                    .map_err(|e| error(Operation::Put, name, e, None))?
-                    .to_string(),
-            };
-            Url::parse(&url).map_err(|e| fail(redact(&e.to_string())))
-        };
+        let signer = crate::blob_url::BlobSigner::new(config, container).map_err(fail)?;
+        let signed = |method: reqwest::Method| signer.url(name, method, SIGNED_FOR);
         let client = |url: Url| PageBlobClient::new(url, None, None).map_err(|e| fail(redact(&e.to_string())));
         let write = client(signed(reqwest::Method::PUT).await?)?;
         let read_blob = BlobClient::new(signed(reqwest::Method::GET).await?, None, None)

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{ObjectMeta, ObjectStorage, StorageError, TokenBucket};
+use crate::{LeaseAnswer, LeaseOp, ObjectMeta, ObjectStorage, StorageError, TokenBucket};
 
 /// Bounds of the retry loop. Defaults: 8 attempts, 100 ms doubling to at most 10 s, within
 /// 120 s in all (an object PUT is retried for about two minutes before the caller hears).
@@ -162,6 +162,17 @@ impl<S: ObjectStorage> ObjectStorage for Retrying<S> {
 
     async fn delete(&self, name: &str) -> Result<(), StorageError> {
         self.with_retries(|| self.inner.delete(name)).await
+    }
+
+    /// A retry after a lost answer may find the object its own first attempt created: the
+    /// caller reads it back to tell (ownership records carry their writer).
+    async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError> {
+        self.with_retries(|| self.inner.put_new(name, data.clone())).await
+    }
+
+    /// Lease calls are idempotent for their own lease id, so retrying them is safe.
+    async fn lease(&self, name: &str, op: LeaseOp) -> Result<LeaseAnswer, StorageError> {
+        self.with_retries(|| self.inner.lease(name, op.clone())).await
     }
 
     fn describe(&self) -> String {

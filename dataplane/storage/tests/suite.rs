@@ -95,7 +95,9 @@ suite!(
     invalid_names_are_refused_before_io,
     large_and_concurrent_puts,
     paced_puts_land_whole_and_keep_the_rate,
-    directories_one_level_down
+    directories_one_level_down,
+    put_new_creates_once,
+    leases_follow_blob_semantics
 );
 
 mod cases {
@@ -266,6 +268,99 @@ mod cases {
         assert_eq!(s.list_directories("").await.unwrap(), ["d/", "e/"]);
         assert!(s.list_directories("missing/").await.unwrap().is_empty());
         assert!(s.list_directories("d").await.is_err(), "a prefix ends with '/'");
+    }
+
+    pub async fn put_new_creates_once(s: &dyn ObjectStorage) {
+        let name = "ferry/v1/disks/d/owners/0000000001.fseal";
+        assert!(s.put_new(name, pattern(100, 1)).await.unwrap(), "created");
+        assert!(
+            !s.put_new(name, pattern(50, 2)).await.unwrap(),
+            "a second creator loses"
+        );
+        assert_eq!(s.get(name).await.unwrap(), pattern(100, 1), "and changes nothing");
+        // Racing creators: exactly one wins.
+        let racers = (0..8u8).map(|i| s.put_new("race/obj", pattern(64, i)));
+        let won = futures::future::join_all(racers).await;
+        assert_eq!(won.iter().filter(|w| matches!(w, Ok(true))).count(), 1, "{won:?}");
+        assert_eq!(
+            list_all(s, "race/").await.unwrap().len(),
+            1,
+            "no temporaries are listed"
+        );
+    }
+
+    pub async fn leases_follow_blob_semantics(s: &dyn ObjectStorage) {
+        use ferry_storage::{LeaseAnswer::*, LeaseOp};
+        let (a, b) = (
+            "0f8fad5b-d9cb-469f-a165-70867728950e".to_string(),
+            "7c9e6679-7425-40de-944b-e07fc1f90ae7".to_string(),
+        );
+        let acquire = |id: &String, secs| LeaseOp::Acquire {
+            lease_id: id.clone(),
+            duration_secs: secs,
+        };
+        let renew = |id: &String| LeaseOp::Renew { lease_id: id.clone() };
+        let release = |id: &String| LeaseOp::Release { lease_id: id.clone() };
+        let name = "ferry/v1/disks/d/lease";
+        assert_eq!(
+            s.lease(name, acquire(&a, 60)).await.unwrap(),
+            Granted,
+            "a missing object is made and leased"
+        );
+        assert_eq!(
+            s.lease(name, acquire(&a, 60)).await.unwrap(),
+            Granted,
+            "acquiring again is idempotent"
+        );
+        assert_eq!(
+            s.lease(name, acquire(&b, 60)).await.unwrap(),
+            Refused,
+            "one holder at a time"
+        );
+        assert_eq!(s.lease(name, renew(&a)).await.unwrap(), Granted);
+        assert_eq!(s.lease(name, renew(&b)).await.unwrap(), Refused);
+        assert_eq!(
+            s.lease(name, release(&b)).await.unwrap(),
+            Refused,
+            "only the holder releases"
+        );
+        assert_eq!(s.lease(name, release(&a)).await.unwrap(), Granted);
+        assert_eq!(
+            s.lease(name, acquire(&b, 15)).await.unwrap(),
+            Granted,
+            "released: free for the next"
+        );
+        assert_eq!(
+            s.lease(name, renew(&a)).await.unwrap(),
+            Refused,
+            "a's lease is lost for good"
+        );
+        let bad = s
+            .lease(
+                name,
+                LeaseOp::Renew {
+                    lease_id: "not-a-uuid".into(),
+                },
+            )
+            .await;
+        assert!(bad.is_err(), "a lease id that is not a UUID is refused");
+        let short = s.lease(name, acquire(&a, 5)).await;
+        assert!(short.is_err(), "a lease shorter than 15 s is refused");
+        // Wall clock: b's 15 s lease runs out unless renewed, and then a may take it.
+        let started = std::time::Instant::now();
+        assert_eq!(s.lease(name, acquire(&a, 15)).await.unwrap(), Refused);
+        tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+        assert_eq!(
+            s.lease(name, acquire(&a, 15)).await.unwrap(),
+            Granted,
+            "expired after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            s.lease(name, renew(&b)).await.unwrap(),
+            Refused,
+            "an expired lease taken by another is lost"
+        );
     }
 
     trait PutOwned {

@@ -214,7 +214,7 @@ pub async fn written_between(
     if low >= high {
         return Ok(written);
     }
-    let objects = crate::log::list(&*storage, descriptor.disk_id).await?;
+    let objects = crate::log::list(&*storage, &key, descriptor.disk_id).await?;
     let Ok(chain) = crate::log::cover(objects, low, high) else {
         written.touched = ChangedBlocks::all(descriptor.size_bytes);
         return Ok(written);

@@ -10,6 +10,7 @@
 //! - [`failover`]: failover outputs (fixed VHD or raw files) and the failover records.
 //! - [`group_points`]: a consistency group's points (the members' disks and seqs).
 //! - [`image`]: image files (records in place, zeros as holes).
+//! - [`owners`]: who owned a disk when (scale-out takeovers), and the fencing rule readers apply.
 //! - [`points`]: a disk's recovery points, and choosing one (latest, app, by id, seq, time).
 //! - [`restore`]: a disk image at a seq, from its newest base and the log after it.
 //! - [`vhd`]: the fixed VHD footer (failover outputs Azure and hypervisors boot).
@@ -24,6 +25,7 @@ pub mod failover;
 pub mod group_points;
 pub mod image;
 pub mod log;
+pub mod owners;
 pub mod points;
 pub mod restore;
 pub mod retention;

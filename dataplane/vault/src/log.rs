@@ -25,17 +25,34 @@ pub struct LogObject {
     pub last_seq: u64,
 }
 
-/// Every change set of `disk_id` in storage (names of other formats are skipped).
-pub async fn list(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<Vec<LogObject>> {
+/// Every change set of `disk_id` in storage that may be used: names of other formats are
+/// skipped, and so are objects of an owner epoch that does not own their seqs ([`crate::owners`]).
+pub async fn list(storage: &dyn ObjectStorage, key: &ObjectKey, disk_id: Uuid) -> Result<Vec<LogObject>> {
+    let history = crate::owners::History::read(storage, key, disk_id).await?;
+    list_with(storage, &history, disk_id).await
+}
+
+/// [`list`] with the owner history already read.
+pub async fn list_with(
+    storage: &dyn ObjectStorage,
+    history: &crate::owners::History,
+    disk_id: Uuid,
+) -> Result<Vec<LogObject>> {
     let mut objects = Vec::new();
     for meta in list_all(storage, &ObjectName::disk_prefix(disk_id, "log/"))
         .await
         .context("cannot list the log")?
     {
         if let Ok(ObjectName::Log {
-            first_seq, last_seq, ..
+            epoch,
+            first_seq,
+            last_seq,
+            ..
         }) = ObjectName::parse(&meta.name)
         {
+            if !history.counts(epoch, first_seq, last_seq) {
+                continue; // written by a stale owner after a takeover: never used
+            }
             objects.push(LogObject {
                 name: meta.name,
                 first_seq,
@@ -44,6 +61,34 @@ pub async fn list(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<Vec<LogO
         }
     }
     Ok(objects)
+}
+
+/// Every change set of `disk_id` in storage, of every owner epoch, used or not (for deleting
+/// what a base replaced).
+pub async fn list_every_epoch(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<Vec<LogObject>> {
+    let everything = crate::owners::History::every_epoch();
+    list_with(storage, &everything, disk_id).await
+}
+
+/// The last seq of the contiguous prefix of `disk_id`'s state in storage: its newest base,
+/// then every batch the usable log holds without a gap after it (0 when nothing is stored).
+/// A new owner of the disk starts after it.
+pub async fn stored_prefix(
+    storage: &dyn ObjectStorage,
+    history: &crate::owners::History,
+    disk_id: Uuid,
+) -> Result<u64> {
+    let bases = crate::base::list(storage, disk_id).await?;
+    let mut next = bases.manifests.last().copied().unwrap_or(0) + 1;
+    let mut objects = list_with(storage, history, disk_id).await?;
+    objects.sort_by_key(|o| o.first_seq);
+    for object in objects {
+        if object.first_seq > next {
+            break;
+        }
+        next = next.max(object.last_seq + 1);
+    }
+    Ok(next - 1)
 }
 
 /// The chain of objects that covers `after + 1 ..= target`: at each step the object that

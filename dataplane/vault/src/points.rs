@@ -17,12 +17,17 @@ pub async fn read_all(
     disk_id: Uuid,
     parallel: usize,
 ) -> Result<Vec<(String, RecoveryPoint)>> {
+    let history = crate::owners::History::read(&**storage, key, disk_id).await?;
+    // A point counts only if its epoch owned its seq ([`crate::owners`]).
     let names: Vec<String> = list_all(&**storage, &ObjectName::disk_prefix(disk_id, "points/"))
         .await
         .context("cannot list the recovery points")?
         .into_iter()
         .map(|meta| meta.name)
-        .filter(|name| matches!(ObjectName::parse(name), Ok(ObjectName::Point { .. })))
+        .filter(|name| match ObjectName::parse(name) {
+            Ok(ObjectName::Point { epoch, seq, .. }) => history.counts(epoch, seq, seq),
+            _ => false,
+        })
         .collect();
     let (storage, key) = (storage.clone(), key.clone());
     let mut points: Vec<(String, RecoveryPoint)> = futures::stream::iter(names.into_iter().map(move |name| {
@@ -37,6 +42,42 @@ pub async fn read_all(
     .await?;
     points.sort_by_key(|(_, point)| point.seq);
     Ok(points)
+}
+
+/// The name of the disk's recovery point with the highest seq that counts (fencing applied),
+/// found without reading any point.
+pub async fn newest_name(storage: &dyn ObjectStorage, key: &ObjectKey, disk_id: Uuid) -> Result<Option<String>> {
+    let history = crate::owners::History::read(storage, key, disk_id).await?;
+    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "points/"))
+        .await
+        .context("cannot list the recovery points")?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|m| match ObjectName::parse(&m.name) {
+            Ok(ObjectName::Point { epoch, seq, .. }) if history.counts(epoch, seq, seq) => Some((seq, m.name)),
+            _ => None,
+        })
+        .max_by_key(|(seq, _)| *seq)
+        .map(|(_, name)| name))
+}
+
+/// Whether the disk's point `bookmark_id` at `seq` is in storage, written by the owner epoch
+/// of that seq (any epoch's name: the disk may have moved between process servers).
+pub async fn exists(
+    storage: &dyn ObjectStorage,
+    key: &ObjectKey,
+    disk_id: Uuid,
+    seq: u64,
+    bookmark_id: &str,
+) -> Result<bool> {
+    let history = crate::owners::History::read(storage, key, disk_id).await?;
+    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "points/"))
+        .await
+        .context("cannot list the recovery points")?;
+    Ok(listed.iter().any(|meta| {
+        matches!(ObjectName::parse(&meta.name), Ok(ObjectName::Point { epoch, seq: s, bookmark_id: b, .. })
+            if s == seq && b.as_str() == bookmark_id && history.counts(epoch, s, s))
+    }))
 }
 
 /// Which state of a disk is wanted.

@@ -126,7 +126,7 @@ pub async fn restore_with(
     let key = Arc::new(keyring.disk_key(disk_id));
     let bases = crate::base::list(&*storage, disk_id).await?;
     let base_seq = bases.newest_at_or_below(seq);
-    let objects = crate::log::list(&*storage, disk_id).await?;
+    let objects = crate::log::list(&*storage, &key, disk_id).await?;
     let chain = match crate::log::cover(objects, base_seq.unwrap_or(0), seq) {
         Ok(chain) => chain,
         // Below the oldest base, the log it replaced may be gone (or going: a consolidation

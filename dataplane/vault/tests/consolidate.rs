@@ -145,6 +145,7 @@ async fn vault_with(write_ordered: bool, point_every: u64) -> Vault {
         if seq % PER_OBJECT == 0 {
             let name = ObjectName::Log {
                 disk_id,
+                epoch: 0,
                 first_seq: seq - PER_OBJECT + 1,
                 last_seq: seq,
             };
@@ -167,6 +168,7 @@ async fn vault_with(write_ordered: bool, point_every: u64) -> Vault {
         };
         let name = ObjectName::Point {
             disk_id,
+            epoch: 0,
             seq,
             bookmark_id: BookmarkId::new(&format!("p{seq}")).unwrap(),
         };
@@ -492,6 +494,7 @@ async fn a_disk_that_grows_after_its_base_keeps_restoring() {
     });
     let log = ObjectName::Log {
         disk_id: vault.disk_id,
+        epoch: 0,
         first_seq: seq,
         last_seq: seq,
     };
@@ -509,6 +512,7 @@ async fn a_disk_that_grows_after_its_base_keeps_restoring() {
     };
     let name = ObjectName::Point {
         disk_id: vault.disk_id,
+        epoch: 0,
         seq,
         bookmark_id: BookmarkId::new(&format!("p{seq}")).unwrap(),
     };

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 const LISTEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A loopback port free now, for a listener a test or tool starts next. Ports are tried from
-/// a point that differs per call and per process, so concurrent callers rarely meet.
+/// a point that differs per call and per process, and each port handed out is claimed for the
+/// calling process's life (a file naming its pid under the temporary directory), so two live
+/// processes never get the same port between choosing it and binding it (tests running side
+/// by side did, now and then).
 pub fn free_port() -> anyhow::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static CALLS: AtomicU32 = AtomicU32::new(0);
@@ -25,11 +28,43 @@ pub fn free_port() -> anyhow::Result<u16> {
             .map_or(0, |d| d.subsec_nanos());
     for step in 0..span {
         let port = LISTEN_PORTS.start + ((seed.wrapping_add(step * 7_919)) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && claim_port(port) {
             return Ok(port);
         }
     }
     bail!("no free loopback port in {LISTEN_PORTS:?}")
+}
+
+/// Claims `port` for this process: false when a live process claimed it already.
+fn claim_port(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("ferry-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true; // no claims possible: the bind check alone
+    }
+    let path = dir.join(port.to_string());
+    let me = std::process::id();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                return file.write_all(me.to_string().as_bytes()).is_ok();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok());
+                let alive =
+                    owner.is_some_and(|pid| pid == me || std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if alive {
+                    return false;
+                }
+                // Its claimer is gone (or never wrote its pid): take it over.
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// Waits (at most 60 s) until `address` accepts connections; fails early if `child` exits.

@@ -16,3 +16,4 @@ mod pipeline;
 mod retention;
 mod scale_out;
 mod snapshot;
+mod takeover;

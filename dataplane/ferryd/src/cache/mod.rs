@@ -26,6 +26,7 @@ pub mod aligned;
 pub mod engine;
 pub mod record;
 mod recovery;
+mod takeover;
 mod void;
 mod writer;
 
@@ -100,6 +101,10 @@ pub struct DiskMeta {
     /// A reprotected disk: where its restore starts (the descriptor says it; FORMATS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reprotect_from: Option<ferry_format::plaintexts::ReprotectFrom>,
+    /// The owner epoch this appliance holds the disk in (docs/SCALE-OUT.md): its cached
+    /// batches are uploaded under it, and a release of another epoch is ignored.
+    #[serde(default)]
+    pub owner_epoch: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -592,11 +597,16 @@ impl Cache {
 
     /// The pipeline stored every batch of `disk_id` through `through_seq`: persist that, then
     /// forget those batches and delete the segments nothing lives in any more.
-    pub fn release(&self, disk_id: Uuid, through_seq: u64) -> Result<(), CacheError> {
+    /// A release asked under another owner epoch than the disk's now (the disk was taken over
+    /// meanwhile, see `takeover.rs`) does nothing.
+    pub fn release(&self, disk_id: Uuid, through_seq: u64, epoch: u64) -> Result<(), CacheError> {
         let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (file, through) = {
             let state = self.shared.state();
             let disk = state.disks.get(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
+            if disk.meta.owner_epoch != epoch {
+                return Ok(());
+            }
             let through = through_seq.min(disk.durable_seq);
             if through <= disk.released_through {
                 return Ok(());
@@ -629,13 +639,7 @@ impl Cache {
             disk.released_through = through;
             disk.recent = file.recent.iter().copied().collect();
             for entry in released.values() {
-                if let Some(segment) = state.segments.get_mut(&entry.segment_id) {
-                    segment.live_records = segment.live_records.saturating_sub(1);
-                    segment.live_bytes = segment.live_bytes.saturating_sub(entry.record_len);
-                }
-                if let Some(resident) = &entry.resident {
-                    state.resident_bytes = state.resident_bytes.saturating_sub(resident.len() as u64);
-                }
+                forget_entry(&mut state.segments, &mut state.resident_bytes, entry);
             }
             take_empty_segments(state)
         };
@@ -717,6 +721,18 @@ fn view(disk: &DiskState) -> DiskView {
         durable_seq: disk.durable_seq,
         released_through: disk.released_through,
         cached_batches: disk.entries.len(),
+    }
+}
+
+/// Takes a forgotten batch's record out of its segment's live counts, and its resident bytes
+/// (if it was kept in memory) out of the resident total.
+fn forget_entry(segments: &mut BTreeMap<u64, SegmentInfo>, resident_bytes: &mut u64, entry: &Entry) {
+    if let Some(segment) = segments.get_mut(&entry.segment_id) {
+        segment.live_records = segment.live_records.saturating_sub(1);
+        segment.live_bytes = segment.live_bytes.saturating_sub(entry.record_len);
+    }
+    if let Some(resident) = &entry.resident {
+        *resident_bytes = resident_bytes.saturating_sub(resident.len() as u64);
     }
 }
 

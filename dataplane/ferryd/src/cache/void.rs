@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::record::SEGMENT_HEADER_LEN;
 use super::DISK_META_VERSION;
-use super::{delete_segments, take_empty_segments, view, Cache, CacheError, DiskView, DISK_META_MAGIC};
+use super::{delete_segments, forget_entry, take_empty_segments, view, Cache, CacheError, DiskView, DISK_META_MAGIC};
 use ferry_durable::checked;
 
 /// Most outstanding marks per disk.
@@ -104,13 +104,7 @@ impl Cache {
             let Some(entry) = disk.entries.remove(seq) else {
                 continue;
             };
-            if let Some(segment) = state.segments.get_mut(&entry.segment_id) {
-                segment.live_records = segment.live_records.saturating_sub(1);
-                segment.live_bytes = segment.live_bytes.saturating_sub(entry.record_len);
-            }
-            if let Some(resident) = &entry.resident {
-                state.resident_bytes = state.resident_bytes.saturating_sub(resident.len() as u64);
-            }
+            forget_entry(&mut state.segments, &mut state.resident_bytes, &entry);
         }
         let answer = view(disk);
         let empty = take_empty_segments(state);

@@ -111,6 +111,12 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     // the configured retry policy.
     drop(first_try);
     let tuning = Arc::new(crate::pipeline::tuning::Tuning::new(&config.pipeline));
+    let server_cert_der = tls::read_certs(&layout.server_cert_file())?.remove(0);
+    let ownership = Arc::new(crate::ownership::Ownership::new(
+        crate::ownership::Ownership::id_from_certificate(&server_cert_der),
+        config.server.advertised_data_endpoint.clone(),
+        Duration::from_secs(u64::from(config.server.lease_secs)),
+    ));
     let retention = Arc::new(
         crate::retention::Retention::new(layout.retention_scratch_dir(), config.retention.nice)
             .context("cannot start the consolidation runtime")?,
@@ -121,6 +127,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         vault_key,
         target::OnTarget {
             cache: cache.clone(),
+            ownership: ownership.clone(),
             status: pipeline.clone(),
             tuning: tuning.clone(),
             retention: retention.clone(),
@@ -150,7 +157,9 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         commands: Default::default(),
         groups,
         barriers: Default::default(),
+        ownership: ownership.clone(),
     });
+    tokio::spawn(crate::ownership::run(ownership, cache.clone(), stopped.clone()));
     let control_socket = state.layout.resolve(&state.config.server.control_socket);
     let control_listener = control::bind(&control_socket)?;
     // One line tests and operators can wait for: both endpoints accept connections now.

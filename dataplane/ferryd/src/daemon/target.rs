@@ -87,6 +87,7 @@ pub(super) async fn connect(
 /// committed failovers' marks (crate::failed_over).
 pub(super) struct OnTarget {
     pub cache: Cache,
+    pub ownership: Arc<crate::ownership::Ownership>,
     pub status: crate::pipeline::PipelineStatus,
     pub tuning: Arc<crate::pipeline::tuning::Tuning>,
     pub retention: Arc<crate::retention::Retention>,
@@ -103,6 +104,7 @@ pub(super) async fn start_pipeline(
 ) {
     let OnTarget {
         cache,
+        ownership,
         status,
         tuning,
         retention,
@@ -142,5 +144,6 @@ pub(super) async fn start_pipeline(
         for_retention.1.clone(),
     ));
     let _ = retention.vault.set(for_retention);
-    crate::pipeline::start(cache, storage, keyring, tuning, status, stopped);
+    ownership.connect(storage.clone(), keyring.clone());
+    crate::pipeline::start(cache, ownership, storage, keyring, tuning, status, stopped);
 }

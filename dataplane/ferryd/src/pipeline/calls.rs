@@ -4,6 +4,11 @@
 //! and reports a [`Done`] on a bounded channel, so the coordinator never waits on storage or
 //! the disk, and one disk's slow or failing call never holds up another disk's commits.
 //!
+//! Ownership: each call is made for the owner epoch the coordinator's disk was in; points are
+//! named with it, and a storage write is made only while [`crate::ownership::Ownership`] says
+//! the disk is writable in that epoch (checked right before it). Answers carry the epoch so the
+//! coordinator drops those of a disk taken over meanwhile.
+//!
 //! Bounds: at most [`STORAGE_CALLS_MAX`] storage calls and [`RELEASES_MAX`] releases run at
 //! once (the rest wait for a permit); the coordinator puts out at most one call of each kind
 //! per disk (its [`super::ledger::Ledger`] enforces that for points and releases), so the
@@ -94,11 +99,12 @@ pub struct Calls {
     storage: Arc<dyn ObjectStorage>,
     keyring: Keyring,
     cache: Cache,
+    ownership: Arc<crate::ownership::Ownership>,
     bucket: Arc<ferry_storage::TokenBucket>,
     status: PipelineStatus,
     storage_permits: Arc<Semaphore>,
     release_permits: Arc<Semaphore>,
-    done: mpsc::Sender<Done>,
+    done: mpsc::Sender<(u64, Done)>,
 }
 
 impl Calls {
@@ -107,14 +113,16 @@ impl Calls {
         storage: Arc<dyn ObjectStorage>,
         keyring: Keyring,
         cache: Cache,
+        ownership: Arc<crate::ownership::Ownership>,
         bucket: Arc<ferry_storage::TokenBucket>,
         status: PipelineStatus,
-    ) -> (Self, mpsc::Receiver<Done>) {
+    ) -> (Self, mpsc::Receiver<(u64, Done)>) {
         let (done, answers) = mpsc::channel(DONE_QUEUE_DEPTH);
         let calls = Self {
             storage,
             keyring,
             cache,
+            ownership,
             bucket,
             status,
             storage_permits: Arc::new(Semaphore::new(STORAGE_CALLS_MAX)),
@@ -124,8 +132,9 @@ impl Calls {
         (calls, answers)
     }
 
-    /// Runs `call` in its own task; its answer arrives on the receiver.
-    pub fn start(&self, call: Call) {
+    /// Runs `call` for the disk in owner epoch `epoch` in its own task; its answer arrives on
+    /// the receiver with the epoch.
+    pub fn start(&self, epoch: u64, call: Call) {
         let this = self.clone();
         tokio::spawn(async move {
             let permits = match call {
@@ -135,27 +144,29 @@ impl Calls {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let done = this.run(call).await;
+            let done = this.run(epoch, call).await;
             // Closed only when the pipeline stopped: the answer no longer matters.
-            let _ = this.done.send(done).await;
+            let _ = this.done.send((epoch, done)).await;
         });
     }
 
-    async fn run(&self, call: Call) -> Done {
+    async fn run(&self, epoch: u64, call: Call) -> Done {
         match call {
             Call::Descriptor(descriptor) => {
                 let name = ObjectName::DiskMeta {
                     disk_id: descriptor.disk_id,
                 }
                 .to_string();
-                let result = self.put_sealed_json(descriptor.disk_id, &name, &descriptor).await;
+                let result = self
+                    .put_sealed_json(descriptor.disk_id, epoch, &name, &descriptor)
+                    .await;
                 Done::Descriptor { descriptor, result }
             }
             Call::Points { disk_id, points } => {
                 let mut written = Vec::with_capacity(points.len());
                 let mut error = None;
                 for (_, found) in &points {
-                    match self.write_point(disk_id, found).await {
+                    match self.write_point(disk_id, epoch, found).await {
                         Ok(summary) => written.push(summary),
                         Err(e) => {
                             error = Some(e);
@@ -175,7 +186,7 @@ impl Calls {
             },
             Call::Release { disk_id, through } => {
                 let cache = self.cache.clone();
-                let result = match tokio::task::spawn_blocking(move || cache.release(disk_id, through)).await {
+                let result = match tokio::task::spawn_blocking(move || cache.release(disk_id, through, epoch)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(CallError::Local(format!("cannot release the cache: {e}"))),
                     Err(e) => Err(CallError::Local(format!("cannot release the cache: {e}"))),
@@ -190,9 +201,15 @@ impl Calls {
     async fn put_sealed_json<T: serde::Serialize>(
         &self,
         disk_id: Uuid,
+        epoch: u64,
         name: &str,
         value: &T,
     ) -> Result<(), CallError> {
+        if self.ownership.writable(disk_id) != Some(epoch) {
+            return Err(CallError::Local(format!(
+                "this process server does not hold disk {disk_id}'s lease in epoch {epoch} right now"
+            )));
+        }
         let json = serde_json::to_vec(value).map_err(|e| CallError::Local(e.to_string()))?;
         let key = self.keyring.disk_key(disk_id);
         let sealed = ferry_format::seal::seal(&key, name, &json, 1).map_err(|e| CallError::Local(e.to_string()))?;
@@ -204,10 +221,11 @@ impl Calls {
         Ok(())
     }
 
-    async fn write_point(&self, disk_id: Uuid, found: &FoundBookmark) -> Result<PointSummary, CallError> {
+    async fn write_point(&self, disk_id: Uuid, epoch: u64, found: &FoundBookmark) -> Result<PointSummary, CallError> {
         let bookmark_id = BookmarkId::new(found.bookmark.id.as_str()).map_err(|e| CallError::Local(e.to_string()))?;
         let name = ObjectName::Point {
             disk_id,
+            epoch,
             seq: found.seq,
             bookmark_id,
         }
@@ -233,19 +251,16 @@ impl Calls {
             source_time_unix_ms: found.source_time_ms,
             created_unix_ms: ferry_client::clock::now_unix_ms(),
         };
-        self.put_sealed_json(disk_id, &name, &point).await?;
+        self.put_sealed_json(disk_id, epoch, &name, &point).await?;
         Ok(summary)
     }
 
     /// The newest recovery point of a disk in storage: the highest seq under `points/`.
     async fn newest_point(&self, disk_id: Uuid) -> Result<Option<PointSummary>, CallError> {
-        let prefix = ObjectName::disk_prefix(disk_id, "points/");
-        let listed = ferry_storage::list_all(&*self.storage, &prefix).await?;
-        let newest = listed.iter().filter_map(|m| match ObjectName::parse(&m.name) {
-            Ok(ObjectName::Point { seq, .. }) => Some((seq, m.name.clone())),
-            _ => None,
-        });
-        let Some((_, name)) = newest.max_by_key(|(seq, _)| *seq) else {
+        let newest = ferry_vault::points::newest_name(&*self.storage, &self.keyring.disk_key(disk_id), disk_id)
+            .await
+            .map_err(|e| CallError::Local(format!("{e:#}")))?;
+        let Some(name) = newest else {
             return Ok(None);
         };
         let sealed = self.storage.get(&name).await?;

@@ -20,6 +20,10 @@
 //!   so a restart resumes from it; change sets re-uploaded after a crash may overlap, which
 //!   FORMATS.md allows). Those calls, and each disk's `disk.fseal`, run as tasks ([`calls`]):
 //!   a slow or failing call pauses only its own disk's commits.
+//! - **Ownership** ([`crate::ownership`]): a disk's change sets, points and descriptor go to
+//!   storage only while this process server holds the disk's lease, named with the owner
+//!   epoch the cache holds the disk in; work of an epoch the disk is no longer in (taken over
+//!   meanwhile) is dropped, work waiting on a lapsed renewal waits.
 //! - **Memory**: change sets between cut and stored (their plaintext until sealed, then their
 //!   sealed bytes) stay within their share of `memory_budget_bytes` ([`crate::memory_budget`];
 //!   one change set may always proceed, so progress is guaranteed).
@@ -207,6 +211,11 @@ impl PipelineStatus {
             .cloned()
     }
 
+    /// Drops a disk's status (the disk was taken over or forgotten).
+    fn forget(&self, disk_id: Uuid) {
+        self.disks.lock().unwrap_or_else(|p| p.into_inner()).remove(&disk_id);
+    }
+
     fn set(&self, disk_id: Uuid, status: DiskUploadStatus) {
         self.disks
             .lock()
@@ -218,6 +227,8 @@ impl PipelineStatus {
 /// What the coordinator keeps per disk: the commit ledger plus the cut timer, the descriptor
 /// and the status it publishes.
 struct DiskProgress {
+    /// The owner epoch this progress belongs to (the cache's `owner_epoch` when it was made).
+    epoch: u64,
     ledger: ledger::Ledger<FoundBookmark>,
     waiting_since: Option<Instant>,
     /// This disk's flush delay ([`idle_delay`]): longer while it writes little.
@@ -273,6 +284,7 @@ impl DiskProgress {
 
 struct Upload {
     disk_id: Uuid,
+    epoch: u64,
     first_seq: u64,
     last_seq: u64,
     name: String,
@@ -288,6 +300,7 @@ enum UploadOutcome {
 
 struct Coordinator {
     cache: Cache,
+    ownership: Arc<crate::ownership::Ownership>,
     storage: Arc<dyn ObjectStorage>,
     tuning: Arc<tuning::Tuning>,
     workers: worker::WorkerPool,
@@ -316,13 +329,14 @@ struct Coordinator {
     dispatch_blocked: bool,
     /// ...and a change set was sealed or stored since (room may be back).
     room_freed: bool,
-    calls_done: tokio::sync::mpsc::Receiver<calls::Done>,
+    calls_done: tokio::sync::mpsc::Receiver<(u64, calls::Done)>,
 }
 
 /// Starts the pipeline on an opened target, publishing into `status`, with the tunables in
 /// `tuning` (read live); it runs until `stop` turns true.
 pub fn start(
     cache: Cache,
+    ownership: Arc<crate::ownership::Ownership>,
     storage: Arc<dyn ObjectStorage>,
     keyring: Keyring,
     tuning: Arc<tuning::Tuning>,
@@ -358,6 +372,7 @@ pub fn start(
         storage.clone(),
         keyring.clone(),
         cache.clone(),
+        ownership.clone(),
         bucket.clone(),
         status.clone(),
     );
@@ -366,6 +381,7 @@ pub fn start(
         upload_permits: permits,
         bucket,
         cache,
+        ownership,
         storage,
         calls,
         calls_done,
@@ -524,13 +540,21 @@ impl Coordinator {
             .partition(|(at, _)| *at <= now);
         self.retry_uploads = later;
         for (_, upload) in due {
-            self.start_upload(upload);
+            if self.current(upload.disk_id, upload.epoch) {
+                self.start_upload(upload);
+            } else {
+                self.set_in_flight_bytes(self.in_flight_bytes().saturating_sub(upload.sealed.len() as u64));
+            }
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry_jobs)
             .into_iter()
             .partition(|(at, _)| *at <= now);
         self.retry_jobs = later;
         for (_, job) in due {
+            if !self.current(job.disk_id, job.epoch) {
+                self.set_in_flight_bytes(self.in_flight_bytes().saturating_sub(job.plain_bytes));
+                continue;
+            }
             if let Err(crossbeam_channel::TrySendError::Full(job)) = self.jobs.try_send(job) {
                 self.retry_jobs.push((now + Duration::from_millis(100), job));
             }
@@ -552,12 +576,21 @@ impl Coordinator {
             // One map lookup per disk and pass (the pass visits every disk; with hundreds of
             // them the lookups showed in profiles).
             let progress = progress_of(&mut self.disks, &view);
+            if progress.epoch != view.meta.owner_epoch {
+                // Taken over since (the cache restarted the disk): start again from the cache.
+                self.disks.remove(&disk_id);
+                self.status.forget(disk_id);
+                continue; // made afresh on the next pass
+            }
+            if self.ownership.writable(disk_id) != Some(view.meta.owner_epoch) {
+                continue; // not held, or the lease is not renewed: nothing goes to storage
+            }
             if progress.paused(now) {
                 continue;
             }
             if !progress.newest_point_asked {
                 progress.newest_point_asked = true;
-                self.calls.start(calls::Call::NewestPoint { disk_id });
+                self.calls.start(progress.epoch, calls::Call::NewestPoint { disk_id });
             }
             if view.durable_seq <= progress.ledger.dispatched_through() {
                 continue;
@@ -567,7 +600,8 @@ impl Coordinator {
                 // Nothing of a disk goes to storage before its descriptor (a new disk or a resize).
                 if !progress.descriptor_call_out {
                     progress.descriptor_call_out = true;
-                    self.calls.start(calls::Call::Descriptor(descriptor_of(&view)));
+                    self.calls
+                        .start(progress.epoch, calls::Call::Descriptor(descriptor_of(&view)));
                 }
                 continue;
             }
@@ -625,6 +659,12 @@ impl Coordinator {
             }
             self.progress(view).next_cut = scan;
             let NextCut { last, bytes, cut, .. } = scan;
+            // A disk being moved goes out at once: its move waits for it.
+            let delay = if self.ownership.moving_to(disk_id).is_some() {
+                Duration::ZERO
+            } else {
+                delay
+            };
             if last < first || (cut.is_none() && waiting_since.elapsed() < delay) {
                 return true; // wait for more batches or for the disk's flush delay
             }
@@ -634,8 +674,10 @@ impl Coordinator {
             }
             let job = SealJob {
                 disk_id,
+                epoch: view.meta.owner_epoch,
                 first_seq: first,
                 last_seq: last,
+                plain_bytes: bytes,
                 geometry,
             };
             if self.jobs.try_send(job).is_err() {
@@ -652,7 +694,19 @@ impl Coordinator {
         }
     }
 
+    /// Whether work of `disk_id` in `epoch` is still wanted (the disk was not taken over or
+    /// forgotten since it was cut).
+    fn current(&self, disk_id: Uuid, epoch: u64) -> bool {
+        self.disks.get(&disk_id).is_some_and(|p| p.epoch == epoch)
+            && self.cache.disk(disk_id).is_some_and(|v| v.meta.owner_epoch == epoch)
+    }
+
     fn on_sealed(&mut self, sealed: Sealed) {
+        if !self.current(sealed.disk_id, sealed.epoch) {
+            self.room_freed = true;
+            self.set_in_flight_bytes(self.in_flight_bytes().saturating_sub(sealed.counted_bytes));
+            return;
+        }
         match sealed.result {
             Ok((bytes, bookmarks)) => {
                 self.room_freed = true;
@@ -662,6 +716,7 @@ impl Coordinator {
                 );
                 self.start_upload(Upload {
                     disk_id: sealed.disk_id,
+                    epoch: sealed.epoch,
                     first_seq: sealed.first_seq,
                     last_seq: sealed.last_seq,
                     name: sealed.name,
@@ -689,8 +744,10 @@ impl Coordinator {
                     });
                 let job = SealJob {
                     disk_id: sealed.disk_id,
+                    epoch: sealed.epoch,
                     first_seq: sealed.first_seq,
                     last_seq: sealed.last_seq,
+                    plain_bytes: sealed.counted_bytes,
                     geometry,
                 };
                 self.retry_jobs.push((Instant::now() + TRANSIENT_PAUSE, job));
@@ -699,7 +756,8 @@ impl Coordinator {
     }
 
     fn start_upload(&self, upload: Upload) {
-        let (storage, uploads, bucket, outcomes, status) = (
+        let (ownership, storage, uploads, bucket, outcomes, status) = (
+            self.ownership.clone(),
             self.storage.clone(),
             self.uploads.clone(),
             self.bucket.clone(),
@@ -714,6 +772,18 @@ impl Coordinator {
             in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Counted down however the task ends.
             let _counted = InFlightGuard(in_flight);
+            // Checked last thing before the PUT: a lease lost or lapsed meanwhile stops it.
+            // (A stale owner that was paused right here still cannot harm a restore: its object
+            // carries its own epoch, which does not own these seqs any more.)
+            if ownership.writable(upload.disk_id) != Some(upload.epoch) {
+                let error = StorageError::Transient {
+                    operation: ferry_storage::Operation::Put,
+                    name: upload.name.clone(),
+                    message: "this process server does not hold the disk's lease right now".into(),
+                };
+                let _ = outcomes.send(UploadOutcome::Failed(upload, error));
+                return;
+            }
             let started = Instant::now();
             let outcome = match storage.put_paced(&upload.name, upload.sealed.clone(), &bucket).await {
                 Ok(()) => {
@@ -735,6 +805,9 @@ impl Coordinator {
             UploadOutcome::Stored(mut upload) => {
                 self.room_freed = true;
                 self.set_in_flight_bytes(self.in_flight_bytes().saturating_sub(upload.sealed.len() as u64));
+                if !self.current(upload.disk_id, upload.epoch) {
+                    return; // uploaded under an epoch the disk is no longer in: never used
+                }
                 // The storage layer kept no reference: the buffer goes back for the next object.
                 // Emptied first: converting keeps the capacity and copies only the contents.
                 if let Ok(mut buffer) = std::mem::take(&mut upload.sealed).try_into_mut() {
@@ -757,6 +830,11 @@ impl Coordinator {
                     .fetch_add(upload.plain_len, std::sync::atomic::Ordering::Relaxed);
             }
             UploadOutcome::Failed(upload, error) => {
+                if !self.current(upload.disk_id, upload.epoch) {
+                    self.room_freed = true;
+                    self.set_in_flight_bytes(self.in_flight_bytes().saturating_sub(upload.sealed.len() as u64));
+                    return;
+                }
                 self.status.record_upload_error(&error);
                 let pause = if error.is_permanent() {
                     PERMANENT_PAUSE
@@ -792,8 +870,12 @@ impl Coordinator {
             // With a call out, its answer makes the disk due again.
             match progress.ledger.next_step() {
                 None => {}
-                Some(ledger::Step::WritePoints(points)) => self.calls.start(calls::Call::Points { disk_id, points }),
-                Some(ledger::Step::Release { through }) => self.calls.start(calls::Call::Release { disk_id, through }),
+                Some(ledger::Step::WritePoints(points)) => self
+                    .calls
+                    .start(progress.epoch, calls::Call::Points { disk_id, points }),
+                Some(ledger::Step::Release { through }) => self
+                    .calls
+                    .start(progress.epoch, calls::Call::Release { disk_id, through }),
             }
         }
         self.commit_due.extend(still_due);
@@ -801,15 +883,15 @@ impl Coordinator {
 
     /// Applies a call's answer to its disk; a failure pauses the disk's calls (not its
     /// uploads, nor any other disk) and the same call is put out again afterwards.
-    fn on_call_done(&mut self, done: calls::Done) {
+    fn on_call_done(&mut self, (epoch, done): (u64, calls::Done)) {
         let disk_id = match &done {
             calls::Done::Descriptor { descriptor, .. } => descriptor.disk_id,
             calls::Done::Points { disk_id, .. }
             | calls::Done::NewestPoint { disk_id, .. }
             | calls::Done::Release { disk_id, .. } => *disk_id,
         };
-        let Some(progress) = self.disks.get_mut(&disk_id) else {
-            return;
+        let Some(progress) = self.disks.get_mut(&disk_id).filter(|p| p.epoch == epoch) else {
+            return; // the disk was taken over since: the answer is of no use
         };
         self.commit_due.insert(disk_id);
         match done {
@@ -881,6 +963,7 @@ impl Coordinator {
 /// The coordinator's entry for a disk, made on first sight from the cache's view.
 fn progress_of<'a>(disks: &'a mut HashMap<Uuid, DiskProgress>, view: &DiskView) -> &'a mut DiskProgress {
     disks.entry(view.meta.disk_id).or_insert_with(|| DiskProgress {
+        epoch: view.meta.owner_epoch,
         ledger: ledger::Ledger::resume(view.released_through),
         waiting_since: None,
         flush_delay: Duration::ZERO, // within the limits: the base delay

@@ -22,8 +22,12 @@ pub const SPARE_BUFFERS: usize = 4;
 
 pub struct SealJob {
     pub disk_id: Uuid,
+    /// The owner epoch the change set is written in (its object's name carries it).
+    pub epoch: u64,
     pub first_seq: u64,
     pub last_seq: u64,
+    /// Plaintext bytes counted against the memory budget when it was cut.
+    pub plain_bytes: u64,
     pub geometry: ferry_format::batch::DiskGeometry,
 }
 
@@ -47,6 +51,9 @@ pub enum SealFailure {
 
 pub struct Sealed {
     pub disk_id: Uuid,
+    pub epoch: u64,
+    /// The job's `plain_bytes` (what to give back to the budget if it is dropped).
+    pub counted_bytes: u64,
     pub first_seq: u64,
     pub last_seq: u64,
     pub name: String,
@@ -152,6 +159,7 @@ fn seal(sealer: &mut Sealer, keyring: &Keyring, loaded: LoadedJob, spare: Vec<u8
     let LoadedJob { job, loaded } = loaded;
     let name = ObjectName::Log {
         disk_id: job.disk_id,
+        epoch: job.epoch,
         first_seq: job.first_seq,
         last_seq: job.last_seq,
     }
@@ -168,6 +176,8 @@ fn seal(sealer: &mut Sealer, keyring: &Keyring, loaded: LoadedJob, spare: Vec<u8
         .map_err(SealFailure::from);
     Sealed {
         disk_id: job.disk_id,
+        epoch: job.epoch,
+        counted_bytes: job.plain_bytes,
         first_seq: job.first_seq,
         last_seq: job.last_seq,
         name,
@@ -179,6 +189,8 @@ fn seal(sealer: &mut Sealer, keyring: &Keyring, loaded: LoadedJob, spare: Vec<u8
 fn failed(job: &SealJob, name: String, failure: SealFailure) -> Sealed {
     Sealed {
         disk_id: job.disk_id,
+        epoch: job.epoch,
+        counted_bytes: job.plain_bytes,
         first_seq: job.first_seq,
         last_seq: job.last_seq,
         name,

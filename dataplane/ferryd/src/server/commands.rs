@@ -34,8 +34,10 @@ pub async fn agent(
     rest: &[&str],
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let [machine, "commands", tail @ ..] = rest else {
-        return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint"));
+    let (machine, tail) = match rest {
+        [machine, "commands", tail @ ..] => (machine, tail),
+        [machine, "placement"] => (machine, &["placement"][..]),
+        _ => return Err(ApiError::new(ErrorCode::NotFound, "no such endpoint")),
     };
     let machine = machine_in_path(machine)?;
     let caller = caller.ok_or_else(|| {
@@ -51,6 +53,10 @@ pub async fn agent(
         ));
     }
     match (tail, request.method().clone()) {
+        (["placement"], Method::GET) => {
+            let placement = super::placement::for_machine(state, machine).await?;
+            Ok(json(StatusCode::OK, &placement))
+        }
         ([], Method::GET) => {
             let wait = wait_of(request.uri().query())?;
             let commands = state.commands.take(machine, wait).await;
@@ -140,6 +146,7 @@ fn checked(state: &AppState, machine: Uuid, request: CommandRequest) -> Result<C
         CommandName::GroupPrepare | CommandName::GroupCommit | CommandName::GroupAbort => {
             return bad("group barrier commands are ferryd's own (ferryctl group point takes a group point)")
         }
+        CommandName::Move => return bad("move commands are ferryd's own (ferryctl ps move moves a machine)"),
         CommandName::Bookmark if request.kind.is_none() => {
             return bad("a bookmark command needs its kind (app or crash)")
         }
@@ -175,6 +182,7 @@ fn checked(state: &AppState, machine: Uuid, request: CommandRequest) -> Result<C
         barrier_id: None,
         bookmark_id: None,
         deadline_unix_ms: None,
+        data_endpoint: None,
         issued_unix_ms: ferry_client::clock::now_unix_ms(),
     })
 }

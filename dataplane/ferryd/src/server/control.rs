@@ -214,6 +214,18 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Body> 
                 Err(e) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
             }
         }
+        (Method::POST, "/v1/ps/move") => match serde_json::from_slice::<ferry_client::control::MoveRequest>(&body) {
+            Ok(request) => super::moves::move_machine(state, request)
+                .await
+                .map(|moving| json(StatusCode::OK, &moving)),
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("move: {e}"))),
+        },
+        (Method::POST, "/v1/ps/drain") => match serde_json::from_slice::<ferry_client::control::DrainRequest>(&body) {
+            Ok(request) => super::moves::drain(state, request)
+                .await
+                .map(|moved| json(StatusCode::OK, &moved)),
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("drain: {e}"))),
+        },
         (Method::POST, "/v1/drain") => {
             state.tuning.set_flush_all(true);
             if state.admission.set_maintenance(true) {
@@ -282,6 +294,11 @@ fn create_group(state: &AppState, spec: ferry_client::groups::GroupSpec) -> Resu
         Err(e @ crate::groups::GroupError::Invalid(_)) => Err(ApiError::new(ErrorCode::BadRequest, e.to_string())),
         Err(e) => Err(ApiError::new(ErrorCode::Internal, e.to_string())),
     }
+}
+
+/// MB/s ingested over the last minute (for the data endpoint's health answer: placement).
+pub(super) fn ingest_mb_per_s_60s(state: &AppState) -> f64 {
+    state.rates.rates(60, counters(state)).0
 }
 
 fn counters(state: &AppState) -> Counters {

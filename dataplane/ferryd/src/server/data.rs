@@ -60,6 +60,7 @@ async fn route(
                 ([], Method::GET) => get_disk(state, machine, disk_id),
                 (["abandon"], Method::POST) => abandon(state, machine, disk_id),
                 (["resync"], Method::PUT) => put_resync(state, machine, disk_id, request.into_body()).await,
+                (["release"], Method::POST) => release(state, machine, disk_id, request.into_body()).await,
                 (["reprotect-digests", segment], Method::GET) => {
                     let segment: u64 = segment
                         .parse()
@@ -91,7 +92,19 @@ fn health(state: &AppState) -> Response<Body> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(code, &serde_json::json!({ "status": status }))
+    // The load the configuration server places machines by (no secret: counts and rates).
+    let (used, limit) = state.cache.space();
+    let load = ferry_client::api::Health {
+        status: status.to_string(),
+        disks: Some(state.cache.disks().len()),
+        ingest_mb_per_s: Some(super::control::ingest_mb_per_s_60s(state)),
+        cache_free_fraction: Some(if limit == 0 {
+            0.0
+        } else {
+            1.0 - used as f64 / limit as f64
+        }),
+    };
+    json(code, &load)
 }
 
 fn draining(state: &AppState) -> Result<(), ApiError> {
@@ -101,8 +114,23 @@ fn draining(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The disk, if it exists and belongs to `machine`.
+/// `409 not_owner`: another process server owns the disk (docs/SCALE-OUT.md).
+fn not_owner(disk_id: Uuid, owner: String) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotOwner,
+        format!(
+            "disk {disk_id} is written by process server {owner} now; ask the configuration server where to send              (ferry-agent does by itself)"
+        ),
+    )
+    .owner(Some(owner))
+    .retry_after(5)
+}
+
+/// The disk, if it exists, belongs to `machine` and is held by this process server.
 fn owned_disk(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<DiskView, ApiError> {
+    if let Some(owner) = state.ownership.lost_to(disk_id) {
+        return Err(not_owner(disk_id, owner));
+    }
     let view = state
         .cache
         .disk(disk_id)
@@ -250,45 +278,66 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
     if spec.name.is_empty() || spec.name.chars().count() > DISK_NAME_MAX_CHARS {
         return Err(ApiError::new(ErrorCode::BadRequest, "name must be 1 to 256 characters"));
     }
-    if let Some(existing) = state.cache.disk(disk_id) {
-        let existing = owned_disk(state, machine, existing.meta.disk_id)?;
-        if spec.reprotect_from.is_some() && existing.meta.reprotect_from.is_none() {
-            return Err(ApiError::new(
-                ErrorCode::DiskConflict,
-                format!("disk {disk_id} exists already: reprotect_from applies only when a disk is created"),
-            ));
-        }
-        if existing.meta.sector_size != spec.sector_size || existing.meta.write_ordered != spec.write_ordered {
-            return Err(ApiError::new(
-                ErrorCode::DiskConflict,
-                "sector_size and write_ordered cannot change",
-            ));
-        }
-        if spec.size_bytes < existing.meta.size_bytes {
-            return Err(ApiError::new(
-                ErrorCode::SizeShrink,
-                format!("a disk cannot shrink below {} bytes", existing.meta.size_bytes),
-            ));
-        }
-        if spec.size_bytes == existing.meta.size_bytes && spec.name == existing.meta.name {
-            return Ok(json(StatusCode::OK, &disk_info(state, &existing)));
-        }
-        let meta = DiskMeta {
-            size_bytes: spec.size_bytes,
-            name: spec.name,
-            ..existing.meta
-        };
-        let view = off_the_runtime(state, move |cache| cache.update_disk(meta)).await?;
-        return Ok(json(StatusCode::OK, &disk_info(state, &view)));
+    let held = state.ownership.holds(disk_id) && state.cache.disk(disk_id).is_some();
+    let created = if held {
+        false
+    } else {
+        claim(state, machine, disk_id, &spec).await?
+    };
+    let existing = owned_disk(state, machine, disk_id)?;
+    if !created && spec.reprotect_from.is_some() && existing.meta.reprotect_from.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::DiskConflict,
+            format!("disk {disk_id} exists already: reprotect_from applies only when a disk is created"),
+        ));
     }
-    let reprotect_from = match &spec.reprotect_from {
-        Some(request) => Some(crate::reprotect::resolve(state, request, &spec.name, spec.size_bytes).await?),
-        None => None,
+    if existing.meta.sector_size != spec.sector_size || existing.meta.write_ordered != spec.write_ordered {
+        return Err(ApiError::new(
+            ErrorCode::DiskConflict,
+            "sector_size and write_ordered cannot change",
+        ));
+    }
+    if spec.size_bytes < existing.meta.size_bytes {
+        return Err(ApiError::new(
+            ErrorCode::SizeShrink,
+            format!("a disk cannot shrink below {} bytes", existing.meta.size_bytes),
+        ));
+    }
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    if spec.size_bytes == existing.meta.size_bytes && spec.name == existing.meta.name {
+        return Ok(json(status, &disk_info(state, &existing)));
+    }
+    let meta = DiskMeta {
+        size_bytes: spec.size_bytes,
+        name: spec.name,
+        ..existing.meta
+    };
+    let view = off_the_runtime(state, move |cache| cache.update_disk(meta)).await?;
+    Ok(json(status, &disk_info(state, &view)))
+}
+
+/// Claims a disk this process server does not hold ([`crate::ownership`]): a new disk, one
+/// cached from before a restart, or one another process server wrote. True when the disk is
+/// new (nothing of it was cached here or stored).
+async fn claim(state: &AppState, machine: Uuid, disk_id: Uuid, spec: &DiskSpec) -> Result<bool, ApiError> {
+    use crate::ownership::ClaimError;
+    let existed = state.cache.disk(disk_id);
+    if let Some(existing) = &existed {
+        if existing.meta.machine_id != machine {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("disk {disk_id} belongs to another machine"),
+            ));
+        }
+    }
+    let reprotect_from = match (&spec.reprotect_from, &existed) {
+        (Some(request), None) => Some(crate::reprotect::resolve(state, request, &spec.name, spec.size_bytes).await?),
+        _ => None,
     };
     let meta = DiskMeta {
         disk_id,
         machine_id: machine,
-        name: spec.name,
+        name: spec.name.clone(),
         size_bytes: spec.size_bytes,
         sector_size: spec.sector_size,
         write_ordered: spec.write_ordered,
@@ -296,15 +345,93 @@ async fn put_disk(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming
         resync_reason: None,
         failed_over: None,
         reprotect_from,
+        owner_epoch: 0,
     };
-    let view = off_the_runtime(state, move |cache| cache.create_disk(meta)).await?;
-    if view.meta.machine_id != machine {
-        return Err(ApiError::new(
+    match state.ownership.claim(&state.cache, meta).await {
+        Ok(claimed) => {
+            tracing::info!(disk = %disk_id, ?claimed, "holding the disk");
+            let fresh = matches!(claimed, crate::ownership::Claimed::TookOver(h) if h.since_seq == 1);
+            Ok(existed.is_none() && fresh)
+        }
+        Err(ClaimError::OwnedElsewhere { owner, .. }) => Err(not_owner(disk_id, owner)),
+        Err(ClaimError::OtherMachine { .. }) => Err(ApiError::new(
             ErrorCode::Forbidden,
             format!("disk {disk_id} belongs to another machine"),
+        )),
+        Err(e @ (ClaimError::NotConnected | ClaimError::Busy(_))) => {
+            Err(ApiError::new(ErrorCode::Busy, e.to_string()).retry_after(2))
+        }
+        Err(e @ ClaimError::Failed { .. }) => {
+            tracing::warn!(disk = %disk_id, error = %e, "cannot claim the disk");
+            Err(ApiError::new(ErrorCode::Busy, e.to_string()).retry_after(5))
+        }
+    }
+}
+
+/// Longest `POST /v1/disks/{id}/release` waits for the disk's cached batches to be uploaded
+/// before answering `503 busy` (the sender asks again).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `POST /v1/disks/{id}/release` with `{"to": "host:port"}` (a planned move, docs/SCALE-OUT.md):
+/// refuses the disk's new batches (`not_owner` naming `to`), waits until every cached batch
+/// and point is in storage, then releases the disk's lease and forgets it.
+async fn release(state: &AppState, machine: Uuid, disk_id: Uuid, body: Incoming) -> Result<Response<Body>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct ReleaseRequest {
+        to: String,
+    }
+    let bytes = http_body_util::Limited::new(body, DISK_SPEC_MAX_BYTES)
+        .collect()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the release request is missing or too large"))?
+        .to_bytes();
+    let request: ReleaseRequest =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("release: {e}")))?;
+    if request.to.is_empty() || request.to.len() > 256 {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "to is a host:port of 1 to 256 characters",
         ));
     }
-    Ok(json(StatusCode::CREATED, &disk_info(state, &view)))
+    if state.ownership.moving_to(disk_id).is_none() {
+        let view = owned_disk(state, machine, disk_id)?;
+        if !state.ownership.holds(disk_id) {
+            return Err(ApiError::new(ErrorCode::Busy, "the disk is not claimed here yet").retry_after(2));
+        }
+        tracing::info!(disk = %disk_id, to = %request.to, durable_seq = view.durable_seq, "moving the disk: uploading what the cache holds, then releasing its lease");
+        state.ownership.begin_move(disk_id, request.to.clone());
+        state.tuning.changed.notify_one();
+    }
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    // No disk in the cache any more: released already (a retried request).
+    while let Some(view) = state.cache.disk(disk_id) {
+        if view.meta.machine_id != machine {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("disk {disk_id} belongs to another machine"),
+            ));
+        }
+        if view.released_through >= view.durable_seq {
+            state.ownership.give_up(disk_id, request.to.clone()).await;
+            let info = disk_info(state, &view);
+            off_the_runtime(state, move |cache| cache.forget_disk(disk_id)).await?;
+            tracing::info!(disk = %disk_id, to = %request.to, uploaded_seq = info.uploaded_seq, "disk released for its move");
+            return Ok(json(StatusCode::OK, &info));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                ErrorCode::Busy,
+                format!(
+                    "disk {disk_id} is still uploading before its move: {} of {} batches in storage",
+                    view.released_through, view.durable_seq
+                ),
+            )
+            .retry_after(1));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let to = request.to;
+    Err(not_owner(disk_id, to))
 }
 
 fn get_disk(state: &AppState, machine: Uuid, disk_id: Uuid) -> Result<Response<Body>, ApiError> {
@@ -458,6 +585,17 @@ fn refuse_before_reading(
 ) -> Result<DiskView, ApiError> {
     draining(state)?;
     let disk = owned_disk(state, machine, disk_id)?;
+    if let Some(to) = state.ownership.moving_to(disk_id) {
+        return Err(not_owner(disk_id, to));
+    }
+    if !state.ownership.holds(disk_id) {
+        // Cached from before a restart, not claimed yet: a PUT of the disk claims it.
+        return Err(ApiError::new(
+            ErrorCode::Busy,
+            format!("disk {disk_id} is not claimed by this process server yet; PUT the disk, then retry"),
+        )
+        .retry_after(1));
+    }
     if let Some(failover_id) = disk.meta.failed_over {
         return Err(failed_over(disk_id, failover_id));
     }

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub expected_seq: Option<u64>,
     pub retry_after_secs: Option<u64>,
     pub failover_id: Option<uuid::Uuid>,
+    /// With `not_owner`: where the disk's owner takes its data.
+    pub owner: Option<String>,
 }
 
 impl ApiError {
@@ -29,7 +31,13 @@ impl ApiError {
             expected_seq: None,
             retry_after_secs: None,
             failover_id: None,
+            owner: None,
         }
+    }
+
+    pub fn owner(mut self, owner: Option<String>) -> Self {
+        self.owner = owner;
+        self
     }
 
     pub fn expected(mut self, seq: u64) -> Self {
@@ -54,6 +62,7 @@ impl ApiError {
             message: self.message,
             expected_seq: self.expected_seq,
             failover_id: self.failover_id,
+            owner: self.owner,
         };
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = json(status, &body);

@@ -101,6 +101,7 @@ pub async fn join(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
         server_names: body.server_names.clone(),
         joined_unix_ms: now,
         joined_from: peer.to_string(),
+        drained: false,
     };
     let root = state.layout.root().to_path_buf();
     tokio::task::spawn_blocking(move || site::record_server(&root, &server))

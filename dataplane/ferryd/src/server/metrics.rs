@@ -38,6 +38,20 @@ pub fn render(state: &super::AppState) -> String {
             ferry_config::site::servers(state.layout.root()).map_or(0, |s| s.len()),
         );
     }
+    metric(
+        &mut out,
+        "ferry_disk_leases_held",
+        "gauge",
+        "Disks whose storage lease this process server holds (it alone writes them to storage).",
+        state.ownership.held_count(),
+    );
+    metric(
+        &mut out,
+        "ferry_disks_lost_to_other_process_servers",
+        "gauge",
+        "Disks another process server took over from this one since start (their agents are sent on).",
+        state.ownership.lost_count(),
+    );
     let ingested = state.ingested_bytes.load(Ordering::Relaxed);
     let uploaded = state.pipeline.uploaded_bytes();
     let sealed = state.pipeline.sealed_bytes();

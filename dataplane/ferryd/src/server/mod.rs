@@ -10,6 +10,7 @@ pub mod data;
 pub mod http;
 pub mod join;
 pub mod metrics;
+pub mod moves;
 pub mod placement;
 pub mod register;
 pub mod tls;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub groups: crate::groups::Groups,
     /// Their barriers: one at a time per group, and the last outcomes.
     pub barriers: crate::group_points::Barriers,
+    /// The disks this process server holds the storage lease of.
+    pub ownership: Arc<crate::ownership::Ownership>,
 }
 
 #[derive(Clone, Copy)]

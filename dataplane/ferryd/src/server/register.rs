@@ -64,7 +64,7 @@ impl Throttle {
 }
 
 /// What the appliance records about a registered machine.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct MachineRecord {
     pub machine_id: Uuid,
     pub machine_name: String,
@@ -74,6 +74,29 @@ pub struct MachineRecord {
     /// records from before scale-out: this appliance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_endpoint: Option<String>,
+}
+
+/// Where machine `machine_id`'s record lives.
+pub fn machine_record_path(layout: &ferry_config::layout::ApplianceLayout, machine_id: Uuid) -> std::path::PathBuf {
+    layout.root().join("state/machines").join(format!("{machine_id}.meta"))
+}
+
+pub fn read_machine_record(path: &std::path::Path) -> Result<MachineRecord, String> {
+    checked::read::<MachineRecord>(path, MACHINE_MAGIC, 1).map_err(|e| e.to_string())
+}
+
+/// Writes a machine's record durably (its directory made first), off the async workers.
+pub async fn write_machine_record(path: &std::path::Path, record: &MachineRecord) -> Result<(), String> {
+    let (path, record) = (path.to_path_buf(), record.clone());
+    tokio::task::spawn_blocking(move || {
+        let dir = path.parent().ok_or("a machine record has a directory")?.to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| ferry_durable::fsync_dir(&dir))
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        checked::write(&path, MACHINE_MAGIC, 1, &record).map_err(|e| format!("cannot record the machine: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the recording task failed: {e}")))
 }
 
 /// Every registered machine's record (`state/machines/*.meta`); damaged files are skipped
@@ -186,17 +209,8 @@ async fn register(state: &AppState, peer: IpAddr, request: Request<Incoming>) ->
         registered_from: peer.to_string(),
         data_endpoint: Some(data_endpoint.clone()),
     };
-    let dir = state.layout.root().join("state/machines");
     // fsyncs: on the blocking pool, not on the workers that serve the data streams.
-    let recorded = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| ferry_durable::fsync_dir(&dir))
-            .map_err(|e| format!("cannot create state/machines: {e}"))?;
-        checked::write(&dir.join(format!("{machine_id}.meta")), MACHINE_MAGIC, 1, &record)
-            .map_err(|e| format!("cannot record the machine: {e}"))
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the recording task failed: {e}")));
+    let recorded = write_machine_record(&machine_record_path(&state.layout, machine_id), &record).await;
     if let Err(message) = recorded {
         tracing::error!(%message, "registration not recorded");
         return Err(ApiError::new(ErrorCode::Internal, "registration could not be recorded"));

@@ -318,7 +318,8 @@ pub async fn consolidate_disk(
     }
 
     // 4. The log up to F.
-    let old_log: Vec<String> = crate::log::list(&*storage, disk_id)
+    // Every epoch's: a stale owner's objects below the base are as useless as the rest.
+    let old_log: Vec<String> = crate::log::list_every_epoch(&*storage, disk_id)
         .await?
         .into_iter()
         .filter(|o| o.last_seq <= base_seq)
@@ -378,7 +379,7 @@ async fn build_base(
         .await?;
         scratch.touch_all(size);
     }
-    let objects = crate::log::list(&**storage, disk_id).await?;
+    let objects = crate::log::list(&**storage, key, disk_id).await?;
     let after = older_seq.unwrap_or(0);
     let chain = crate::log::cover(objects, after, seq)?;
     let replay = crate::log::Replay {

@@ -1,0 +1,165 @@
+//! Exclusive leases on one object, with Azure Blob lease semantics, for every backend: how
+//! scale-out process servers agree on which of them writes a disk (docs/SCALE-OUT.md).
+//!
+//! A lease is held by a lease id (a lowercase UUID the caller proposes) for a duration of
+//! 15..=60 s, and kept by renewing it before it runs out:
+//! - **acquire** succeeds when nobody holds the object's lease, when the lease ran out, or when
+//!   the caller already holds it (then it is renewed); otherwise it is [`LeaseAnswer::Refused`];
+//! - **renew** succeeds while the lease id is the one held, even after it ran out, as long as
+//!   nobody acquired it meanwhile; otherwise `Refused` (the lease is lost);
+//! - **release** ends it at once for the next acquirer; `Refused` when another id holds it.
+//!
+//! The leased object is created empty when it does not exist. Azure keeps the lease on the blob
+//! itself (Lease Blob, `azure.rs`); the local directory emulates it in the object's content, a
+//! small JSON `{"lease_id", "expires_unix_ms"}` read and rewritten under an exclusive `flock`
+//! (this module). A local target shared by several process servers (NFS) relies on their
+//! clocks agreeing to within a few seconds, as docs/SCALE-OUT.md says.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Shortest and longest lease, in seconds (Azure's bounds for a finite lease).
+pub const LEASE_SECS_MIN: u32 = 15;
+pub const LEASE_SECS_MAX: u32 = 60;
+
+/// What to do with a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOp {
+    Acquire { lease_id: String, duration_secs: u32 },
+    Renew { lease_id: String },
+    Release { lease_id: String },
+}
+
+impl LeaseOp {
+    pub fn lease_id(&self) -> &str {
+        match self {
+            LeaseOp::Acquire { lease_id, .. } | LeaseOp::Renew { lease_id } | LeaseOp::Release { lease_id } => lease_id,
+        }
+    }
+
+    /// Checks the lease id (a lowercase UUID, as Azure wants a GUID) and the duration.
+    pub fn validate(&self) -> Result<(), String> {
+        let id = self.lease_id();
+        let hyphens_at = [8, 13, 18, 23];
+        let well_formed = id.len() == 36
+            && id.bytes().enumerate().all(|(i, b)| {
+                if hyphens_at.contains(&i) {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+                }
+            });
+        if !well_formed {
+            return Err(format!("lease id {id:?} is not a lowercase UUID"));
+        }
+        if let LeaseOp::Acquire { duration_secs, .. } = self {
+            if !(LEASE_SECS_MIN..=LEASE_SECS_MAX).contains(duration_secs) {
+                return Err(format!(
+                    "a lease lasts {LEASE_SECS_MIN}..={LEASE_SECS_MAX} s, not {duration_secs}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a [`LeaseOp`] that reached the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// Done: the caller holds the lease (acquire, renew) or no longer does (release).
+    Granted,
+    /// Another lease id holds the object (acquire), or the caller's lease is lost (renew,
+    /// release).
+    Refused,
+}
+
+/// The local emulation's record, the leased object's whole content.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct LocalLease {
+    lease_id: String,
+    expires_unix_ms: u64,
+    /// The term asked for at acquire, restored by each renewal.
+    duration_ms: u64,
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The local directory's lease on the object at `path` (made, with its directories, by the
+/// caller's `ensure_parent`), decided under an exclusive `flock` of the file itself and
+/// written back with an fsync before the answer.
+pub(crate) fn local_lease(path: &Path, op: &LeaseOp) -> io::Result<LeaseAnswer> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(io::Error::from)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    // An empty or unreadable record holds no lease (a crash while rewriting it is covered by
+    // the fsync below: the record is rewritten whole before any answer is given).
+    let held: LocalLease = serde_json::from_str(&text).unwrap_or_default();
+    let now = now_unix_ms();
+    let active = !held.lease_id.is_empty() && held.expires_unix_ms > now;
+    let ours = held.lease_id == op.lease_id();
+    let (answer, next) = match op {
+        LeaseOp::Acquire {
+            lease_id,
+            duration_secs,
+        } => {
+            if active && !ours {
+                (LeaseAnswer::Refused, None)
+            } else {
+                let duration_ms = u64::from(*duration_secs) * 1000;
+                let next = LocalLease {
+                    lease_id: lease_id.clone(),
+                    expires_unix_ms: now + duration_ms,
+                    duration_ms,
+                };
+                (LeaseAnswer::Granted, Some(next))
+            }
+        }
+        LeaseOp::Renew { lease_id } => {
+            if ours {
+                let next = LocalLease {
+                    lease_id: lease_id.clone(),
+                    expires_unix_ms: now + held.duration_ms,
+                    duration_ms: held.duration_ms,
+                };
+                (LeaseAnswer::Granted, Some(next))
+            } else {
+                (LeaseAnswer::Refused, None)
+            }
+        }
+        LeaseOp::Release { .. } => {
+            if ours {
+                (LeaseAnswer::Granted, Some(LocalLease::default()))
+            } else if !active {
+                (LeaseAnswer::Granted, None) // nobody holds it: released already
+            } else {
+                (LeaseAnswer::Refused, None)
+            }
+        }
+    };
+    if let Some(next) = next {
+        write_record(&mut file, &next)?;
+    }
+    Ok(answer)
+}
+
+fn write_record(file: &mut File, record: &LocalLease) -> io::Result<()> {
+    let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&json)?;
+    file.sync_data()
+}
