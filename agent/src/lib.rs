@@ -33,3 +33,4 @@ pub mod reprotect;
 pub mod session;
 pub mod snapshot;
 pub mod status;
+pub mod unconfirmed;

@@ -99,6 +99,8 @@ pub struct PassRequest {
     pub disk_id: Uuid,
     pub device: Arc<Device>,
     pub map: Arc<BlockMap>,
+    /// The blocks of acknowledged batches not known to be uploaded yet.
+    pub unconfirmed: Arc<crate::unconfirmed::Unconfirmed>,
     /// `durable_seq + 1` on the server.
     pub first_seq: u64,
     pub settings: PassSettings,
@@ -132,6 +134,7 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
         disk_id,
         device,
         map,
+        unconfirmed,
         first_seq,
         settings,
         counters,
@@ -189,7 +192,7 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
                     let (seq, durable_now) = answer?;
                     window.answered(seq);
                     durable = durable.max(durable_now);
-                    record_durable(&map, &mut pending, durable, &counters)?;
+                    record_durable(&map, &unconfirmed, &mut pending, durable, &counters)?;
                 }
                 else => {
                     if next_seq.is_some() && in_flight.is_empty() {
@@ -207,7 +210,7 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
     if durable < bookmark_seq - 1 {
         // Each answer reports durable_seq as it was then; ask once everything is answered.
         durable = durable.max(client.get_disk(disk_id).await?.durable_seq);
-        record_durable(&map, &mut pending, durable, &counters)?;
+        record_durable(&map, &unconfirmed, &mut pending, durable, &counters)?;
     }
     if !pending.is_empty() {
         return Err(PassError::Other(format!(
@@ -234,6 +237,11 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
     sender.send_one(bookmark_seq, bookmark_batch).await?;
     counters.sent_bytes.fetch_add(bookmark_len, Ordering::Relaxed);
     map.sync().map_err(PassError::Map)?;
+    // What storage holds now: those batches' blocks need no journal any more (a failed ask
+    // only keeps them a pass longer).
+    if let Ok(info) = client.get_disk(disk_id).await {
+        unconfirmed.uploaded(info.uploaded_seq);
+    }
     Ok(PassOutcome {
         bookmark_id: bookmark_id.to_string(),
         bookmark_kind: choice.kind,
@@ -251,13 +259,15 @@ pub async fn run_pass(request: PassRequest) -> Result<PassOutcome, PassError> {
 /// Records the digests of every pending batch at or below `durable`.
 fn record_durable(
     map: &BlockMap,
+    unconfirmed: &crate::unconfirmed::Unconfirmed,
     pending: &mut Pending,
     durable: u64,
     counters: &PassCounters,
 ) -> Result<(), PassError> {
     let still_pending = pending.split_off(&(durable + 1));
-    for (_, (blocks, bytes)) in std::mem::replace(pending, still_pending) {
+    for (seq, (blocks, bytes)) in std::mem::replace(pending, still_pending) {
         map.record(&blocks).map_err(PassError::Map)?;
+        unconfirmed.acked(seq, blocks.iter().map(|(block, _)| *block));
         counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
     Ok(())

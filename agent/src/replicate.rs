@@ -133,8 +133,9 @@ pub async fn run(
 ) -> anyhow::Result<Vec<PassReport>> {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut pending = None;
+    let journals = crate::unconfirmed::Journals::default();
     loop {
-        match run_at_endpoint(&config, &options, shutdown.as_mut(), pending.take()).await? {
+        match run_at_endpoint(&config, &options, shutdown.as_mut(), pending.take(), &journals).await? {
             Ran::Finished(reports) => return Ok(reports),
             Ran::Moved(endpoint, moving) => {
                 tracing::warn!(%endpoint, "this machine sends to another process server from now on");
@@ -174,6 +175,7 @@ async fn run_at_endpoint(
     options: &RunOptions,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
     mut moving: Option<Box<crate::moving::PendingMove>>,
+    journals: &crate::unconfirmed::Journals,
 ) -> anyhow::Result<Ran> {
     let stored = identity::load(&config.state_dir)?;
     stored.check_current((now_unix_ms() / 1000) as i64)?;
@@ -248,7 +250,7 @@ async fn run_at_endpoint(
         let mut placement_asked: Option<Instant> = None;
         loop {
             let round_started = Instant::now();
-            let ask = set_up_disks(config, &client, &anonymous, &endpoint, machine_id, &board).await?;
+            let ask = set_up_disks(config, &client, &anonymous, &endpoint, machine_id, &board, journals).await?;
             if let Some(pending) = moving.take() {
                 // A planned move: report it once the disks are set up here (or failed to be).
                 let errors: Vec<String> = board
@@ -502,6 +504,7 @@ async fn set_up_disks(
     endpoint: &str,
     machine_id: Uuid,
     board: &Board,
+    journals: &crate::unconfirmed::Journals,
 ) -> anyhow::Result<bool> {
     let mut ask_placement = false;
     for (index, disk) in config.disks.iter().enumerate() {
@@ -513,7 +516,7 @@ async fn set_up_disks(
         if !due {
             continue;
         }
-        let result = session::setup(client, anonymous, endpoint, machine_id, config, disk).await;
+        let result = session::setup(client, anonymous, endpoint, machine_id, config, disk, journals).await;
         let mut slots = board.slots();
         let slot = &mut slots[index];
         match result {
@@ -661,6 +664,7 @@ pub(crate) async fn round(
                 disk_id: session.disk_id,
                 device: snapshot.device.clone(),
                 map: session.map.clone(),
+                unconfirmed: session.unconfirmed.clone(),
                 first_seq: session.next_seq,
                 settings: session.settings,
                 counters,
@@ -870,6 +874,7 @@ mod tests {
                         device: Arc::new(device),
                         disk_id: progress.disk_id,
                         map: Arc::new(map),
+                        unconfirmed: Arc::new(crate::unconfirmed::Unconfirmed::new(1)),
                         progress,
                         settings: PassSettings {
                             block_bytes: 65536,

@@ -33,6 +33,8 @@ pub struct Session {
     pub device: Arc<Device>,
     pub disk_id: Uuid,
     pub map: Arc<BlockMap>,
+    /// The blocks of acknowledged batches storage may not hold yet (unconfirmed.rs).
+    pub unconfirmed: Arc<crate::unconfirmed::Unconfirmed>,
     pub progress: DiskProgress,
     pub settings: PassSettings,
     /// The server's `durable_seq + 1`: the next batch's seq.
@@ -150,6 +152,7 @@ pub async fn setup(
     machine_id: Uuid,
     config: &AgentConfig,
     disk: &DiskConfig,
+    journals: &crate::unconfirmed::Journals,
 ) -> Result<Session, SetupError> {
     let device = Arc::new(Device::open(disk).map_err(SetupError::from)?);
     let disk_id = device.disk_id(machine_id);
@@ -193,6 +196,24 @@ pub async fn setup(
     .with_context(|| format!("opening the block map in {}", dir.display()))?;
     let remembered =
         progress::load(&config.state_dir, disk_id).with_context(|| format!("reading progress in {}", dir.display()))?;
+    // A new owner lost batches this agent saw acknowledged (a process server died before
+    // uploading them): when the journal knows their blocks, only those are sent again.
+    let acked_seq = remembered.as_ref().ok().and_then(|p| p.as_ref().map(|p| p.acked_seq));
+    let journal = journals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&disk_id)
+        .cloned();
+    let lost_blocks = match (acked_seq, &journal) {
+        (Some(acked), Some(journal)) if acked > info.durable_seq && opened == Opened::Existing => {
+            journal.lost_after(info.durable_seq)
+        }
+        _ => None,
+    };
+    if let Some(blocks) = &lost_blocks {
+        map.mark_unknown(blocks)
+            .context("marking the lost batches' blocks in the block map")?;
+    }
     let Decision {
         mut progress,
         resync,
@@ -201,6 +222,7 @@ pub async fn setup(
         remembered,
         &opened,
         &info,
+        lost_blocks.as_ref().map(Vec::len),
         &device.path,
         device.size_bytes,
         disk_id,
@@ -236,10 +258,26 @@ pub async fn setup(
         read_rate_bytes_per_sec: config.scan.read_rate_bytes_per_sec,
         keep_page_cache: config.scan.keep_page_cache,
     };
+    let unconfirmed = match (
+        journal,
+        lost_blocks.is_some() || info.durable_seq >= acked_seq.unwrap_or(0),
+    ) {
+        (Some(journal), true) => {
+            journal.restart_after(info.durable_seq);
+            journal
+        }
+        _ => Arc::new(crate::unconfirmed::Unconfirmed::new(info.durable_seq + 1)),
+    };
+    unconfirmed.uploaded(info.uploaded_seq);
+    journals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(disk_id, unconfirmed.clone());
     Ok(Session {
         device,
         disk_id,
         map: Arc::new(map),
+        unconfirmed,
         progress,
         settings,
         next_seq: info.durable_seq + 1,
@@ -259,10 +297,12 @@ struct Decision {
 }
 
 /// The table in the module header.
+#[allow(clippy::too_many_arguments)] // the inputs of one decision, kept apart so tests name each
 fn decide(
     remembered: Result<Option<DiskProgress>, String>,
     opened: &Opened,
     info: &ferry_client::DiskInfo,
+    lost_blocks: Option<usize>,
     path: &Path,
     size_bytes: u64,
     disk_id: Uuid,
@@ -307,6 +347,18 @@ fn decide(
             info.durable_seq, progress.acked_seq
         )
     });
+    if let (None, Some(_), Some(blocks)) = (&map_lost, &server_lost, lost_blocks) {
+        // The map is right but for the lost batches' blocks, marked unknown already.
+        let why = format!(
+            "the server's durable_seq is {} but this agent saw {} acknowledged: the {blocks} block(s) of the lost batches are sent again",
+            info.durable_seq, progress.acked_seq
+        );
+        return Decision {
+            progress,
+            resync: Some(why),
+            forget_map: false,
+        };
+    }
     let untrusted = map_lost.or(server_lost);
     if !progress.initial_done {
         // No point exists yet: the initial copy goes on (from scratch if the map is untrusted).
@@ -372,10 +424,20 @@ mod tests {
         opened: Opened,
         durable: u64,
     ) -> (Option<String>, bool, bool) {
+        run_knowing(remembered, opened, durable, None)
+    }
+
+    fn run_knowing(
+        remembered: Result<Option<DiskProgress>, String>,
+        opened: Opened,
+        durable: u64,
+        lost_blocks: Option<usize>,
+    ) -> (Option<String>, bool, bool) {
         let d = decide(
             remembered,
             &opened,
             &info(durable),
+            lost_blocks,
             Path::new("/d"),
             1 << 20,
             Uuid::from_u128(1),
@@ -405,6 +467,12 @@ mod tests {
         // The server lost batches.
         let (why, forget, _) = run(Ok(Some(progress(9, true, false))), Opened::Existing, 4);
         assert!(why.unwrap().contains("lost batches") && forget);
+        // ...whose blocks the journal knows (marked unknown already): resync, map kept.
+        let (why, forget, _) = run_knowing(Ok(Some(progress(9, true, false))), Opened::Existing, 4, Some(3));
+        assert!(why.unwrap().contains("the 3 block(s) of the lost batches") && !forget);
+        // The journal cannot help a map that is gone anyway.
+        let (_, forget, _) = run_knowing(Ok(Some(progress(9, true, false))), Opened::Created, 4, Some(3));
+        assert!(forget);
         // Interrupted continuous pass: resync with the map kept.
         let (why, forget, _) = run(Ok(Some(progress(9, true, true))), Opened::Existing, 12);
         assert_eq!((why.as_deref(), forget), (Some(REASON_INTERRUPTED), false));

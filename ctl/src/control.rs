@@ -119,6 +119,18 @@ pub fn render_status(status: &Status) -> String {
             ""
         }
     );
+    out.push_str(&format!(
+        "leases     {} disk(s) held here{}\n",
+        status.leases_held,
+        if status.disks_lost > 0 {
+            format!(
+                "; {} taken over by other process servers since start",
+                status.disks_lost
+            )
+        } else {
+            String::new()
+        }
+    ));
     match (&status.config_server, status.process_servers.as_slice()) {
         (Some(config_server), _) => out.push_str(&format!(
             "role       process server of the site of the configuration server at {config_server}\n"

@@ -159,6 +159,12 @@ pub struct Status {
     /// placed on each.
     #[serde(default)]
     pub process_servers: Vec<SiteServer>,
+    /// Disks whose storage lease this process server holds (it alone writes them to storage).
+    #[serde(default)]
+    pub leases_held: usize,
+    /// Disks other process servers took over from this one since it started.
+    #[serde(default)]
+    pub disks_lost: usize,
 }
 
 /// A process server of the site, as its configuration server knows it.

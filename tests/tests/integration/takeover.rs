@@ -620,13 +620,12 @@ async fn planned_moves_and_a_drain_under_load_lose_no_point_and_report_their_rpo
 }
 
 #[tokio::test]
-async fn an_agent_whose_process_server_dies_moves_on_and_its_disk_restores_exactly() {
+async fn an_agent_whose_process_server_dies_moves_on_and_resends_only_what_was_lost() {
     let site = Appliance::init(short_leases);
     let _site_ferryd = Ferryd::start(&site).await;
     let config = site.dir.to_str().unwrap();
     let ps2 = join_with_short_leases(&site, "ps-2");
-    // ps-2 acknowledges and never uploads in time: the agent's batches die with it.
-    let mut ps2_ferryd = Ferryd::start_with_env(&ps2, &[("FERRY_TEST_SLOW_NAMES", "/log/000:120000")]).await;
+    let mut ps2_ferryd = Ferryd::start(&ps2).await;
     let _filler = site.register("filler").await;
     let agent = ferry_tests::Agent::register(&site);
     assert_eq!(
@@ -636,7 +635,8 @@ async fn an_agent_whose_process_server_dies_moves_on_and_its_disk_restores_exact
     );
     let scratch = tempfile::tempdir().unwrap();
     let image = scratch.path().join("disk.img");
-    let data: Vec<u8> = (0..(8usize << 20))
+    const IMAGE_BYTES: usize = 8 << 20;
+    let data: Vec<u8> = (0..IMAGE_BYTES)
         .map(|i| ((i / 4096) as u8).wrapping_mul(13) ^ (i as u8))
         .collect();
     std::fs::write(&image, data).unwrap();
@@ -645,25 +645,67 @@ async fn an_agent_whose_process_server_dies_moves_on_and_its_disk_restores_exact
         "[bookmarks]\ncrash_interval_secs = 1\napp_interval_secs = 0\n",
     );
     let mut child = agent.spawn(false);
-    let acknowledged = poll_agent(&agent, &mut child, "a bookmark at ps-2", last_bookmark);
+    let copied = poll_agent(&agent, &mut child, "a bookmark at ps-2", last_bookmark);
+    let disk = agent.status().unwrap()["disks"][0]["disk_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_point(config, disk.parse().unwrap(), &copied).await;
+    // From here ps-2 acknowledges but uploads nothing in time (a 1 kB/s cap): 1 MiB changed
+    // on the disk is acknowledged by ps-2 only when it dies.
+    let capped = ferryctl(&[
+        "tune",
+        "--config",
+        ps2.dir.to_str().unwrap(),
+        "bandwidth_cap_bytes_per_sec=1000",
+    ]);
+    assert!(capped.success, "{}", capped.stderr);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+        // Incompressible, so the cap holds it back (a pattern would seal to a few bytes).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let noise: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        file.write_all_at(&noise, 2 << 20).unwrap();
+        file.sync_all().unwrap();
+    }
+    let after_change = next_bookmark(&agent, &mut child, &copied);
+    let acknowledged = next_bookmark(&agent, &mut child, &after_change);
     ps2_ferryd.kill();
     // The agent finds ps-2 gone, asks the configuration server, is placed there, and once
-    // ps-2's lease has run out its disk is taken over; ps-2 had uploaded nothing, so the agent
-    // resyncs and ends in a new point.
+    // ps-2's lease has run out its disk is taken over from what storage holds; the agent's
+    // journal knows which blocks the lost batches wrote, and its resync sends those alone.
     poll_agent(&agent, &mut child, "the move to the configuration server", |_| {
         (agent.identity().data_endpoint == site.data).then_some(())
     });
     let at_move = last_bookmark(&agent.status().unwrap()).unwrap();
     let moved_on = next_bookmark(&agent, &mut child, &at_move);
-    let disk = agent.status().unwrap()["disks"][0]["disk_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     wait_for_point(config, disk.parse().unwrap(), &moved_on).await;
     assert!(restore(config, disk.parse().unwrap(), &["--point", &moved_on]) == std::fs::read(&image).unwrap());
+    let log = agent.log_text();
+    assert!(log.contains("block(s) of the lost batches are sent again"), "{log}");
+    let resync_sent: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("pass complete") && l.contains("phase=\"resync\""))
+        .filter_map(|l| l.split("sent_bytes=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(resync_sent.len(), 1, "{log}");
     assert!(
-        !point_ids(config, &disk).contains(&acknowledged),
-        "the point ps-2 acknowledged never reached storage"
+        resync_sent[0] >= 1 << 20 && resync_sent[0] < 2 << 20,
+        "the resync sent {} bytes: the 1 MiB lost, not the {IMAGE_BYTES}-byte disk",
+        resync_sent[0]
+    );
+    let points = point_ids(config, &disk);
+    assert!(
+        points.contains(&copied) && !points.contains(&acknowledged),
+        "{points:?}"
     );
     let history = owner_history(&site, disk.parse().unwrap()).await;
     assert_one_owner_per_epoch(&history, &[ps2.data.as_str(), site.data.as_str()]);

@@ -435,6 +435,8 @@ fn status(state: &AppState) -> Status {
         role,
         config_server: state.config.server.config_server.clone(),
         process_servers,
+        leases_held: state.ownership.held_count(),
+        disks_lost: state.ownership.lost_count(),
         utilisation: Utilisation {
             seal_workers,
             seal_busy_10s: (busy_10 / seal_workers.max(1) as f64).min(1.0),
