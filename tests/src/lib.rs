@@ -613,6 +613,34 @@ impl Agent {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Polls `status --json` until `found` gives a value, while the agent process `child` keeps
+    /// running (at most `seconds`; `what` names the wait in failures, with the agent's log).
+    pub fn poll_status<T>(
+        &self,
+        child: &mut std::process::Child,
+        what: &str,
+        seconds: u64,
+        found: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            if let Some(value) = self.status().as_ref().and_then(&found) {
+                return value;
+            }
+            assert!(
+                child.try_wait().expect("the agent's status").is_none(),
+                "the agent exited before {what}:\n{}",
+                self.log_text()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} in {seconds} s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 /// Runs `cmd` with `sh -c`: whether it succeeded, and its trimmed stdout.

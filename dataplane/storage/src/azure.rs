@@ -540,12 +540,7 @@ impl ObjectStorage for AzureBlob {
     async fn lease(&self, name: &str, op: LeaseOp) -> Result<LeaseAnswer, StorageError> {
         use crate::page_blob::{error, status_of};
         validate_name(name)?;
-        op.validate().map_err(|message| StorageError::Permanent {
-            operation: Operation::Lease,
-            name: name.to_string(),
-            kind: PermanentKind::InvalidRequest,
-            message,
-        })?;
+        op.check(name)?;
         let url = self.signer.url(name, reqwest::Method::PUT, LEASE_URL_VALID_FOR).await?;
         let client = azure_storage_blob::BlobClient::new(url, None, None)
             .map_err(|e| error(Operation::Lease, name, &e, None))?;

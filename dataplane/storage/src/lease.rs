@@ -40,6 +40,16 @@ impl LeaseOp {
         }
     }
 
+    /// [`LeaseOp::validate`] as the error a backend answers for the object `name`.
+    pub fn check(&self, name: &str) -> Result<(), crate::StorageError> {
+        self.validate().map_err(|message| crate::StorageError::Permanent {
+            operation: crate::Operation::Lease,
+            name: name.to_string(),
+            kind: crate::PermanentKind::InvalidRequest,
+            message,
+        })
+    }
+
     /// Checks the lease id (a lowercase UUID, as Azure wants a GUID) and the duration.
     pub fn validate(&self) -> Result<(), String> {
         let id = self.lease_id();

@@ -453,12 +453,7 @@ impl ObjectStorage for LocalDirectory {
     }
 
     async fn lease(&self, name: &str, op: crate::LeaseOp) -> Result<crate::LeaseAnswer, StorageError> {
-        op.validate().map_err(|message| StorageError::Permanent {
-            operation: Operation::Lease,
-            name: name.to_string(),
-            kind: PermanentKind::InvalidRequest,
-            message,
-        })?;
+        op.check(name)?;
         let path = self.path_of(name)?;
         let root = self.root.clone();
         blocking(Operation::Lease, name, move || {

@@ -132,38 +132,10 @@ async fn setup(seed: u64, extra: &str) -> Setup {
     }
 }
 
-/// Polls the agent's status until `found` gives a value, while the agent process `child`
-/// keeps running (at most `seconds`; `what` names the wait in failures).
-fn poll_status<T>(
-    agent: &Agent,
-    child: &mut std::process::Child,
-    what: &str,
-    seconds: u64,
-    found: impl Fn(&serde_json::Value) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = agent.status().as_ref().and_then(&found) {
-            return value;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the agent exited before {what}:\n{}",
-            agent.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no {what} in {seconds} s:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until the agent process `child` is in a pass that has had batches acknowledged.
 fn wait_until_sending(agent: &Agent, child: &mut std::process::Child) {
     let pid = u64::from(child.id());
-    poll_status(agent, child, "acknowledged batches", 60, |status| {
+    agent.poll_status(child, "acknowledged batches", 60, |status| {
         let pass = &status["disks"][0]["pass"];
         let sending = pass["running"] == true && pass["sent_bytes"].as_u64().unwrap_or(0) > 0;
         (status["pid"].as_u64() == Some(pid) && sending).then_some(())
@@ -396,7 +368,7 @@ async fn ferryd_killed_mid_run_the_agent_resumes() {
     let _ferryd = Ferryd::start(&appliance).await;
     // The source is not changing: once any pass after the restart has its bookmark, the
     // point equals the image.
-    let bookmark = poll_status(&agent, &mut child, "bookmark after ferryd came back", 180, |status| {
+    let bookmark = agent.poll_status(&mut child, "bookmark after ferryd came back", 180, |status| {
         status["disks"][0]["last_bookmark"]["id"].as_str().map(str::to_string)
     });
     // SIGTERM: the agent stops cleanly.
@@ -800,7 +772,7 @@ async fn an_agent_meeting_503_with_retry_after_waits_and_keeps_its_bookmark() {
 
     let mut child = agent.spawn(true);
     let pid = u64::from(child.id());
-    let shown = poll_status(&agent, &mut child, "a disk waiting on the drain", 60, |status| {
+    let shown = agent.poll_status(&mut child, "a disk waiting on the drain", 60, |status| {
         let disk = &status["disks"][0];
         (status["pid"].as_u64() == Some(pid) && disk["phase"] == "waiting").then(|| disk.clone())
     });

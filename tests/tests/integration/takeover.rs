@@ -433,35 +433,13 @@ async fn paused_process_server(site: Appliance) {
     assert_eq!(vault.format, ferry_format::vault::VAULT_FORMAT_EPOCHS);
 }
 
-/// Polls the agent's status (its process `child` running) until `found` gives a value.
-fn poll_agent<T>(
-    agent: &ferry_tests::Agent,
-    child: &mut std::process::Child,
-    what: &str,
-    found: impl Fn(&serde_json::Value) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(value) = agent.status().as_ref().and_then(&found) {
-            return value;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the agent exited before {what}:\n{}",
-            agent.log_text()
-        );
-        assert!(Instant::now() < deadline, "no {what} in 120 s:\n{}", agent.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn last_bookmark(status: &serde_json::Value) -> Option<String> {
     status["disks"][0]["last_bookmark"]["id"].as_str().map(str::to_string)
 }
 
 /// The next bookmark the agent makes after `after` (its passes run every second).
 fn next_bookmark(agent: &ferry_tests::Agent, child: &mut std::process::Child, after: &str) -> String {
-    poll_agent(agent, child, "a new bookmark", |status| {
+    agent.poll_status(child, "a new bookmark", 120, |status| {
         last_bookmark(status).filter(|id| id != after)
     })
 }
@@ -512,7 +490,7 @@ async fn planned_moves_and_a_drain_under_load_lose_no_point_and_report_their_rpo
         "[bookmarks]\ncrash_interval_secs = 1\napp_interval_secs = 0\n",
     );
     let mut child = agent.spawn(false);
-    let first = poll_agent(&agent, &mut child, "a first bookmark", last_bookmark);
+    let first = agent.poll_status(&mut child, "a first bookmark", 120, last_bookmark);
     let disk = agent.status().unwrap()["disks"][0]["disk_id"]
         .as_str()
         .unwrap()
@@ -645,7 +623,7 @@ async fn an_agent_whose_process_server_dies_moves_on_and_resends_only_what_was_l
         "[bookmarks]\ncrash_interval_secs = 1\napp_interval_secs = 0\n",
     );
     let mut child = agent.spawn(false);
-    let copied = poll_agent(&agent, &mut child, "a bookmark at ps-2", last_bookmark);
+    let copied = agent.poll_status(&mut child, "a bookmark at ps-2", 120, last_bookmark);
     let disk = agent.status().unwrap()["disks"][0]["disk_id"]
         .as_str()
         .unwrap()
@@ -682,7 +660,7 @@ async fn an_agent_whose_process_server_dies_moves_on_and_resends_only_what_was_l
     // The agent finds ps-2 gone, asks the configuration server, is placed there, and once
     // ps-2's lease has run out its disk is taken over from what storage holds; the agent's
     // journal knows which blocks the lost batches wrote, and its resync sends those alone.
-    poll_agent(&agent, &mut child, "the move to the configuration server", |_| {
+    agent.poll_status(&mut child, "the move to the configuration server", 120, |_| {
         (agent.identity().data_endpoint == site.data).then_some(())
     });
     let at_move = last_bookmark(&agent.status().unwrap()).unwrap();
