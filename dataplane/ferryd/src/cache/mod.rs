@@ -456,6 +456,11 @@ impl Cache {
         self.shared.state().disks.get(&disk_id).map(view)
     }
 
+    /// The owner epoch the disk is held in (no copy of its view: the pipeline asks per upload).
+    pub fn owner_epoch(&self, disk_id: Uuid) -> Option<u64> {
+        self.shared.state().disks.get(&disk_id).map(|d| d.meta.owner_epoch)
+    }
+
     pub fn disks(&self) -> Vec<DiskView> {
         self.shared.state().disks.values().map(view).collect()
     }

@@ -697,8 +697,7 @@ impl Coordinator {
     /// Whether work of `disk_id` in `epoch` is still wanted (the disk was not taken over or
     /// forgotten since it was cut).
     fn current(&self, disk_id: Uuid, epoch: u64) -> bool {
-        self.disks.get(&disk_id).is_some_and(|p| p.epoch == epoch)
-            && self.cache.disk(disk_id).is_some_and(|v| v.meta.owner_epoch == epoch)
+        self.disks.get(&disk_id).is_some_and(|p| p.epoch == epoch) && self.cache.owner_epoch(disk_id) == Some(epoch)
     }
 
     fn on_sealed(&mut self, sealed: Sealed) {
