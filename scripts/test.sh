@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ferry's whole test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting, clippy with warnings as errors, a build of every binary, one quick pass of each
-#   benchmark (correctness only, no timings asserted), then every test of the workspace against
+#   benchmark (correctness only, no timings asserted), the Debian packages' install, upgrade and
+#   removal (scripts/package-check.sh, as root), then every test of the workspace against
 #   real services: Azurite is installed from the pinned lock file, started on a free loopback
 #   port with a fresh data directory, and stopped whatever happens.
 set -euo pipefail
@@ -24,6 +25,25 @@ cargo test --workspace --locked --bench '*'
 
 echo "== doc tests"
 cargo test --workspace --locked --doc
+
+# The Debian packages' whole life (build, lintian, install, init, replicate, upgrade, purge):
+# it installs system-wide, so it runs where this is a Debian-like machine run as root, with
+# the tools it needs installed here first.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+  missing=""
+  for tool in lintian:lintian dpkg-shlibdeps:dpkg-dev fakeroot:fakeroot setpriv:util-linux; do
+    command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
+  done
+  if [ -n "$missing" ]; then
+    echo "== installing$missing for the package check"
+    apt-get install -y --no-install-recommends $missing >/dev/null 2>&1 ||
+      { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends $missing >/dev/null 2>&1; }
+  fi
+  echo "== packages: scripts/package-check.sh"
+  scripts/package-check.sh
+else
+  echo "== packages: skipped (scripts/package-check.sh needs root on a Debian-like machine)"
+fi
 
 echo "== starting Azurite"
 azurite_start "$root"

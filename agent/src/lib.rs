@@ -15,6 +15,7 @@
 //! - [`commands`]: the long poll for management commands, and their outcomes.
 //! - [`reprotect`]: a reprotected disk's block map seeded from the failover point's digests.
 //! - [`replicate`]: the rounds on the bookmark policy (`ferry-agent run`).
+//! - [`profile`]: the machine's write churn per disk from /proc/diskstats (`ferry-agent profile`).
 //! - [`progress`], [`status`]: what is remembered between runs and shown by `status`.
 
 pub mod blockmap;
@@ -26,6 +27,7 @@ pub mod held;
 pub mod identity;
 pub mod moving;
 pub mod pass;
+pub mod profile;
 pub mod progress;
 pub mod quiesce;
 pub mod replicate;

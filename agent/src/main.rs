@@ -32,6 +32,26 @@ enum Command {
     Status(StateArgs),
     /// Thaw the file systems in [quiesce] freeze (after a crash during an app-consistent pass).
     Thaw(ThawArgs),
+    /// Measure this machine's write churn per disk from /proc/diskstats (for `ferryctl size`).
+    Profile(ProfileArgs),
+}
+
+#[derive(clap::Args)]
+struct ProfileArgs {
+    /// How long to measure: 90s, 10m, 1h, 7d (a plain number is seconds). SIGINT or SIGTERM
+    /// stops early and still writes what was measured.
+    #[arg(long, default_value = "1h")]
+    duration: ferry_config::retention::Span,
+    /// One sample per interval (the series and the peak are per interval).
+    #[arg(long, default_value = "60s")]
+    interval: ferry_config::retention::Span,
+    /// A disk to measure: its kernel name (sdb, nvme0n1) or /dev path (repeatable; default:
+    /// every whole disk, without loop, ram and optical devices).
+    #[arg(long = "device", value_name = "DEVICE")]
+    devices: Vec<String>,
+    /// Write the profile here (JSON, for `ferryctl size --profile`).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +140,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args, json).await,
             Command::Status(args) => show_status(args, json),
             Command::Thaw(args) => thaw(args),
+            Command::Profile(args) => profile(args, json).await,
         }
     });
     match result {
@@ -249,6 +270,72 @@ fn thaw(args: ThawArgs) -> anyhow::Result<()> {
     }
     if failed {
         bail!("some file systems could not be thawed");
+    }
+    Ok(())
+}
+
+async fn profile(args: ProfileArgs, json: bool) -> anyhow::Result<()> {
+    use ferry_agent::profile::{self, ProfileRun};
+    let devices = if args.devices.is_empty() {
+        profile::whole_disks()?
+    } else {
+        args.devices
+            .iter()
+            .map(|d| profile::kernel_name(d))
+            .collect::<anyhow::Result<_>>()?
+    };
+    if devices.is_empty() {
+        bail!("no disk to measure (name one with --device)");
+    }
+    let run = ProfileRun {
+        devices,
+        duration: args.duration.duration(),
+        interval: args.interval.duration(),
+    };
+    eprintln!(
+        "profiling {} for {} s, a sample every {} s (SIGINT stops early)",
+        run.devices.join(", "),
+        run.duration.as_secs(),
+        run.interval.as_secs()
+    );
+    let measured = profile::measure(&run, &host_name(), shutdown_signal(), |index, planned, mb_s| {
+        eprintln!("  interval {index}/{planned}: {mb_s:.2} MB/s written");
+    })
+    .await?;
+    let text = serde_json::to_string_pretty(&measured)?;
+    if let Some(out) = &args.out {
+        ferry_durable::replace(out, text.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if json {
+        println!("{text}");
+    } else {
+        let state = if measured.complete { "complete" } else { "interrupted" };
+        println!(
+            "{} s measured ({state}), interval {} s",
+            measured.duration_secs.round(),
+            measured.interval_secs
+        );
+        println!(
+            "{:<12} {:>12} {:>12} {:>10} {:>12}",
+            "DEVICE", "AVG MB/s", "PEAK MB/s", "GB/day", "SIZE GiB"
+        );
+        for disk in &measured.disks {
+            println!(
+                "{:<12} {:>12.3} {:>12.3} {:>10.1} {:>12.1}",
+                disk.device,
+                disk.average_mb_s,
+                disk.peak_mb_s,
+                disk.gb_per_day,
+                disk.size_bytes as f64 / f64::from(1u32 << 30)
+            );
+        }
+        if let Some(out) = &args.out {
+            println!(
+                "profile written to {} (ferryctl size --profile {})",
+                out.display(),
+                out.display()
+            );
+        }
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! Order matters, so that a refusal changes nothing: the target is checked first (reachable,
 //! and either empty of vaults or holding this key's vault), the directory is assembled in a
 //! staging directory beside DIR, `vault.json` is written to the target only for a new vault,
-//! and the staging directory is renamed to DIR last.
+//! and the staging directory is renamed to DIR last. An existing empty DIR (the package's
+//! /var/lib/ferry, whose parent its `ferry` user cannot write) is staged inside itself and
+//! its entries moved up, ferry.toml last, so nothing takes it for an appliance before then.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -100,6 +102,28 @@ fn new_dir(path: &Path) -> Result<()> {
 
 fn fsync_dir(path: &Path) -> Result<()> {
     ferry_durable::fsync_dir(path).with_context(|| format!("cannot fsync directory {}", path.display()))
+}
+
+/// Moves every entry of `staging` into `dir` (its parent), the config file last, then removes
+/// `staging`: an appliance directory is one only once its ferry.toml is there.
+fn move_entries_up(staging: &Path, dir: &Path) -> Result<()> {
+    let config_name = ApplianceLayout::new(staging)
+        .config_file()
+        .file_name()
+        .map(|n| n.to_os_string())
+        .context("the layout names no config file")?;
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(staging)
+        .with_context(|| format!("listing {}", staging.display()))?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    // false sorts first: everything else, then the config file.
+    names.sort_by_key(|name| *name == config_name);
+    for name in names {
+        std::fs::rename(staging.join(&name), dir.join(&name))
+            .with_context(|| format!("cannot move {} into {}", name.to_string_lossy(), dir.display()))?;
+    }
+    std::fs::remove_dir(staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+    fsync_dir(dir)
 }
 
 fn host_name() -> Option<String> {
@@ -318,8 +342,14 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
         None => load_or_generate_key(args.vault_key_file.as_deref())?,
     };
 
-    // Assemble beside the final directory; relative target paths resolve inside it.
-    let staging_dir = parent.join(format!(".{file_name}.init-{}", std::process::id()));
+    // Assemble beside the final directory (inside it when it exists); relative target paths
+    // resolve inside the staging directory.
+    let in_place = dir.exists();
+    let staging_dir = if in_place {
+        dir.join(format!(".init-{}", std::process::id()))
+    } else {
+        parent.join(format!(".{file_name}.init-{}", std::process::id()))
+    };
     let _ = std::fs::remove_dir_all(&staging_dir);
     new_dir(&staging_dir)?;
     let staging = ApplianceLayout::new(&staging_dir);
@@ -368,12 +398,19 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
             return Err(e);
         }
     };
-    if dir.exists() {
-        std::fs::remove_dir(&dir).with_context(|| format!("{} appeared while initialising", dir.display()))?;
+    if in_place {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} owner-only", dir.display()))?;
+        move_entries_up(&staging_dir, &dir)?;
+    } else {
+        if dir.exists() {
+            std::fs::remove_dir(&dir).with_context(|| format!("{} appeared while initialising", dir.display()))?;
+        }
+        std::fs::rename(&staging_dir, &dir)
+            .with_context(|| format!("cannot move the new appliance into {}", dir.display()))?;
+        fsync_dir(&parent)?;
     }
-    std::fs::rename(&staging_dir, &dir)
-        .with_context(|| format!("cannot move the new appliance into {}", dir.display()))?;
-    fsync_dir(&parent)?;
 
     let layout = ApplianceLayout::new(&dir);
     let target_description = target_description.replace(&staging_dir.display().to_string(), &dir.display().to_string());

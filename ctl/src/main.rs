@@ -22,10 +22,13 @@ mod init;
 mod plan;
 mod point_args;
 mod points;
+mod preflight;
 mod ps;
 mod restore;
 mod retention;
 mod secrets;
+mod size;
+mod sizing;
 mod target_args;
 mod vault;
 mod vault_access;
@@ -97,6 +100,12 @@ enum Command {
     Drain(control::DrainArgs),
     /// Show (or --rotate) the registration passphrase agents register with.
     Passphrase(secrets::PassphraseArgs),
+    /// Check this VM before and after init: cores, memory, cache file system, clock, ports,
+    /// target, vault key; each ok/warn/fail with what it measured (exit 0, 1 or 2: the worst).
+    Preflight(preflight::PreflightArgs),
+    /// Size a site: process servers, cores, memory, cache, upload bandwidth, storage
+    /// transactions and their cost, beside Azure Site Recovery's published sizing.
+    Size(size::SizeArgs),
     /// Run Ferry end to end in a scratch directory: appliance, ferryd, an agent replicating a
     /// sample disk, and verified restores; then clean up.
     Demo(demo::DemoArgs),
@@ -116,7 +125,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
+            // Its exit status is its worst verdict, not just success or failure.
+            Command::Preflight(args) => return Ok(preflight::run(args, cli.json).await),
+            Command::Size(args) => size::run(args, cli.json),
             Command::Init(args) => init::run(args, cli.json).await,
             Command::Ps(command) => ps::run(command, cli.json).await,
             Command::Vault(command) => vault::run(command, cli.json).await,
@@ -135,10 +147,11 @@ fn main() -> ExitCode {
             Command::Passphrase(args) => secrets::passphrase(args, cli.json),
             Command::Drain(args) => control::drain(args, cli.json).await,
             Command::Tune(args) => control::tune(args, cli.json).await,
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             if cli.json {
                 println!("{}", serde_json::json!({ "error": format!("{error:#}") }));

@@ -670,23 +670,29 @@ impl LoopMount {
     /// system's mkfs, unless FERRY_REQUIRE_LOOP=1 (ext4) or FERRY_REQUIRE_XFS=1 (xfs): then
     /// not being able to make one fails the test.
     pub fn new(dir: &Path, fs_type: &str) -> Option<LoopMount> {
+        Self::with_size(dir, fs_type, if fs_type == "xfs" { 512 } else { 64 })
+    }
+
+    /// As [`LoopMount::new`], `mib` MiB large (a sparse image).
+    pub fn with_size(dir: &Path, fs_type: &str, mib: u32) -> Option<LoopMount> {
         let image = dir.join(format!("{fs_type}.img"));
         let mount = dir.join(format!("{fs_type}-mnt"));
         std::fs::create_dir_all(&mount).expect("mount point");
         let (make, required_by) = match fs_type {
             "ext4" => (
-                "truncate -s 64M {img} && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 {img} && mount -o loop,noinit_itable {img} {mnt}",
+                "truncate -s {size}M {img} && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 {img} && mount -o loop,noinit_itable {img} {mnt}",
                 "FERRY_REQUIRE_LOOP",
             ),
             "xfs" => (
-                "truncate -s 512M {img} && mkfs.xfs -q -f -m reflink=1 {img} && mount -o loop {img} {mnt}",
+                "truncate -s {size}M {img} && mkfs.xfs -q -f -m reflink=1 {img} && mount -o loop {img} {mnt}",
                 "FERRY_REQUIRE_XFS",
             ),
             other => panic!("no recipe for a loop-mounted {other}"),
         };
         let made = sh(&make
             .replace("{img}", &image.display().to_string())
-            .replace("{mnt}", &mount.display().to_string()));
+            .replace("{mnt}", &mount.display().to_string())
+            .replace("{size}", &mib.to_string()));
         if !made.0 {
             assert!(
                 std::env::var(required_by).is_err(),

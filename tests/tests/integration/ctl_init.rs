@@ -111,6 +111,36 @@ fn init_creates_a_private_appliance_and_a_vault() {
     );
 }
 
+/// The package's way: the directory exists (made by postinst, owned by the `ferry` user, whose
+/// parent /var/lib that user cannot write), empty; init fills it in place.
+#[test]
+fn init_fills_an_existing_empty_directory_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ferry");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = ferryctl(&["--json", "init", s(&dir)]);
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(mode(&dir), 0o700);
+    let mut entries: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["ferry.toml", "passphrase", "pki", "target", "vault.key"]);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "nothing staged beside it"
+    );
+    let check = ferryctl(&["vault", "check", "--config", s(&dir)]);
+    assert!(check.success, "{}", check.stderr);
+    // Now it is not empty: a second init is refused and changes nothing.
+    let again = ferryctl(&["init", s(&dir)]);
+    assert!(!again.success && again.stderr.contains("not empty"), "{}", again.stderr);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
+}
+
 #[test]
 fn a_second_appliance_joins_only_with_the_vault_key() {
     let tmp = tempfile::tempdir().unwrap();

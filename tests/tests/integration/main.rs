@@ -1,6 +1,7 @@
 //! Ferry's end-to-end tests, one binary: each module drives the real binaries.
 
 mod agent;
+mod appliance_tools;
 mod appliance_units;
 mod bandwidth;
 mod commands;
