@@ -79,7 +79,47 @@ both_engines!(
     model_run,
     abandoned_batches_stay_abandoned_across_restarts,
     a_taken_over_disk_restarts_at_storage_and_its_old_batches_stay_gone,
+    the_disks_that_advanced_are_named_once,
 );
+
+/// The pipeline looks only at disks the cache names as advanced: each disk whose durable_seq
+/// moved is named once per take, a batch that leaves a gap does not name it, and views of
+/// named disks come back for those the cache has.
+async fn the_disks_that_advanced_are_named_once(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+    for disk in [a, b, c] {
+        cache.create_disk(meta(disk)).unwrap();
+    }
+    assert!(cache.take_advanced().is_empty());
+    for seq in 1..=3 {
+        store(&cache, a, &batch(seq, 1, 0)).await.unwrap();
+    }
+    store(&cache, b, &batch(1, 1, 0)).await.unwrap();
+    store(&cache, c, &batch(2, 1, 0)).await.unwrap(); // a gap: durable_seq stays 0
+    let mut named: Vec<(Uuid, u64)> = cache
+        .take_advanced()
+        .iter()
+        .map(|v| (v.meta.disk_id, v.durable_seq))
+        .collect();
+    named.sort();
+    assert_eq!(named, vec![(a, 3), (b, 1)]);
+    assert!(cache.take_advanced().is_empty(), "named once");
+    store(&cache, c, &batch(1, 1, 0)).await.unwrap(); // fills the gap: 1 and 2 durable
+    let named: Vec<(Uuid, u64)> = cache
+        .take_advanced()
+        .iter()
+        .map(|v| (v.meta.disk_id, v.durable_seq))
+        .collect();
+    assert_eq!(named, vec![(c, 2)]);
+    store(&cache, a, &batch(4, 1, 0)).await.unwrap();
+    cache.clear_advanced();
+    assert!(cache.take_advanced().is_empty(), "cleared before a full pass");
+    let views = cache.views_of(&[b, Uuid::from_u128(99)]);
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].meta.disk_id, b);
+}
 
 async fn durable_across_restart(engine: CacheEngine) {
     let dir = tempfile::tempdir().unwrap();

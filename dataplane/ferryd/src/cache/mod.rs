@@ -251,6 +251,10 @@ struct State {
     pending_bytes: u64,
     resident_bytes: u64,
     resident_order: VecDeque<(Uuid, u64)>,
+    /// Disks whose durable_seq advanced since the pipeline last took them
+    /// ([`Cache::take_advanced`]): with hundreds of disks, a pass over every disk per write
+    /// was most of the pipeline coordinator's CPU. At most one entry per disk.
+    advanced: HashSet<Uuid>,
 }
 
 pub(crate) struct Shared {
@@ -333,6 +337,7 @@ impl Cache {
                 pending_bytes: 0,
                 resident_bytes: 0,
                 resident_order: VecDeque::new(),
+                advanced: HashSet::new(),
             }),
             release_lock: Mutex::new(()),
             durable: Arc::new(tokio::sync::Notify::new()),
@@ -463,6 +468,27 @@ impl Cache {
 
     pub fn disks(&self) -> Vec<DiskView> {
         self.shared.state().disks.values().map(view).collect()
+    }
+
+    /// The disks whose durable_seq advanced since the last call (each once), and forgets them.
+    pub fn take_advanced(&self) -> Vec<DiskView> {
+        let mut state = self.shared.state();
+        let mut advanced = std::mem::take(&mut state.advanced);
+        let views = advanced.iter().filter_map(|id| state.disks.get(id)).map(view).collect();
+        advanced.clear();
+        state.advanced = advanced; // keeps its capacity
+        views
+    }
+
+    /// Forgets which disks advanced (a pass over every disk is about to look at all of them).
+    pub fn clear_advanced(&self) {
+        self.shared.state().advanced.clear();
+    }
+
+    /// The views of these disks (those the cache still has).
+    pub fn views_of(&self, disk_ids: &[Uuid]) -> Vec<DiskView> {
+        let state = self.shared.state();
+        disk_ids.iter().filter_map(|id| state.disks.get(id)).map(view).collect()
     }
 
     /// The first check, before reading a body: is `seq` possibly acceptable?

@@ -354,9 +354,14 @@ impl Writer {
         }
         for (disk_id, reply) in touched {
             let durable = state.disks.get_mut(&disk_id).map(|disk| {
+                let before = disk.durable_seq;
                 disk.advance_durable();
-                disk.durable_seq
+                (disk.durable_seq, disk.durable_seq > before)
             });
+            if let Some((_, true)) = durable {
+                state.advanced.insert(disk_id);
+            }
+            let durable = durable.map(|(seq, _)| seq);
             answers.push((
                 reply,
                 durable.ok_or_else(|| AppendError::Io("the disk disappeared".into())),

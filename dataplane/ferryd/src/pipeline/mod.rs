@@ -56,6 +56,8 @@ pub const TRANSIENT_PAUSE: Duration = Duration::from_secs(5);
 pub const PERMANENT_PAUSE: Duration = Duration::from_secs(30);
 /// Seal jobs queued for the workers at most.
 const SEAL_QUEUE_DEPTH: usize = 64;
+/// How often the coordinator looks at every disk even when none signalled anything.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
 
 /// A recovery point as the status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,8 +325,18 @@ struct Coordinator {
     /// Disks whose ledger may have a commit step to hand out (uploads stored, calls answered,
     /// or paused after a failure): [`Coordinator::commit`] looks at these only.
     commit_due: std::collections::HashSet<Uuid>,
-    /// Whether the next cycle passes over the disks to cut change sets ([`Self::dispatch`]).
+    /// Whether the next cycle passes over every disk to cut change sets ([`Self::dispatch`]):
+    /// at start, after a tuning change, when room is back after a blocked pass, and once a
+    /// second (which also catches a lease renewed or anything else not signalled).
     dispatch_due: bool,
+    /// When the next pass over every disk is due at the latest.
+    next_full_pass: Instant,
+    /// Disks the next cycle looks at without a full pass: their descriptor was written, or
+    /// their flush delay or pause ended. (Disks with new durable batches come from the cache,
+    /// [`Cache::take_advanced`].)
+    dispatch_disks: std::collections::HashSet<Uuid>,
+    /// The cache signalled new durable batches since the last cycle.
+    advanced_due: bool,
     /// The last pass stopped at the memory budget or a full seal queue...
     dispatch_blocked: bool,
     /// ...and a change set was sealed or stored since (room may be back).
@@ -387,6 +399,9 @@ pub fn start(
         calls_done,
         commit_due: Default::default(),
         dispatch_due: true,
+        next_full_pass: Instant::now(),
+        dispatch_disks: std::collections::HashSet::new(),
+        advanced_due: false,
         dispatch_blocked: false,
         room_freed: false,
         tuning,
@@ -426,12 +441,12 @@ impl Coordinator {
             let deadline = self.next_deadline();
             tokio::select! {
                 _ = stop.changed() => return,
-                _ = durable.notified() => self.dispatch_due = true,
+                _ = durable.notified() => self.advanced_due = true,
                 _ = self.tuning.changed.notified() => self.dispatch_due = true,
                 Some(sealed) = self.sealed.recv() => self.on_sealed(sealed),
                 Some(outcome) = self.outcomes.recv() => self.on_outcome(outcome),
                 Some(done) = self.calls_done.recv() => self.on_call_done(done),
-                _ = tokio::time::sleep_until(deadline.into()) => self.dispatch_due = true,
+                _ = tokio::time::sleep_until(deadline.into()) => self.collect_due_disks(),
             }
             // Take every answer already waiting, so one pass over the disks serves them all
             // (with hundreds of disks, a pass per answer was a tenth of ferryd's CPU).
@@ -446,16 +461,34 @@ impl Coordinator {
             }
             self.retune();
             self.requeue_due();
-            // A pass over every disk only when it can cut something new: new durable batches,
-            // a flush delay or pause ending, a change of tunables, or room again after the
-            // last pass stopped at the memory budget or a full seal queue. (A pass per upload
-            // or call answer was most of the coordinator's CPU with hundreds of disks.)
+            // A pass over every disk only when any disk may have become ready (a change of
+            // tunables, room again after the last pass stopped at the memory budget or a full
+            // seal queue, once a second); otherwise only the disks with something new: new
+            // durable batches, a flush delay or pause ending, a descriptor written. (Passes
+            // over every disk per upload, call answer or write were most of the coordinator's
+            // CPU with hundreds of disks.)
             if self.dispatch_blocked && self.room_freed {
+                self.dispatch_due = true;
+            }
+            if Instant::now() >= self.next_full_pass {
                 self.dispatch_due = true;
             }
             if std::mem::take(&mut self.dispatch_due) {
                 self.room_freed = false;
-                self.dispatch();
+                self.advanced_due = false;
+                self.dispatch_disks.clear();
+                self.cache.clear_advanced();
+                self.next_full_pass = Instant::now() + FULL_PASS_EVERY;
+                let views = self.cache.disks();
+                self.dispatch(views);
+            } else if std::mem::take(&mut self.advanced_due) || !self.dispatch_disks.is_empty() {
+                let mut views = self.cache.take_advanced();
+                for view in &views {
+                    self.dispatch_disks.remove(&view.meta.disk_id);
+                }
+                let named: Vec<Uuid> = self.dispatch_disks.drain().collect();
+                views.extend(self.cache.views_of(&named));
+                self.dispatch(views);
             }
             self.commit();
         }
@@ -512,9 +545,10 @@ impl Coordinator {
         }
     }
 
-    /// The next moment something is due: a flush delay ending or a retry.
+    /// The next moment something is due: a flush delay ending, a retry, or the next pass over
+    /// every disk.
     fn next_deadline(&self) -> Instant {
-        let mut deadline = Instant::now() + Duration::from_secs(1);
+        let mut deadline = self.next_full_pass;
         let limits = self.delay_limits();
         for progress in self.disks.values() {
             if let Some(since) = progress.waiting_since {
@@ -531,6 +565,21 @@ impl Coordinator {
             deadline = deadline.min(*due);
         }
         deadline.max(Instant::now() + Duration::from_millis(1))
+    }
+
+    /// The disks whose flush delay or pause has ended: looked at in this cycle's pass.
+    fn collect_due_disks(&mut self) {
+        let now = Instant::now();
+        let limits = self.delay_limits();
+        for (disk_id, progress) in &self.disks {
+            let delay_over = progress
+                .waiting_since
+                .is_some_and(|since| since + idle_delay::current(progress.flush_delay, limits) <= now);
+            let pause_over = progress.paused_until.is_some_and(|until| until <= now);
+            if delay_over || pause_over {
+                self.dispatch_disks.insert(*disk_id);
+            }
+        }
     }
 
     fn requeue_due(&mut self) {
@@ -567,11 +616,11 @@ impl Coordinator {
 
     /// Puts out the calls a disk needs before its change sets can go (its descriptor, and its
     /// newest point for the status after a restart), then cuts the ready change sets of
-    /// every disk. Never waits: calls run as tasks.
-    fn dispatch(&mut self) {
+    /// the disks of `views`. Never waits: calls run as tasks.
+    fn dispatch(&mut self, views: Vec<DiskView>) {
         let now = Instant::now();
         self.dispatch_blocked = false;
-        for view in self.cache.disks() {
+        for view in views {
             let disk_id = view.meta.disk_id;
             // One map lookup per disk and pass (the pass visits every disk; with hundreds of
             // them the lookups showed in profiles).
@@ -595,8 +644,10 @@ impl Coordinator {
             if view.durable_seq <= progress.ledger.dispatched_through() {
                 continue;
             }
-            let wanted = (view.meta.size_bytes, view.meta.name.clone());
-            if progress.descriptor_written.as_ref() != Some(&wanted) {
+            let written = progress.descriptor_written.as_ref();
+            if written.map(|(size, name)| (*size, name.as_str()))
+                != Some((view.meta.size_bytes, view.meta.name.as_str()))
+            {
                 // Nothing of a disk goes to storage before its descriptor (a new disk or a resize).
                 if !progress.descriptor_call_out {
                     progress.descriptor_call_out = true;
@@ -896,7 +947,7 @@ impl Coordinator {
         match done {
             calls::Done::Descriptor { descriptor, result } => {
                 progress.descriptor_call_out = false;
-                self.dispatch_due = true;
+                self.dispatch_disks.insert(disk_id);
                 match result {
                     Ok(()) => progress.descriptor_written = Some((descriptor.size_bytes, descriptor.name)),
                     Err(e) => progress.failed(format!("cannot write disk.fseal: {e}"), e.pause()),
