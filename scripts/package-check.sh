@@ -78,6 +78,8 @@ as_ferry ferryctl --json init /var/lib/ferry --server-name 127.0.0.1 --metrics-l
   { cat "$work/init.json"; fail "ferryctl init as the ferry user"; }
 fingerprint="$(sed -n 's/.*"server_cert_sha256": *"\([0-9A-Fa-f:]*\)".*/\1/p' "$work/init.json")"
 [ -n "$fingerprint" ] || fail "init printed no certificate fingerprint: $(cat "$work/init.json")"
+grep -q '"systemctl enable --now ferryd"' "$work/init.json" ||
+  fail "init does not tell the package's user to start the unit: $(cat "$work/init.json")"
 
 unit=/lib/systemd/system/ferryd.service
 start_ferryd() {

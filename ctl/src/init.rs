@@ -80,10 +80,20 @@ struct InitReport {
 
 /// What to run after `init`: ferryd on this directory, then `ferry-agent register` on each
 /// protected machine against the management endpoint, pinned to this certificate.
+/// Where the ferry-server package installs ferryd's unit, which runs the appliance at
+/// [`PACKAGED_APPLIANCE_DIR`].
+const PACKAGED_UNIT: &str = "/lib/systemd/system/ferryd.service";
+const PACKAGED_APPLIANCE_DIR: &str = "/var/lib/ferry";
+
 fn next_steps(dir: &Path, server_name: &str, management_listen: &str, fingerprint: &str) -> Vec<String> {
     let port = management_listen.rsplit_once(':').map_or("443", |(_, p)| p);
+    let packaged = dir == Path::new(PACKAGED_APPLIANCE_DIR) && Path::new(PACKAGED_UNIT).exists();
     vec![
-        format!("ferryd --config {}", dir.display()),
+        if packaged {
+            "systemctl enable --now ferryd".to_string()
+        } else {
+            format!("ferryd --config {}", dir.display())
+        },
         format!(
             "ferry-agent register --server {server_name}:{port} --passphrase-file PASSPHRASE_FILE --fingerprint {fingerprint}"
         ),
