@@ -119,8 +119,8 @@ pub async fn run(args: PreflightArgs, json: bool) -> ExitCode {
     exit_code(worst)
 }
 
-/// Everything preflight needs to know about the appliance (or its absence).
-struct Context_ {
+/// What preflight knows of the appliance (or its absence) and the load it is to carry.
+struct Appliance {
     config: Option<(PathBuf, ApplianceConfig)>,
     settings: FerrydSettings,
     load: Load,
@@ -149,7 +149,7 @@ async fn checks(args: &PreflightArgs) -> Result<Vec<Check>> {
         disks: Vec::new(),
         machines: 0,
     });
-    let context = Context_ {
+    let context = Appliance {
         plan: Plan {
             rpo_secs: 900.0,
             outage_hours: args.outage_hours,
@@ -209,7 +209,7 @@ fn memory_check(sized: &sizing::Sizing) -> Result<Check> {
 
 /// The cache file system: durable, O_DIRECT at a rate above the peak, io_uring, room for
 /// the outage's backlog.
-fn cache_checks(args: &PreflightArgs, context: &Context_) -> Vec<Check> {
+fn cache_checks(args: &PreflightArgs, context: &Appliance) -> Vec<Check> {
     let cache_dir = match (&args.cache_dir, &context.config) {
         (Some(dir), _) => dir.clone(),
         (None, Some((dir, config))) => ApplianceLayout::new(dir).resolve(&config.cache.directory),
@@ -355,7 +355,7 @@ fn clock_check() -> Check {
 }
 
 /// The listen ports: free, or held by this appliance's own ferryd.
-fn port_checks(context: &Context_) -> Vec<Check> {
+fn port_checks(context: &Appliance) -> Vec<Check> {
     let server = context
         .config
         .as_ref()
@@ -396,7 +396,7 @@ const TARGET_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The target: reachable and writable (small-object latency, a throughput probe against the
 /// upload the load needs), and the vault key opening the vault there.
-async fn target_checks(args: &PreflightArgs, context: &Context_, sized: &sizing::Sizing) -> Vec<Check> {
+async fn target_checks(args: &PreflightArgs, context: &Appliance, sized: &sizing::Sizing) -> Vec<Check> {
     let named = context.config.is_some() || args.vault.target.names_a_target();
     if !named {
         return vec![
