@@ -30,9 +30,15 @@ pub fn write<T: Serialize>(path: &Path, magic: [u8; 8], version: u32, value: &T)
         path: path.display().to_string(),
         source,
     };
-    let body = serde_json::to_vec(value).map_err(|e| io_error(io::Error::other(e)))?;
+    let bytes = encode(magic, version, value).map_err(io_error)?;
+    crate::replace(path, &bytes).map_err(io_error)
+}
+
+/// The bytes [`write`] writes: header and JSON body (for [`crate::replace_in_dir`]).
+pub fn encode<T: Serialize>(magic: [u8; 8], version: u32, value: &T) -> io::Result<Vec<u8>> {
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
     if body.len() > STATE_FILE_MAX_BODY {
-        return Err(io_error(io::Error::other("state file body is too large")));
+        return Err(io::Error::other("state file body is too large"));
     }
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(&magic);
@@ -41,7 +47,7 @@ pub fn write<T: Serialize>(path: &Path, magic: [u8; 8], version: u32, value: &T)
     bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     bytes.extend_from_slice(&[0u8; 4]);
     bytes.extend_from_slice(&body);
-    crate::replace(path, &bytes).map_err(io_error)
+    Ok(bytes)
 }
 
 /// Reads a file written by [`write`], checking magic, version, length and CRC.

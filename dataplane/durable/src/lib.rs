@@ -34,6 +34,59 @@ pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
     fsync_dir(parent_of(path))
 }
 
+/// Replaces several files of one directory, each as [`replace`] would (after a crash each holds
+/// its old or its new content), sharing the syncs: every temporary file is written, one
+/// `syncfs` makes them all durable, each is renamed, and one fsync of the directory makes
+/// the renames durable. Two syncs in all instead of two per file: the cache releases the
+/// batches of hundreds of disks a second this way (issue 11, asr-sizing).
+///
+/// One result per file, in order. A file whose temporary could not be written fails alone;
+/// a failed sync fails every file written (their old content stays, since nothing was
+/// renamed before the data was durable).
+pub fn replace_in_dir(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Vec<io::Result<()>> {
+    let mut results: Vec<io::Result<()>> = files
+        .iter()
+        .map(|(path, contents)| {
+            if parent_of(path) != dir {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not in {}", path.display(), dir.display()),
+                ));
+            }
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(temporary_path(path))?;
+            file.write_all(contents)
+        })
+        .collect();
+    if results.iter().all(|r| r.is_err()) {
+        return results;
+    }
+    let shared_step = |results: &mut Vec<io::Result<()>>, step: io::Result<()>| {
+        if let Err(e) = step {
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(io::Error::new(e.kind(), e.to_string()));
+            }
+            return false;
+        }
+        true
+    };
+    let synced = File::open(dir).and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from));
+    if !shared_step(&mut results, synced) {
+        return results;
+    }
+    for ((path, _), result) in files.iter().zip(results.iter_mut()) {
+        if result.is_ok() {
+            *result = fs::rename(temporary_path(path), path);
+        }
+    }
+    shared_step(&mut results, fsync_dir(dir));
+    results
+}
+
 /// Creates `path`, which must not exist yet, with `contents` (mode 0600), fsyncs it and its
 /// directory.
 pub fn create_new(path: &Path, contents: &[u8]) -> io::Result<()> {
@@ -113,6 +166,32 @@ mod tests {
         replace(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert!(!dir.path().join("ferry.toml.tmp").exists());
+    }
+
+    #[test]
+    fn replace_in_dir_replaces_each_file_and_fails_only_the_one_it_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.meta"), dir.path().join("b.meta"));
+        replace(&a, b"old a").unwrap();
+        let elsewhere = dir.path().join("sub/c.meta");
+        let results = replace_in_dir(
+            dir.path(),
+            &[
+                (a.clone(), b"new a".to_vec()),
+                (elsewhere, b"c".to_vec()),
+                (b.clone(), b"new b".to_vec()),
+            ],
+        );
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert_eq!(results[1].as_ref().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(fs::read(&a).unwrap(), b"new a");
+        assert_eq!(fs::read(&b).unwrap(), b"new b");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.meta", "b.meta"], "no temporary file stays");
     }
 
     #[test]

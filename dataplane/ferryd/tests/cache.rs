@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use ferry_config::config::CacheEngine;
 use ferry_format::BatchEncoder;
-use ferryd::cache::{Admission, AppendError, Cache, CacheError, CacheOptions, DiskMeta, RecordBuffer};
+use ferryd::cache::{Admission, AppendError, Cache, CacheError, CacheOptions, DiskMeta, RecordBuffer, Release};
 use std::collections::BTreeMap;
 use std::path::Path;
 use uuid::Uuid;
@@ -73,6 +73,7 @@ both_engines!(
     durable_across_restart,
     admission_rules,
     release_persists_and_deletes_segments,
+    releases_of_many_disks_are_made_durable_together,
     full_cache_refuses_then_resumes,
     torn_tail_is_cut_and_reported,
     second_open_is_locked,
@@ -260,6 +261,73 @@ async fn release_persists_and_deletes_segments(engine: CacheEngine) {
         Admission::AlreadyStored { durable_seq: 30 }
     );
     assert_eq!(store(&cache, disk, &batch(31, 8, 0)).await.unwrap(), Admission::Accept);
+}
+
+async fn releases_of_many_disks_are_made_durable_together(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disks: Vec<Uuid> = (1..=4).map(Uuid::from_u128).collect();
+    let release = |disk_id, through_seq, epoch| Release {
+        disk_id,
+        through_seq,
+        epoch,
+    };
+    {
+        let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        for disk in &disks {
+            cache.create_disk(meta(*disk)).unwrap();
+            for seq in 1..=10 {
+                store(&cache, *disk, &batch(seq, 8, 0)).await.unwrap();
+            }
+        }
+        let unknown = Uuid::from_u128(77);
+        let results = cache.release_many(&[
+            release(disks[0], 4, 0),
+            release(disks[1], 99, 0),
+            release(disks[2], 5, 3), // another owner epoch: nothing happens
+            release(unknown, 1, 0),
+            release(disks[0], 6, 0), // the same disk twice in one group
+            release(disks[3], 10, 0),
+        ]);
+        assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_ok() && results[5].is_ok());
+        assert!(matches!(results[3], Err(CacheError::UnknownDisk(d)) if d == unknown));
+        assert!(
+            matches!(results[4], Err(CacheError::Busy(d, _)) if d == disks[0]),
+            "a second release of a disk in one group is refused, never answered as done"
+        );
+        let released: Vec<u64> = disks.iter().map(|d| cache.disk(*d).unwrap().released_through).collect();
+        assert_eq!(
+            released,
+            [4, 10, 0, 10],
+            "each disk up to its own request, at most durable_seq"
+        );
+        assert_eq!(cache.read_batch(disks[0], 4).unwrap(), None);
+        assert!(cache.read_batch(disks[0], 5).unwrap().is_some());
+        cache.shutdown();
+    }
+    let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    let after: Vec<(u64, usize)> = disks
+        .iter()
+        .map(|d| {
+            let view = cache.disk(*d).unwrap();
+            (view.released_through, view.cached_batches)
+        })
+        .collect();
+    assert_eq!(
+        after,
+        [(4, 6), (10, 0), (0, 10), (10, 0)],
+        "the watermarks survived a restart"
+    );
+    assert_eq!(
+        store(&cache, disks[1], &batch(3, 8, 0)).await.unwrap(),
+        Admission::AlreadyStored { durable_seq: 10 },
+        "released batches are still recognised by their CRCs"
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("cache/disks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "no temporary file stays: {names:?}");
 }
 
 async fn full_cache_refuses_then_resumes(engine: CacheEngine) {

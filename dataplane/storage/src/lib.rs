@@ -24,6 +24,7 @@ use std::ops::Range;
 pub mod azure;
 mod blob_url;
 pub mod config;
+pub mod direct_write;
 pub mod discard;
 pub mod faults;
 pub mod group_sync;

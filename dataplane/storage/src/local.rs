@@ -11,7 +11,9 @@
 //! leaves at worst a stray temporary file, which [`LocalDirectory::remove_stray_temporaries`]
 //! cleans.
 //!
-//! Blocking file I/O runs on tokio's blocking pool. Listing walks the directory tree below
+//! Whole objects are written with O_DIRECT where the file system allows
+//! ([`crate::direct_write`]); paced puts, written a granted piece at a time, go through the
+//! page cache. Blocking file I/O runs on tokio's blocking pool. Listing walks the directory tree below
 //! the prefix and sorts; it holds the names below that prefix in memory.
 
 use async_trait::async_trait;
@@ -214,6 +216,16 @@ impl PendingObject {
         self.file.write_all(data)
     }
 
+    /// Writes the whole object into the empty temporary file, with O_DIRECT where the file
+    /// system takes it ([`crate::direct_write`]: no page-cache copy), else buffered.
+    fn write_whole(&mut self, data: &[u8]) -> io::Result<()> {
+        if crate::direct_write::try_enable(&self.file)? {
+            crate::direct_write::write_object(&self.file, data)
+        } else {
+            self.append(data)
+        }
+    }
+
     /// Makes the data durable, renames over the object, makes the rename durable (each by a
     /// round of `sync`, shared with other puts).
     fn commit(mut self, sync: &crate::group_sync::GroupSync) -> io::Result<()> {
@@ -236,7 +248,7 @@ impl Drop for PendingObject {
 /// the name exists), then removed; the link is made durable like a rename.
 fn put_new_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_sync::GroupSync) -> io::Result<bool> {
     let mut object = PendingObject::create(root, path)?;
-    object.append(data)?;
+    object.write_whole(data)?;
     sync.sync(&object.file)?;
     let created = match fs::hard_link(&object.temporary, &object.path) {
         Ok(()) => true,
@@ -253,7 +265,7 @@ fn put_new_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_s
 
 fn put_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_sync::GroupSync) -> io::Result<()> {
     let mut object = PendingObject::create(root, path)?;
-    object.append(data)?;
+    object.write_whole(data)?;
     object.commit(sync)
 }
 

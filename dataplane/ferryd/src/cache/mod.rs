@@ -82,6 +82,15 @@ pub enum CacheError {
     Busy(Uuid, &'static str),
 }
 
+/// One disk's release for [`Cache::release_many`]: its batches through `through_seq` (at
+/// most its durable_seq) are in storage, as the pipeline of owner epoch `epoch` found.
+#[derive(Clone, Copy, Debug)]
+pub struct Release {
+    pub disk_id: Uuid,
+    pub through_seq: u64,
+    pub epoch: u64,
+}
+
 /// What the cache keeps about a disk (PROTOCOL.md section 2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskMeta {
@@ -631,50 +640,104 @@ impl Cache {
     /// A release asked under another owner epoch than the disk's now (the disk was taken over
     /// meanwhile, see `takeover.rs`) does nothing.
     pub fn release(&self, disk_id: Uuid, through_seq: u64, epoch: u64) -> Result<(), CacheError> {
+        let mut results = self.release_many(&[Release {
+            disk_id,
+            through_seq,
+            epoch,
+        }]);
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// [`Cache::release`] for several disks at once, sharing the syncs: their watermark files
+    /// are replaced together by [`ferry_durable::replace_in_dir`] (one `syncfs`, one directory
+    /// fsync) instead of two fsyncs each under the release lock. One result per request, in
+    /// order; a disk's failure leaves its batches cached and the others released.
+    pub fn release_many(&self, requests: &[Release]) -> Vec<Result<(), CacheError>> {
         let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, through) = {
+        let disks_dir = self.shared.disks_dir();
+        let mut results: Vec<Result<(), CacheError>> = Vec::with_capacity(requests.len());
+        let mut planned: Vec<(usize, u64, DiskMetaFile)> = Vec::new();
+        {
             let state = self.shared.state();
-            let disk = state.disks.get(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
-            if disk.meta.owner_epoch != epoch {
-                return Ok(());
+            for (index, request) in requests.iter().enumerate() {
+                results.push(Ok(()));
+                let Some(disk) = state.disks.get(&request.disk_id) else {
+                    results[index] = Err(CacheError::UnknownDisk(request.disk_id));
+                    continue;
+                };
+                if disk.meta.owner_epoch != request.epoch {
+                    continue;
+                }
+                let through = request.through_seq.min(disk.durable_seq);
+                if planned.iter().any(|(i, _, _)| requests[*i].disk_id == request.disk_id) {
+                    // Never answered Ok without being done; the caller asks again.
+                    results[index] = Err(CacheError::Busy(request.disk_id, "released twice in one group"));
+                    continue;
+                }
+                if through <= disk.released_through {
+                    continue;
+                }
+                let mut recent = disk.recent.clone();
+                for (seq, entry) in disk.entries.range(..=through) {
+                    recent.push_back((*seq, entry.header_crc));
+                }
+                while recent.len() > RECENT_CRCS {
+                    recent.pop_front();
+                }
+                planned.push((
+                    index,
+                    through,
+                    disk.meta_file(disk.meta.clone(), through, recent.into_iter().collect()),
+                ));
             }
-            let through = through_seq.min(disk.durable_seq);
-            if through <= disk.released_through {
-                return Ok(());
+        }
+        // The watermarks are durable before any record is forgotten or any file deleted.
+        let mut files = Vec::with_capacity(planned.len());
+        let mut written = Vec::with_capacity(planned.len());
+        for (index, through, file) in planned {
+            let path = disks_dir.join(format!("{}.meta", requests[index].disk_id));
+            match checked::encode(DISK_META_MAGIC, DISK_META_VERSION, &file) {
+                Ok(bytes) => {
+                    files.push((path, bytes));
+                    written.push((index, through, file));
+                }
+                Err(source) => results[index] = Err(CacheError::Io { path, source }),
             }
-            let mut recent = disk.recent.clone();
-            for (seq, entry) in disk.entries.range(..=through) {
-                recent.push_back((*seq, entry.header_crc));
-            }
-            while recent.len() > RECENT_CRCS {
-                recent.pop_front();
-            }
-            (
-                disk.meta_file(disk.meta.clone(), through, recent.into_iter().collect()),
-                through,
-            )
-        };
-        // The watermark is durable before any record is forgotten or any file deleted.
-        checked::write(
-            &self.shared.disks_dir().join(format!("{disk_id}.meta")),
-            DISK_META_MAGIC,
-            DISK_META_VERSION,
-            &file,
-        )?;
+        }
+        let outcomes = ferry_durable::replace_in_dir(&disks_dir, &files);
         let empty_segments = {
             let mut state = self.shared.state();
             let state = &mut *state;
-            let disk = state.disks.get_mut(&disk_id).ok_or(CacheError::UnknownDisk(disk_id))?;
-            let kept = disk.entries.split_off(&(through + 1));
-            let released = std::mem::replace(&mut disk.entries, kept);
-            disk.released_through = through;
-            disk.recent = file.recent.iter().copied().collect();
-            for entry in released.values() {
-                forget_entry(&mut state.segments, &mut state.resident_bytes, entry);
+            for (((index, through, file), outcome), (path, _)) in written.into_iter().zip(outcomes).zip(files) {
+                if let Err(source) = outcome {
+                    results[index] = Err(CacheError::Io { path, source });
+                    continue;
+                }
+                let disk_id = requests[index].disk_id;
+                let Some(disk) = state.disks.get_mut(&disk_id) else {
+                    results[index] = Err(CacheError::UnknownDisk(disk_id));
+                    continue;
+                };
+                let kept = disk.entries.split_off(&(through + 1));
+                let released = std::mem::replace(&mut disk.entries, kept);
+                disk.released_through = through;
+                disk.recent = file.recent.iter().copied().collect();
+                for entry in released.values() {
+                    forget_entry(&mut state.segments, &mut state.resident_bytes, entry);
+                }
             }
             take_empty_segments(state)
         };
-        delete_segments(&self.shared.segments_dir(), &empty_segments)
+        if let Err(e) = delete_segments(&self.shared.segments_dir(), &empty_segments) {
+            // The watermarks moved; the segments stay on disk until the next start scans them.
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(CacheError::Io {
+                    path: self.shared.segments_dir(),
+                    source: std::io::Error::other(e.to_string()),
+                });
+            }
+        }
+        results
     }
 
     /// Batch bytes of `disk_id` still in the cache (acknowledged, not yet released). Walks the

@@ -1,16 +1,21 @@
 //! The pipeline's slow calls other than change set uploads: writing a disk's descriptor
 //! (`disk.fseal`) and its recovery points, reading its newest point back after a restart, and
-//! releasing cached batches (a state-file fsync and rename). Each runs as its own tokio task
-//! and reports a [`Done`] on a bounded channel, so the coordinator never waits on storage or
-//! the disk, and one disk's slow or failing call never holds up another disk's commits.
+//! releasing cached batches (a state-file replace). Each storage call runs as its own tokio
+//! task and reports a [`Done`] on a bounded channel, so the coordinator never waits on storage
+//! or the disk, and one disk's slow or failing call never holds up another disk's commits.
+//! Releases go to one thread, the releaser, which takes every release queued and makes them
+//! durable together ([`Cache::release_many`]: one `syncfs` and one directory fsync for the
+//! group) instead of a blocking-pool task per release with two fsyncs each, serialized on
+//! the cache's release lock.
 //!
 //! Ownership: each call is made for the owner epoch the coordinator's disk was in; points are
 //! named with it, and a storage write is made only while [`crate::ownership::Ownership`] says
 //! the disk is writable in that epoch (checked right before it). Answers carry the epoch so the
 //! coordinator drops those of a disk taken over meanwhile.
 //!
-//! Bounds: at most [`STORAGE_CALLS_MAX`] storage calls and [`RELEASES_MAX`] releases run at
-//! once (the rest wait for a permit); the coordinator puts out at most one call of each kind
+//! Bounds: at most [`STORAGE_CALLS_MAX`] storage calls run at once (the rest wait for a
+//! permit), at most [`RELEASE_QUEUE_DEPTH`] releases wait for the releaser and it takes at
+//! most [`RELEASE_GROUP_MAX`] at a time; the coordinator puts out at most one call of each kind
 //! per disk (its [`super::ledger::Ledger`] enforces that for points and releases), so the
 //! number of tasks is bounded by the number of disks. Each storage call goes through the
 //! storage layer's own retries; what still fails comes back as an error for the coordinator
@@ -28,12 +33,14 @@ use uuid::Uuid;
 
 use super::worker::FoundBookmark;
 use super::{PipelineStatus, PointSummary};
-use crate::cache::Cache;
+use crate::cache::{Cache, Release};
 
 /// Storage calls (descriptors, points, reads of the newest point) running at once at most.
 pub const STORAGE_CALLS_MAX: usize = 32;
-/// Cache releases running at once at most (they serialize on the cache's state anyway).
-pub const RELEASES_MAX: usize = 2;
+/// Releases waiting for the releaser thread at most (a task waits for room beyond that).
+pub const RELEASE_QUEUE_DEPTH: usize = 1024;
+/// Releases the releaser makes durable together at most.
+pub const RELEASE_GROUP_MAX: usize = 256;
 /// Answers waiting for the coordinator at most; a finished task waits for room.
 pub const DONE_QUEUE_DEPTH: usize = 256;
 
@@ -98,12 +105,12 @@ pub enum Done {
 pub struct Calls {
     storage: Arc<dyn ObjectStorage>,
     keyring: Keyring,
-    cache: Cache,
     ownership: Arc<crate::ownership::Ownership>,
     bucket: Arc<ferry_storage::TokenBucket>,
     status: PipelineStatus,
     storage_permits: Arc<Semaphore>,
-    release_permits: Arc<Semaphore>,
+    /// To the releaser thread: a release and where its outcome goes.
+    releases: mpsc::Sender<(Release, ReleaseAnswer)>,
     done: mpsc::Sender<(u64, Done)>,
 }
 
@@ -116,20 +123,23 @@ impl Calls {
         ownership: Arc<crate::ownership::Ownership>,
         bucket: Arc<ferry_storage::TokenBucket>,
         status: PipelineStatus,
-    ) -> (Self, mpsc::Receiver<(u64, Done)>) {
+    ) -> std::io::Result<(Self, mpsc::Receiver<(u64, Done)>)> {
         let (done, answers) = mpsc::channel(DONE_QUEUE_DEPTH);
+        let (releases, queued) = mpsc::channel(RELEASE_QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("ferry-release".into())
+            .spawn(move || run_releaser(&cache, queued))?;
         let calls = Self {
             storage,
             keyring,
-            cache,
             ownership,
             bucket,
             status,
             storage_permits: Arc::new(Semaphore::new(STORAGE_CALLS_MAX)),
-            release_permits: Arc::new(Semaphore::new(RELEASES_MAX)),
+            releases,
             done,
         };
-        (calls, answers)
+        Ok((calls, answers))
     }
 
     /// Runs `call` for the disk in owner epoch `epoch` in its own task; its answer arrives on
@@ -137,12 +147,13 @@ impl Calls {
     pub fn start(&self, epoch: u64, call: Call) {
         let this = self.clone();
         tokio::spawn(async move {
-            let permits = match call {
-                Call::Release { .. } => this.release_permits.clone(),
-                _ => this.storage_permits.clone(),
-            };
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
+            // Releases wait in the releaser's queue instead of for a storage permit.
+            let _permit = match call {
+                Call::Release { .. } => None,
+                _ => match this.storage_permits.clone().acquire_owned().await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return,
+                },
             };
             let done = this.run(epoch, call).await;
             // Closed only when the pipeline stopped: the answer no longer matters.
@@ -185,13 +196,22 @@ impl Calls {
                 result: self.newest_point(disk_id).await,
             },
             Call::Release { disk_id, through } => {
-                let cache = self.cache.clone();
-                let result = match tokio::task::spawn_blocking(move || cache.release(disk_id, through, epoch)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(CallError::Local(format!("cannot release the cache: {e}"))),
-                    Err(e) => Err(CallError::Local(format!("cannot release the cache: {e}"))),
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                let release = Release {
+                    disk_id,
+                    through_seq: through,
+                    epoch,
                 };
-                Done::Release { disk_id, result }
+                let result = match self.releases.send((release, answer)).await {
+                    Ok(()) => answered
+                        .await
+                        .unwrap_or_else(|_| Err("the releaser thread stopped".into())),
+                    Err(_) => Err("the releaser thread stopped".into()),
+                };
+                Done::Release {
+                    disk_id,
+                    result: result.map_err(|e| CallError::Local(format!("cannot release the cache: {e}"))),
+                }
             }
         }
     }
@@ -274,5 +294,30 @@ impl Calls {
             kind: point.kind,
             source_time_unix_ms: point.source_time_unix_ms,
         }))
+    }
+}
+
+/// Where the releaser sends one release's outcome (as the message the coordinator logs).
+type ReleaseAnswer = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The releaser thread: takes every queued release (at most [`RELEASE_GROUP_MAX`]), makes them
+/// durable together and answers each. Ends when the pipeline drops its senders.
+fn run_releaser(cache: &Cache, mut queued: mpsc::Receiver<(Release, ReleaseAnswer)>) {
+    let mut group = Vec::with_capacity(RELEASE_GROUP_MAX);
+    while let Some(first) = queued.blocking_recv() {
+        group.clear();
+        group.push(first);
+        while group.len() < RELEASE_GROUP_MAX {
+            match queued.try_recv() {
+                Ok(more) => group.push(more),
+                Err(_) => break,
+            }
+        }
+        let releases: Vec<Release> = group.iter().map(|(release, _)| *release).collect();
+        let results = cache.release_many(&releases);
+        for ((_, answer), result) in group.drain(..).zip(results) {
+            // A dropped receiver: the pipeline stopped waiting; nothing to tell.
+            let _ = answer.send(result.map_err(|e| e.to_string()));
+        }
     }
 }

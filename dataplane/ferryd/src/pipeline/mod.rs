@@ -380,14 +380,20 @@ pub fn start(
         .store(permits, std::sync::atomic::Ordering::Relaxed);
     let (outcomes_tx, outcomes) = tokio::sync::mpsc::unbounded_channel();
     let bucket = Arc::new(ferry_storage::TokenBucket::new(tuning.bandwidth_cap_now()));
-    let (calls, calls_done) = calls::Calls::new(
+    let (calls, calls_done) = match calls::Calls::new(
         storage.clone(),
         keyring.clone(),
         cache.clone(),
         ownership.clone(),
         bucket.clone(),
         status.clone(),
-    );
+    ) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the cache's releaser thread; nothing will be uploaded");
+            return;
+        }
+    };
     let coordinator = Coordinator {
         uploads: Arc::new(tokio::sync::Semaphore::new(permits)),
         upload_permits: permits,
