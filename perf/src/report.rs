@@ -91,6 +91,31 @@ pub fn table(r: &Report) -> String {
                 _ => "n/a (needs ferryd's CPU and a limits run)".into(),
             },
         ),
+        (
+            "CPU by thread",
+            if r.cpu_by_thread.is_empty() {
+                "n/a (needs ferryd's pid)".into()
+            } else {
+                r.cpu_by_thread
+                    .iter()
+                    .map(|t| match t.ideal_ns_per_byte {
+                        Some(ideal) => format!(
+                            "{} {:.2} ns/B ({:.2}x its stages' {:.2})",
+                            t.role,
+                            t.ns_per_byte,
+                            t.ns_per_byte / ideal.max(1e-9),
+                            ideal
+                        ),
+                        None => format!("{} {:.2} ns/B", t.role, t.ns_per_byte),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
+            "page faults",
+            opt(r.minor_faults_per_gb, 0, " minor faults per GB ingested"),
+        ),
         ("ferryd peak RSS", opt(r.ferryd_peak_rss_mib, 0, " MiB")),
         ("compression", opt(r.compression_ratio, 2, "x")),
         (

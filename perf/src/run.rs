@@ -67,6 +67,12 @@ pub struct Report {
     /// ferryd's CPU over the run as a share of the machine (all cores).
     pub ferryd_cpu_share: Option<f64>,
     pub ferryd_peak_rss_mib: Option<f64>,
+    /// ferryd's CPU by thread role over the run, per byte, beside the `limits` stages that
+    /// role's work is made of: where the distance to the ideal is.
+    pub cpu_by_thread: Vec<ThreadCpu>,
+    /// ferryd's minor page faults per GB ingested (fresh memory touched: each costs a
+    /// zeroed page from the kernel).
+    pub minor_faults_per_gb: Option<f64>,
     /// Data bytes over sealed bytes in the local target; for other targets ferryd's
     /// `ferry_compression_ratio` (batch bytes over sealed bytes stored).
     pub compression_ratio: Option<f64>,
@@ -80,6 +86,80 @@ pub struct Report {
     /// Ingest MB/s over the limits probe's ideal ceiling for this machine.
     pub fraction_of_ceiling: Option<f64>,
     pub samples: Vec<Sample>,
+}
+
+/// One thread role's CPU in a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadCpu {
+    /// `ferry-seal` (sealing: zstd + AES-GCM), `ferry-ingest` (TLS, HTTP/2, copy into the
+    /// record, CRCs), `ferry-cache` (the cache's group commit), ..., and `other` (threads
+    /// that ended during the run, such as tokio's blocking pool, and what no role covers).
+    pub role: String,
+    pub cpu_seconds: f64,
+    /// Per byte of the role's own work: uploaded bytes for `ferry-seal`, ingested otherwise.
+    pub ns_per_byte: f64,
+    /// The `limits` stages that role's work is made of, per input byte, where there are
+    /// such stages: zstd + AES-GCM on the compressed bytes for sealing, TLS receive for
+    /// ingest.
+    pub ideal_ns_per_byte: Option<f64>,
+}
+
+/// Turns two [`server::thread_usage`] snapshots into [`ThreadCpu`] rows (roles with at least
+/// 1% of ferryd's CPU; the rest and ended threads as `other`) and faults per GB.
+fn cpu_by_thread(
+    before: Option<(std::collections::BTreeMap<String, f64>, u64)>,
+    after: Option<(std::collections::BTreeMap<String, f64>, u64)>,
+    total_cpu: Option<f64>,
+    ingested: u64,
+    uploaded: u64,
+    limits: Option<&Limits>,
+) -> (Vec<ThreadCpu>, Option<f64>) {
+    let (Some((before, faults_before)), Some((after, faults_after)), Some(total)) = (before, after, total_cpu) else {
+        return (Vec::new(), None);
+    };
+    let gb = |bytes: u64| (bytes as f64 / 1e9).max(1e-9);
+    let stage = |name: &str| {
+        limits.and_then(|l| {
+            l.stages
+                .iter()
+                .find(|s| s.name.starts_with(name))
+                .map(|s| s.cpu_ns_per_byte)
+        })
+    };
+    let ratio = limits.map_or(1.0, |l| l.compression_ratio.max(1e-9));
+    let mut rows = Vec::new();
+    let mut counted = 0.0;
+    for (role, seconds_after) in &after {
+        let seconds = seconds_after - before.get(role).copied().unwrap_or(0.0);
+        if seconds < total * 0.01 {
+            continue;
+        }
+        counted += seconds;
+        let (bytes, ideal) = match role.as_str() {
+            "ferry-seal" => (
+                uploaded,
+                stage("zstd").zip(stage("AES")).map(|(zstd, aes)| zstd + aes / ratio),
+            ),
+            "ferry-ingest" => (ingested, stage("TLS")),
+            _ => (ingested, None),
+        };
+        rows.push(ThreadCpu {
+            role: role.clone(),
+            cpu_seconds: seconds,
+            ns_per_byte: seconds / gb(bytes),
+            ideal_ns_per_byte: ideal,
+        });
+    }
+    rows.sort_by(|a, b| b.cpu_seconds.total_cmp(&a.cpu_seconds));
+    let other = (total - counted).max(0.0);
+    rows.push(ThreadCpu {
+        role: "other".into(),
+        cpu_seconds: other,
+        ns_per_byte: other / gb(ingested),
+        ideal_ns_per_byte: None,
+    });
+    let faults = faults_after.saturating_sub(faults_before) as f64 / gb(ingested);
+    (rows, Some(faults))
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -121,6 +201,7 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
     let counters = Arc::new(Counters::default());
     let usage_before = ferryd.pid.and_then(server::process_usage);
+    let threads_before = ferryd.pid.and_then(server::thread_usage);
     let shared = LoadShared::new(scenario.clone(), counters.clone())?;
     let started = shared.started;
     let senders: Vec<_> = disks
@@ -189,6 +270,7 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let total_seconds = started.elapsed().as_secs_f64();
     let load_seconds = load_seconds.unwrap_or(total_seconds);
     let usage_after = ferryd.pid.and_then(server::process_usage);
+    let threads_after = ferryd.pid.and_then(server::thread_usage);
     let ingested = counters.acked_bytes.load(Ordering::Relaxed);
     let uploaded = counters.uploaded_bytes.load(Ordering::Relaxed);
     let cpu = usage_before.zip(usage_after).map(|(b, a)| a.0 - b.0);
@@ -219,6 +301,8 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         && backlog_at_load_end >= sustained_upload_mb_per_s * DRAIN_MEASURABLE.as_secs_f64())
     .then(|| (uploaded - uploaded_at_load_end) as f64 / 1e6 / drain_seconds);
     let ferryd_cpu_seconds_per_gb = cpu.map(|c| c / (ingested as f64 / 1e9).max(1e-9));
+    let (cpu_by_thread, minor_faults_per_gb) =
+        cpu_by_thread(threads_before, threads_after, cpu, ingested, uploaded, limits.as_ref());
     let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);
     let machine = machine_description();
     let retries = counters.retries.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -250,6 +334,8 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
             .map(|(per_gb, l)| per_gb / l.ideal_ns_per_byte),
         ferryd_cpu_share: cpu.map(|c| c / (total_seconds * cores)),
         ferryd_peak_rss_mib: usage_after.map(|u| u.1),
+        cpu_by_thread,
+        minor_faults_per_gb,
         compression_ratio,
         retries,
         storage_puts,

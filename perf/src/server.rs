@@ -186,6 +186,35 @@ pub fn existing(management: &str, data: &str, passphrase_file: &Path, pid: Optio
 }
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a process, from /proc.
+/// CPU seconds (user + system) of each of ferryd's threads by role: its name without a
+/// trailing `-<number>` (`ferry-seal-0` and `ferry-seal-1` are `ferry-seal`), and the
+/// process's minor page faults. Threads that ended before the call are not counted.
+pub fn thread_usage(pid: u32) -> Option<(std::collections::BTreeMap<String, f64>, u64)> {
+    let hz = (rustix::param::clock_ticks_per_second() as f64).max(1.0);
+    let mut roles = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // ended meanwhile
+        };
+        let Some((head, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        let role = match name.rsplit_once('-') {
+            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+            _ => name,
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *roles.entry(role.to_string()).or_insert(0.0) += ticks / hz;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let minor_faults = fields.get(7)?.parse().ok()?;
+    Some((roles, minor_faults))
+}
+
 pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.

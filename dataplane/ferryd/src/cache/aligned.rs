@@ -5,10 +5,13 @@
 //! same memory to readers (the upload pipeline), so nothing downstream copies it again.
 //!
 //! **Reuse.** A fresh allocation of a batch-sized buffer costs a memset and a page fault per
-//! 4 KiB (7% of ferryd under load, measured with `perf`), so freed buffers go to a pool of at
-//! most [`POOL_MAX_BYTES`] (taken from the resident share of the memory budget), by size class (a class is the length rounded up to an eighth of
-//! its power of two, so a class wastes at most 12.5%), and [`AlignedBuf::reused`] takes
-//! from it. A reused buffer holds an earlier record's bytes: its user overwrites every byte
+//! 4 KiB (7% of ferryd under load, measured with `perf`), so freed buffers go to a pool by
+//! size class (a class is the length rounded up to an eighth of its power of two, so a class
+//! wastes at most 12.5%), and [`AlignedBuf::reused`] takes from it. The pool holds at most
+//! its limit: a quarter of the memory budget, set by [`set_pool_limit`] at start and when the
+//! budget is tuned (see `memory_budget.rs`), [`DEFAULT_POOL_LIMIT_BYTES`] until then. With
+//! 32 MiB, steady (64 disks, 1 MiB batches) still took about 200,000 fresh pages per GB
+//! ingested; with a quarter of the default budget (128 MiB), about 100,000. A reused buffer holds an earlier record's bytes: its user overwrites every byte
 //! it exposes ([`super::RecordBuffer`] zeroes the header and the padding, the body fills the
 //! rest). Memory is always initialised: new buffers are allocated zeroed.
 
@@ -20,8 +23,35 @@ use std::sync::Mutex;
 
 pub const ALIGNMENT: usize = 4096;
 
-/// Freed buffers kept for reuse at most, in bytes; beyond it they go back to the allocator.
-pub const POOL_MAX_BYTES: usize = 32 << 20;
+/// Freed buffers kept for reuse at most, in bytes, until [`set_pool_limit`] is called;
+/// beyond the limit they go back to the allocator.
+pub const DEFAULT_POOL_LIMIT_BYTES: usize = 32 << 20;
+
+static POOL_LIMIT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(DEFAULT_POOL_LIMIT_BYTES);
+
+/// Sets how many bytes of freed buffers the pool keeps at most; what it holds beyond a lowered
+/// limit is freed now.
+pub fn set_pool_limit(bytes: usize) {
+    POOL_LIMIT_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    let mut pool = pool();
+    let pool = &mut *pool;
+    while pool.bytes > bytes {
+        let Some(mut largest) = pool.free.last_entry() else {
+            break;
+        };
+        let capacity = *largest.key();
+        match largest.get_mut().pop() {
+            Some(FreeBlock(ptr)) => {
+                pool.bytes -= capacity;
+                // SAFETY: allocated in `reused` with this capacity's layout; owned by the pool.
+                unsafe { alloc::dealloc(ptr.as_ptr(), layout(capacity)) }
+            }
+            None => {
+                largest.remove();
+            }
+        }
+    }
+}
 
 /// An owned, always initialised, 4096-aligned byte buffer.
 pub struct AlignedBuf {
@@ -144,7 +174,7 @@ impl Drop for AlignedBuf {
     fn drop(&mut self) {
         {
             let mut pool = pool();
-            if pool.bytes + self.capacity <= POOL_MAX_BYTES {
+            if pool.bytes + self.capacity <= POOL_LIMIT_BYTES.load(std::sync::atomic::Ordering::Relaxed) {
                 pool.bytes += self.capacity;
                 pool.free.entry(self.capacity).or_default().push(FreeBlock(self.ptr));
                 return;
@@ -183,6 +213,23 @@ mod tests {
             assert!(class >= round_up(len) && class.is_multiple_of(ALIGNMENT), "{len}");
             assert!(class as f64 <= round_up(len) as f64 * 1.125, "{len} -> {class}");
         }
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_its_limit_and_a_lowered_limit_frees_the_rest() {
+        // nextest runs each test in its own process: the limit set here is this test's alone.
+        let len = 5 << 20; // size class 5 MiB
+        set_pool_limit(12 << 20);
+        let buffers: Vec<_> = (0..4).map(|_| AlignedBuf::reused(len)).collect();
+        drop(buffers);
+        assert_eq!(pool().bytes, 10 << 20, "two of the four 5 MiB buffers fit under 12 MiB");
+        set_pool_limit(6 << 20);
+        assert_eq!(pool().bytes, 5 << 20);
+        set_pool_limit(0);
+        assert_eq!(pool().bytes, 0);
+        drop(AlignedBuf::reused(len));
+        assert_eq!(pool().bytes, 0, "nothing is kept at a limit of 0");
+        set_pool_limit(DEFAULT_POOL_LIMIT_BYTES);
     }
 
     #[test]

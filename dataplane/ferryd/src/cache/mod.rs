@@ -648,9 +648,9 @@ impl Cache {
         results.pop().unwrap_or(Ok(()))
     }
 
-    /// [`Cache::release`] for several disks at once, sharing the syncs: their watermark files
-    /// are replaced together by [`ferry_durable::replace_in_dir`] (one `syncfs`, one directory
-    /// fsync) instead of two fsyncs each under the release lock. One result per request, in
+    /// [`Cache::release`] for several disks at once, sharing the directory's sync: their
+    /// watermark files are replaced together by [`ferry_durable::replace_in_dir`] (an fsync
+    /// each and one of the directory) instead of two fsyncs each. One result per request, in
     /// order; a disk's failure leaves its batches cached and the others released.
     pub fn release_many(&self, requests: &[Release]) -> Vec<Result<(), CacheError>> {
         let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -58,6 +58,9 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         window: config.ingest.window,
         resident_budget_bytes: crate::memory_budget::shares(&config).resident_batches,
     };
+    crate::cache::aligned::set_pool_limit(
+        usize::try_from(crate::memory_budget::shares(&config).buffer_pool).unwrap_or(usize::MAX),
+    );
     let (cache, report) = Cache::open(options).context("cannot open the cache")?;
     tracing::info!(
         engine = report.engine,

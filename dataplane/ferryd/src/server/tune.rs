@@ -156,8 +156,9 @@ fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
         ApiError::new(ErrorCode::Internal, format!("cannot write ferry.toml: {e}"))
     })?;
     app.tuning.apply(&config.pipeline);
-    app.cache
-        .set_resident_budget_bytes(crate::memory_budget::shares(&config).resident_batches);
+    let shares = crate::memory_budget::shares(&config);
+    app.cache.set_resident_budget_bytes(shares.resident_batches);
+    crate::cache::aligned::set_pool_limit(usize::try_from(shares.buffer_pool).unwrap_or(usize::MAX));
     app.ingest_memory.set_limit(crate::ingest_memory::limit_for(&config));
     app.cache
         .set_limit_bytes(limit)
