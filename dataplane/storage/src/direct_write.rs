@@ -12,7 +12,9 @@
 //! file's size and allocation, and the device's volatile cache, are made durable by the
 //! `syncfs` rounds of [`crate::group_sync`], which every put waits for.
 //!
-//! File systems that refuse O_DIRECT (`fcntl` answers EINVAL) get buffered writes. Memory:
+//! File systems that refuse O_DIRECT (`fcntl` answers EINVAL) get buffered writes. Limit: a
+//! device whose logical block is larger than [`ALIGNMENT`] (none of NVMe, virtio, Azure
+//! disks) would refuse the writes themselves, and the put would fail with that error. Memory:
 //! at most [`STAGING_KEPT`] staging buffers of [`STAGING_BYTES`] stay pooled; a put holds one
 //! while it writes.
 
