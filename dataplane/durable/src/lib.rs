@@ -20,6 +20,13 @@ use std::path::{Path, PathBuf};
 /// Replaces `path` with `contents` (mode 0600): after a crash it holds the old or the new
 /// content. A temporary file left by an earlier interrupted replace is overwritten.
 pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_and_rename(path, contents)?;
+    fsync_dir(parent_of(path))
+}
+
+/// The part of a replace before its directory's fsync: the temporary file written, fsynced
+/// and renamed over `path`.
+fn write_and_rename(path: &Path, contents: &[u8]) -> io::Result<()> {
     let temporary = temporary_path(path);
     let mut file = OpenOptions::new()
         .write(true)
@@ -30,8 +37,7 @@ pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.write_all(contents)?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&temporary, path)?;
-    fsync_dir(parent_of(path))
+    fs::rename(&temporary, path)
 }
 
 /// Replaces several files of one directory, each as [`replace`] would (after a crash each holds
@@ -54,16 +60,7 @@ pub fn replace_in_dir(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Vec<io::Resul
                     format!("{} is not in {}", path.display(), dir.display()),
                 ));
             }
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(temporary_path(path))?;
-            file.write_all(contents)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(temporary_path(path), path)
+            write_and_rename(path, contents)
         })
         .collect();
     if results.iter().all(|r| r.is_err()) {

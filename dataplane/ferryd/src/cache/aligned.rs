@@ -31,7 +31,8 @@ static POOL_LIMIT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::Ato
 
 /// Sets how many bytes of freed buffers the pool keeps at most; what it holds beyond a lowered
 /// limit is freed now.
-pub fn set_pool_limit(bytes: usize) {
+pub fn set_pool_limit(bytes: u64) {
+    let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     POOL_LIMIT_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
     let mut pool = pool();
     let pool = &mut *pool;
@@ -229,7 +230,7 @@ mod tests {
         assert_eq!(pool().bytes, 0);
         drop(AlignedBuf::reused(len));
         assert_eq!(pool().bytes, 0, "nothing is kept at a limit of 0");
-        set_pool_limit(DEFAULT_POOL_LIMIT_BYTES);
+        set_pool_limit(DEFAULT_POOL_LIMIT_BYTES as u64);
     }
 
     #[test]

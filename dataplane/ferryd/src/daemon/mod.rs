@@ -49,6 +49,7 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
     let layout = ApplianceLayout::new(appliance);
     let config = ApplianceConfig::load(&layout.config_file())?;
     let cache_dir = layout.resolve(&config.cache.directory);
+    let memory_shares = crate::memory_budget::shares(&config);
     let options = CacheOptions {
         limit_bytes: cache_limit(&config, &cache_dir)?,
         directory: cache_dir,
@@ -56,11 +57,9 @@ pub async fn run_until(appliance: &Path, until: impl std::future::Future<Output 
         engine: config.cache.engine,
         max_batch_bytes: config.ingest.max_batch_bytes,
         window: config.ingest.window,
-        resident_budget_bytes: crate::memory_budget::shares(&config).resident_batches,
+        resident_budget_bytes: memory_shares.resident_batches,
     };
-    crate::cache::aligned::set_pool_limit(
-        usize::try_from(crate::memory_budget::shares(&config).buffer_pool).unwrap_or(usize::MAX),
-    );
+    crate::cache::aligned::set_pool_limit(memory_shares.buffer_pool);
     let (cache, report) = Cache::open(options).context("cannot open the cache")?;
     tracing::info!(
         engine = report.engine,

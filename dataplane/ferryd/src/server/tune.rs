@@ -158,7 +158,7 @@ fn apply(app: &AppState, request: &TuneRequest) -> Result<(), ApiError> {
     app.tuning.apply(&config.pipeline);
     let shares = crate::memory_budget::shares(&config);
     app.cache.set_resident_budget_bytes(shares.resident_batches);
-    crate::cache::aligned::set_pool_limit(usize::try_from(shares.buffer_pool).unwrap_or(usize::MAX));
+    crate::cache::aligned::set_pool_limit(shares.buffer_pool);
     app.ingest_memory.set_limit(crate::ingest_memory::limit_for(&config));
     app.cache
         .set_limit_bytes(limit)
