@@ -30,6 +30,7 @@ pub mod faults;
 pub mod group_sync;
 pub mod lease;
 pub mod local;
+pub mod local_writer;
 pub mod pacing;
 pub mod page_blob;
 pub mod retry;

@@ -11,9 +11,10 @@
 //! leaves at worst a stray temporary file, which [`LocalDirectory::remove_stray_temporaries`]
 //! cleans.
 //!
-//! Whole objects are written with O_DIRECT where the file system allows
+//! Whole objects are written by one writer thread that groups the puts waiting
+//! ([`crate::local_writer`]), with O_DIRECT where the file system allows
 //! ([`crate::direct_write`]); paced puts, written a granted piece at a time, go through the
-//! page cache. Blocking file I/O runs on tokio's blocking pool. Listing walks the directory tree below
+//! page cache. Other blocking file I/O runs on tokio's blocking pool. Listing walks the directory tree below
 //! the prefix and sorts; it holds the names below that prefix in memory.
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::local_writer::{LocalWriter, PutMode};
 use crate::{
     pacing::TokenBucket, validate_name, validate_prefix, ObjectMeta, ObjectStorage, Operation, PermanentKind,
     StorageError, LIST_PAGE_MAX,
@@ -34,6 +36,8 @@ pub struct LocalDirectory {
     root: PathBuf,
     /// Shared by every put through this target (and its clones).
     sync: std::sync::Arc<crate::group_sync::GroupSync>,
+    /// Whole-object puts, grouped on one thread ([`crate::local_writer`]).
+    writer: LocalWriter,
 }
 
 impl LocalDirectory {
@@ -50,10 +54,12 @@ impl LocalDirectory {
                 .map_err(|e| map_io(Operation::CreateContainer, &name, e))?;
         }
         match fs::metadata(&root) {
-            Ok(meta) if meta.is_dir() => Ok(Self {
-                root,
-                sync: Default::default(),
-            }),
+            Ok(meta) if meta.is_dir() => {
+                let sync = std::sync::Arc::<crate::group_sync::GroupSync>::default();
+                let writer = LocalWriter::start(root.clone(), sync.clone())
+                    .map_err(|e| map_io(Operation::CreateContainer, &name, e))?;
+                Ok(Self { root, sync, writer })
+            }
             Ok(_) => Err(StorageError::Permanent {
                 operation: Operation::CreateContainer,
                 name,
@@ -183,9 +189,9 @@ fn temporary_path(target: &Path) -> io::Result<PathBuf> {
     Ok(target.with_file_name(format!(".{file_name}.{}.tmp", hex::encode(random))))
 }
 
-/// An object being written: a temporary file beside its final path. Dropped before
-/// [`PendingObject::commit`], it removes the temporary file.
-struct PendingObject {
+/// An object being written: a temporary file beside its final path. Dropped before it is
+/// renamed into place, it removes the temporary file.
+pub(crate) struct PendingObject {
     file: File,
     temporary: PathBuf,
     path: PathBuf,
@@ -193,7 +199,7 @@ struct PendingObject {
 }
 
 impl PendingObject {
-    fn create(root: &Path, path: &Path) -> io::Result<Self> {
+    pub(crate) fn create(root: &Path, path: &Path) -> io::Result<Self> {
         let dir = path
             .parent()
             .ok_or_else(|| io::Error::other("object path has no parent"))?;
@@ -218,7 +224,7 @@ impl PendingObject {
 
     /// Writes the whole object into the empty temporary file, with O_DIRECT where the file
     /// system takes it ([`crate::direct_write`]: no page-cache copy), else buffered.
-    fn write_whole(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_whole(&mut self, data: &[u8]) -> io::Result<()> {
         if crate::direct_write::try_enable(&self.file)? {
             crate::direct_write::write_object(&self.file, data)
         } else {
@@ -226,12 +232,26 @@ impl PendingObject {
         }
     }
 
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub(crate) fn temporary(&self) -> &Path {
+        &self.temporary
+    }
+
+    /// Renames the temporary file over the object; the caller has made its bytes durable.
+    pub(crate) fn rename_into_place(&mut self) -> io::Result<()> {
+        fs::rename(&self.temporary, &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+
     /// Makes the data durable, renames over the object, makes the rename durable (each by a
     /// round of `sync`, shared with other puts).
     fn commit(mut self, sync: &crate::group_sync::GroupSync) -> io::Result<()> {
         sync.sync(&self.file)?;
-        fs::rename(&self.temporary, &self.path)?;
-        self.committed = true;
+        self.rename_into_place()?;
         sync.sync(&self.file)
     }
 }
@@ -242,31 +262,6 @@ impl Drop for PendingObject {
             let _ = fs::remove_file(&self.temporary);
         }
     }
-}
-
-/// `put` that never replaces: the temporary file is hard-linked to the name (which fails when
-/// the name exists), then removed; the link is made durable like a rename.
-fn put_new_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_sync::GroupSync) -> io::Result<bool> {
-    let mut object = PendingObject::create(root, path)?;
-    object.write_whole(data)?;
-    sync.sync(&object.file)?;
-    let created = match fs::hard_link(&object.temporary, &object.path) {
-        Ok(()) => true,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(e),
-    };
-    if created {
-        if let Some(dir) = path.parent() {
-            fsync_directory(dir)?;
-        }
-    }
-    Ok(created) // dropping `object` removes the temporary name
-}
-
-fn put_blocking(root: &Path, path: &Path, data: &[u8], sync: &crate::group_sync::GroupSync) -> io::Result<()> {
-    let mut object = PendingObject::create(root, path)?;
-    object.write_whole(data)?;
-    object.commit(sync)
 }
 
 fn get_range_blocking(path: &Path, range: Range<u64>) -> io::Result<Vec<u8>> {
@@ -334,10 +329,11 @@ async fn blocking<T: Send + 'static>(
 impl ObjectStorage for LocalDirectory {
     async fn put(&self, name: &str, data: Bytes) -> Result<(), StorageError> {
         let path = self.path_of(name)?;
-        let (root, sync) = (self.root.clone(), self.sync.clone());
-        blocking(Operation::Put, name, move || put_blocking(&root, &path, &data, &sync))
+        self.writer
+            .put(path, data, PutMode::Replace)
             .await
-            .map_err(|(e, n)| map_io(Operation::Put, &n, e))
+            .map(drop)
+            .map_err(|e| map_io(Operation::Put, name, e))
     }
 
     /// Writes the temporary file a piece at a time, each granted by the bucket first, then
@@ -456,12 +452,10 @@ impl ObjectStorage for LocalDirectory {
 
     async fn put_new(&self, name: &str, data: Bytes) -> Result<bool, StorageError> {
         let path = self.path_of(name)?;
-        let (root, sync) = (self.root.clone(), self.sync.clone());
-        blocking(Operation::Put, name, move || {
-            put_new_blocking(&root, &path, &data, &sync)
-        })
-        .await
-        .map_err(|(e, n)| map_io(Operation::Put, &n, e))
+        self.writer
+            .put(path, data, PutMode::CreateNew)
+            .await
+            .map_err(|e| map_io(Operation::Put, name, e))
     }
 
     async fn lease(&self, name: &str, op: crate::LeaseOp) -> Result<crate::LeaseAnswer, StorageError> {
