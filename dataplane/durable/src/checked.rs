@@ -34,7 +34,7 @@ pub fn write<T: Serialize>(path: &Path, magic: [u8; 8], version: u32, value: &T)
     crate::replace(path, &bytes).map_err(io_error)
 }
 
-/// The bytes [`write`] writes: header and JSON body (for [`crate::replace_in_dir`]).
+/// The bytes [`write`] writes: header and JSON body (also one slot of [`crate::two_slots`]).
 pub fn encode<T: Serialize>(magic: [u8; 8], version: u32, value: &T) -> io::Result<Vec<u8>> {
     let body = serde_json::to_vec(value).map_err(io::Error::other)?;
     if body.len() > STATE_FILE_MAX_BODY {
@@ -57,26 +57,38 @@ pub fn read<T: DeserializeOwned>(path: &Path, magic: [u8; 8], version: u32) -> R
         path: display.clone(),
         source,
     })?;
-    let damaged = |reason: &str| StateFileError::Damaged {
+    let damaged = |reason: String| StateFileError::Damaged {
         path: display.clone(),
-        reason: reason.to_string(),
+        reason,
     };
+    let (value, used) = decode_prefix(&bytes, magic, version).map_err(damaged)?;
+    if used != bytes.len() {
+        return Err(damaged("length does not match".into()));
+    }
+    Ok(value)
+}
+
+/// Decodes what [`encode`] wrote at the start of `bytes` (more may follow); returns the value
+/// and how many bytes it took, or why the bytes are not such a record.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8], magic: [u8; 8], version: u32) -> Result<(T, usize), String> {
     if bytes.len() < HEADER_LEN || bytes[0..8] != magic {
-        return Err(damaged("wrong magic or too short"));
+        return Err("wrong magic or too short".into());
     }
-    let file_version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let field = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let file_version = field(8);
     if file_version != version {
-        return Err(damaged(&format!("version {file_version}, expected {version}")));
+        return Err(format!("version {file_version}, expected {version}"));
     }
-    let body_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
-    if body_len > STATE_FILE_MAX_BODY || bytes.len() != HEADER_LEN + body_len {
-        return Err(damaged("length does not match"));
+    let body_len = field(12) as usize;
+    if body_len > STATE_FILE_MAX_BODY || bytes.len() < HEADER_LEN + body_len {
+        return Err("length does not match".into());
     }
-    let body = &bytes[HEADER_LEN..];
-    if u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) != crc32c::crc32c(body) {
-        return Err(damaged("CRC mismatch"));
+    let body = &bytes[HEADER_LEN..HEADER_LEN + body_len];
+    if field(16) != crc32c::crc32c(body) {
+        return Err("CRC mismatch".into());
     }
-    serde_json::from_slice(body).map_err(|e| damaged(&format!("body: {e}")))
+    let value = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    Ok((value, HEADER_LEN + body_len))
 }
 
 #[cfg(test)]

@@ -5,12 +5,15 @@
 //! A file is replaced by writing a temporary file beside it (owner-only, `<name>.tmp`),
 //! fsyncing it, renaming it over the old one and fsyncing the directory, so after a crash the
 //! path holds the old or the new content, never a mix or nothing. [`checked`] adds a magic,
-//! a version and a CRC-32C for files whose damage must be told from their absence.
+//! a version and a CRC-32C for files whose damage must be told from their absence;
+//! [`two_slots`] rewrites a small record in place, in one of two slots, for state updated too
+//! often for a new file each time.
 //!
 //! Not here: the local storage target's objects, whose durability is shared between many
 //! puts by `syncfs` rounds (`ferry_storage::group_sync`), and the cache's segment files.
 
 pub mod checked;
+pub mod two_slots;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -38,40 +41,6 @@ fn write_and_rename(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     fs::rename(&temporary, path)
-}
-
-/// Replaces several files of one directory, each as [`replace`] would (after a crash each holds
-/// its old or its new content), sharing the directory's sync: every temporary file is
-/// written and fsynced, each is renamed, and one fsync of the directory makes the renames
-/// durable. N + 1 syncs instead of 2N: the cache releases the batches of hundreds of disks a
-/// second this way (issue 11, asr-sizing). Not one `syncfs` for the files: measured, it cost
-/// more than the fsyncs it saved, as it walks every dirty inode of a file system that may
-/// also hold the local target.
-///
-/// One result per file, in order. A file whose temporary could not be written or synced
-/// fails alone (its old content stays); a failed directory sync fails every renamed file.
-pub fn replace_in_dir(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Vec<io::Result<()>> {
-    let mut results: Vec<io::Result<()>> = files
-        .iter()
-        .map(|(path, contents)| {
-            if parent_of(path) != dir {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{} is not in {}", path.display(), dir.display()),
-                ));
-            }
-            write_and_rename(path, contents)
-        })
-        .collect();
-    if results.iter().all(|r| r.is_err()) {
-        return results;
-    }
-    if let Err(e) = fsync_dir(dir) {
-        for result in results.iter_mut().filter(|r| r.is_ok()) {
-            *result = Err(io::Error::new(e.kind(), e.to_string()));
-        }
-    }
-    results
 }
 
 /// Creates `path`, which must not exist yet, with `contents` (mode 0600), fsyncs it and its
@@ -153,32 +122,6 @@ mod tests {
         replace(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert!(!dir.path().join("ferry.toml.tmp").exists());
-    }
-
-    #[test]
-    fn replace_in_dir_replaces_each_file_and_fails_only_the_one_it_cannot_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a.meta"), dir.path().join("b.meta"));
-        replace(&a, b"old a").unwrap();
-        let elsewhere = dir.path().join("sub/c.meta");
-        let results = replace_in_dir(
-            dir.path(),
-            &[
-                (a.clone(), b"new a".to_vec()),
-                (elsewhere, b"c".to_vec()),
-                (b.clone(), b"new b".to_vec()),
-            ],
-        );
-        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
-        assert_eq!(results[1].as_ref().unwrap_err().kind(), io::ErrorKind::InvalidInput);
-        assert_eq!(fs::read(&a).unwrap(), b"new a");
-        assert_eq!(fs::read(&b).unwrap(), b"new b");
-        let mut names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["a.meta", "b.meta"], "no temporary file stays");
     }
 
     #[test]

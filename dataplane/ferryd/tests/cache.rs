@@ -630,3 +630,86 @@ async fn a_taken_over_disk_restarts_at_storage_and_its_old_batches_stay_gone(eng
     assert_eq!(cache.read_batch(disk, 3).unwrap().unwrap(), batch(3, 2, 9));
     assert!(cache.disk(other).is_none(), "a forgotten disk stays forgotten");
 }
+
+/// Releases rewrite one `.release` file per disk in place (no new inode per release); a torn
+/// last write falls back to the release before it; a leftover of an earlier incarnation of
+/// the disk, or of a disk no longer known, is never taken for the current one.
+#[tokio::test]
+async fn release_watermarks_are_rewritten_in_place_and_survive_a_torn_write() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::from_u128(1);
+    let disks_dir = dir.path().join("cache/disks");
+    let release_file = disks_dir.join(format!("{disk}.release"));
+    let inode = || std::fs::metadata(&release_file).unwrap().ino();
+    {
+        let (cache, _) = Cache::open(options(dir.path(), CacheEngine::Psync, 64)).unwrap();
+        cache.create_disk(meta(disk)).unwrap();
+        for seq in 1..=20 {
+            store(&cache, disk, &batch(seq, 8, 0)).await.unwrap();
+        }
+        cache.release(disk, 5, 0).unwrap();
+        let first = inode();
+        cache.release(disk, 10, 0).unwrap();
+        assert_eq!(inode(), first, "the second release rewrote the same file");
+        cache.shutdown();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&disks_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [format!("{disk}.meta"), format!("{disk}.release")]);
+    // The third release (generation 3, slot 1) torn half way: the first half of a record
+    // there (slot 0's, generation 2, whose header says its length).
+    let mut bytes = std::fs::read(&release_file).unwrap();
+    let slot = bytes.len() / 2;
+    let record_len = 24 + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let torn: Vec<u8> = bytes[..record_len / 2].to_vec();
+    bytes[slot..slot + torn.len()].copy_from_slice(&torn);
+    std::fs::write(&release_file, &bytes).unwrap();
+    let saved_release = bytes;
+    {
+        let (cache, _) = Cache::open(options(dir.path(), CacheEngine::Psync, 64)).unwrap();
+        let view = cache.disk(disk).unwrap();
+        assert_eq!(
+            (view.released_through, view.durable_seq, view.cached_batches),
+            (10, 20, 10),
+            "the release before the torn one"
+        );
+        assert_eq!(
+            store(&cache, disk, &batch(7, 8, 0)).await.unwrap(),
+            Admission::AlreadyStored { durable_seq: 20 },
+            "the released batches' CRCs came back with the watermark"
+        );
+        cache.release(disk, 12, 0).unwrap();
+        cache.shutdown();
+    }
+    {
+        let (cache, _) = Cache::open(options(dir.path(), CacheEngine::Psync, 64)).unwrap();
+        assert_eq!(cache.disk(disk).unwrap().released_through, 12);
+        // The disk forgotten and registered again: an old `.release` left beside it is ignored.
+        cache.forget_disk(disk).unwrap();
+        assert!(!release_file.exists(), "forgetting a disk removes its release file");
+        let again = DiskMeta {
+            created_unix_ms: 2,
+            ..meta(disk)
+        };
+        cache.create_disk(again).unwrap();
+        std::fs::write(&release_file, &saved_release).unwrap();
+        // And a release file of a disk the cache does not know.
+        std::fs::write(
+            disks_dir.join(format!("{}.release", Uuid::from_u128(5))),
+            &saved_release,
+        )
+        .unwrap();
+        cache.shutdown();
+    }
+    let (cache, _) = Cache::open(options(dir.path(), CacheEngine::Psync, 64)).unwrap();
+    assert_eq!(
+        cache.disk(disk).unwrap().released_through,
+        0,
+        "another incarnation's watermark is not this one's"
+    );
+    assert!(!disks_dir.join(format!("{}.release", Uuid::from_u128(5))).exists());
+}

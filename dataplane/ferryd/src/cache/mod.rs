@@ -1,8 +1,11 @@
 //! The durable cache of received batches (DESIGN.md "Data path"; STYLE.md 1-8).
 //!
 //! **Layout.** `cache/` (0700) holds `LOCK` (an advisory lock: one ferryd per cache),
-//! `segments/{id:016}.seg` (preallocated segment files, see [`record`]) and `disks/{disk_id}.meta`
-//! (each disk's definition and release watermark, checksummed, written by durable rename).
+//! `segments/{id:016}.seg` (preallocated segment files, see [`record`]), `disks/{disk_id}.meta`
+//! (each disk's definition and release watermark, checksummed, written by durable rename) and
+//! `disks/{disk_id}.release` (the watermarks of later releases, rewritten in place in one of
+//! two slots by [`ferry_durable::two_slots`]; it counts over the `.meta` file's only when its
+//! generation is newer and it names the same owner epoch and creation time).
 //!
 //! **Durability.** A batch is copied once, behind a 64-byte record header, into an aligned
 //! buffer; the cache thread takes every queued batch (group commit), writes them with O_DIRECT
@@ -54,6 +57,11 @@ pub const RECENT_CRCS: usize = 1024;
 
 const DISK_META_MAGIC: [u8; 8] = *b"FRCDISK1";
 const DISK_META_VERSION: u32 = 1;
+const RELEASE_MAGIC: [u8; 8] = *b"FRCRELS1";
+const RELEASE_VERSION: u32 = 1;
+/// One slot of a `.release` file: a record with [`RECENT_CRCS`] pairs of the largest numbers
+/// is about 36 KiB of JSON.
+const RELEASE_SLOT_BYTES: usize = 48 << 10;
 
 #[derive(Clone, Debug)]
 pub struct CacheOptions {
@@ -125,6 +133,38 @@ struct DiskMetaFile {
     /// Batches given up by their sender (see `void.rs`); absent in files from before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     voided: Vec<VoidMark>,
+    /// The last `.release` generation this file includes: slots up to it are older news.
+    #[serde(default)]
+    release_generation: u64,
+}
+
+/// What a release writes into the disk's `.release` file (see the module header).
+#[derive(Serialize, Deserialize)]
+struct ReleaseRecord {
+    /// The disk incarnation it belongs to: a record of an earlier one (the disk taken over,
+    /// or forgotten and registered again) is never taken for this one's.
+    owner_epoch: u64,
+    created_unix_ms: u64,
+    released_through: u64,
+    /// (seq, header_crc32c) of the newest released batches, oldest first.
+    recent: Vec<(u64, u32)>,
+}
+
+impl ReleaseRecord {
+    fn belongs_to(&self, meta: &DiskMeta) -> bool {
+        self.owner_epoch == meta.owner_epoch && self.created_unix_ms == meta.created_unix_ms
+    }
+}
+
+/// Removes `disks/{disk_id}.release` if there is one; the caller makes it durable with a
+/// directory fsync.
+fn remove_release_file(disks_dir: &Path, disk_id: Uuid) -> Result<(), CacheError> {
+    let path = disks_dir.join(format!("{disk_id}.release"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CacheError::Io { path, source }),
+    }
 }
 
 /// A snapshot of one disk's state.
@@ -203,6 +243,8 @@ struct DiskState {
     voided: Vec<VoidMark>,
     /// Set while batches past `durable_seq` are being given up: new batches wait (503).
     voiding: bool,
+    /// The last generation written to (or read from) the disk's `.release` file.
+    release_generation: u64,
 }
 
 impl DiskState {
@@ -216,6 +258,7 @@ impl DiskState {
             recent,
             voided: Vec::new(),
             voiding: false,
+            release_generation: 0,
         }
     }
 
@@ -226,6 +269,7 @@ impl DiskState {
             released_through,
             recent,
             voided: self.voided.clone(),
+            release_generation: self.release_generation,
         }
     }
 
@@ -383,6 +427,8 @@ impl Cache {
                 return Ok(view(existing));
             }
         }
+        // A leftover of an earlier incarnation goes with the new `.meta`'s directory fsync.
+        remove_release_file(&self.shared.disks_dir(), meta.disk_id)?;
         checked::write(
             &path,
             DISK_META_MAGIC,
@@ -392,6 +438,7 @@ impl Cache {
                 released_through: 0,
                 recent: Vec::new(),
                 voided: Vec::new(),
+                release_generation: 0,
             },
         )?;
         let mut state = self.shared.state();
@@ -648,15 +695,16 @@ impl Cache {
         results.pop().unwrap_or(Ok(()))
     }
 
-    /// [`Cache::release`] for several disks at once, sharing the directory's sync: their
-    /// watermark files are replaced together by [`ferry_durable::replace_in_dir`] (an fsync
-    /// each and one of the directory) instead of two fsyncs each. One result per request, in
-    /// order; a disk's failure leaves its batches cached and the others released.
+    /// [`Cache::release`] for several disks at once: each disk's watermark is rewritten in
+    /// place in its `.release` file (one `fdatasync` each; no new file, no rename, no
+    /// directory fsync but for a disk's first release). One result per request, in order; a
+    /// disk's failure leaves its batches cached and the others released.
     pub fn release_many(&self, requests: &[Release]) -> Vec<Result<(), CacheError>> {
         let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());
         let disks_dir = self.shared.disks_dir();
         let mut results: Vec<Result<(), CacheError>> = Vec::with_capacity(requests.len());
-        let mut planned: Vec<(usize, u64, DiskMetaFile)> = Vec::new();
+        // (request index, generation, record)
+        let mut planned: Vec<(usize, u64, ReleaseRecord)> = Vec::new();
         {
             let state = self.shared.state();
             for (index, request) in requests.iter().enumerate() {
@@ -686,42 +734,65 @@ impl Cache {
                 }
                 planned.push((
                     index,
-                    through,
-                    disk.meta_file(disk.meta.clone(), through, recent.into_iter().collect()),
+                    disk.release_generation + 1,
+                    ReleaseRecord {
+                        owner_epoch: disk.meta.owner_epoch,
+                        created_unix_ms: disk.meta.created_unix_ms,
+                        released_through: through,
+                        recent: recent.into_iter().collect(),
+                    },
                 ));
             }
         }
         // The watermarks are durable before any record is forgotten or any file deleted.
-        let mut files = Vec::with_capacity(planned.len());
         let mut written = Vec::with_capacity(planned.len());
-        for (index, through, file) in planned {
-            let path = disks_dir.join(format!("{}.meta", requests[index].disk_id));
-            match checked::encode(DISK_META_MAGIC, DISK_META_VERSION, &file) {
-                Ok(bytes) => {
-                    files.push((path, bytes));
-                    written.push((index, through, file));
+        let mut created = Vec::new();
+        for (index, generation, record) in planned {
+            let path = disks_dir.join(format!("{}.release", requests[index].disk_id));
+            match ferry_durable::two_slots::write(
+                &path,
+                RELEASE_SLOT_BYTES,
+                RELEASE_MAGIC,
+                RELEASE_VERSION,
+                generation,
+                &record,
+            ) {
+                Ok(new_file) => {
+                    if new_file {
+                        created.push(index);
+                    }
+                    written.push((index, generation, record));
                 }
                 Err(source) => results[index] = Err(CacheError::Io { path, source }),
             }
         }
-        let outcomes = ferry_durable::replace_in_dir(&disks_dir, &files);
+        if !created.is_empty() {
+            // A first release's file name, like a rename, is durable with its directory.
+            if let Err(source) = ferry_durable::fsync_dir(&disks_dir) {
+                for index in &created {
+                    results[*index] = Err(CacheError::Io {
+                        path: disks_dir.clone(),
+                        source: std::io::Error::new(source.kind(), source.to_string()),
+                    });
+                }
+                written.retain(|(index, _, _)| !created.contains(index));
+            }
+        }
         let empty_segments = {
             let mut state = self.shared.state();
             let state = &mut *state;
-            for (((index, through, file), outcome), (path, _)) in written.into_iter().zip(outcomes).zip(files) {
-                if let Err(source) = outcome {
-                    results[index] = Err(CacheError::Io { path, source });
-                    continue;
-                }
+            for (index, generation, record) in written {
                 let disk_id = requests[index].disk_id;
                 let Some(disk) = state.disks.get_mut(&disk_id) else {
                     results[index] = Err(CacheError::UnknownDisk(disk_id));
                     continue;
                 };
+                let through = record.released_through;
                 let kept = disk.entries.split_off(&(through + 1));
                 let released = std::mem::replace(&mut disk.entries, kept);
                 disk.released_through = through;
-                disk.recent = file.recent.iter().copied().collect();
+                disk.recent = record.recent.into_iter().collect();
+                disk.release_generation = generation;
                 for entry in released.values() {
                     forget_entry(&mut state.segments, &mut state.resident_bytes, entry);
                 }

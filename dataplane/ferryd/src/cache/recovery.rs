@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::record::{self, RecordStatus, BLOCK, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::{
-    CacheError, CacheOptions, DiskMetaFile, DiskState, Entry, SegmentInfo, DISK_META_MAGIC, DISK_META_VERSION,
+    CacheError, CacheOptions, DiskMetaFile, DiskState, Entry, ReleaseRecord, SegmentInfo, DISK_META_MAGIC,
+    DISK_META_VERSION, RELEASE_MAGIC, RELEASE_SLOT_BYTES, RELEASE_VERSION,
 };
 use ferry_durable::checked;
 
@@ -164,6 +165,7 @@ fn scan_segment(path: &Path, max_batch_len: u32) -> Result<Scan, CacheError> {
 
 fn load_disks(dir: &Path, report: &mut RecoveryReport) -> Result<HashMap<Uuid, DiskState>, CacheError> {
     let mut disks = HashMap::new();
+    let mut release_files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_at(dir))? {
         let path = entry.map_err(io_at(dir))?.path();
         match path.extension().and_then(|e| e.to_str()) {
@@ -175,6 +177,7 @@ fn load_disks(dir: &Path, report: &mut RecoveryReport) -> Result<HashMap<Uuid, D
                     let recent: VecDeque<(u64, u32)> = file.recent.into_iter().collect();
                     let mut disk = DiskState::new(file.meta, file.released_through, recent);
                     disk.voided = file.voided;
+                    disk.release_generation = file.release_generation;
                     disks.insert(disk.meta.disk_id, disk);
                 }
                 Err(e) => report.damage.push(Damage {
@@ -183,7 +186,45 @@ fn load_disks(dir: &Path, report: &mut RecoveryReport) -> Result<HashMap<Uuid, D
                     reason: e.to_string(),
                 }),
             },
+            Some("release") => release_files.push(path),
             _ => {}
+        }
+    }
+    for path in release_files {
+        let disk = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| Uuid::parse_str(stem).ok())
+            .and_then(|disk_id| disks.get_mut(&disk_id));
+        let Some(disk) = disk else {
+            // A forgotten disk's, whose `.meta` went first (or a stray file): nothing reads it.
+            let _ = fs::remove_file(&path);
+            continue;
+        };
+        let latest = ferry_durable::two_slots::read_latest::<ReleaseRecord>(
+            &path,
+            RELEASE_SLOT_BYTES,
+            RELEASE_MAGIC,
+            RELEASE_VERSION,
+            |record| record.belongs_to(&disk.meta),
+        );
+        match latest {
+            Ok(Some((generation, record))) if generation > disk.release_generation => {
+                // Only ever forward: a release never lowers the watermark.
+                if record.released_through >= disk.released_through {
+                    disk.released_through = record.released_through;
+                    disk.durable_seq = record.released_through;
+                    disk.recent = record.recent.into_iter().collect();
+                }
+                disk.release_generation = generation;
+            }
+            Ok(_) => {}
+            // The `.meta` file's watermark stands: the batches after it are uploaded again.
+            Err(e) => report.damage.push(Damage {
+                file: path.clone(),
+                offset: 0,
+                reason: e.to_string(),
+            }),
         }
     }
     Ok(disks)

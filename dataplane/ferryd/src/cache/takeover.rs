@@ -35,7 +35,9 @@ impl Cache {
                 None => (state.segments.keys().next_back().map_or(0, |id| id + 1), 0),
             };
             let mut voided = Vec::new();
+            let mut release_generation = 0;
             if let Some(disk) = state.disks.get_mut(&disk_id) {
+                release_generation = disk.release_generation;
                 if !disk.in_flight.is_empty() || disk.voiding {
                     return Err(CacheError::Busy(disk_id, "a batch is being written"));
                 }
@@ -62,6 +64,8 @@ impl Cache {
                 released_through: after_seq,
                 recent: Vec::new(),
                 voided,
+                // The new owner epoch already sets earlier `.release` records aside.
+                release_generation,
             }
         };
         let written = checked::write(&path, DISK_META_MAGIC, DISK_META_VERSION, &file);
@@ -76,6 +80,7 @@ impl Cache {
         let old = state.disks.insert(disk_id, {
             let mut fresh = DiskState::new(meta, after_seq, VecDeque::new());
             fresh.voided = file.voided;
+            fresh.release_generation = file.release_generation;
             fresh
         });
         for entry in old.into_iter().flat_map(|disk| disk.entries.into_values()) {
@@ -113,6 +118,7 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(CacheError::Io { path, source }),
         }
+        super::remove_release_file(&self.shared.disks_dir(), disk_id)?;
         ferry_durable::fsync_dir(&self.shared.disks_dir()).map_err(|source| CacheError::Io {
             path: self.shared.disks_dir(),
             source,
