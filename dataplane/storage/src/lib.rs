@@ -1,7 +1,8 @@
 //! Target storage: where sealed objects land (FORMATS.md), behind one small trait.
 //!
-//! Backends: [`local::LocalDirectory`] (the embedded default: durable temp-write, fsync,
-//! rename, fsync of the directory) and [`azure::AzureBlob`] (block blobs through
+//! Backends: [`local::LocalDirectory`] (the embedded default: durable temp-write and rename,
+//! made durable by `syncfs` rounds shared by the puts of one writer thread,
+//! [`local_writer`]) and [`azure::AzureBlob`] (block blobs through
 //! `object_store`); beside the trait, [`page_blob::PageBlob`] writes the page blobs a failover
 //! makes for Azure (through `azure_storage_blob`). Layers with one job each wrap any backend: [`retry::Retrying`] retries
 //! transient errors with exponential backoff and full jitter, bounded in attempts and time;
