@@ -114,11 +114,14 @@ stop_ferryd() {
 step "ferryd from the installed unit's command line, as user ferry with CAP_NET_BIND_SERVICE only"
 start_ferryd
 [ "$(ps -o user= -p "$(pgrep -x ferryd)")" = ferry ] || fail "ferryd does not run as ferry"
-step "ferryctl preflight after init (a warning only for an undisciplined clock)"
+# Warnings allowed: what this machine is, not what the package does: an undisciplined clock,
+# and a root file system of ext4 without a journal (the project's VMs have one).
+step "ferryctl preflight after init (warnings only for the clock and an ext4 without a journal)"
 status=0
 as_ferry ferryctl preflight --config /var/lib/ferry >"$work/preflight-after.txt" 2>&1 || status=$?
 cat "$work/preflight-after.txt"
-if [ "$status" -gt 1 ] || grep -v '^ok\|^WARN  clock\|^preflight:' "$work/preflight-after.txt" | grep -q .; then
+if [ "$status" -gt 1 ] ||
+  grep -v '^ok\|^WARN  clock\|^WARN  cache file system .*ext4 without a journal\|^preflight:' "$work/preflight-after.txt" | grep -q .; then
   fail "preflight does not pass the installed appliance (exit $status)"
 fi
 

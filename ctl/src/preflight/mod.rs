@@ -260,6 +260,19 @@ fn cache_checks(args: &PreflightArgs, context: &Appliance) -> Vec<Check> {
             format!("{where_} ({}): O_DIRECT writes + fdatasync {rate:.0} MB/s", fs.kind),
         ),
     };
+    let (verdict, measured) = match (
+        verdict,
+        fs.kind == "ext4" && probes::ext4_has_journal(&probed) == Some(false),
+    ) {
+        (Verdict::Ok, true) => (
+            Verdict::Warn,
+            format!(
+                "{measured}; ext4 without a journal: every new file scans the inodes deleted in the \
+                 last minutes (docs/SIZING.md), use XFS or ext4 with its journal"
+            ),
+        ),
+        (verdict, _) => (verdict, measured),
+    };
     checks.push(check(
         "cache file system",
         verdict,

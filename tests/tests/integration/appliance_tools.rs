@@ -1,7 +1,8 @@
 //! The appliance's planning and checking tools, run as a user runs them:
-//! - `ferryctl preflight` fails a cache on tmpfs, a nearly full cache file system, a wrong
-//!   vault key, an unreachable target and a missing container, each saying why, and passes a
-//!   good appliance with its ferryd running (the ports then held by that ferryd);
+//! - `ferryctl preflight` warns of a cache on ext4 without a journal, fails a cache on tmpfs,
+//!   a nearly full cache file system, a wrong vault key, an unreachable target and a missing
+//!   container, each saying why, and passes a good appliance with its ferryd running (the
+//!   ports then held by that ferryd);
 //! - `ferryctl size` answers what the test computes by hand from the same per-core costs;
 //! - `ferry-agent profile` reports the rate a loop device is written at, within 10%.
 
@@ -79,6 +80,24 @@ fn preflight_fails_a_nearly_full_cache_file_system() {
     assert_eq!(state, "fail", "{measured}");
     assert!(measured.contains("GiB usable"), "{measured}");
     assert_eq!(code, 2);
+}
+
+/// ext4 without a journal makes every new inode scan the recently deleted ones (measured in
+/// docs/BENCHMARKS.md, "sixth step"): a warning, where the same ext4 with its journal is ok
+/// (the test above).
+#[test]
+fn preflight_warns_of_ext4_without_a_journal() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(mounted) = LoopMount::with_size(scratch.path(), "ext4-nojournal", 1024) else {
+        return;
+    };
+    let cache = mounted.mount.join("cache");
+    let (code, report) = preflight(&["--cache-dir", cache.to_str().unwrap()]);
+    let (state, measured) = verdict(&report, "cache file system");
+    assert_eq!(state, "warn", "{measured}");
+    assert!(measured.contains("without a journal"), "{measured}");
+    assert_eq!(code, expected_exit(&report));
+    assert!(code >= 1, "{report:#}");
 }
 
 #[test]
