@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! slot 0: [0, slot_bytes)   slot 1: [slot_bytes, 2 × slot_bytes)
-//! each:   a [`crate::checked`] record of { generation, value }, zero padding after it
+//! each:   a [`crate::checked`] record of { generation, value }; what follows it in the
+//!         slot (an older, longer record's tail) is not read: the header gives the length
 //! ```
 //!
 //! Generation g goes to slot g mod 2 and is `fdatasync`ed before [`write`] returns. A crash
@@ -49,10 +50,7 @@ pub fn write<T: Serialize>(
         )));
     }
     let (file, created) = open_or_create(path, slot_bytes)?;
-    // Zero padding to the slot's end, so a shorter record leaves no stale bytes behind it.
-    let mut padded = record;
-    padded.resize(slot_bytes, 0);
-    file.write_all_at(&padded, (generation % 2) * slot_bytes as u64)?;
+    file.write_all_at(&record, (generation % 2) * slot_bytes as u64)?;
     file.sync_data()?;
     Ok(created)
 }
@@ -78,11 +76,14 @@ pub fn read_latest<T: DeserializeOwned>(
     version: u32,
     accept: impl Fn(&T) -> bool,
 ) -> io::Result<Option<(u64, T)>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    // The two slots at most, whatever else a damaged file holds.
+    let mut bytes = Vec::with_capacity(2 * slot_bytes);
+    io::Read::read_to_end(&mut io::Read::take(file, 2 * slot_bytes as u64), &mut bytes)?;
     let mut latest: Option<(u64, T)> = None;
     for slot in bytes.chunks(slot_bytes).take(2) {
         if let Ok((record, _)) = checked::decode_prefix::<Slotted<T>>(slot, magic, version) {

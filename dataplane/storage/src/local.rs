@@ -14,8 +14,8 @@
 //! Whole objects are written by one writer thread that groups the puts waiting
 //! ([`crate::local_writer`]), with O_DIRECT where the file system allows
 //! ([`crate::direct_write`]); paced puts, written a granted piece at a time, go through the
-//! page cache. Other blocking file I/O runs on tokio's blocking pool. Listing walks the directory tree below
-//! the prefix and sorts; it holds the names below that prefix in memory.
+//! page cache. Other blocking file I/O runs on tokio's blocking pool. Listing walks the
+//! directory tree below the prefix and sorts; it holds the names below that prefix in memory.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -230,10 +230,6 @@ impl PendingObject {
         } else {
             self.append(data)
         }
-    }
-
-    pub(crate) fn file(&self) -> &File {
-        &self.file
     }
 
     pub(crate) fn temporary(&self) -> &Path {

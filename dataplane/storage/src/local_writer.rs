@@ -66,10 +66,12 @@ impl LocalWriter {
     /// Starts the thread for the target at `root`, sharing `sync`'s rounds with the target's
     /// other writes.
     pub fn start(root: PathBuf, sync: Arc<GroupSync>) -> io::Result<Self> {
+        // Any file of the target's file system will do for `syncfs`: its root, opened once.
+        let root_dir = fs::File::open(&root)?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("ferry-localput".into())
-            .spawn(move || run(&root, &sync, queue))?;
+            .spawn(move || run(&root, &root_dir, &sync, queue))?;
         Ok(Self { jobs })
     }
 
@@ -88,7 +90,7 @@ impl LocalWriter {
     }
 }
 
-fn run(root: &std::path::Path, sync: &GroupSync, mut queue: mpsc::Receiver<PutJob>) {
+fn run(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, mut queue: mpsc::Receiver<PutJob>) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         let mut bytes = group[0].data.len();
@@ -101,14 +103,14 @@ fn run(root: &std::path::Path, sync: &GroupSync, mut queue: mpsc::Receiver<PutJo
                 Err(_) => break,
             }
         }
-        write_group(root, sync, group);
+        write_group(root, root_dir, sync, group);
     }
 }
 
 /// One group: write every temporary file, one round, every rename or link, one round,
 /// answers. A put that failed on its own is answered at once; a failed round fails the puts
 /// it was to make durable.
-fn write_group(root: &std::path::Path, sync: &GroupSync, group: Vec<PutJob>) {
+fn write_group(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, group: Vec<PutJob>) {
     let mut written = Vec::with_capacity(group.len());
     for job in group {
         let pending = PendingObject::create(root, &job.path).and_then(|mut object| {
@@ -120,10 +122,10 @@ fn write_group(root: &std::path::Path, sync: &GroupSync, group: Vec<PutJob>) {
             Err(e) => answer(job, Err(e)),
         }
     }
-    let Some((_, any)) = written.first() else {
+    if written.is_empty() {
         return;
-    };
-    if let Err(e) = sync.sync(any.file()) {
+    }
+    if let Err(e) = sync.sync(root_dir) {
         return fail_all(written.into_iter().map(|(job, _)| job), &e);
     }
     // Renames and links, in queue order (two puts of one name: the later one stays).
@@ -146,12 +148,7 @@ fn write_group(root: &std::path::Path, sync: &GroupSync, group: Vec<PutJob>) {
     if named.is_empty() {
         return;
     }
-    // Any file of the target's file system will do for `syncfs`.
-    let root_dir = match fs::File::open(root) {
-        Ok(dir) => dir,
-        Err(e) => return fail_all(named.into_iter(), &e),
-    };
-    match sync.sync(&root_dir) {
+    match sync.sync(root_dir) {
         Ok(()) => named.into_iter().for_each(|job| answer(job, Ok(true))),
         Err(e) => fail_all(named.into_iter(), &e),
     }

@@ -11,9 +11,10 @@
 //! its limit: a quarter of the memory budget, set by [`set_pool_limit`] at start and when the
 //! budget is tuned (see `memory_budget.rs`), [`DEFAULT_POOL_LIMIT_BYTES`] until then. With
 //! 32 MiB, steady (64 disks, 1 MiB batches) still took about 200,000 fresh pages per GB
-//! ingested; with a quarter of the default budget (128 MiB), about 100,000. A reused buffer holds an earlier record's bytes: its user overwrites every byte
-//! it exposes ([`super::RecordBuffer`] zeroes the header and the padding, the body fills the
-//! rest). Memory is always initialised: new buffers are allocated zeroed.
+//! ingested; with a quarter of the default budget (128 MiB), about 100,000. A reused buffer
+//! holds an earlier record's bytes: its user overwrites every byte it exposes
+//! ([`super::RecordBuffer`] zeroes the header and the padding, the body fills the rest).
+//! Memory is always initialised: new buffers are allocated zeroed.
 
 use bytes::Bytes;
 use std::alloc::{self, Layout};
