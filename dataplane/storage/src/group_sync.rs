@@ -75,7 +75,7 @@ impl GroupSync {
 
     /// Rounds run since start.
     #[cfg(test)]
-    fn rounds(&self) -> u64 {
+    pub(crate) fn rounds(&self) -> u64 {
         self.lock().completed
     }
 

@@ -1,12 +1,13 @@
 //! The local-directory target's writer thread: whole-object puts are queued to one thread,
 //! which takes every put waiting, writes each one's temporary file, makes them all durable
-//! with one `syncfs` round, renames (or links) them all, makes the names durable with a
-//! second round, and then answers each.
+//! with one `syncfs` round, renames (or links) them all, and answers each once a later round
+//! has made the names durable too: the next group's round when more puts are queued (so a
+//! steady flow costs one round per group), a round of its own when none are.
 //!
 //! Why a thread of its own: with hundreds of small disks (asr-sizing, issue 11 part 6) each
 //! put ran as a tokio blocking-pool task that waited on [`crate::group_sync`]'s rounds, so the
 //! pool grew to hundreds of threads woken together after every round, and context switches
-//! were a tenth of ferryd's CPU. Here a group of puts costs two `syncfs` calls and no
+//! were a tenth of ferryd's CPU. Here a group of puts costs one or two `syncfs` calls and no
 //! handoffs but the answers.
 //!
 //! Durability is [`crate::local`]'s: nothing is renamed before its bytes are durable, and no
@@ -91,26 +92,54 @@ impl LocalWriter {
 }
 
 fn run(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, mut queue: mpsc::Receiver<PutJob>) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut group = vec![first];
-        let mut bytes = group[0].data.len();
-        while group.len() < GROUP_MAX_PUTS && bytes < GROUP_MAX_BYTES {
-            match queue.try_recv() {
-                Ok(job) => {
-                    bytes += job.data.len();
-                    group.push(job);
-                }
-                Err(_) => break,
+    // Puts whose names are in place but not yet durable: the next round covers them.
+    let mut unsynced_names: Vec<PutJob> = Vec::new();
+    loop {
+        let group = if unsynced_names.is_empty() {
+            match queue.blocking_recv() {
+                Some(first) => take_group(first, &mut queue),
+                None => return,
             }
-        }
-        write_group(root, root_dir, sync, group);
+        } else {
+            // Puts are waiting for their answers: take what is queued, but never wait.
+            match queue.try_recv() {
+                Ok(first) => take_group(first, &mut queue),
+                Err(_) => Vec::new(),
+            }
+        };
+        unsynced_names = write_group(root, root_dir, sync, unsynced_names, group);
     }
 }
 
-/// One group: write every temporary file, one round, every rename or link, one round,
-/// answers. A put that failed on its own is answered at once; a failed round fails the puts
-/// it was to make durable.
-fn write_group(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, group: Vec<PutJob>) {
+/// `first` and the puts queued behind it, within a group's limits.
+fn take_group(first: PutJob, queue: &mut mpsc::Receiver<PutJob>) -> Vec<PutJob> {
+    let mut bytes = first.data.len();
+    let mut group = vec![first];
+    while group.len() < GROUP_MAX_PUTS && bytes < GROUP_MAX_BYTES {
+        match queue.try_recv() {
+            Ok(job) => {
+                bytes += job.data.len();
+                group.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}
+
+/// One round: write every temporary file of `group`, one `syncfs` that makes them and the
+/// previous group's names (`unsynced_names`) durable, answer the previous group, then rename
+/// (or link) this group's objects into place. Returns the puts whose names now wait for the
+/// next round. Under a steady flow of puts that is one `syncfs` per group instead of two: a
+/// round makes one group's bytes and the group before's names durable at once. A put that
+/// failed on its own is answered at once; a failed round fails every put it was to cover.
+fn write_group(
+    root: &std::path::Path,
+    root_dir: &fs::File,
+    sync: &GroupSync,
+    unsynced_names: Vec<PutJob>,
+    group: Vec<PutJob>,
+) -> Vec<PutJob> {
     let mut written = Vec::with_capacity(group.len());
     for job in group {
         let pending = PendingObject::create(root, &job.path).and_then(|mut object| {
@@ -122,12 +151,15 @@ fn write_group(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, gr
             Err(e) => answer(job, Err(e)),
         }
     }
-    if written.is_empty() {
-        return;
+    if written.is_empty() && unsynced_names.is_empty() {
+        return Vec::new();
     }
     if let Err(e) = sync.sync(root_dir) {
-        return fail_all(written.into_iter().map(|(job, _)| job), &e);
+        fail_all(unsynced_names.into_iter(), &e);
+        fail_all(written.into_iter().map(|(job, _)| job), &e);
+        return Vec::new();
     }
+    unsynced_names.into_iter().for_each(|job| answer(job, Ok(true)));
     // Renames and links, in queue order (two puts of one name: the later one stays).
     let mut named = Vec::with_capacity(written.len());
     for (job, mut object) in written {
@@ -145,13 +177,7 @@ fn write_group(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, gr
             other => answer(job, other),
         }
     }
-    if named.is_empty() {
-        return;
-    }
-    match sync.sync(root_dir) {
-        Ok(()) => named.into_iter().for_each(|job| answer(job, Ok(true))),
-        Err(e) => fail_all(named.into_iter(), &e),
-    }
+    named
 }
 
 fn fail_all(jobs: impl Iterator<Item = PutJob>, error: &io::Error) {
@@ -230,6 +256,53 @@ mod tests {
         assert!(good.unwrap());
         assert_eq!(fs::read(dir.path().join("ok/o")).unwrap(), b"2");
         assert_eq!(fs::read(dir.path().join("blocker")).unwrap(), b"x");
+    }
+
+    fn job(path: PathBuf, data: &'static [u8]) -> (PutJob, oneshot::Receiver<io::Result<bool>>) {
+        let (answer, answered) = oneshot::channel();
+        let data = Bytes::from_static(data);
+        (
+            PutJob {
+                path,
+                data,
+                mode: PutMode::Replace,
+                answer,
+            },
+            answered,
+        )
+    }
+
+    #[test]
+    fn a_put_is_answered_only_after_a_round_that_followed_its_rename_one_round_per_group_in_a_flow() {
+        let dir = tempfile::tempdir().unwrap();
+        let root_dir = fs::File::open(dir.path()).unwrap();
+        let sync = GroupSync::default();
+        let (a, mut a_answer) = job(dir.path().join("d/a"), b"a");
+        let (b, mut b_answer) = job(dir.path().join("d/b"), b"b");
+
+        // First group: its bytes are made durable, its name is in place, not yet answered.
+        let unsynced = write_group(dir.path(), &root_dir, &sync, Vec::new(), vec![a]);
+        assert_eq!(sync.rounds(), 1);
+        assert_eq!(unsynced.len(), 1);
+        assert!(a_answer.try_recv().is_err(), "answered before its name was durable");
+        assert_eq!(fs::read(dir.path().join("d/a")).unwrap(), b"a");
+
+        // The next group's round covers the first group's name: one round, and `a` answered.
+        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, vec![b]);
+        assert_eq!(sync.rounds(), 2);
+        assert!(a_answer.try_recv().unwrap().unwrap());
+        assert!(b_answer.try_recv().is_err());
+
+        // No more puts: a round of its own for the last names.
+        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, Vec::new());
+        assert!(unsynced.is_empty());
+        assert_eq!(sync.rounds(), 3);
+        assert!(b_answer.try_recv().unwrap().unwrap());
+        assert_eq!(fs::read(dir.path().join("d/b")).unwrap(), b"b");
+
+        // Nothing waiting, nothing to write: no round at all.
+        assert!(write_group(dir.path(), &root_dir, &sync, Vec::new(), Vec::new()).is_empty());
+        assert_eq!(sync.rounds(), 3);
     }
 
     fn walk(dir: &std::path::Path) -> Vec<String> {
