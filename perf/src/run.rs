@@ -104,17 +104,18 @@ pub struct ThreadCpu {
     pub ideal_ns_per_byte: Option<f64>,
 }
 
-/// Turns two [`server::thread_usage`] snapshots into [`ThreadCpu`] rows (roles with at least
-/// 1% of ferryd's CPU; the rest and ended threads as `other`) and faults per GB.
+/// Turns the run's CPU by role ([`crate::threads::ThreadLog`]) and the page faults at its
+/// start and end into [`ThreadCpu`] rows (roles with at least 1% of ferryd's CPU; the rest,
+/// and what ended threads used after they were last seen, as `other`) and faults per GB.
 fn cpu_by_thread(
-    before: Option<(std::collections::BTreeMap<String, f64>, u64)>,
-    after: Option<(std::collections::BTreeMap<String, f64>, u64)>,
+    roles: Option<std::collections::BTreeMap<String, f64>>,
+    faults: Option<(u64, u64)>,
     total_cpu: Option<f64>,
     ingested: u64,
     uploaded: u64,
     limits: Option<&Limits>,
 ) -> (Vec<ThreadCpu>, Option<f64>) {
-    let (Some((before, faults_before)), Some((after, faults_after)), Some(total)) = (before, after, total_cpu) else {
+    let (Some(roles), Some((faults_before, faults_after)), Some(total)) = (roles, faults, total_cpu) else {
         return (Vec::new(), None);
     };
     let gb = |bytes: u64| (bytes as f64 / 1e9).max(1e-9);
@@ -129,8 +130,7 @@ fn cpu_by_thread(
     let ratio = limits.map_or(1.0, |l| l.compression_ratio.max(1e-9));
     let mut rows = Vec::new();
     let mut counted = 0.0;
-    for (role, seconds_after) in &after {
-        let seconds = seconds_after - before.get(role).copied().unwrap_or(0.0);
+    for (role, &seconds) in &roles {
         if seconds < total * 0.01 {
             continue;
         }
@@ -201,7 +201,16 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
     let counters = Arc::new(Counters::default());
     let usage_before = ferryd.pid.and_then(server::process_usage);
-    let threads_before = ferryd.pid.and_then(server::thread_usage);
+    // ferryd's threads are looked at every poll, so threads that end during the run count too.
+    let mut thread_log = crate::threads::ThreadLog::default();
+    let observe_threads = |log: &mut crate::threads::ThreadLog| {
+        let usage = ferryd.pid.and_then(server::thread_usage);
+        usage.map(|(threads, faults)| {
+            log.observe(threads);
+            faults
+        })
+    };
+    let faults_before = observe_threads(&mut thread_log);
     let shared = LoadShared::new(scenario.clone(), counters.clone())?;
     let started = shared.started;
     let senders: Vec<_> = disks
@@ -240,6 +249,7 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
             }
         }
         let worst_lag = poll_uploads(&disks, &counters).await;
+        observe_threads(&mut thread_log);
         let now = Instant::now();
         let acked = counters.acked_bytes.load(Ordering::Relaxed);
         let uploaded = counters.uploaded_bytes.load(Ordering::Relaxed);
@@ -270,7 +280,7 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let total_seconds = started.elapsed().as_secs_f64();
     let load_seconds = load_seconds.unwrap_or(total_seconds);
     let usage_after = ferryd.pid.and_then(server::process_usage);
-    let threads_after = ferryd.pid.and_then(server::thread_usage);
+    let faults_after = observe_threads(&mut thread_log);
     let ingested = counters.acked_bytes.load(Ordering::Relaxed);
     let uploaded = counters.uploaded_bytes.load(Ordering::Relaxed);
     let cpu = usage_before.zip(usage_after).map(|(b, a)| a.0 - b.0);
@@ -301,8 +311,14 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         && backlog_at_load_end >= sustained_upload_mb_per_s * DRAIN_MEASURABLE.as_secs_f64())
     .then(|| (uploaded - uploaded_at_load_end) as f64 / 1e6 / drain_seconds);
     let ferryd_cpu_seconds_per_gb = cpu.map(|c| c / (ingested as f64 / 1e9).max(1e-9));
-    let (cpu_by_thread, minor_faults_per_gb) =
-        cpu_by_thread(threads_before, threads_after, cpu, ingested, uploaded, limits.as_ref());
+    let (cpu_by_thread, minor_faults_per_gb) = cpu_by_thread(
+        faults_before.is_some().then(|| thread_log.by_role()),
+        faults_before.zip(faults_after),
+        cpu,
+        ingested,
+        uploaded,
+        limits.as_ref(),
+    );
     let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);
     let machine = machine_description();
     let retries = counters.retries.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -186,13 +186,15 @@ pub fn existing(management: &str, data: &str, passphrase_file: &Path, pid: Optio
 }
 
 /// CPU seconds (user + system) and peak RSS (MiB) of a process, from /proc.
-/// CPU seconds (user + system) of each of ferryd's threads by role: its name without a
-/// trailing `-<number>` (`ferry-seal-0` and `ferry-seal-1` are `ferry-seal`), and the
-/// process's minor page faults. Threads that ended before the call are not counted.
-pub fn thread_usage(pid: u32) -> Option<(std::collections::BTreeMap<String, f64>, u64)> {
+/// CPU seconds (user + system) of each of ferryd's live threads, with its role
+/// ([`crate::threads::role_of`]), and the process's minor page faults.
+pub fn thread_usage(pid: u32) -> Option<(Vec<crate::threads::ThreadSample>, u64)> {
     let hz = (rustix::param::clock_ticks_per_second() as f64).max(1.0);
-    let mut roles = std::collections::BTreeMap::new();
+    let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue; // ended meanwhile
         };
@@ -200,19 +202,19 @@ pub fn thread_usage(pid: u32) -> Option<(std::collections::BTreeMap<String, f64>
             continue;
         };
         let name = head.split_once('(').map_or("", |(_, n)| n);
-        let role = match name.rsplit_once('-') {
-            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
-            _ => name,
-        };
         let fields: Vec<&str> = after.split_whitespace().collect();
         let ticks = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
             + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        *roles.entry(role.to_string()).or_insert(0.0) += ticks / hz;
+        threads.push(crate::threads::ThreadSample {
+            tid,
+            role: crate::threads::role_of(name).to_string(),
+            cpu_seconds: ticks / hz,
+        });
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let minor_faults = fields.get(7)?.parse().ok()?;
-    Some((roles, minor_faults))
+    Some((threads, minor_faults))
 }
 
 pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
