@@ -232,7 +232,7 @@ impl Calls {
         }
         let json = serde_json::to_vec(value).map_err(|e| CallError::Local(e.to_string()))?;
         let key = self.keyring.disk_key(disk_id);
-        let sealed = ferry_format::seal::seal(&key, name, &json, 1).map_err(|e| CallError::Local(e.to_string()))?;
+        let sealed = seal_small(&key, name, &json).map_err(|e| CallError::Local(e.to_string()))?;
         self.bucket.charge(sealed.len() as u64);
         self.storage.put(name, Bytes::from(sealed)).await?;
         self.status
@@ -295,6 +295,29 @@ impl Calls {
             source_time_unix_ms: point.source_time_unix_ms,
         }))
     }
+}
+
+/// Seals a small object (a descriptor or a point) with this thread's sealer, made once: a
+/// fresh zstd context per object was a few percent of the tokio workers' CPU with hundreds of
+/// disks writing points (its tables are allocated and faulted in each time).
+fn seal_small(
+    key: &ferry_format::ObjectKey,
+    name: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, ferry_format::seal::SealError> {
+    thread_local! {
+        static SEALER: std::cell::RefCell<Option<ferry_format::seal::Sealer>> = const { std::cell::RefCell::new(None) };
+    }
+    SEALER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let mut sealer = match slot.take() {
+            Some(sealer) => sealer,
+            None => ferry_format::seal::Sealer::new(1)?,
+        };
+        let sealed = sealer.seal(key, name, plaintext);
+        *slot = Some(sealer);
+        sealed
+    })
 }
 
 /// Where the releaser sends one release's outcome (as the message the coordinator logs).

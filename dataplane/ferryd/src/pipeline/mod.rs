@@ -58,6 +58,8 @@ pub const PERMANENT_PAUSE: Duration = Duration::from_secs(30);
 const SEAL_QUEUE_DEPTH: usize = 64;
 /// How often the coordinator looks at every disk even when none signalled anything.
 const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
+/// How often the bandwidth schedule is looked at again when nothing was tuned.
+const CAP_RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// Entries of `wakeups` per disk (most of them stale) before it is rebuilt.
 const WAKEUPS_PER_DISK_MAX: usize = 4;
 
@@ -344,6 +346,9 @@ struct Coordinator {
     /// disks that walk showed in profiles). Entries may be stale (a disk looked at sooner
     /// than its entry): one that fires early only has the disk looked at once more.
     wakeups: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, Uuid)>>,
+    /// (tuning generation, when) the bandwidth cap in force was last worked out: reading the
+    /// local time costs a `statx` of /etc/localtime, too much for every cycle.
+    cap_checked: Option<(u64, Instant)>,
     /// The cache signalled new durable batches since the last cycle.
     advanced_due: bool,
     /// The last pass stopped at the memory budget or a full seal queue...
@@ -417,6 +422,7 @@ pub fn start(
         next_full_pass: Instant::now(),
         dispatch_disks: std::collections::HashSet::new(),
         wakeups: std::collections::BinaryHeap::new(),
+        cap_checked: None,
         advanced_due: false,
         dispatch_blocked: false,
         room_freed: false,
@@ -538,11 +544,18 @@ impl Coordinator {
             tracing::info!(to = workers, "seal workers changed");
             self.workers.resize(workers);
         }
-        let cap = self.tuning.bandwidth_cap_now();
-        self.bucket.set_rate(cap);
-        self.status
-            .bandwidth_cap_now
-            .store(cap, std::sync::atomic::Ordering::Relaxed);
+        // A tuned cap applies at once; a schedule's window within a second of its hour.
+        let cap_due = self
+            .cap_checked
+            .is_none_or(|(checked, at)| checked != generation || at.elapsed() >= CAP_RECHECK_EVERY);
+        if cap_due {
+            let cap = self.tuning.bandwidth_cap_now();
+            self.bucket.set_rate(cap);
+            self.status
+                .bandwidth_cap_now
+                .store(cap, std::sync::atomic::Ordering::Relaxed);
+            self.cap_checked = Some((generation, Instant::now()));
+        }
         self.tuning.mark_applied(generation);
     }
 
