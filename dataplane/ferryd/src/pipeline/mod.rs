@@ -628,7 +628,7 @@ impl Coordinator {
         // Bounded: stale entries are rebuilt away when they outnumber the disks.
         if self.wakeups.len() > WAKEUPS_PER_DISK_MAX * self.disks.len() + 1024 {
             self.wakeups.clear();
-            for (id, progress) in &mut self.disks {
+            for (id, progress) in &self.disks {
                 if let Some(pending) = progress.wake_at {
                     self.wakeups.push(std::cmp::Reverse((pending, *id)));
                 }
