@@ -658,8 +658,7 @@ pub fn sh(cmd: &str) -> (bool, String) {
 }
 
 /// A loop-mounted file system of a test's own (`ext4`, `ext4-nojournal`, or `xfs` with
-/// reflink), unmounted (and
-/// thawed) however the test ends.
+/// reflink), unmounted (and thawed) however the test ends.
 pub struct LoopMount {
     pub mount: PathBuf,
     /// The loop device that holds it.
