@@ -140,6 +140,17 @@ pub fn table(r: &Report) -> String {
             },
         ),
         (
+            "progress read",
+            match (r.uploads_read_from, r.status_fallbacks) {
+                ("control_status", 0) => "from the control socket, one status a poll".into(),
+                ("control_status", n) => format!("from the control socket; {n} polls asked each disk instead"),
+                _ => format!(
+                    "from each disk on the data endpoint: {} requests a poll beside the load (counted in ferryd's CPU)",
+                    r.disks
+                ),
+            },
+        ),
+        (
             "of the ceiling",
             match (&r.limits, r.fraction_of_ceiling) {
                 (Some(l), Some(f)) => format!(

@@ -38,6 +38,11 @@ pub struct Report {
     pub scenario: Scenario,
     pub machine: String,
     pub disks: usize,
+    /// Where the upload progress was read: `control_status` (one request a poll on ferryd's
+    /// control socket) or `data_endpoint` (a request per disk beside the load).
+    pub uploads_read_from: &'static str,
+    /// Polls whose status could not be read, and so asked each disk instead.
+    pub status_fallbacks: u64,
     pub load_seconds: f64,
     pub drain_seconds: f64,
     pub ingested_bytes: u64,
@@ -199,6 +204,7 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         None
     };
     let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
+    let probe = UploadProbe::for_ferryd(&ferryd);
     let counters = Arc::new(Counters::default());
     let usage_before = ferryd.pid.and_then(server::process_usage);
     // ferryd's threads are looked at every poll, so threads that end during the run count too.
@@ -248,7 +254,7 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
                 anyhow::bail!("a simulated disk failed: {failure}");
             }
         }
-        let worst_lag = poll_uploads(&disks, &counters).await;
+        let worst_lag = poll_uploads(&probe, &disks, &counters).await;
         observe_threads(&mut thread_log);
         let now = Instant::now();
         let acked = counters.acked_bytes.load(Ordering::Relaxed);
@@ -355,6 +361,8 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         compression_ratio,
         retries,
         storage_puts,
+        uploads_read_from: probe.name(),
+        status_fallbacks: probe.fallbacks(),
         puts_per_gb: storage_puts.map(|p| p as f64 / (ingested as f64 / 1e9).max(1e-9)),
         puts_per_hour: storage_puts.map(|p| p as f64 * 3600.0 / total_seconds.max(1e-9)),
         limits,
@@ -364,8 +372,78 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     })
 }
 
-/// Reads every disk's `uploaded_seq` (64 requests at a time); the largest lag seen.
-async fn poll_uploads(disks: &[Arc<Disk>], counters: &Arc<Counters>) -> Option<Duration> {
+/// Where the sampler reads every disk's `uploaded_seq`.
+enum UploadProbe {
+    /// ferryd's control socket, when ferry-perf made the appliance: one `GET /v1/status` a
+    /// poll, answered on ferryd's main runtime. The load's own endpoint carries none of it.
+    /// Counts the polls that fell back to asking each disk.
+    Status(ferry_client::control::ControlClient, std::sync::atomic::AtomicU64),
+    /// `GET /v1/disks/{id}` for each disk on the data endpoint, for a ferryd reached with
+    /// `--management`: those requests go through the ingest path beside the load and their
+    /// CPU counts as ferryd's (in asr-sizing, 675 a second against 134 batches).
+    PerDisk,
+}
+
+impl UploadProbe {
+    fn for_ferryd(ferryd: &Ferryd) -> UploadProbe {
+        match ferryd.appliance.as_deref().map(control_client) {
+            Some(Ok(control)) => UploadProbe::Status(control, Default::default()),
+            Some(Err(e)) => {
+                eprintln!("warning: reading uploads per disk, not from the control socket: {e:#}");
+                UploadProbe::PerDisk
+            }
+            None => UploadProbe::PerDisk,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            UploadProbe::Status(..) => "control_status",
+            UploadProbe::PerDisk => "data_endpoint",
+        }
+    }
+
+    fn fallbacks(&self) -> u64 {
+        match self {
+            UploadProbe::Status(_, fallbacks) => fallbacks.load(Ordering::Relaxed),
+            UploadProbe::PerDisk => 0,
+        }
+    }
+}
+
+/// The control socket of the appliance ferry-perf made in `appliance`.
+fn control_client(appliance: &std::path::Path) -> anyhow::Result<ferry_client::control::ControlClient> {
+    let layout = ferry_config::ApplianceLayout::new(appliance);
+    let config = ferry_config::config::ApplianceConfig::load(&layout.config_file())
+        .with_context(|| format!("reading {}", layout.config_file().display()))?;
+    Ok(ferry_client::control::ControlClient::new(
+        &layout.resolve(&config.server.control_socket),
+    ))
+}
+
+/// Reads every disk's `uploaded_seq` through `probe`; the largest lag seen. A status that
+/// cannot be read falls back to asking each disk, so a poll is never lost.
+async fn poll_uploads(probe: &UploadProbe, disks: &[Arc<Disk>], counters: &Arc<Counters>) -> Option<Duration> {
+    if let UploadProbe::Status(control, fallbacks) = probe {
+        match control.status().await {
+            Ok(status) => {
+                let uploaded: std::collections::HashMap<uuid::Uuid, u64> =
+                    status.disks.iter().map(|d| (d.disk_id, d.uploaded_seq)).collect();
+                return disks
+                    .iter()
+                    .filter_map(|disk| {
+                        uploaded
+                            .get(&disk.disk_id)
+                            .and_then(|&seq| disk.uploaded(seq, counters))
+                    })
+                    .max();
+            }
+            Err(e) => {
+                fallbacks.fetch_add(1, Ordering::Relaxed);
+                eprintln!("warning: cannot read ferryd's status ({e}); asking each disk");
+            }
+        }
+    }
     futures::stream::iter(disks.iter().filter(|d| !d.drained()))
         .map(|disk| async move {
             let info = disk.client.get_disk(disk.disk_id).await.ok()?;
@@ -425,10 +503,7 @@ impl UploadHold {
         let appliance = ferryd.appliance.as_ref().context(
             "hold_uploads needs a ferryd that ferry-perf starts (its control socket is in the appliance it makes)",
         )?;
-        let layout = ferry_config::ApplianceLayout::new(appliance);
-        let config = ferry_config::config::ApplianceConfig::load(&layout.config_file())
-            .with_context(|| format!("reading {}", layout.config_file().display()))?;
-        let control = ferry_client::control::ControlClient::new(&layout.resolve(&config.server.control_socket));
+        let control = control_client(appliance)?;
         let cap_before = control
             .tune_state()
             .await

@@ -48,6 +48,9 @@ fn a_short_run_drains_and_reports_consistent_totals() {
     assert!(ingested > 0, "{report}");
     assert_eq!(report["uploaded_bytes"].as_u64(), Some(ingested), "the backlog drained");
     assert_eq!(report["disks"], 4);
+    // Progress came from the control socket, not from requests beside the load.
+    assert_eq!(report["uploads_read_from"], "control_status", "{report}");
+    assert_eq!(report["status_fallbacks"], 0, "{report}");
     assert!(report["ack_ms"]["p50"].as_f64().is_some() && report["lag_ms"]["p50"].as_f64().is_some());
     let ratio = report["compression_ratio"].as_f64().unwrap();
     assert!(ratio > 1.5 && ratio < 4.0, "mixed data stored sealed: {ratio}");
@@ -245,6 +248,8 @@ async fn a_run_against_a_running_ferryd() {
     let report = run.json();
     assert!(report["ingested_bytes"].as_u64().unwrap() > 0);
     assert_eq!(report["uploaded_bytes"], report["ingested_bytes"]);
+    // A ferryd ferry-perf did not make: no control socket it knows, so each disk is asked.
+    assert_eq!(report["uploads_read_from"], "data_endpoint", "{report}");
     assert!(report["ferryd_cpu_seconds"].as_f64().unwrap() > 0.0, "{report}");
     drop(ferryd);
 }
