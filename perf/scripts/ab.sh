@@ -37,6 +37,7 @@ for round in $(seq 1 "$rounds"); do
   for side in $order; do
     dir=$a; [ "$side" = B ] && dir=$b
     run=$out/$side-$round
+    rm -rf "$run"  # one report per directory: the comparison reads the only one there
     "$dir/ferry-perf" run --scenario "$scenario" --limits "$limits" --out-dir "$run" >"$run.log" 2>&1 \
       || { echo "run $side $round failed: see $run.log" >&2; exit 1; }
     echo "$side round $round: $(grep -E '^  (CPU vs|ferryd peak)' "$run.log" | tr -s ' ' | tr '\n' ' ')"
