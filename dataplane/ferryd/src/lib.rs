@@ -41,3 +41,4 @@ pub mod pipeline;
 pub mod reprotect;
 pub mod retention;
 pub mod server;
+pub mod warm_blocks;

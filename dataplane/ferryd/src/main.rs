@@ -4,8 +4,12 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc, with freed 4-64 KiB blocks kept warm for the receive path (a bounded 16 MiB;
+/// see warm_blocks.rs): with the purge delay at 0 below they would otherwise come back as
+/// fresh pages, a page fault and a page clear each.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: ferryd::warm_blocks::WarmBlocks<mimalloc::MiMalloc> =
+    ferryd::warm_blocks::WarmBlocks::new(mimalloc::MiMalloc);
 
 /// mimalloc's `purge_delay` option (the index of `mi_option_purge_delay` in mimalloc.h's
 /// `mi_option_e`, checked by a test): how long freed memory stays committed before it goes
