@@ -321,6 +321,12 @@ pub(super) fn site_of(state: &AppState) -> (String, Vec<ferry_client::control::S
         tracing::warn!(error = %e, "cannot read the site's process servers");
         Vec::new()
     });
+    if servers.is_empty() {
+        // A single appliance: nothing to count. The machine records are files, one a machine,
+        // read afresh per call; a scraper asking every second paid for all of them (5.6% of
+        // the main runtime's samples under asr-sizing's 225 machines).
+        return ("configuration_server".into(), Vec::new());
+    }
     let records = super::register::machine_records(&state.layout).unwrap_or_default();
     let listed = servers
         .into_iter()
