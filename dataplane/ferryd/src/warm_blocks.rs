@@ -1,22 +1,23 @@
-//! A bounded cache of recently freed medium-sized heap blocks (8-64 KiB) in front of the
-//! global allocator, so that the next allocation of that size reuses memory that is already
-//! mapped and in the CPU's caches instead of pages the allocator has just given back to the OS.
+//! A bounded cache of recently freed medium-sized heap blocks (over 4 KiB, up to 64 KiB) in
+//! front of the global allocator, so that the next allocation of that size reuses memory that
+//! is already mapped and in the CPU's caches instead of pages the allocator has just given back
+//! to the OS.
 //!
 //! Why: ferryd sets mimalloc's purge delay to 0 (freed memory goes back to the OS at once,
-//! which keeps peak RSS inside the memory budget; see main.rs). The receive path allocates
-//! and frees a block of this size for about every 16 KiB that arrives: h2's frame buffer
-//! grows in frame-sized steps as DATA frames are split off it, and rustls hands plaintext out
-//! in record-sized vectors. Each such block came back from the OS, so the first write to it
-//! took a page fault and a page clear: 15% of the ingest thread's samples in steady
+//! which keeps peak RSS inside the memory budget; see main.rs). The receive path allocates and
+//! frees a block of this size for about every 16 KiB that arrives: h2's frame buffer grows in
+//! frame-sized steps as DATA frames are split off it, and rustls hands plaintext out in
+//! record-sized vectors. Each such block came back from the OS, so the first write to it took
+//! a page fault and a page clear: 15% of the ingest thread's samples in steady
 //! (docs/BENCHMARKS.md). A few MiB of blocks kept warm remove those faults without keeping
 //! the large buffers (records, sealed objects) resident, which the purge delay is for.
 //!
-//! Limits: at most [`BYTES_PER_CLASS`] (4 MiB) of blocks per size class (8, 16, 32 and 64
-//! KiB; 16 MiB in all) are held; beyond that, blocks go back to the inner allocator. A request is served
-//! from a class only if its alignment is at most 16 bytes (what the classes' blocks are
+//! Limits: at most [`BYTES_PER_CLASS`] (4 MiB) of blocks per size class (8, 16, 32 and 64 KiB;
+//! 16 MiB in all) are held; beyond that, blocks go back to the inner allocator. A request is
+//! served from a class only if its alignment is at most 16 bytes (what the classes' blocks are
 //! allocated with). Each class is guarded by a flag taken with one compare-and-swap and never
-//! waited on: a thread that finds it taken uses the inner allocator instead, so no thread
-//! ever spins on another (a holder preempted on this 2-core machine would stall it).
+//! waited on: a thread that finds it taken uses the inner allocator instead, so no thread ever
+//! spins on another (a holder preempted on this 2-core machine would stall it).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::UnsafeCell;
