@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// of 16 KiB, each in a 32 KiB block, and a few connections' batches are consumed at once.
 pub const BYTES_PER_CLASS: usize = 4 << 20;
 
-/// Room for the smallest class's blocks; larger classes use the first `limit()` slots.
+/// Room for the smallest class's blocks; larger classes use the first [`limit`] slots.
 const SLOTS: usize = BYTES_PER_CLASS / CLASS_SIZES[0];
 
-/// The classes' block sizes; a request of size `s` uses the first class with `s <= size`
-/// and `s > previous size`. Smaller and larger requests go straight to the inner allocator.
+/// The classes' block sizes; a request uses the first class at least its size. Requests of
+/// 4 KiB or less and over 64 KiB go straight to the inner allocator.
 const CLASS_SIZES: [usize; 4] = [8 << 10, 16 << 10, 32 << 10, 64 << 10];
 const SMALLEST_CACHED: usize = (4 << 10) + 1;
 const CLASS_ALIGN: usize = 16;
@@ -102,6 +102,11 @@ fn class_of(layout: Layout) -> Option<usize> {
     CLASS_SIZES.iter().position(|&size| layout.size() <= size)
 }
 
+/// Blocks of `class` kept at most.
+fn limit(class: usize) -> usize {
+    BYTES_PER_CLASS / CLASS_SIZES[class]
+}
+
 fn class_layout(class: usize) -> Layout {
     // SAFETY: the sizes are non-zero multiples of the power-of-two alignment, far from overflow.
     unsafe { Layout::from_size_align_unchecked(CLASS_SIZES[class], CLASS_ALIGN) }
@@ -141,7 +146,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for WarmBlocks<A> {
             Some(class) => {
                 let kept = self.classes[class]
                     .with_slots(|slots| {
-                        if slots.len == BYTES_PER_CLASS / CLASS_SIZES[class] {
+                        if slots.len == limit(class) {
                             return false;
                         }
                         slots.blocks[slots.len] = ptr;
@@ -274,7 +279,7 @@ mod tests {
                     for round in 0..200 {
                         // Each block carries a tag unique to its holder: a block handed
                         // out twice would have its tag overwritten by the second holder.
-                        let blocks: Vec<(*mut u8, u64)> = (0..BYTES_PER_CLASS / (64 << 10) + 8)
+                        let blocks: Vec<(*mut u8, u64)> = (0..limit(3) + 8)
                             .map(|i| {
                                 let b = CACHE.alloc(wanted);
                                 assert!(!b.is_null());
@@ -299,6 +304,6 @@ mod tests {
             thread.join().unwrap();
         }
         let held = CACHE.classes[3].with_slots(|s| s.len).unwrap();
-        assert!(held > 0 && held <= BYTES_PER_CLASS / (64 << 10), "{held} blocks held");
+        assert!(held > 0 && held <= limit(3), "{held} blocks held");
     }
 }
