@@ -357,10 +357,22 @@ impl Ferryd {
         self.child.id()
     }
 
-    /// SIGSTOP: the process freezes (its leases run out) until [`Ferryd::resume`].
+    /// SIGSTOP: the process freezes (its leases run out) until [`Ferryd::resume`]. Returns once
+    /// every thread is stopped: the kernel hands SIGSTOP to one thread, which stops the others
+    /// only when it next runs, so a thread held in an uninterruptible wait (an fsync on a busy
+    /// disk) leaves the rest answering requests for as long as that wait lasts.
     pub fn pause(&self) {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !all_threads_stopped(self.child.id()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ferryd {} did not stop within 60 s of SIGSTOP",
+                self.child.id()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// SIGCONT after [`Ferryd::pause`].
@@ -719,4 +731,19 @@ impl Drop for LoopMount {
         let _ = Command::new("fsfreeze").arg("--unfreeze").arg(&self.mount).output();
         let _ = Command::new("umount").arg(&self.mount).output();
     }
+}
+
+/// Whether every thread of process `pid` is in the stopped state (`T` in
+/// `/proc/<pid>/task/<tid>/stat`, the field after the parenthesised command name).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T")
+        })
+    })
 }
