@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     ferry_client::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(main_runtime_workers())
         .enable_all()
         .thread_name("ferryd")
         .build()
@@ -62,6 +63,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Async threads of the main runtime (management endpoint, the pipeline's coordinator,
+/// uploads): one per 8 cores. Its tasks are many small wakeups and little CPU (an upload's TLS
+/// is on compressed bytes); with a second worker on 2 cores each wakeup from another thread
+/// also woke the idle worker to look for work to steal: asr-sizing's main runtime CPU per
+/// byte 0.73x with one (docs/BENCHMARKS.md).
+fn main_runtime_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get().div_ceil(8))
 }
 
 #[cfg(test)]
