@@ -18,6 +18,8 @@ use super::reader::LoadedJob;
 
 /// Sealed-object buffers kept for reuse at most (each about a change set: at the default
 /// 8 MiB, 32 MiB retained in all; outside the memory budget's shares, see `memory_budget`).
+/// A buffer's capacity may reach twice its largest object (`big_enough`), but only the
+/// pages an object was written into are resident.
 pub const SPARE_BUFFERS: usize = 4;
 
 pub struct SealJob {
