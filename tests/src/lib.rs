@@ -365,10 +365,14 @@ impl Ferryd {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !all_threads_stopped(self.child.id()) {
+        loop {
+            let states = thread_states(self.child.id());
+            if !states.is_empty() && states.iter().all(|state| state == "T") {
+                return;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "ferryd {} did not stop within 60 s of SIGSTOP",
+                "ferryd {} did not stop within 60 s of SIGSTOP; its threads' states: {states:?}",
                 self.child.id()
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -733,17 +737,18 @@ impl Drop for LoopMount {
     }
 }
 
-/// Whether every thread of process `pid` is in the stopped state (`T` in
-/// `/proc/<pid>/task/<tid>/stat`, the field after the parenthesised command name).
-fn all_threads_stopped(pid: u32) -> bool {
+/// The state letter of each thread of process `pid` (`/proc/<pid>/task/<tid>/stat`, the field
+/// after the parenthesised command name: `T` stopped, `Z` exited); none once it is gone.
+fn thread_states(pid: u32) -> Vec<String> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
+        return Vec::new();
     };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state == "T")
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(str::to_string)
         })
-    })
+        .collect()
 }
