@@ -58,6 +58,10 @@ pub const PERMANENT_PAUSE: Duration = Duration::from_secs(30);
 const SEAL_QUEUE_DEPTH: usize = 64;
 /// How often the coordinator looks at every disk even when none signalled anything.
 const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
+/// How often the bandwidth schedule is looked at again when nothing was tuned.
+const CAP_RECHECK_EVERY: Duration = Duration::from_secs(1);
+/// Entries of `wakeups` per disk (most of them stale) before it is rebuilt.
+const WAKEUPS_PER_DISK_MAX: usize = 4;
 
 /// Which disks a dispatch pass looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,17 +78,13 @@ enum Pass {
 /// so only a full pass starts from "not blocked". Clearing it on any pass lost the debt
 /// whenever a disk's flush delay ended while the budget was full: nothing more was cut
 /// until the once-a-second full pass, and a drain of 64 disks sat idle for up to a second at
-/// a time, about half the time (`perf/scenarios/drain.toml`, 2026-12-05).
+/// a time, a third of the time or more (`perf/scenarios/drain.toml`, 2026-12-05).
 fn blocked_after_start(blocked: bool, pass: Pass) -> bool {
     match pass {
         Pass::EveryDisk => false,
         Pass::DisksWithNews => blocked,
     }
 }
-/// How often the bandwidth schedule is looked at again when nothing was tuned.
-const CAP_RECHECK_EVERY: Duration = Duration::from_secs(1);
-/// Entries of `wakeups` per disk (most of them stale) before it is rebuilt.
-const WAKEUPS_PER_DISK_MAX: usize = 4;
 
 /// A recovery point as the status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
