@@ -107,6 +107,14 @@ struct RunArgs {
     /// pipeline alone (needs a ferryd ferry-perf starts).
     #[arg(long)]
     hold_uploads: bool,
+    /// Overload in one run: hold uploads until the backlog reaches this many MB, let them go
+    /// while the load goes on, end the load at half that backlog (needs a ferryd ferry-perf
+    /// starts).
+    #[arg(long)]
+    hold_uploads_mb: Option<u64>,
+    /// The nice of the load generator's threads (0 to 19; 0 = unchanged).
+    #[arg(long)]
+    load_nice: Option<i32>,
     /// Where the JSON report and the SVG plot go.
     #[arg(long, default_value = "perf-results")]
     out_dir: PathBuf,
@@ -232,7 +240,16 @@ async fn run_command(args: RunArgs, json: bool) -> anyhow::Result<()> {
         rate_mb_per_s,
         burst_on_secs
     );
-    set!(burst_off_secs, batch_bytes, window, bookmark_every_secs, data, target);
+    set!(
+        burst_off_secs,
+        batch_bytes,
+        window,
+        bookmark_every_secs,
+        data,
+        target,
+        hold_uploads_mb
+    );
+    set!(load_nice);
     scenario.hold_uploads |= args.hold_uploads;
     scenario.validate()?;
     let limits: Option<Limits> = match (&args.limits, args.no_limits) {

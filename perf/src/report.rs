@@ -36,7 +36,31 @@ pub fn table(r: &Report) -> String {
         ),
         (
             "sustained",
-            if r.scenario.hold_uploads {
+            if let Some(o) = &r.overload {
+                format!(
+                    "overload (hold let go at {:.0} s with {} MB waiting, load stopped at {:.0} s): {:.1} MB/s \
+                     uploaded while loaded (ingest {:.1} MB/s, backlog at least {:.0} MB); drain of {:.0} MB {} \
+                     alone; {}",
+                    o.lifted_at_secs,
+                    r.scenario.hold_uploads_mb,
+                    o.stopped_at_secs,
+                    o.upload_mb_per_s,
+                    o.ingest_mb_per_s,
+                    o.min_backlog_mb,
+                    o.backlog_at_load_end_mb,
+                    opt(o.drain_mb_per_s, 1, " MB/s"),
+                    o.vs_drain.map_or(
+                        "the drain had under 2 s of uploads: too short to compare with".into(),
+                        |v| format!("{v:.2} of the drain rate")
+                    )
+                )
+            } else if r.scenario.hold_uploads_mb > 0 {
+                format!(
+                    "the backlog never reached {} MB during the load (hold let go at its end); \
+                     nothing measured under overload",
+                    r.scenario.hold_uploads_mb
+                )
+            } else if r.scenario.hold_uploads {
                 format!(
                     "uploads held during the load; drain {} (the pipeline alone), {} of the ceiling",
                     opt(r.drain_upload_mb_per_s, 1, " MB/s"),

@@ -20,6 +20,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 /// least this long at the rate uploads kept while loaded; a smaller backlog drains at the
 /// pace of the flush delays (quiet disks), which says nothing about the pipeline.
 const DRAIN_MEASURABLE: Duration = Duration::from_secs(10);
+/// With `hold_uploads_mb`: the overload is compared with the drain after it only when the
+/// backlog at the load's end would take at least this long at the overload's upload rate.
+const OVERLOAD_DRAIN_MEASURABLE: Duration = Duration::from_secs(2);
 
 /// One point of the time series (one per poll).
 #[derive(Clone, Debug, Serialize)]
@@ -31,6 +34,32 @@ pub struct Sample {
     pub lag_secs: Option<f64>,
     /// Acknowledged but not yet uploaded, MB.
     pub backlog_mb: f64,
+    /// Uploaded since the start, MB.
+    pub uploaded_mb: f64,
+}
+
+/// With `hold_uploads_mb`: the pipeline working through a backlog while the load goes on,
+/// against the same pipeline draining the rest alone after it, in the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Overload {
+    /// When the hold was let go (the backlog had reached `hold_uploads_mb`), from the start.
+    pub lifted_at_secs: f64,
+    /// When the load was told to stop (the backlog was down to half), or the load's end.
+    pub stopped_at_secs: f64,
+    /// From the lift to the stop: uploads, acknowledged ingest, and the smallest backlog
+    /// polled (above 0: the pipeline had work the whole time).
+    pub upload_mb_per_s: f64,
+    pub ingest_mb_per_s: f64,
+    pub min_backlog_mb: f64,
+    /// What the drain started with.
+    pub backlog_at_load_end_mb: f64,
+    /// After the load: uploads until the backlog was down to a tenth of what it was at the
+    /// load's end (the tail after that drains at the pace of quiet disks' flush delays, which
+    /// says nothing about the pipeline). None when no poll fell in that span.
+    pub drain_mb_per_s: Option<f64>,
+    /// Overload over drain (issue 11's goal: at least 0.9); None when the drain had less than
+    /// [`OVERLOAD_DRAIN_MEASURABLE`] of work.
+    pub vs_drain: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -62,6 +91,8 @@ pub struct Report {
     /// With `hold_uploads`: the drain (the pipeline alone) over the `limits` ceiling on all
     /// cores.
     pub drain_vs_ceiling: Option<f64>,
+    /// With `hold_uploads_mb`: None when the backlog never reached it during the load.
+    pub overload: Option<Overload>,
     pub ack_ms: Percentiles,
     pub lag_ms: Percentiles,
     pub ferryd_cpu_seconds: Option<f64>,
@@ -198,12 +229,22 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         None => server::launch(&scenario.target, options.keep)?,
     };
     // Before the agents register: a ferryd that cannot be held is refused with nothing set up.
-    let hold = if scenario.hold_uploads {
+    let hold = if scenario.hold_uploads || scenario.hold_uploads_mb > 0 {
         Some(UploadHold::start(&ferryd).await?)
     } else {
         None
     };
-    let disks = load::setup(&scenario, &ferryd.management, &ferryd.passphrase).await?;
+    // The simulated machines (their registrations, connections and senders) run on the load
+    // runtime: this one's at `load_nice` lowered, so the sampler here keeps its pace.
+    let load_runtime = LoadRuntime::start(scenario.load_nice)?;
+    let disks = {
+        let (s, management, passphrase) = (scenario.clone(), ferryd.management.clone(), ferryd.passphrase.clone());
+        load_runtime
+            .handle()
+            .spawn(async move { load::setup(&s, &management, &passphrase).await })
+            .await
+            .context("the load's setup task failed")??
+    };
     let probe = UploadProbe::for_ferryd(&ferryd);
     let counters = Arc::new(Counters::default());
     let usage_before = ferryd.pid.and_then(server::process_usage);
@@ -222,7 +263,11 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let senders: Vec<_> = disks
         .iter()
         .enumerate()
-        .map(|(i, disk)| tokio::spawn(load::run_disk(shared.clone(), disk.clone(), i)))
+        .map(|(i, disk)| {
+            load_runtime
+                .handle()
+                .spawn(load::run_disk(shared.clone(), disk.clone(), i))
+        })
         .collect();
     let mut samples = Vec::new();
     let mut last = (Instant::now(), 0u64, 0u64);
@@ -230,13 +275,20 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
     let mut senders = futures::future::join_all(senders);
     let mut senders_done = None;
     let mut uploaded_at_load_end = None;
+    // With `hold_uploads_mb`: (seconds from the start, uploaded, acked) when the hold was let go.
+    let mut lifted: Option<(f64, u64, u64)> = None;
+    // ... and when the load was told to stop (its senders then finish the batches in flight).
+    let mut stopped: Option<(f64, u64, u64)> = None;
     let drain_deadline = |load_end: Instant| load_end + DRAIN_LIMIT;
     loop {
         tokio::select! {
             results = &mut senders, if senders_done.is_none() => {
                 load_seconds = Some(started.elapsed().as_secs_f64());
+                // The upload counter moves only when polled: read it now, not up to a poll ago
+                // (the drain after the load is measured from here).
+                poll_uploads(&probe, &disks, &counters).await;
                 uploaded_at_load_end = Some(counters.uploaded_bytes.load(Ordering::Relaxed));
-                if let Some(hold) = &hold {
+                if let Some(hold) = hold.as_ref().filter(|_| lifted.is_none()) {
                     hold.lift().await?;
                 }
                 senders_done = Some(results);
@@ -266,7 +318,25 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
             upload_mb_per_s: (uploaded - last.2) as f64 / 1e6 / dt,
             lag_secs: worst_lag.map(|d| d.as_secs_f64()),
             backlog_mb: acked.saturating_sub(uploaded) as f64 / 1e6,
+            uploaded_mb: uploaded as f64 / 1e6,
         });
+        let backlog = acked.saturating_sub(uploaded);
+        let hold_bytes = scenario.hold_uploads_mb.saturating_mul(1_000_000);
+        if hold_bytes > 0 && load_seconds.is_none() {
+            match (&hold, lifted) {
+                (Some(hold), None) if backlog >= hold_bytes => {
+                    hold.lift().await?;
+                    lifted = Some((started.elapsed().as_secs_f64(), uploaded, acked));
+                }
+                // Down to half: the load stops, so the drain after it still has a backlog to
+                // measure.
+                (_, Some(_)) if stopped.is_none() && backlog <= hold_bytes / 2 => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    stopped = Some((started.elapsed().as_secs_f64(), uploaded, acked));
+                }
+                _ => {}
+            }
+        }
         last = (now, acked, uploaded);
         if options.progress {
             progress(&scenario, &samples, load_seconds.is_some());
@@ -325,6 +395,8 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         uploaded,
         limits.as_ref(),
     );
+    let load_end = (load_seconds, uploaded_at_load_end, ingested);
+    let overload = lifted.map(|lift| overload_of(lift, stopped.unwrap_or(load_end), load_end, &samples));
     let fraction_of_ceiling = limits.as_ref().map(|l| ingest_mb_per_s / l.ideal_mb_per_s);
     let machine = machine_description();
     let retries = counters.retries.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -341,12 +413,13 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         sustained_upload_mb_per_s,
         drain_upload_mb_per_s,
         sustained_vs_drain: drain_upload_mb_per_s
-            .filter(|d| *d > 0.0 && !scenario.hold_uploads)
+            .filter(|d| *d > 0.0 && !scenario.hold_uploads && scenario.hold_uploads_mb == 0)
             .map(|d| sustained_upload_mb_per_s / d),
         drain_vs_ceiling: drain_upload_mb_per_s
             .zip(limits.as_ref())
             .filter(|_| scenario.hold_uploads)
             .map(|(d, l)| d / l.ideal_mb_per_s),
+        overload,
         ack_ms: percentiles(&counters.ack_latency),
         lag_ms: percentiles(&counters.lag),
         ferryd_cpu_seconds: cpu,
@@ -370,6 +443,111 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         samples,
         scenario,
     })
+}
+
+/// Where the simulated machines run: with `load_nice` 0 the caller's runtime, otherwise a
+/// runtime of their own whose threads (and the blocking threads they start) run at that nice.
+/// Shut down without waiting when dropped (inside the caller's runtime, where a blocking
+/// shutdown is not allowed).
+struct LoadRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl LoadRuntime {
+    fn start(nice: i32) -> anyhow::Result<LoadRuntime> {
+        if nice == 0 {
+            return Ok(LoadRuntime {
+                runtime: None,
+                handle: tokio::runtime::Handle::current(),
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("perf-load")
+            .on_thread_start(move || {
+                // On Linux a thread id names one thread: this lowers the calling thread only.
+                if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+                    eprintln!("ferry-perf: cannot set a load thread to nice {nice} ({e}); it keeps its weight");
+                }
+            })
+            .build()
+            .context("starting the load's runtime")?;
+        Ok(LoadRuntime {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for LoadRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The overload figures, each point `(seconds from the start, uploaded, acked)`: from the
+/// lift to the stop (the load fully on; after the stop its senders only finish what is in
+/// flight), and the drain from the load's end, read from the polls.
+fn overload_of(
+    lift: (f64, u64, u64),
+    stop: (f64, u64, u64),
+    load_end: (f64, u64, u64),
+    samples: &[Sample],
+) -> Overload {
+    let (lift_secs, lift_uploaded, lift_acked) = lift;
+    let (stop_secs, stop_uploaded, stop_acked) = stop;
+    let (end_secs, end_uploaded, end_acked) = load_end;
+    let span = (stop_secs - lift_secs).max(1e-9);
+    let backlog_mb = |uploaded: u64, acked: u64| acked.saturating_sub(uploaded) as f64 / 1e6;
+    let min_backlog_mb = samples
+        .iter()
+        .filter(|s| s.t_secs >= lift_secs && s.t_secs <= stop_secs)
+        .map(|s| s.backlog_mb)
+        .fold(backlog_mb(stop_uploaded, stop_acked), f64::min);
+    let upload_mb_per_s = stop_uploaded.saturating_sub(lift_uploaded) as f64 / 1e6 / span;
+    let backlog_at_end_mb = backlog_mb(end_uploaded, end_acked);
+    let drain_mb_per_s = drain_to_a_tenth(backlog_at_end_mb, end_secs, samples);
+    Overload {
+        lifted_at_secs: lift_secs,
+        stopped_at_secs: stop_secs,
+        upload_mb_per_s,
+        ingest_mb_per_s: stop_acked.saturating_sub(lift_acked) as f64 / 1e6 / span,
+        min_backlog_mb,
+        backlog_at_load_end_mb: backlog_at_end_mb,
+        drain_mb_per_s,
+        // A backlog smaller than two seconds of uploads drains partly at the pace of the flush
+        // delays (1 s), which says nothing about the pipeline.
+        vs_drain: drain_mb_per_s
+            .filter(|d| *d > 0.0 && backlog_at_end_mb >= upload_mb_per_s * OVERLOAD_DRAIN_MEASURABLE.as_secs_f64())
+            .map(|d| upload_mb_per_s / d),
+    }
+}
+
+/// The drain's rate from the load's end (`end_secs`, `backlog_mb` waiting) until a tenth of
+/// that backlog is left. The moment it crossed a tenth is interpolated between the two polls
+/// around it (nothing is acknowledged after the load, so the backlog falls exactly as uploads
+/// rise): with a poll a second and a drain of a few seconds, taking the first poll under a
+/// tenth would understate the rate by up to a third.
+fn drain_to_a_tenth(backlog_mb: f64, end_secs: f64, samples: &[Sample]) -> Option<f64> {
+    let tenth = backlog_mb / 10.0;
+    let mut before = (end_secs, backlog_mb);
+    for sample in samples.iter().filter(|s| s.t_secs > end_secs) {
+        if sample.backlog_mb <= tenth {
+            let (t0, b0) = before;
+            let fall = (b0 - sample.backlog_mb).max(1e-9);
+            let crossed = t0 + (sample.t_secs - t0) * ((b0 - tenth) / fall).clamp(0.0, 1.0);
+            return Some((backlog_mb - tenth) / (crossed - end_secs).max(1e-9));
+        }
+        before = (sample.t_secs, sample.backlog_mb);
+    }
+    None
 }
 
 /// Where the sampler reads every disk's `uploaded_seq`.
@@ -527,5 +705,41 @@ impl UploadHold {
             .await
             .context("setting ferryd's upload cap")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t_secs: f64, backlog_mb: f64) -> Sample {
+        Sample {
+            t_secs,
+            ingest_mb_per_s: 0.0,
+            upload_mb_per_s: 0.0,
+            lag_secs: None,
+            backlog_mb,
+            uploaded_mb: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_drain_rate_is_read_at_the_moment_a_tenth_was_left() {
+        // 1000 MB at the load's end (10 s), drained at 300 MB/s, polled at 11, 12 and 13.2 s:
+        // a tenth (100 MB) was left at 13.0 s. The first poll under a tenth alone would say
+        // 900 MB in 3.2 s (281 MB/s).
+        let samples = [
+            sample(9.0, 5000.0),
+            sample(11.0, 700.0),
+            sample(12.0, 400.0),
+            sample(13.2, 40.0),
+        ];
+        let rate = drain_to_a_tenth(1000.0, 10.0, &samples).unwrap();
+        assert!((rate - 300.0).abs() < 1e-6, "{rate}");
+        // Never down to a tenth: no rate.
+        assert_eq!(drain_to_a_tenth(1000.0, 10.0, &samples[..3]), None);
+        // Down to a tenth by the first poll: the span from the load's end to the crossing.
+        let rate = drain_to_a_tenth(1000.0, 10.0, &[sample(11.0, 0.0)]).unwrap();
+        assert!((rate - 1000.0).abs() < 1e-6, "{rate}");
     }
 }

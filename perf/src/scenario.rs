@@ -41,6 +41,18 @@ pub struct Scenario {
     /// backlog at its end and the drain measures the pipeline alone, with the machine to itself.
     /// Needs a ferryd that ferry-perf started.
     pub hold_uploads: bool,
+    /// Overload, measured in one run (0 = off): uploads are held back until the backlog
+    /// reaches this many MB, then let go while the load goes on; the load ends once the
+    /// backlog is down to half of it (or at `duration_secs`). Between the lift and the load's
+    /// end the pipeline works through a backlog with ingest competing for the CPU ("overload");
+    /// after the load it drains the rest alone. Needs a ferryd that ferry-perf started.
+    pub hold_uploads_mb: u64,
+    /// The nice of the load generator's threads (the simulated machines: registrations, TLS
+    /// connections, senders; 0 to 19, 0 = unchanged); the sampler keeps its own. On a real site the agents run
+    /// on their own machines; here they share ferryd's cores, and at the same weight they take
+    /// CPU that ferryd's pipeline would have. overload.toml sets 19 so that what it measures
+    /// is how ferryd shares the CPU between ingest and its pipeline, not the harness's share.
+    pub load_nice: i32,
 }
 
 /// The upload cap while `hold_uploads` holds them back (ferryd's cap is never 0: 0 is
@@ -67,6 +79,8 @@ impl Default for Scenario {
             data: "mixed".into(),
             target: "local".into(),
             hold_uploads: false,
+            hold_uploads_mb: 0,
+            load_nice: 0,
         }
     }
 }
@@ -121,6 +135,21 @@ impl Scenario {
         }
         if self.rate_mb_per_s < 0.0 || self.burst_on_secs < 0.0 || self.burst_off_secs < 0.0 {
             bail!("rate_mb_per_s, burst_on_secs, burst_off_secs: must not be negative");
+        }
+        if self.hold_uploads_mb > 0 && self.hold_uploads {
+            bail!("hold_uploads_mb: holds uploads until a backlog, hold_uploads for the whole load; set one");
+        }
+        if self.hold_uploads_mb > 1_000_000 {
+            bail!(
+                "hold_uploads_mb: at most 1,000,000 (1 TB), got {}",
+                self.hold_uploads_mb
+            );
+        }
+        if self.hold_uploads_mb > 0 && self.duration_secs <= 0.0 {
+            bail!("hold_uploads_mb: needs duration_secs (the load's longest time)");
+        }
+        if !(0..=19).contains(&self.load_nice) {
+            bail!("load_nice: must be 0 to 19, got {}", self.load_nice);
         }
         if self.disk_size_bytes < 64 << 20 || !self.disk_size_bytes.is_multiple_of(4096) {
             bail!("disk_size_bytes: must be a multiple of 4096 of at least 64 MiB");

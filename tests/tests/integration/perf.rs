@@ -105,6 +105,57 @@ fn holding_uploads_leaves_the_load_to_drain_after_it() {
     assert!(report["drain_upload_mb_per_s"].as_f64().is_some(), "{report}");
     assert!(report["sustained_vs_drain"].is_null(), "nothing to compare while held");
     assert_eq!(report["scenario"]["hold_uploads"], true);
+    assert!(
+        report["overload"].is_null(),
+        "held for the whole load: no overload span"
+    );
+}
+
+#[test]
+fn an_overload_run_lets_go_at_the_backlog_and_stops_the_load_at_half_of_it() {
+    let out = tempfile::tempdir().unwrap();
+    let run = perf(&[
+        "--json",
+        "run",
+        "--name",
+        "overload-smoke",
+        "--machines",
+        "1",
+        "--disks-per-machine",
+        "2",
+        // The longest the load may run: it is meant to stop long before, by the backlog rule.
+        "--duration-secs",
+        "60",
+        "--hold-uploads-mb",
+        "24",
+        "--load-nice",
+        "19",
+        "--no-limits",
+        "--poll-ms",
+        "100",
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    let report = run.json();
+    let ingested = report["ingested_bytes"].as_f64().unwrap();
+    assert_eq!(report["uploaded_bytes"].as_f64(), Some(ingested), "the backlog drained");
+    assert!(ingested >= 24e6, "the hold lasted until 24 MB waited: {report}");
+    let overload = &report["overload"];
+    let (lifted, stopped) = (
+        overload["lifted_at_secs"].as_f64().unwrap(),
+        overload["stopped_at_secs"].as_f64().unwrap(),
+    );
+    let load_seconds = report["load_seconds"].as_f64().unwrap();
+    assert!(0.0 < lifted && lifted <= stopped && stopped <= load_seconds, "{report}");
+    // Stopped by the rule (the backlog down to 12 MB), not by the 60 s bound.
+    assert!(stopped < 60.0 && load_seconds < 60.0, "{report}");
+    // Between the lift and the stop the pipeline worked through the held backlog.
+    assert!(overload["upload_mb_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(overload["ingest_mb_per_s"].as_f64().unwrap() >= 0.0, "{report}");
+    assert_eq!(report["scenario"]["hold_uploads_mb"], 24);
+    assert_eq!(report["scenario"]["load_nice"], 19);
+    assert!(report["sustained_vs_drain"].is_null(), "{report}");
 }
 
 #[test]
@@ -151,6 +202,18 @@ fn the_discard_target_is_named_and_bad_scenarios_are_refused() {
     assert!(!run.success && run.stderr.contains("throughput"), "{}", run.stderr);
     let run = perf(&["run", "--data", "random", "--no-limits", "--out-dir", out_dir]);
     assert!(!run.success && run.stderr.contains("data"), "{}", run.stderr);
+    let run = perf(&[
+        "run",
+        "--hold-uploads",
+        "--hold-uploads-mb",
+        "100",
+        "--no-limits",
+        "--out-dir",
+        out_dir,
+    ]);
+    assert!(!run.success && run.stderr.contains("hold_uploads_mb"), "{}", run.stderr);
+    let run = perf(&["run", "--load-nice", "20", "--no-limits", "--out-dir", out_dir]);
+    assert!(!run.success && run.stderr.contains("load_nice"), "{}", run.stderr);
 }
 
 #[test]
@@ -176,6 +239,7 @@ fn every_shipped_scenario_parses_and_validates() {
             "drain",
             "incompressible",
             "many-streams",
+            "overload",
             "steady"
         ]
     );
