@@ -55,7 +55,7 @@ pub struct Overload {
     pub backlog_at_load_end_mb: f64,
     /// After the load: uploads until the backlog was down to a tenth of what it was at the
     /// load's end (the tail after that drains at the pace of quiet disks' flush delays, which
-    /// says nothing about the pipeline). None when no poll fell in that span.
+    /// says nothing about the pipeline). None when no poll saw the backlog that low.
     pub drain_mb_per_s: Option<f64>,
     /// Overload over drain (issue 11's goal: at least 0.9); None when the drain had less than
     /// [`OVERLOAD_DRAIN_MEASURABLE`] of work.
@@ -323,16 +323,18 @@ pub async fn run(scenario: Scenario, limits: Option<Limits>, options: RunOptions
         let backlog = acked.saturating_sub(uploaded);
         let hold_bytes = scenario.hold_uploads_mb.saturating_mul(1_000_000);
         if hold_bytes > 0 && load_seconds.is_none() {
+            // This poll's moment, with the counters read at it.
+            let polled = (now.duration_since(started).as_secs_f64(), uploaded, acked);
             match (&hold, lifted) {
                 (Some(hold), None) if backlog >= hold_bytes => {
                     hold.lift().await?;
-                    lifted = Some((started.elapsed().as_secs_f64(), uploaded, acked));
+                    lifted = Some(polled);
                 }
                 // Down to half: the load stops, so the drain after it still has a backlog to
                 // measure.
                 (_, Some(_)) if stopped.is_none() && backlog <= hold_bytes / 2 => {
                     shared.stop.store(true, Ordering::Relaxed);
-                    stopped = Some((started.elapsed().as_secs_f64(), uploaded, acked));
+                    stopped = Some(polled);
                 }
                 _ => {}
             }
@@ -679,7 +681,7 @@ struct UploadHold {
 impl UploadHold {
     async fn start(ferryd: &Ferryd) -> anyhow::Result<UploadHold> {
         let appliance = ferryd.appliance.as_ref().context(
-            "hold_uploads needs a ferryd that ferry-perf starts (its control socket is in the appliance it makes)",
+            "hold_uploads and hold_uploads_mb need a ferryd that ferry-perf starts (its control socket is in the appliance it makes)",
         )?;
         let control = control_client(appliance)?;
         let cap_before = control
