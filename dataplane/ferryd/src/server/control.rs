@@ -314,8 +314,9 @@ fn counters(state: &AppState) -> Counters {
 /// the machines placed on each (from the appliance directory; nothing is asked over the
 /// network here).
 pub(super) fn site_of(state: &AppState) -> (String, Vec<ferry_client::control::SiteServer>) {
-    if state.config.server.config_server.is_some() {
-        return ("process_server".into(), Vec::new());
+    let role = super::role_of(state);
+    if role == super::ROLE_PROCESS_SERVER {
+        return (role.into(), Vec::new());
     }
     let servers = ferry_config::site::servers(state.layout.root()).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read the site's process servers");
@@ -325,7 +326,7 @@ pub(super) fn site_of(state: &AppState) -> (String, Vec<ferry_client::control::S
         // A single appliance: nothing to count. The machine records are files, one a machine,
         // read afresh per call; a scraper asking every second paid for all of them (5.6% of
         // the main runtime's samples under asr-sizing's 225 machines).
-        return ("configuration_server".into(), Vec::new());
+        return (role.into(), Vec::new());
     }
     let records = super::register::machine_records(&state.layout).unwrap_or_default();
     let listed = servers
@@ -339,7 +340,7 @@ pub(super) fn site_of(state: &AppState) -> (String, Vec<ferry_client::control::S
             data_endpoint: server.data_endpoint,
         })
         .collect();
-    ("configuration_server".into(), listed)
+    (role.into(), listed)
 }
 
 fn status(state: &AppState) -> Status {

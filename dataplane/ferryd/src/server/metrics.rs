@@ -20,16 +20,12 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 /// The exposition text of everything ferryd measures.
 pub fn render(state: &super::AppState) -> String {
     let mut out = String::new();
-    let role = if state.config.server.config_server.is_some() {
-        "process_server"
-    } else {
-        "configuration_server"
-    };
+    let role = super::role_of(state);
     let _ = writeln!(
         out,
         "# HELP ferry_role This appliance's role in its site (1 for the role it has).\n# TYPE ferry_role gauge\nferry_role{{role=\"{role}\"}} 1"
     );
-    if role == "configuration_server" {
+    if role == super::ROLE_CONFIGURATION_SERVER {
         metric(
             &mut out,
             "ferry_site_process_servers",

@@ -66,6 +66,21 @@ pub struct AppState {
     pub ownership: Arc<crate::ownership::Ownership>,
 }
 
+/// Role names, as `ferryctl status` and `/metrics` (`ferry_role`) give them.
+pub const ROLE_PROCESS_SERVER: &str = "process_server";
+pub const ROLE_CONFIGURATION_SERVER: &str = "configuration_server";
+
+/// This appliance's role in its site: a process server joined a configuration server's site
+/// (`server.config_server` set); anything else is a site's configuration server, alone or with
+/// process servers.
+pub(crate) fn role_of(state: &AppState) -> &'static str {
+    if state.config.server.config_server.is_some() {
+        ROLE_PROCESS_SERVER
+    } else {
+        ROLE_CONFIGURATION_SERVER
+    }
+}
+
 #[derive(Clone, Copy)]
 pub(crate) enum Endpoint {
     Data,
