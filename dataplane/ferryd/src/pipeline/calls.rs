@@ -44,6 +44,15 @@ pub const RELEASE_GROUP_MAX: usize = 256;
 /// Answers waiting for the coordinator at most; a finished task waits for room.
 pub const DONE_QUEUE_DEPTH: usize = 256;
 
+/// How [`Calls::put_sealed_json`] writes: over what is there (a disk's descriptor, rewritten
+/// after a resize), or only where nothing is (a recovery point: one written before a crash
+/// keeps its creation time).
+#[derive(Clone, Copy)]
+enum Write {
+    Replace,
+    CreateNew,
+}
+
 /// A call's failure: from storage (which says whether retrying can help) or local.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -169,7 +178,7 @@ impl Calls {
                 }
                 .to_string();
                 let result = self
-                    .put_sealed_json(descriptor.disk_id, epoch, &name, &descriptor)
+                    .put_sealed_json(descriptor.disk_id, epoch, &name, &descriptor, Write::Replace)
                     .await;
                 Done::Descriptor { descriptor, result }
             }
@@ -216,14 +225,17 @@ impl Calls {
         }
     }
 
-    /// Seals `value` as JSON under the disk's key and writes it. Metadata is small and must
-    /// not queue behind uploads: it goes now, charged to the bandwidth cap.
+    /// Seals `value` as JSON under the disk's key and writes it (`Write::Replace`), or only
+    /// when no object has its name (`Write::CreateNew`: one conditional PUT, no HEAD first).
+    /// Metadata is small and must not queue behind uploads: it goes now, charged to the
+    /// bandwidth cap.
     async fn put_sealed_json<T: serde::Serialize>(
         &self,
         disk_id: Uuid,
         epoch: u64,
         name: &str,
         value: &T,
+        write: Write,
     ) -> Result<(), CallError> {
         if self.ownership.writable(disk_id) != Some(epoch) {
             return Err(CallError::Local(format!(
@@ -234,7 +246,13 @@ impl Calls {
         let key = self.keyring.disk_key(disk_id);
         let sealed = seal_small(&key, name, &json).map_err(|e| CallError::Local(e.to_string()))?;
         self.bucket.charge(sealed.len() as u64);
-        self.storage.put(name, Bytes::from(sealed)).await?;
+        match write {
+            Write::Replace => self.storage.put(name, Bytes::from(sealed)).await?,
+            // Created or not, the request was made (and billed).
+            Write::CreateNew => {
+                self.storage.put_new(name, Bytes::from(sealed)).await?;
+            }
+        }
         self.status
             .storage_puts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -256,10 +274,6 @@ impl Calls {
             kind: found.bookmark.kind.as_str().to_string(),
             source_time_unix_ms: found.source_time_ms,
         };
-        // A point written before a crash stays as it was (its creation time included).
-        if self.storage.head(&name).await.is_ok() {
-            return Ok(summary);
-        }
         let point = RecoveryPoint {
             format: PLAINTEXT_FORMAT,
             disk_id,
@@ -271,7 +285,9 @@ impl Calls {
             source_time_unix_ms: found.source_time_ms,
             created_unix_ms: ferry_client::clock::now_unix_ms(),
         };
-        self.put_sealed_json(disk_id, epoch, &name, &point).await?;
+        // A point written before a crash stays as it was (its creation time included).
+        self.put_sealed_json(disk_id, epoch, &name, &point, Write::CreateNew)
+            .await?;
         Ok(summary)
     }
 
