@@ -247,9 +247,9 @@ async fn run_command(args: RunArgs, json: bool) -> anyhow::Result<()> {
         bookmark_every_secs,
         data,
         target,
-        hold_uploads_mb
+        hold_uploads_mb,
+        load_nice
     );
-    set!(load_nice);
     scenario.hold_uploads |= args.hold_uploads;
     scenario.validate()?;
     let limits: Option<Limits> = match (&args.limits, args.no_limits) {

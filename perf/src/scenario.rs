@@ -42,15 +42,16 @@ pub struct Scenario {
     /// Needs a ferryd that ferry-perf started.
     pub hold_uploads: bool,
     /// Overload, measured in one run (0 = off): uploads are held back until the backlog
-    /// reaches this many MB, then let go while the load goes on; the load ends once the
-    /// backlog is down to half of it (or at `duration_secs`). Between the lift and the load's
-    /// end the pipeline works through a backlog with ingest competing for the CPU ("overload");
-    /// after the load it drains the rest alone. Needs a ferryd that ferry-perf started.
+    /// reaches this many MB, then let go while the load goes on; the load is told to stop once
+    /// the backlog is down to half of it (or ends at `duration_secs`). Between the lift and the
+    /// stop the pipeline works through a backlog with ingest competing for the CPU
+    /// ("overload"); after the load it drains the rest alone. Needs a ferryd that ferry-perf
+    /// started.
     pub hold_uploads_mb: u64,
     /// The nice of the load generator's threads (the simulated machines: registrations, TLS
-    /// connections, senders; 0 to 19, 0 = unchanged); the sampler keeps its own. On a real site the agents run
-    /// on their own machines; here they share ferryd's cores, and at the same weight they take
-    /// CPU that ferryd's pipeline would have. overload.toml sets 19 so that what it measures
+    /// connections, senders; 0 to 19, 0 = unchanged); the sampler keeps its own. On a real
+    /// site the agents run on their own machines; here they share ferryd's cores, and at the
+    /// same weight they take CPU that ferryd's pipeline would have. overload.toml sets 19 so that what it measures
     /// is how ferryd shares the CPU between ingest and its pipeline, not the harness's share.
     pub load_nice: i32,
 }
