@@ -33,6 +33,13 @@ pub const CONNECTIONS_MAX: usize = 4096;
 /// product at several hundred MB/s per connection; a body is read as soon as it is admitted.
 pub const H2_STREAM_WINDOW_BYTES: u32 = 256 << 10;
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 512 << 10;
+/// Largest HTTP/2 frame a client may send (SETTINGS_MAX_FRAME_SIZE; RFC 9113's default is
+/// 16 KiB, which cut a 1 MiB batch into 64 DATA frames, each decoded, queued and handed to
+/// the handler on its own). A client that honours the setting sends a batch in a few frames:
+/// the ingest thread's CPU per byte fell 9% in steady and 3.5% in asr-sizing
+/// (docs/BENCHMARKS.md, thirteenth step). A frame is held whole before it is decoded, but no
+/// more than the windows above let a client send, so the memory held is the same.
+pub const H2_FRAME_MAX_BYTES: u32 = 256 << 10;
 
 pub struct AppState {
     pub cache: Cache,
@@ -147,7 +154,8 @@ pub(crate) async fn serve(
             builder
                 .http2()
                 .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES);
+                .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
+                .max_frame_size(H2_FRAME_MAX_BYTES);
             let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
