@@ -24,6 +24,9 @@
 //!   storage only while this process server holds the disk's lease, named with the owner
 //!   epoch the cache holds the disk in; work of an epoch the disk is no longer in (taken over
 //!   meanwhile) is dropped, work waiting on a lapsed renewal waits.
+//! - **Pacing**: while the pipeline is quiet (less than a change set in flight, nothing
+//!   queued, [`is_quiet`]) the coordinator's cycles start at least [`QUIET_CYCLE`] apart, so
+//!   many quiet disks' events are served in groups rather than one wake-up each.
 //! - **Memory**: change sets between cut and stored (their plaintext until sealed, then their
 //!   sealed bytes) stay within their share of `memory_budget_bytes` ([`crate::memory_budget`];
 //!   one change set may always proceed, so progress is guaranteed).
@@ -62,6 +65,25 @@ const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
 const CAP_RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// Entries of `wakeups` per disk (most of them stale) before it is rebuilt.
 const WAKEUPS_PER_DISK_MAX: usize = 4;
+/// While the pipeline is quiet ([`Coordinator::quiet`]), cycles start at least this far
+/// apart. Why: with hundreds of disks each writing a little (asr-sizing: 675 disks, 23 MB/s)
+/// the coordinator woke for every durable batch, sealed change set, stored object and call
+/// answer, some 300 times a second, and each wake of an idle thread costs 10-15 µs of CPU on a
+/// virtual machine (docs/BENCHMARKS.md, thirteenth step); so did every thread it handed work
+/// to, one object at a time. Paced, a cycle serves everything that arrived meanwhile and
+/// hands the seal workers, the uploads and the releaser their work in groups. Each step of a
+/// change set (cut, sealed, stored, committed) may wait this long more: the RPO grows by a
+/// fraction of a second at most, against flush delays of a second and more. A pipeline with
+/// real work in flight is never paced, so throughput is what it was.
+const QUIET_CYCLE: Duration = Duration::from_millis(50);
+
+/// Less than one full change set (`change_set_bytes`) is between cut and stored, no seal job
+/// waits for a worker and no pass is held back by the memory budget: the pipeline is far from
+/// any limit, so its cycles may be paced ([`QUIET_CYCLE`]). A throughput-bound pipeline
+/// (steady, a drain, an overload) has many change sets in flight and is never paced.
+fn is_quiet(in_flight_bytes: u64, change_set_bytes: u64, seal_jobs_queued: usize, dispatch_blocked: bool) -> bool {
+    !dispatch_blocked && seal_jobs_queued == 0 && in_flight_bytes < change_set_bytes
+}
 
 /// Which disks a dispatch pass looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -481,9 +503,18 @@ impl Coordinator {
 
     async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let durable = self.cache.durable_notify();
+        let mut paced_until: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if let Some(until) = paced_until.take() {
+                // Answers and signals wait in their queues meanwhile (the durable signal as a
+                // stored permit), so nothing is missed.
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                }
             }
             let deadline = self.next_deadline();
             tokio::select! {
@@ -538,7 +569,20 @@ impl Coordinator {
                 self.dispatch(views, Pass::DisksWithNews);
             }
             self.commit();
+            if self.quiet() {
+                paced_until = Some(Instant::now() + QUIET_CYCLE);
+            }
         }
+    }
+
+    /// Whether the next cycle may be paced ([`is_quiet`]).
+    fn quiet(&self) -> bool {
+        is_quiet(
+            self.in_flight_bytes(),
+            self.tuning.change_set_bytes(),
+            self.jobs.len(),
+            self.dispatch_blocked,
+        )
     }
 
     /// Applies the tunables (cheap; every cycle): upload permits, seal workers, bandwidth.
@@ -1145,5 +1189,24 @@ mod tests {
         );
         assert!(!blocked_after_start(false, Pass::DisksWithNews), "no debt, none made");
         assert!(!blocked_after_start(true, Pass::EveryDisk), "a full pass starts afresh");
+    }
+
+    #[test]
+    fn only_a_pipeline_far_from_every_limit_is_paced() {
+        let change_set = 8 << 20;
+        assert!(is_quiet(0, change_set, 0, false), "nothing in flight");
+        assert!(
+            is_quiet(change_set - 1, change_set, 0, false),
+            "less than one change set in flight"
+        );
+        assert!(
+            !is_quiet(change_set, change_set, 0, false),
+            "a full change set in flight is work"
+        );
+        assert!(!is_quiet(0, change_set, 1, false), "a seal job waiting for a worker");
+        assert!(
+            !is_quiet(0, change_set, 0, true),
+            "a pass held back by the memory budget"
+        );
     }
 }
