@@ -65,12 +65,12 @@ const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
 const CAP_RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// Entries of `wakeups` per disk (most of them stale) before it is rebuilt.
 const WAKEUPS_PER_DISK_MAX: usize = 4;
-/// While the pipeline is quiet ([`Coordinator::quiet`]), cycles start at least this far
+/// While the pipeline is quiet ([`is_quiet`]), cycles start at least this far
 /// apart. Why: with hundreds of disks each writing a little (asr-sizing: 675 disks, 23 MB/s)
 /// the coordinator woke for every durable batch, sealed change set, stored object and call
-/// answer, some 300 times a second, and each wake of an idle thread costs 10-15 µs of CPU on a
-/// virtual machine (docs/BENCHMARKS.md, thirteenth step); so did every thread it handed work
-/// to, one object at a time. Paced, a cycle serves everything that arrived meanwhile and
+/// answer, some 300 times a second, and each wake of an idle thread costs about 15 µs of CPU
+/// on a virtual machine (docs/BENCHMARKS.md, thirteenth step); so did every thread it handed
+/// work to, one object at a time. Paced, a cycle serves everything that arrived meanwhile and
 /// hands the seal workers, the uploads and the releaser their work in groups. Each step of a
 /// change set (cut, sealed, stored, committed) may wait this long more: the RPO grows by a
 /// fraction of a second at most, against flush delays of a second and more. A pipeline with
