@@ -51,8 +51,9 @@ pub struct Scenario {
     /// The nice of the load generator's threads (the simulated machines: registrations, TLS
     /// connections, senders; 0 to 19, 0 = unchanged); the sampler keeps its own. On a real
     /// site the agents run on their own machines; here they share ferryd's cores, and at the
-    /// same weight they take CPU that ferryd's pipeline would have. overload.toml sets 19 so that what it measures
-    /// is how ferryd shares the CPU between ingest and its pipeline, not the harness's share.
+    /// same weight they take CPU that ferryd's pipeline would have. overload.toml sets 19 so
+    /// that what it measures is how ferryd shares the CPU between ingest and its pipeline,
+    /// not the harness's share.
     pub load_nice: i32,
 }
 
