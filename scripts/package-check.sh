@@ -121,7 +121,7 @@ status=0
 as_ferry ferryctl preflight --config /var/lib/ferry >"$work/preflight-after.txt" 2>&1 || status=$?
 cat "$work/preflight-after.txt"
 if [ "$status" -gt 1 ] ||
-  grep -v '^ok\|^WARN  clock\|^WARN  cache file system .*ext4 without a journal\|^preflight:' "$work/preflight-after.txt" | grep -q .; then
+  grep -qv '^ok\|^WARN  clock\|^WARN  cache file system .*ext4 without a journal\|^preflight:' "$work/preflight-after.txt"; then
   fail "preflight does not pass the installed appliance (exit $status)"
 fi
 
@@ -145,18 +145,21 @@ install -d -o ferry -g ferry "$work/out"
 # replicate_and_restore LABEL: one agent pass, then the pass's point restored from the vault
 # by the installed ferryctl and compared with the image.
 replicate_and_restore() {
-  local label="$1" before report disk bookmark
+  local label="$1" before report disk bookmark points
   before="$(sha256sum <"$image")"
   report="$(ferry-agent --json run --config /etc/ferry/agent.toml --once)"
   disk="$(echo "$report" | sed -n 's/.*"disk_id": *"\([^"]*\)".*/\1/p' | head -1)"
   bookmark="$(echo "$report" | sed -n 's/.*"bookmark_id": *"\([^"]*\)".*/\1/p' | head -1)"
   [ -n "$disk" ] && [ -n "$bookmark" ] || fail "$label: the agent reported no disk or bookmark: $report"
+  # The listing is read whole before it is searched: `| grep -q` would leave as soon as it
+  # matched, and under pipefail the listing's SIGPIPE would fail a pipeline that had found it.
   for _ in $(seq 1 600); do
-    as_ferry ferryctl --json points --config /var/lib/ferry --disk "$disk" 2>/dev/null | grep -q "$bookmark" && break
+    points="$(as_ferry ferryctl --json points --config /var/lib/ferry --disk "$disk" 2>&1)" || true
+    [[ "$points" == *"$bookmark"* ]] && break
     sleep 0.2
   done
-  as_ferry ferryctl --json points --config /var/lib/ferry --disk "$disk" | grep -q "$bookmark" ||
-    fail "$label: point $bookmark did not reach the vault within 120 s"
+  [[ "$points" == *"$bookmark"* ]] ||
+    fail "$label: point $bookmark did not reach the vault within 120 s; the last listing: $points"
   rm -f "$work/out/restored.img"
   as_ferry ferryctl --json restore --config /var/lib/ferry --disk "$disk" --point "$bookmark" \
     --out "$work/out/restored.img" >/dev/null

@@ -63,16 +63,16 @@ pub async fn run(args: CommandArgs, json: bool) -> Result<()> {
     if args.log {
         let log = client.command_log(machine).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&log)?);
+            outln!("{}", serde_json::to_string_pretty(&log)?);
         } else {
             for c in &log.pending {
-                println!("queued     {} {}", c.id, c.command);
+                outln!("queued     {} {}", c.id, c.command);
             }
             for c in &log.delivered {
-                println!("delivered  {} {} (no outcome yet)", c.id, c.command);
+                outln!("delivered  {} {} (no outcome yet)", c.id, c.command);
             }
             for r in &log.results {
-                println!(
+                outln!(
                     "{}   {} {}: {}",
                     if r.outcome.ok { "done  " } else { "FAILED" },
                     r.command.id,
@@ -101,9 +101,9 @@ pub async fn run(args: CommandArgs, json: bool) -> Result<()> {
     let queued = client.queue_command(machine, &request).await?;
     if args.wait == 0 {
         if json {
-            println!("{}", serde_json::to_string_pretty(&queued)?);
+            outln!("{}", serde_json::to_string_pretty(&queued)?);
         } else {
-            println!("Queued {} {} for machine {machine}.", queued.command, queued.id);
+            outln!("Queued {} {} for machine {machine}.", queued.command, queued.id);
         }
         return Ok(());
     }
@@ -112,15 +112,15 @@ pub async fn run(args: CommandArgs, json: bool) -> Result<()> {
     }
     let report = wait_for_outcome(&client, machine, &queued, args.wait).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "{}: {}",
             if report.outcome.ok { "done" } else { "failed" },
             report.outcome.message
         );
         for b in &report.outcome.bookmarks {
-            println!("  {}: {} ({}, seq {})", b.disk_id, b.bookmark_id, b.kind, b.seq);
+            outln!("  {}: {} ({}, seq {})", b.disk_id, b.bookmark_id, b.kind, b.seq);
         }
     }
     if !report.outcome.ok {

@@ -266,15 +266,15 @@ pub async fn status(args: StatusArgs, json: bool, disks_only: bool) -> anyhow::R
             } else {
                 serde_json::to_string(&status)?
             };
-            println!("{value}");
+            outln!("{value}");
         } else {
             if args.watch.is_some() {
-                print!("\x1b[2J\x1b[H");
+                out!("\x1b[2J\x1b[H");
             }
             if disks_only {
-                print!("{}", render_disks(&status));
+                out!("{}", render_disks(&status));
             } else {
-                print!("{}", render_status(&status));
+                out!("{}", render_status(&status));
             }
         }
         match args.watch {
@@ -287,15 +287,19 @@ pub async fn status(args: StatusArgs, json: bool, disks_only: bool) -> anyhow::R
 pub async fn machines(args: ApplianceArg, json: bool) -> anyhow::Result<()> {
     let machines = args.client()?.machines().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&machines)?);
+        outln!("{}", serde_json::to_string_pretty(&machines)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<38} {:<24} {:>5}  {:<24} {:<22} SENDS TO",
-        "MACHINE", "NAME", "DISKS", "REGISTERED (UTC)", "FROM"
+        "MACHINE",
+        "NAME",
+        "DISKS",
+        "REGISTERED (UTC)",
+        "FROM"
     );
     for m in &machines {
-        println!(
+        outln!(
             "{:<38} {:<24} {:>5}  {:<24} {:<22} {}",
             m.machine_id,
             m.machine_name,
@@ -306,7 +310,7 @@ pub async fn machines(args: ApplianceArg, json: bool) -> anyhow::Result<()> {
         );
     }
     if machines.is_empty() {
-        println!("(no machines registered yet)");
+        outln!("(no machines registered yet)");
     }
     Ok(())
 }
@@ -331,9 +335,9 @@ pub async fn drain(args: DrainArgs, json: bool) -> anyhow::Result<()> {
     if args.resume {
         let status = client.resume().await?;
         if json {
-            println!("{}", serde_json::to_string(&status)?);
+            outln!("{}", serde_json::to_string(&status)?);
         } else {
-            println!("ferryd accepts data again ({})", status.health);
+            outln!("ferryd accepts data again ({})", status.health);
         }
         return Ok(());
     }
@@ -363,14 +367,14 @@ pub async fn drain(args: DrainArgs, json: bool) -> anyhow::Result<()> {
         status = client.status().await?;
     }
     if json {
-        println!("{}", serde_json::to_string(&status)?);
+        outln!("{}", serde_json::to_string(&status)?);
     } else if drained(&status) {
-        println!(
+        outln!(
             "cache drained: every acknowledged batch is in storage. ferryd refuses data until \
              `ferryctl drain --resume` (or a restart)."
         );
     } else {
-        println!("drain requested; `ferryctl status` shows the backlog");
+        outln!("drain requested; `ferryctl status` shows the backlog");
     }
     Ok(())
 }
@@ -408,7 +412,7 @@ pub async fn tune(args: TuneArgs, json: bool) -> anyhow::Result<()> {
         client.tune(&TuneRequest { set, reset: args.reset }).await?
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
+        outln!("{}", serde_json::to_string_pretty(&state)?);
         return Ok(());
     }
     let values = serde_json::to_value(&state.values)?;
@@ -421,9 +425,12 @@ pub async fn tune(args: TuneArgs, json: bool) -> anyhow::Result<()> {
             other => other,
         }
     }
-    println!(
+    outln!(
         "{:<28} {:>14} {:>14} {:>14}",
-        "TUNABLE", "VALUE", "DEFAULT", "IN EFFECT"
+        "TUNABLE",
+        "VALUE",
+        "DEFAULT",
+        "IN EFFECT"
     );
     if let Some(map) = values.as_object() {
         for (key, value) in map {
@@ -431,7 +438,7 @@ pub async fn tune(args: TuneArgs, json: bool) -> anyhow::Result<()> {
                 continue;
             }
             let shown = |v: &serde_json::Value| v.to_string();
-            println!(
+            outln!(
                 "{:<28} {:>14} {:>14} {:>14}",
                 key,
                 shown(value),
@@ -440,6 +447,6 @@ pub async fn tune(args: TuneArgs, json: bool) -> anyhow::Result<()> {
             );
         }
     }
-    println!("bandwidth_schedule           {}", values["bandwidth_schedule"]);
+    outln!("bandwidth_schedule           {}", values["bandwidth_schedule"]);
     Ok(())
 }

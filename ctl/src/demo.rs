@@ -208,33 +208,33 @@ pub async fn run(args: DemoArgs, json: bool) -> anyhow::Result<()> {
     });
     drop(scratch);
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!();
-        println!("Ferry demo: agent -> ferryd (HTTPS, mTLS) -> zstd + AES-256-GCM -> local target -> restore");
-        println!(
+        outln!();
+        outln!("Ferry demo: agent -> ferryd (HTTPS, mTLS) -> zstd + AES-256-GCM -> local target -> restore");
+        outln!(
             "  initial copy   {} MiB in {:.2} s: {:.0} MB/s (read, hashed, sent, durable in ferryd's cache)",
             args.size_mib,
             initial_seconds,
             summary["initial_copy_mb_per_s"].as_f64().unwrap_or(0.0)
         );
-        println!(
+        outln!(
             "  storage        {:.1} MB sent, {:.1} MB stored sealed: compression {:.2}x",
             all_sent as f64 / 1e6,
             stored as f64 / 1e6,
             summary["compression_ratio"].as_f64().unwrap_or(0.0)
         );
-        println!(
+        outln!(
             "  RPO            the latest point was restorable from storage {:.1} s after its pass began",
             rpo_ms as f64 / 1000.0
         );
-        println!("  restore        initial and latest points match the source (SHA-256): OK");
+        outln!("  restore        initial and latest points match the source (SHA-256): OK");
         let cleanup = if args.keep {
             "scratch directory kept"
         } else {
             "scratch directory removed"
         };
-        println!("  total          {:.1} s; {cleanup}", started.elapsed().as_secs_f64());
+        outln!("  total          {:.1} s; {cleanup}", started.elapsed().as_secs_f64());
     }
     Ok(())
 }

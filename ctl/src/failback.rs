@@ -106,20 +106,23 @@ pub async fn run(args: FailbackArgs, json: bool) -> Result<()> {
     let opened = vault_access::open(&args.vault).await?;
     let report = fail_back(&opened, &args, json, started).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "Failback of disk {} (failover {}) onto {}: done in {:.1} s",
-        report.disk_id, report.failover_id, report.onto, report.seconds
+        report.disk_id,
+        report.failover_id,
+        report.onto,
+        report.seconds
     );
-    println!(
+    outln!(
         "  from reprotected disk {} at seq {} ({})",
         report.reprotected_disk_id,
         report.seq,
         report.point.as_deref().unwrap_or("not a recovery point")
     );
-    println!(
+    outln!(
         "  compared {} blocks ({} read); changed here {}, changed there {}; written {}, verified {}",
         report.compared_blocks,
         crate::control::mb(report.read_bytes),
@@ -129,18 +132,18 @@ pub async fn run(args: FailbackArgs, json: bool) -> Result<()> {
         crate::control::mb(report.verified_bytes)
     );
     if report.agent_map_written {
-        println!(
+        outln!(
             "  forward replication: the agent's block map was rewritten ({} blocks unknown); its next pass sends only what failback changed",
             report.agent_map_unknown_blocks
         );
     } else {
-        println!(
+        outln!(
             "  forward replication: no agent state for the disk under {}: the agent's next pass resyncs the whole disk",
             args.agent_state.display()
         );
     }
     if !report.ferryd_told {
-        println!("  No running ferryd was named (--config): process servers accept the disk again when they next read the vault.");
+        outln!("  No running ferryd was named (--config): process servers accept the disk again when they next read the vault.");
     }
     Ok(())
 }

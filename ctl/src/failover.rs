@@ -286,9 +286,9 @@ async fn fail_over(args: RunArgs, json: bool) -> Result<()> {
     let opened = vault_access::open(&args.vault).await?;
     let record = execute(&opened, &args, Uuid::new_v4(), json).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&Report::of(&record))?);
+        outln!("{}", serde_json::to_string_pretty(&Report::of(&record))?);
     } else {
-        print!("{}", render_done(&record, started.elapsed().as_secs_f64()));
+        out!("{}", render_done(&record, started.elapsed().as_secs_f64()));
     }
     Ok(())
 }
@@ -695,19 +695,22 @@ async fn list(vault: VaultArgs, json: bool) -> Result<()> {
     let records = ferry_vault::failover::list_records(&*opened.storage, &opened.keyring).await?;
     if json {
         let reports: Vec<Report> = records.iter().map(Report::of).collect();
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());
     }
     if records.is_empty() {
-        println!("No failovers recorded in this vault.");
+        outln!("No failovers recorded in this vault.");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<36}  {:<5}  {:<8}  {:<24}  DISKS",
-        "FAILOVER", "TEST", "STATE", "STARTED (UTC)"
+        "FAILOVER",
+        "TEST",
+        "STATE",
+        "STARTED (UTC)"
     );
     for record in &records {
-        println!(
+        outln!(
             "{:<36}  {:<5}  {:<8}  {:<24}  {}",
             record.failover_id,
             if record.test { "yes" } else { "no" },
@@ -787,9 +790,9 @@ async fn cleanup(args: CleanupArgs, json: bool) -> Result<()> {
     }
     ferry_vault::failover::delete_record(&*opened.storage, id).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "Test failover {id} cleaned up: {} output(s) removed{}{}, {} pin(s) released, record deleted.",
             report.outputs_removed.len(),
             if report.outputs_already_gone.is_empty() {

@@ -152,9 +152,9 @@ pub async fn change_point(args: ChangePointArgs, json: bool) -> Result<()> {
             ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
         }
         if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            outln!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            println!("Failover {id} is at that point already: nothing to rewrite.");
+            outln!("Failover {id} is at that point already: nothing to rewrite.");
         }
         return Ok(());
     }
@@ -224,15 +224,15 @@ pub async fn change_point(args: ChangePointArgs, json: bool) -> Result<()> {
     record.state = FailoverState::Done;
     ferry_vault::failover::write_record(&*opened.storage, &opened.keyring, &record).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "Failover {id}: point changed in {:.1} s:",
         started.elapsed().as_secs_f64()
     );
     for disk in &report.disks {
-        println!(
+        outln!(
             "  {}: seq {} -> {} ({}): {} of changed blocks, {} written, {} zeroed{}\n    -> {}",
             disk.disk_id,
             disk.from_seq,
@@ -423,19 +423,19 @@ pub async fn commit(args: CommitArgs, json: bool) -> Result<()> {
         report.not_on_this_ferryd = answer.unknown;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("Failover {id} committed: the failed-over disks are the disks now.");
+    outln!("Failover {id} committed: the failed-over disks are the disks now.");
     if report.ferryd_told {
         for disk in &report.refused_by_ferryd {
-            println!("  {disk}: ferryd refuses its new batches (409 failed_over); its agent stops sending");
+            outln!("  {disk}: ferryd refuses its new batches (409 failed_over); its agent stops sending");
         }
         for disk in &report.not_on_this_ferryd {
-            println!("  {disk}: not held by this ferryd");
+            outln!("  {disk}: not held by this ferryd");
         }
     } else {
-        println!(
+        outln!(
             "  No running ferryd was named (--config): a process server applies committed failovers when it \
              next connects to the vault."
         );

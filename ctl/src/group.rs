@@ -79,11 +79,11 @@ pub async fn run(command: GroupCommand, json: bool) -> Result<()> {
             };
             let report = args.appliance.client()?.group_point(&args.group, kind).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{}: {}", if report.ok { "done" } else { "failed" }, report.message);
+                outln!("{}: {}", if report.ok { "done" } else { "failed" }, report.message);
                 for (disk, seq) in &report.members {
-                    println!("  {disk}: seq {seq}");
+                    outln!("  {disk}: seq {seq}");
                 }
             }
             if !report.ok {
@@ -94,11 +94,11 @@ pub async fn run(command: GroupCommand, json: bool) -> Result<()> {
         GroupCommand::Barriers(args) => {
             let reports = args.appliance.client()?.group_reports(&args.group).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
+                outln!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
                 for r in &reports {
                     let held = r.hold_ms.iter().copied().fold(0.0, f64::max);
-                    println!(
+                    outln!(
                         "{}  {:<24} {}  held at most {held:.1} ms: {}",
                         ferry_format::time::format_unix_ms(r.created_unix_ms),
                         r.bookmark_id,
@@ -112,11 +112,12 @@ pub async fn run(command: GroupCommand, json: bool) -> Result<()> {
         GroupCommand::Delete(args) => {
             let removed = args.appliance.client()?.delete_group(&args.group).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&removed)?);
+                outln!("{}", serde_json::to_string_pretty(&removed)?);
             } else {
-                println!(
+                outln!(
                     "Group {} ({}) deleted; its points stay in the vault.",
-                    removed.name, removed.group_id
+                    removed.name,
+                    removed.group_id
                 );
             }
             Ok(())
@@ -143,9 +144,9 @@ async fn create(args: CreateArgs, json: bool) -> Result<()> {
     }
     let group = client.create_group(&spec).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&group)?);
+        outln!("{}", serde_json::to_string_pretty(&group)?);
     } else {
-        println!(
+        outln!(
             "Group {} ({}) created: {} machine(s), crash points every {} s{}, writes held at most {} s.",
             group.name,
             group.group_id,
@@ -164,19 +165,23 @@ async fn create(args: CreateArgs, json: bool) -> Result<()> {
 async fn list(appliance: ApplianceArg, json: bool) -> Result<()> {
     let groups = appliance.client()?.groups().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&groups)?);
+        outln!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());
     }
     if groups.is_empty() {
-        println!("No consistency groups (ferryctl group create makes one).");
+        outln!("No consistency groups (ferryctl group create makes one).");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:<36} {:>6} {:>6} {:>8}  MACHINES",
-        "GROUP", "ID", "CRASH", "APP", "BARRIER"
+        "GROUP",
+        "ID",
+        "CRASH",
+        "APP",
+        "BARRIER"
     );
     for g in &groups {
-        println!(
+        outln!(
             "{:<24} {:<36} {:>5}s {:>5}s {:>7}s  {}",
             g.name,
             g.group_id,

@@ -443,7 +443,7 @@ pub async fn run(args: InitArgs, json: bool) -> Result<()> {
 
 fn print_report(report: &InitReport, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
         return;
     }
     let vault_state = if report.joined_existing_vault {
@@ -452,42 +452,42 @@ fn print_report(report: &InitReport, json: bool) {
         "new vault"
     };
     if let Some(config_server) = &report.config_server {
-        println!(
+        outln!(
             "Initialised a scale-out process server in {}, of the site of the configuration server at {config_server}",
             report.appliance_dir.display()
         );
-        println!("  config       {}", report.config_file.display());
-        println!("  vault        {} (the site's)", report.vault_id);
-        println!("  target       {}", report.target);
-        println!("  server certificate SHA-256 {}", report.server_cert_sha256);
+        outln!("  config       {}", report.config_file.display());
+        outln!("  vault        {} (the site's)", report.vault_id);
+        outln!("  target       {}", report.target);
+        outln!("  server certificate SHA-256 {}", report.server_cert_sha256);
         if let Some(start) = report.next_steps.first() {
-            println!();
-            println!("Next: start the process server:");
-            println!("       {start}");
+            outln!();
+            outln!("Next: start the process server:");
+            outln!("       {start}");
         }
         return;
     }
-    println!("Initialised a Ferry appliance in {}", report.appliance_dir.display());
-    println!("  config       {}", report.config_file.display());
-    println!("  vault        {} ({vault_state})", report.vault_id);
-    println!("  target       {}", report.target);
-    println!("  vault key    {}", report.vault_key_file.display());
-    println!(
+    outln!("Initialised a Ferry appliance in {}", report.appliance_dir.display());
+    outln!("  config       {}", report.config_file.display());
+    outln!("  vault        {} ({vault_state})", report.vault_id);
+    outln!("  target       {}", report.target);
+    outln!("  vault key    {}", report.vault_key_file.display());
+    outln!(
         "  passphrase   {}  (agents register with it)",
         report.passphrase_file.display()
     );
-    println!("  agent CA     {}", report.ca_cert_file.display());
-    println!("  server certificate SHA-256 {}", report.server_cert_sha256);
-    println!();
-    println!("Copy the vault key somewhere safe, away from this machine: without it no disk can be restored.");
+    outln!("  agent CA     {}", report.ca_cert_file.display());
+    outln!("  server certificate SHA-256 {}", report.server_cert_sha256);
+    outln!();
+    outln!("Copy the vault key somewhere safe, away from this machine: without it no disk can be restored.");
     if let [start, register, ..] = report.next_steps.as_slice() {
-        println!();
-        println!("Next:");
-        println!("  1. Start the process server:");
-        println!("       {start}");
-        println!("  2. On each protected machine, with a copy of the passphrase file:");
-        println!("       {register}");
-        println!("     then list its disks in agent.toml and run `ferry-agent run --config agent.toml`.");
+        outln!();
+        outln!("Next:");
+        outln!("  1. Start the process server:");
+        outln!("       {start}");
+        outln!("  2. On each protected machine, with a copy of the passphrase file:");
+        outln!("       {register}");
+        outln!("     then list its disks in agent.toml and run `ferry-agent run --config agent.toml`.");
     }
 }
 

@@ -11,6 +11,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+#[macro_use]
+mod output;
+
 mod command;
 mod control;
 mod demo;
@@ -154,7 +157,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             if cli.json {
-                println!("{}", serde_json::json!({ "error": format!("{error:#}") }));
+                outln!("{}", serde_json::json!({ "error": format!("{error:#}") }));
             } else {
                 eprintln!("error: {error:#}");
             }

@@ -208,12 +208,12 @@ async fn run_plan(args: PlanRunArgs, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "plan": plan_name, "failovers": reports }))?
         );
     } else {
-        println!("Plan {plan_name}: all {} groups failed over.", plan.groups.len());
+        outln!("Plan {plan_name}: all {} groups failed over.", plan.groups.len());
     }
     Ok(())
 }

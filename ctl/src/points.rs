@@ -142,24 +142,28 @@ pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
         return Ok(());
     }
     let points = listed;
     if points.is_empty() {
-        println!("No recovery points for disk {disk} yet.");
+        outln!("No recovery points for disk {disk} yet.");
         return Ok(());
     }
     if !bases.manifests.is_empty() {
         let seqs: Vec<String> = bases.manifests.iter().map(u64::to_string).collect();
-        println!(
+        outln!(
             "Base images at seq {} (older seqs were pruned by retention).",
             seqs.join(", ")
         );
     }
-    println!(
+    outln!(
         "{:>12}  {:<32}  {:<5}  {:<24}  {:<6}  tag",
-        "seq", "bookmark", "kind", "source time (UTC)", "pinned"
+        "seq",
+        "bookmark",
+        "kind",
+        "source time (UTC)",
+        "pinned"
     );
     for listed in &points {
         let point = &listed.point;
@@ -168,7 +172,7 @@ pub async fn run(args: PointsArgs, json: bool) -> Result<()> {
             (true, None) => "yes".into(),
             (false, _) => "".into(),
         };
-        println!(
+        outln!(
             "{:>12}  {:<32}  {:<5}  {:<24}  {:<6}  {}",
             point.seq,
             point.bookmark_id,
@@ -225,14 +229,15 @@ async fn set_pin(args: PinArgs, pin: bool, json: bool) -> Result<()> {
     }
     let verb = if pin { "pinned" } else { "unpinned" };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "disk_id": disk, "seq": point.seq, "bookmark_id": args.point, "pinned": pin })
         );
     } else {
-        println!(
+        outln!(
             "{verb} recovery point {} (seq {}) of disk {disk}",
-            args.point, point.seq
+            args.point,
+            point.seq
         );
     }
     Ok(())
@@ -242,16 +247,16 @@ async fn set_pin(args: PinArgs, pin: bool, json: bool) -> Result<()> {
 async fn print_group(opened: &OpenVault, group_id: Uuid, json: bool) -> Result<()> {
     let points = ferry_vault::group_points::list(&*opened.storage, &opened.keyring, group_id).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&points)?);
+        outln!("{}", serde_json::to_string_pretty(&points)?);
         return Ok(());
     }
     if points.is_empty() {
-        println!("No points of group {group_id} in this vault yet.");
+        outln!("No points of group {group_id} in this vault yet.");
         return Ok(());
     }
-    println!("{:<32}  {:<5}  MEMBERS (disk@seq)  tag", "POINT", "KIND");
+    outln!("{:<32}  {:<5}  MEMBERS (disk@seq)  tag", "POINT", "KIND");
     for point in &points {
-        println!(
+        outln!(
             "{:<32}  {:<5}  {}  {}",
             point.bookmark_id,
             point.kind,

@@ -142,14 +142,14 @@ async fn drain(args: DrainArgs, json: bool) -> Result<()> {
     let moving = client.drain_server(&request).await?;
     if args.undo {
         if json {
-            println!("{}", serde_json::json!({ "name": args.name, "drained": false }));
+            outln!("{}", serde_json::json!({ "name": args.name, "drained": false }));
         } else {
-            println!("Process server {} takes new machines again.", args.name);
+            outln!("Process server {} takes new machines again.", args.name);
         }
         return Ok(());
     }
     if moving.is_empty() && !json {
-        println!("No machine sends to {}; it takes no new ones now.", args.name);
+        outln!("No machine sends to {}; it takes no new ones now.", args.name);
     }
     report_moves(&client, moving, args.wait, json).await
 }
@@ -166,7 +166,7 @@ async fn report_moves(
     let mut failed = 0;
     for m in moving {
         if !json {
-            println!("{} ({}): {} -> {}", m.machine_name, m.machine_id, m.from, m.to);
+            outln!("{} ({}): {} -> {}", m.machine_name, m.machine_id, m.from, m.to);
         }
         let outcome = if wait == 0 {
             None
@@ -193,13 +193,13 @@ async fn report_moves(
         if let Some(outcome) = &outcome {
             failed += usize::from(!outcome.ok);
             if !json {
-                println!("  {}: {}", if outcome.ok { "done" } else { "FAILED" }, outcome.message);
+                outln!("  {}: {}", if outcome.ok { "done" } else { "FAILED" }, outcome.message);
             }
         }
         shown.push(serde_json::json!({ "move": m, "outcome": outcome }));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        outln!("{}", serde_json::to_string_pretty(&shown)?);
     }
     if failed > 0 {
         bail!("{failed} move(s) failed; their disks stay where they were");
@@ -230,17 +230,17 @@ fn token(args: TokenArgs, json: bool) -> Result<()> {
     }
     if json {
         let shown = if args.out.is_some() { None } else { Some(token.as_str()) };
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "token": shown, "file": args.out, "expires": expires })
         );
     } else if let Some(out) = &args.out {
-        println!(
+        outln!(
             "Join token written to {} (one use, until {expires} UTC).",
             out.display()
         );
     } else {
-        println!("{token}");
+        outln!("{token}");
         eprintln!("One use, until {expires} UTC: ferryctl init DIR --join THIS_HOST:PORT --join-token-file FILE");
     }
     Ok(())
@@ -276,16 +276,22 @@ async fn list(args: ListArgs, json: bool) -> Result<()> {
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&listed)?);
+        outln!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
     if listed.is_empty() {
-        println!("No process server has joined this site (ferryctl ps token makes a join token).");
+        outln!("No process server has joined this site (ferryctl ps token makes a join token).");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<16} {:<24} {:<12} {:>6} {:>8} {:>10} {:<20}",
-        "name", "data endpoint", "health", "disks", "MB/s", "cache free", "joined (UTC)"
+        "name",
+        "data endpoint",
+        "health",
+        "disks",
+        "MB/s",
+        "cache free",
+        "joined (UTC)"
     );
     for entry in &listed {
         let server = &entry.server;
@@ -295,7 +301,7 @@ async fn list(args: ListArgs, json: bool) -> Result<()> {
             (Some(load), false) => load.status.clone(),
         };
         let load = entry.load.clone().unwrap_or_default();
-        println!(
+        outln!(
             "{:<16} {:<24} {:<12} {:>6} {:>8.1} {:>9.0}% {:<20}",
             server.name,
             server.data_endpoint,

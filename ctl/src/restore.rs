@@ -81,7 +81,7 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
             reports.push(restore_one(&opened, member.disk_id, member.seq, &out, args.parallel, json).await?);
         }
         if json {
-            println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
         }
         return Ok(());
     }
@@ -92,7 +92,7 @@ pub async fn run(args: RestoreArgs, json: bool) -> Result<()> {
     let target = target_seq(&args, &opened, disk_id).await?;
     let report = restore_one(&opened, disk_id, target, out, args.parallel, json).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     }
     Ok(())
 }
@@ -172,7 +172,7 @@ async fn restore_one(
         seconds: started.elapsed().as_secs_f64(),
     };
     if !json {
-        println!(
+        outln!(
             "Restored disk {} at seq {} to {} ({} bytes, {} batches from {} objects, {:.1} s).",
             report.disk_id,
             report.seq,

@@ -140,9 +140,9 @@ async fn run_now(args: RunArgs, json: bool) -> Result<()> {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&summaries)?);
+        outln!("{}", serde_json::to_string_pretty(&summaries)?);
     } else {
-        print!("{}", render(&summaries));
+        out!("{}", render(&summaries));
     }
     if let Some(failed) = summaries.iter().find(|s| s.error.is_some()) {
         bail!(
@@ -238,9 +238,9 @@ async fn set(args: SetArgs, json: bool) -> Result<()> {
     };
     let policy = retention.policy_for(disk_id);
     if json {
-        println!("{}", serde_json::to_string_pretty(&policy)?);
+        outln!("{}", serde_json::to_string_pretty(&policy)?);
     } else {
-        println!(
+        outln!(
             "disk {disk_id}: window {}, keep_all {}, crash_every {}, app_every {}, chunk_bytes {}{}",
             policy.window,
             policy.keep_all,

@@ -52,9 +52,9 @@ pub fn passphrase(args: PassphraseArgs, json: bool) -> Result<()> {
         current
     };
     if json {
-        println!("{}", serde_json::json!({ "passphrase": shown, "rotated": args.rotate }));
+        outln!("{}", serde_json::json!({ "passphrase": shown, "rotated": args.rotate }));
     } else {
-        println!("{shown}");
+        outln!("{shown}");
     }
     Ok(())
 }
@@ -70,9 +70,9 @@ pub fn export_key(args: ExportKeyArgs, json: bool) -> Result<()> {
          this appliance."
     );
     if json {
-        println!("{}", serde_json::json!({ "vault_key": text }));
+        outln!("{}", serde_json::json!({ "vault_key": text }));
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
     Ok(())
 }

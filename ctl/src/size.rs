@@ -183,7 +183,7 @@ pub fn run(args: SizeArgs, json: bool) -> Result<()> {
     let calibration = args.load.calibration()?;
     let answer = sizing::size(&load, &plan, &calibration);
     if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         print_answer(&answer, &plan);
     }
@@ -193,11 +193,15 @@ pub fn run(args: SizeArgs, json: bool) -> Result<()> {
 fn print_answer(answer: &Sizing, plan: &Plan) {
     let server = &answer.per_server;
     let calibration = &answer.calibration;
-    println!(
+    outln!(
         "Site: {} disks on {} machines, {:.2} MB/s average ({:.1} GB/day), {:.2} MB/s peak",
-        answer.disks, answer.machines, answer.average_mb_s, answer.gb_per_day, answer.peak_mb_s
+        answer.disks,
+        answer.machines,
+        answer.average_mb_s,
+        answer.gb_per_day,
+        answer.peak_mb_s
     );
-    println!(
+    outln!(
         "Per-core cost: ferryd {:.2} ns/B ({:.2} ideal x {:.2}), compression {:.2}x; {}",
         calibration.ferryd_ns_per_byte(),
         calibration.ideal_ns_per_byte,
@@ -205,23 +209,25 @@ fn print_answer(answer: &Sizing, plan: &Plan) {
         calibration.compression_ratio,
         calibration.source
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Process servers  {} x {} cores, {:.1} GiB memory (memory_budget_bytes {:.0} MiB), {:.1} GiB cache file system, up to {} disks each",
         answer.process_servers, server.cores, server.memory_gib, server.memory_budget_mib, server.cache_gib, server.disks
     );
-    println!(
+    outln!(
         "                 ferryd needs {:.2} cores at the peak ({:.0}% of each server's cores planned); the cache holds {:.1} h of churn",
         answer.cores_needed,
         CPU_UTILISATION * 100.0,
         plan.outage_hours
     );
-    println!(
+    outln!(
         "Upload           {:.1} Mbit/s keeps the RPO under {:.0} s ({:.1} Mbit/s keeps up on average only)",
-        answer.upload_mbit_s, plan.rpo_secs, answer.upload_mbit_s_average
+        answer.upload_mbit_s,
+        plan.rpo_secs,
+        answer.upload_mbit_s_average
     );
     let t = &answer.transactions;
-    println!(
+    outln!(
         "Transactions     {:.0} change-set PUTs/h, {:.0} point PUTs/h, {:.0} lease calls/h: {:.2} M writes and {:.2} M other operations a month",
         t.change_set_puts_per_hour,
         t.point_puts_per_hour,
@@ -230,11 +236,12 @@ fn print_answer(answer: &Sizing, plan: &Plan) {
         t.others_per_month / 1e6
     );
     let cost = &answer.cost_per_month;
-    println!(
+    outln!(
         "Storage          {:.1} GB kept ({:.0} h of changes, plus a base image per disk of known size)",
-        answer.stored_gb, plan.retention_hours
+        answer.stored_gb,
+        plan.retention_hours
     );
-    println!(
+    outln!(
         "Cost per month   {:.2} writes + {:.2} other + {:.2} storage = {:.2} (at {} per 10k writes, {} per 10k other, {} per GB-month)",
         cost.writes,
         cost.others,
@@ -245,7 +252,7 @@ fn print_answer(answer: &Sizing, plan: &Plan) {
         cost.prices.gb_month
     );
     let asr = &answer.asr;
-    println!(
+    outln!(
         "ASR's sizing     {} x ({} vCPU, {} GB memory, {} GB cache) = {} vCPU, {} GB, {} GB cache; Ferry: {} cores = {:.2}x ASR's vCPUs",
         asr.process_servers,
         asr.each.vcpus,

@@ -39,9 +39,9 @@ pub async fn run(command: VaultCommand, json: bool) -> Result<()> {
                 key_matches: true,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
-                println!("The vault key matches vault {} at {}.", report.vault_id, report.target);
+                outln!("The vault key matches vault {} at {}.", report.vault_id, report.target);
             }
             Ok(())
         }

@@ -157,9 +157,9 @@ pub fn short(id: &Uuid) -> String {
 pub async fn print(opened: &OpenVault, json: bool) -> Result<()> {
     let disks = list(opened, true).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&disks).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&disks).unwrap_or_default());
     } else {
-        print!("{}", render(&disks));
+        out!("{}", render(&disks));
     }
     Ok(())
 }

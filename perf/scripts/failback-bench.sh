@@ -79,7 +79,7 @@ for case in ${CASES:-1:0 1:0.33 10:3.33}; do
   printf 'state_dir = "%s"\n[[disks]]\npath = "%s"\n' "$work/forward" "$work/disk.img" > "$work/forward.toml"
   "$bin/ferry-agent" --json run --config "$work/forward.toml" --once > "$work/pass.json"
   disk=$(json "$work/pass.json" 'd[0]["disk_id"]')
-  until "$bin/ferryctl" --json points --config "$app" --disk "$disk" 2>/dev/null | grep -q bookmark_id; do sleep 1; done
+  until [[ "$("$bin/ferryctl" --json points --config "$app" --disk "$disk" 2>/dev/null)" == *bookmark_id* ]]; do sleep 1; done
   "$bin/ferryctl" --json retention run --config "$app" >/dev/null
   "$bin/ferryctl" --json failover --config "$app" --disk "$disk" --latest --to-dir "$work/fo" --format raw > "$work/failover.json"
   failover=$(json "$work/failover.json" 'd["failover_id"]')
@@ -99,7 +99,7 @@ for case in ${CASES:-1:0 1:0.33 10:3.33}; do
   echo "   sent $(json "$work/reverse.json" 'd[0]["sent_bytes"] // 1000000') MB ($(json "$work/reverse.json" 'd[0]["changed_blocks"]') blocks; a full copy sends the whole disk)"
   reverse_disk=$(json "$work/reverse.json" 'd[0]["disk_id"]')
   bookmark=$(json "$work/reverse.json" 'd[0]["bookmark_id"]')
-  until "$bin/ferryctl" --json points --config "$app" --disk "$reverse_disk" 2>/dev/null | grep -q "$bookmark"; do sleep 1; done
+  until [[ "$("$bin/ferryctl" --json points --config "$app" --disk "$reverse_disk" 2>/dev/null)" == *"$bookmark"* ]]; do sleep 1; done
 
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   time_it "ferryctl failback (only what differs)" "$bin/ferryctl" --json failback --config "$app" --failover "$failover" \

@@ -49,7 +49,7 @@ printf 'state_dir = "%s"\n[[disks]]\npath = "%s"\n' "$work/agent" "$work/disk.im
 "$bin/ferry-agent" --json run --config "$work/agent.toml" --once > "$work/pass.json"
 disk=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["disk_id"])' "$work/pass.json")
 # Until the point is in storage.
-until "$bin/ferryctl" --json points --config "$app" --disk "$disk" 2>/dev/null | grep -q bookmark_id; do sleep 1; done
+until [[ "$("$bin/ferryctl" --json points --config "$app" --disk "$disk" 2>/dev/null)" == *bookmark_id* ]]; do sleep 1; done
 kill $ferryd; wait $ferryd 2>/dev/null || true   # storage and the key alone from here on
 
 # The vault's bytes for the disk (a dry run of retention reports them).

@@ -98,7 +98,7 @@ pub async fn run(args: PreflightArgs, json: bool) -> ExitCode {
     let worst = checks.iter().map(|c| c.verdict).max().unwrap_or(Verdict::Ok);
     if json {
         let report = serde_json::json!({ "worst": worst, "checks": checks });
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
         for c in &checks {
             let verdict = match c.verdict {
@@ -107,14 +107,14 @@ pub async fn run(args: PreflightArgs, json: bool) -> ExitCode {
                 Verdict::Warn => "WARN",
                 Verdict::Fail => "FAIL",
             };
-            println!("{verdict:<5} {:<18} {}  [{}]", c.name, c.measured, c.threshold);
+            outln!("{verdict:<5} {:<18} {}  [{}]", c.name, c.measured, c.threshold);
         }
         let summary = match worst {
             Verdict::Skip | Verdict::Ok => "fit to be a process server",
             Verdict::Warn => "usable, with the warnings above",
             Verdict::Fail => "NOT fit to be a process server: fix the failures above",
         };
-        println!("preflight: {summary}");
+        outln!("preflight: {summary}");
     }
     exit_code(worst)
 }

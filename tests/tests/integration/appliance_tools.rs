@@ -3,7 +3,8 @@
 //!   a nearly full cache file system, a wrong vault key, an unreachable target and a missing
 //!   container, each saying why, and passes a good appliance with its ferryd running (the
 //!   ports then held by that ferryd);
-//! - `ferryctl size` answers what the test computes by hand from the same per-core costs;
+//! - `ferryctl size` answers what the test computes by hand from the same per-core costs, and
+//!   a reader that left (`ferryctl ... | head -1`) ends it as SIGPIPE ends `ls`, no panic;
 //! - `ferry-agent profile` reports the rate a loop device is written at, within 10%.
 
 use ferry_tests::{azurite_endpoint, binary, ferryctl, sh, Appliance, Ferryd, LoopMount, AZURITE_ACCOUNT, AZURITE_KEY};
@@ -186,6 +187,36 @@ async fn preflight_passes_a_good_appliance_with_its_ferryd_running() {
     assert_eq!(verdict(&report, "management port").0, "ok");
     assert_eq!(code, 2);
     drop(squatter);
+}
+
+#[test]
+fn a_reader_that_left_ends_ferryctl_as_sigpipe_ends_ls() {
+    use std::os::unix::process::ExitStatusExt;
+    // A pipe whose reader is already gone: ferryctl's first line of output finds it closed
+    // (what `| head -1` or `| grep -q` leave behind once they have what they wanted).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(binary("ferryctl"))
+        .args(["size", "--disks", "10", "--churn-mb-s", "5"])
+        .stdout(writer)
+        .output()
+        .expect("ferryctl runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "status {:?}, stderr: {stderr}",
+        output.status
+    );
+    assert!(stderr.is_empty(), "a quiet end, no panic or backtrace: {stderr}");
+    // The same command with a reader prints the sizing and succeeds.
+    let run = ferryctl(&["size", "--disks", "10", "--churn-mb-s", "5"]);
+    assert!(
+        run.success && run.stdout.starts_with("Site: 10 disks"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
 }
 
 #[test]
