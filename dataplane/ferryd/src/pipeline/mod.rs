@@ -76,7 +76,7 @@ const WAKEUPS_PER_DISK_MAX: usize = 4;
 /// fraction of a second at most, against flush delays of a second and more. A pipeline with
 /// real work in flight is never paced, so throughput is what it was. 100 ms rather than 50:
 /// asr-sizing's ferryd 0.96-0.98 of its CPU per byte at 50 ms (local writer 0.89, coordinator
-/// 0.87), its lag p50 in the same histogram bucket (fourteenth step).
+/// 0.87), its lag p50 in the same histogram bucket (docs/BENCHMARKS.md, fourteenth step).
 const QUIET_CYCLE: Duration = Duration::from_millis(100);
 
 /// Less than one full change set (`change_set_bytes`) is between cut and stored, no seal job
