@@ -25,8 +25,9 @@
 //!   epoch the cache holds the disk in; work of an epoch the disk is no longer in (taken over
 //!   meanwhile) is dropped, work waiting on a lapsed renewal waits.
 //! - **Pacing**: while the pipeline is quiet (less than a change set in flight, nothing
-//!   queued, [`is_quiet`]) the coordinator's cycles start at least [`QUIET_CYCLE`] apart, so
-//!   many quiet disks' events are served in groups rather than one wake-up each.
+//!   queued, no disk filling change sets by size, [`is_quiet`]) the coordinator's cycles start
+//!   at least [`QUIET_CYCLE`] apart, so many quiet disks' events are served in groups rather
+//!   than one wake-up each.
 //! - **Memory**: change sets between cut and stored (their plaintext until sealed, then their
 //!   sealed bytes) stay within their share of `memory_budget_bytes` ([`crate::memory_budget`];
 //!   one change set may always proceed, so progress is guaranteed).
@@ -80,12 +81,26 @@ const WAKEUPS_PER_DISK_MAX: usize = 4;
 const QUIET_CYCLE: Duration = Duration::from_millis(100);
 
 /// Less than one full change set (`change_set_bytes`) is between cut and stored, no seal job
-/// waits for a worker and no pass is held back by the memory budget: the pipeline is far from
-/// any limit, so its cycles may be paced ([`QUIET_CYCLE`]). A throughput-bound pipeline
-/// (steady, a drain, an overload) has many change sets in flight and is never paced.
-fn is_quiet(in_flight_bytes: u64, change_set_bytes: u64, seal_jobs_queued: usize, dispatch_blocked: bool) -> bool {
-    !dispatch_blocked && seal_jobs_queued == 0 && in_flight_bytes < change_set_bytes
+/// waits for a worker, no pass is held back by the memory budget, and no disk filled a change
+/// set by size within [`BUSY_DISK_MEMORY`]: the pipeline is far from any limit, so its cycles
+/// may be paced ([`QUIET_CYCLE`]). A throughput-bound pipeline (steady, a drain, an overload)
+/// has many change sets in flight and is never paced; nor is one whose disks write fast enough
+/// to fill change sets between cycles, though all it cut may be stored at the cycle's end
+/// (pacing that one delayed each of its change sets by up to a cycle and held a backlog of
+/// several change sets in the cache: ferry-perf's overload smoke test, 2 disks at 215 MB/s).
+fn is_quiet(
+    in_flight_bytes: u64,
+    change_set_bytes: u64,
+    seal_jobs_queued: usize,
+    dispatch_blocked: bool,
+    filled_by_size_recently: bool,
+) -> bool {
+    !dispatch_blocked && !filled_by_size_recently && seal_jobs_queued == 0 && in_flight_bytes < change_set_bytes
 }
+
+/// How long a cut by size keeps the pipeline from being paced (a disk that filled a change set
+/// within it writes at least `change_set_bytes` a second).
+const BUSY_DISK_MEMORY: Duration = Duration::from_secs(1);
 
 /// Which disks a dispatch pass looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,6 +419,9 @@ struct Coordinator {
     dispatch_blocked: bool,
     /// ...and a change set was sealed or stored since (room may be back).
     room_freed: bool,
+    /// When a change set was last cut because it reached `change_set_bytes`: a disk filling
+    /// change sets by size is busy, and the pipeline is not paced ([`is_quiet`]).
+    last_size_cut: Option<Instant>,
     calls_done: tokio::sync::mpsc::Receiver<(u64, calls::Done)>,
 }
 
@@ -475,6 +493,7 @@ pub fn start(
         advanced_due: false,
         dispatch_blocked: false,
         room_freed: false,
+        last_size_cut: None,
         tuning,
         workers,
         status: status.clone(),
@@ -584,6 +603,7 @@ impl Coordinator {
             self.tuning.change_set_bytes(),
             self.jobs.len(),
             self.dispatch_blocked,
+            self.last_size_cut.is_some_and(|at| at.elapsed() < BUSY_DISK_MEMORY),
         )
     }
 
@@ -873,6 +893,9 @@ impl Coordinator {
             }
             progress.waiting_since = (last < view.durable_seq).then(Instant::now);
             progress.flush_delay = idle_delay::next(progress.flush_delay, cut, bytes, limits);
+            if cut == idle_delay::Cut::Size {
+                self.last_size_cut = Some(Instant::now());
+            }
         }
     }
 
@@ -1196,19 +1219,26 @@ mod tests {
     #[test]
     fn only_a_pipeline_far_from_every_limit_is_paced() {
         let change_set = 8 << 20;
-        assert!(is_quiet(0, change_set, 0, false), "nothing in flight");
+        assert!(is_quiet(0, change_set, 0, false, false), "nothing in flight");
         assert!(
-            is_quiet(change_set - 1, change_set, 0, false),
+            is_quiet(change_set - 1, change_set, 0, false, false),
             "less than one change set in flight"
         );
         assert!(
-            !is_quiet(change_set, change_set, 0, false),
+            !is_quiet(change_set, change_set, 0, false, false),
             "a full change set in flight is work"
         );
-        assert!(!is_quiet(0, change_set, 1, false), "a seal job waiting for a worker");
         assert!(
-            !is_quiet(0, change_set, 0, true),
+            !is_quiet(0, change_set, 1, false, false),
+            "a seal job waiting for a worker"
+        );
+        assert!(
+            !is_quiet(0, change_set, 0, true, false),
             "a pass held back by the memory budget"
+        );
+        assert!(
+            !is_quiet(0, change_set, 0, false, true),
+            "a disk that filled a change set by size a moment ago"
         );
     }
 }
