@@ -17,6 +17,7 @@
 //! - [`replicate`]: the rounds on the bookmark policy (`ferry-agent run`).
 //! - [`profile`]: the machine's write churn per disk from /proc/diskstats (`ferry-agent profile`).
 //! - [`progress`], [`status`]: what is remembered between runs and shown by `status`.
+//! - [`output`]: `out!`/`outln!`, standard output that ends quietly when its reader left.
 
 pub mod blockmap;
 pub mod commands;
@@ -26,6 +27,7 @@ pub mod group;
 pub mod held;
 pub mod identity;
 pub mod moving;
+pub mod output;
 pub mod pass;
 pub mod profile;
 pub mod progress;

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use ferry_agent::config::{AgentConfig, DEFAULT_STATE_DIR};
 use ferry_agent::replicate::{self, RunOptions};
-use ferry_agent::{identity, status};
+use ferry_agent::{identity, out, outln, status};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -177,7 +177,7 @@ async fn register(args: RegisterArgs, json: bool) -> anyhow::Result<()> {
     identity::save(&state_dir, registered, &name, &args.server)?;
     let trusted_on_first_use = args.fingerprint.is_none();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "machine_id": registered.machine_id,
@@ -189,7 +189,7 @@ async fn register(args: RegisterArgs, json: bool) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!(
+        outln!(
             "registered {name} as machine {} (data endpoint {}); identity kept in {}",
             registered.machine_id,
             registered.data_endpoint,
@@ -218,10 +218,10 @@ async fn run(args: RunArgs, json: bool) -> anyhow::Result<()> {
     let reports = replicate::run(config, options, shutdown_signal()).await?;
     if args.once {
         if json {
-            println!("{}", serde_json::to_string_pretty(&reports)?);
+            outln!("{}", serde_json::to_string_pretty(&reports)?);
         } else {
             for r in &reports {
-                println!(
+                outln!(
                     "{} ({}): {} pass, bookmark {} ({}, seq {}), {} blocks changed, {:.1} MB sent, read {:.0} MB/s, {:.1} s",
                     r.name,
                     r.disk_id,
@@ -249,9 +249,9 @@ fn show_status(args: StateArgs, json: bool) -> anyhow::Result<()> {
         );
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status::to_json(&found))?);
+        outln!("{}", serde_json::to_string_pretty(&status::to_json(&found))?);
     } else {
-        print!("{}", status::render(&found));
+        out!("{}", status::render(&found));
     }
     Ok(())
 }
@@ -261,7 +261,7 @@ fn thaw(args: ThawArgs) -> anyhow::Result<()> {
     let mut failed = false;
     for (mount, result) in ferry_agent::quiesce::thaw_mounts(&config.quiesce.freeze) {
         match result {
-            Ok(what) => println!("{}: {what}", mount.display()),
+            Ok(what) => outln!("{}: {what}", mount.display()),
             Err(e) => {
                 failed = true;
                 eprintln!("{}: cannot thaw: {e}", mount.display());
@@ -307,20 +307,24 @@ async fn profile(args: ProfileArgs, json: bool) -> anyhow::Result<()> {
         ferry_durable::replace(out, text.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
     }
     if json {
-        println!("{text}");
+        outln!("{text}");
     } else {
         let state = if measured.complete { "complete" } else { "interrupted" };
-        println!(
+        outln!(
             "{} s measured ({state}), interval {} s",
             measured.duration_secs.round(),
             measured.interval_secs
         );
-        println!(
+        outln!(
             "{:<12} {:>12} {:>12} {:>10} {:>12}",
-            "DEVICE", "AVG MB/s", "PEAK MB/s", "GB/day", "SIZE GiB"
+            "DEVICE",
+            "AVG MB/s",
+            "PEAK MB/s",
+            "GB/day",
+            "SIZE GiB"
         );
         for disk in &measured.disks {
-            println!(
+            outln!(
                 "{:<12} {:>12.3} {:>12.3} {:>10.1} {:>12.1}",
                 disk.device,
                 disk.average_mb_s,
@@ -330,7 +334,7 @@ async fn profile(args: ProfileArgs, json: bool) -> anyhow::Result<()> {
             );
         }
         if let Some(out) = &args.out {
-            println!(
+            outln!(
                 "profile written to {} (ferryctl size --profile {})",
                 out.display(),
                 out.display()

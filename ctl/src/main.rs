@@ -11,8 +11,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+// `out!` and `outln!` (ferry_agent::output): what a closed pipe does to ferryctl's output.
 #[macro_use]
-mod output;
+extern crate ferry_agent;
 
 mod command;
 mod control;

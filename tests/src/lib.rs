@@ -61,6 +61,18 @@ pub fn ferryctl(args: &[&str]) -> Run {
         .into()
 }
 
+/// Runs one of the workspace's binaries with a standard output whose reader has already gone,
+/// as `| head -1` or `| grep -q` leave it once they have what they wanted.
+pub fn run_with_stdout_closed(program: &str, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Command::new(binary(program))
+        .args(args)
+        .stdout(writer)
+        .output()
+        .expect("the program runs")
+}
+
 /// Azurite's account URL, or `None` (the test then skips) unless `FERRY_REQUIRE_AZURITE=1`.
 pub fn azurite_endpoint() -> Option<String> {
     match std::env::var("FERRY_TEST_AZURITE_ENDPOINT") {

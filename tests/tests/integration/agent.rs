@@ -752,8 +752,8 @@ async fn a_grown_disk_is_resized_and_resynced() {
 
 /// A draining appliance answers disk set-up with 503 and Retry-After 5: `run --once` waits
 /// that long (not its 30 s default) and tries again instead of exiting, and meanwhile
-/// `status` keeps the last good bookmark, with the error on its own line. Once the drain is
-/// resumed the pass completes.
+/// `status` keeps the last good bookmark, with the error on its own line (and ends quietly when
+/// its reader has left). Once the drain is resumed the pass completes.
 #[tokio::test]
 async fn an_agent_meeting_503_with_retry_after_waits_and_keeps_its_bookmark() {
     let Setup {
@@ -790,6 +790,16 @@ async fn an_agent_meeting_503_with_retry_after_waits_and_keeps_its_bookmark() {
         "{}",
         text.stdout
     );
+    // `ferry-agent status | head -1`: a reader that left ends it as SIGPIPE ends `ls`.
+    let closed =
+        ferry_tests::run_with_stdout_closed("ferry-agent", &["status", "--config", agent.config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&closed.status),
+        Some(libc::SIGPIPE),
+        "{stderr}"
+    );
+    assert!(stderr.is_empty(), "a quiet end, no panic: {stderr}");
 
     let resumed = ferryctl(&["drain", "--resume", "--config", dir]);
     assert!(resumed.success, "{}", resumed.stderr);

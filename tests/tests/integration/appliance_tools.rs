@@ -192,15 +192,8 @@ async fn preflight_passes_a_good_appliance_with_its_ferryd_running() {
 #[test]
 fn a_reader_that_left_ends_ferryctl_as_sigpipe_ends_ls() {
     use std::os::unix::process::ExitStatusExt;
-    // A pipe whose reader is already gone: ferryctl's first line of output finds it closed
-    // (what `| head -1` or `| grep -q` leave behind once they have what they wanted).
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let output = Command::new(binary("ferryctl"))
-        .args(["size", "--disks", "10", "--churn-mb-s", "5"])
-        .stdout(writer)
-        .output()
-        .expect("ferryctl runs");
+    // ferryctl's first line of output finds the pipe closed.
+    let output = ferry_tests::run_with_stdout_closed("ferryctl", &["size", "--disks", "10", "--churn-mb-s", "5"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.signal(),

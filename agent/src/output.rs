@@ -1,11 +1,12 @@
-//! ferryctl's standard output: `out!` and `outln!`, used instead of `print!` and `println!`.
+//! Standard output of ferry-agent and ferryctl (which depends on this crate): `out!` and
+//! `outln!`, used instead of `print!` and `println!`.
 //!
-//! A reader that goes away (`ferryctl points ... | head -1`, `| grep -q`) ends ferryctl the way
-//! it ends `ls`: killed by SIGPIPE, quietly (status 141 in the shell). std's `println!` would
+//! A reader that goes away (`ferryctl points ... | head -1`, `| grep -q`) ends the program the
+//! way it ends `ls`: killed by SIGPIPE, quietly (status 141 in the shell). std's `println!` would
 //! panic with a backtrace instead, because Rust starts with SIGPIPE ignored. Restoring SIGPIPE's
 //! default for the whole process is not an option: hyper writes to sockets with `writev`,
-//! which raises SIGPIPE on a connection the peer reset, and that must stay an error ferryctl
-//! retries or reports, not a silent death in the middle of a restore. So only a write to
+//! which raises SIGPIPE on a connection the peer reset, and that must stay an error the
+//! program retries or reports, not a silent death in the middle of a restore or a pass. So only a write to
 //! standard output that finds its reader gone restores the default and raises the signal.
 //! Any other failure to write (a full disk under `> file`) is reported on stderr, exit 1.
 
@@ -37,6 +38,7 @@ fn die_of_sigpipe() -> ! {
 }
 
 /// `print!` to standard output, ending quietly when the reader has gone (see `output`).
+#[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {
         $crate::output::write_stdout(format_args!($($arg)*))
@@ -44,6 +46,7 @@ macro_rules! out {
 }
 
 /// `println!` to standard output, ending quietly when the reader has gone (see `output`).
+#[macro_export]
 macro_rules! outln {
     () => {
         $crate::output::write_stdout(format_args!("\n"))
