@@ -6,9 +6,10 @@
 //! panic with a backtrace instead, because Rust starts with SIGPIPE ignored. Restoring SIGPIPE's
 //! default for the whole process is not an option: hyper writes to sockets with `writev`,
 //! which raises SIGPIPE on a connection the peer reset, and that must stay an error the
-//! program retries or reports, not a silent death in the middle of a restore or a pass. So only a write to
-//! standard output that finds its reader gone restores the default and raises the signal.
-//! Any other failure to write (a full disk under `> file`) is reported on stderr, exit 1.
+//! program retries or reports, not a silent death in the middle of a restore or a pass. So
+//! only a write to standard output that finds its reader gone restores the default and raises
+//! the signal. Any other failure to write (a full disk under `> file`) is reported on stderr,
+//! exit 1.
 
 use std::io::Write;
 
