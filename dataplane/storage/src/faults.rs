@@ -2,7 +2,8 @@
 //! with a chosen fault, adds latency, or performs a write and then reports a timeout (the
 //! case that makes retries write an object twice), or slows only the calls on names that
 //! contain a given text (one disk's points, say). Everything it injects is counted, so tests
-//! can assert that the faults actually happened.
+//! can assert that the faults actually happened; on request it also records which calls it
+//! passed, so tests can count them (how many listings a consolidation run makes, say).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -71,6 +72,8 @@ struct Plan {
     only: Option<Operation>,
     calls: u64,
     injected: u64,
+    /// Each call's operation and name, while recording.
+    recorded: Option<Vec<(Operation, String)>>,
 }
 
 /// The wrapper. Without a plan it passes every call through unchanged.
@@ -131,6 +134,17 @@ impl<S: ObjectStorage> FaultInjecting<S> {
         plan.slow_names.clear();
     }
 
+    /// Records every call from now on (its operation and name, for a list its prefix) until
+    /// [`Self::take_recorded`].
+    pub fn record_calls(&self) {
+        self.plan().recorded = Some(Vec::new());
+    }
+
+    /// The calls recorded since [`Self::record_calls`], in order; recording stops.
+    pub fn take_recorded(&self) -> Vec<(Operation, String)> {
+        self.plan().recorded.take().unwrap_or_default()
+    }
+
     /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.plan().injected
@@ -149,6 +163,9 @@ impl<S: ObjectStorage> FaultInjecting<S> {
             plan.injected += 1;
         }
         plan.calls += 1;
+        if let Some(recorded) = plan.recorded.as_mut() {
+            recorded.push((operation, name.to_string()));
+        }
         let applies = plan.only.is_none_or(|only| only == operation);
         let fault = match plan.fault {
             Some(fault) if applies && plan.fail_next > 0 => {

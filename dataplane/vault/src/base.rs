@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::{BaseManifest, PLAINTEXT_FORMAT};
 use ferry_format::ObjectKey;
-use ferry_storage::{list_all, ObjectStorage};
+use ferry_storage::{list_all, ObjectMeta, ObjectStorage};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -42,22 +42,27 @@ impl Bases {
 }
 
 pub async fn list(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<Bases> {
-    let mut bases = Bases::default();
-    for meta in list_all(storage, &ObjectName::disk_prefix(disk_id, "base/"))
+    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "base/"))
         .await
-        .context("cannot list the bases")?
-    {
+        .context("cannot list the bases")?;
+    Ok(from_listing(&listed))
+}
+
+/// The bases in a listing of one disk's objects (of `base/` or of the whole disk).
+pub fn from_listing(listed: &[ObjectMeta]) -> Bases {
+    let mut bases = Bases::default();
+    for meta in listed {
         match ObjectName::parse(&meta.name) {
             Ok(ObjectName::BaseManifest { seq, .. }) => {
                 bases.manifests.insert(seq);
             }
             Ok(ObjectName::BaseChunk { seq, .. }) => {
-                bases.chunks.insert(meta.name, seq);
+                bases.chunks.insert(meta.name.clone(), seq);
             }
             _ => {}
         }
     }
-    Ok(bases)
+    bases
 }
 
 /// The manifest of the base at `seq`, checked: its disk, seq and size, and every chunk named

@@ -12,7 +12,7 @@ use ferry_format::batch::{self, DiskGeometry, Record};
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::split_change_set;
 use ferry_format::ObjectKey;
-use ferry_storage::{list_all, ObjectStorage};
+use ferry_storage::{list_all, ObjectMeta, ObjectStorage};
 use futures::StreamExt;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -38,11 +38,17 @@ pub async fn list_with(
     history: &crate::owners::History,
     disk_id: Uuid,
 ) -> Result<Vec<LogObject>> {
-    let mut objects = Vec::new();
-    for meta in list_all(storage, &ObjectName::disk_prefix(disk_id, "log/"))
+    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "log/"))
         .await
-        .context("cannot list the log")?
-    {
+        .context("cannot list the log")?;
+    Ok(from_listing(&listed, history))
+}
+
+/// The change sets in a listing of one disk's objects (of `log/` or of the whole disk) that
+/// `history` lets count.
+pub fn from_listing(listed: &[ObjectMeta], history: &crate::owners::History) -> Vec<LogObject> {
+    let mut objects = Vec::new();
+    for meta in listed {
         if let Ok(ObjectName::Log {
             epoch,
             first_seq,
@@ -54,13 +60,13 @@ pub async fn list_with(
                 continue; // written by a stale owner after a takeover: never used
             }
             objects.push(LogObject {
-                name: meta.name,
+                name: meta.name.clone(),
                 first_seq,
                 last_seq,
             });
         }
     }
-    Ok(objects)
+    objects
 }
 
 /// Every change set of `disk_id` in storage, of every owner epoch, used or not (for deleting

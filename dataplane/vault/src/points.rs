@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::RecoveryPoint;
 use ferry_format::ObjectKey;
-use ferry_storage::{list_all, ObjectStorage};
+use ferry_storage::{list_all, ObjectMeta, ObjectStorage};
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -18,17 +18,32 @@ pub async fn read_all(
     parallel: usize,
 ) -> Result<Vec<(String, RecoveryPoint)>> {
     let history = crate::owners::History::read(&**storage, key, disk_id).await?;
-    // A point counts only if its epoch owned its seq ([`crate::owners`]).
-    let names: Vec<String> = list_all(&**storage, &ObjectName::disk_prefix(disk_id, "points/"))
+    let listed = list_all(&**storage, &ObjectName::disk_prefix(disk_id, "points/"))
         .await
-        .context("cannot list the recovery points")?
-        .into_iter()
-        .map(|meta| meta.name)
-        .filter(|name| match ObjectName::parse(name) {
+        .context("cannot list the recovery points")?;
+    read_named(storage, key, names_from_listing(&listed, &history), parallel).await
+}
+
+/// The names of the recovery points in a listing of one disk's objects (of `points/` or of
+/// the whole disk): those whose epoch owned their seq ([`crate::owners`]).
+pub fn names_from_listing(listed: &[ObjectMeta], history: &crate::owners::History) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|meta| match ObjectName::parse(&meta.name) {
             Ok(ObjectName::Point { epoch, seq, .. }) => history.counts(epoch, seq, seq),
             _ => false,
         })
-        .collect();
+        .map(|meta| meta.name.clone())
+        .collect()
+}
+
+/// The recovery points named, read `parallel` at once, by seq.
+pub async fn read_named(
+    storage: &Arc<dyn ObjectStorage>,
+    key: &Arc<ObjectKey>,
+    names: Vec<String>,
+    parallel: usize,
+) -> Result<Vec<(String, RecoveryPoint)>> {
     let (storage, key) = (storage.clone(), key.clone());
     let mut points: Vec<(String, RecoveryPoint)> = futures::stream::iter(names.into_iter().map(move |name| {
         let (storage, key) = (storage.clone(), key.clone());

@@ -20,7 +20,7 @@ use ferry_format::batch::DiskGeometry;
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::{DiskDescriptor, PrunedPoint, PLAINTEXT_FORMAT};
 use ferry_format::{Keyring, ObjectKey};
-use ferry_storage::{list_all, ObjectStorage, StorageError};
+use ferry_storage::{list_all, ObjectMeta, ObjectStorage, StorageError};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -133,13 +133,20 @@ async fn consolidate_each(
     Ok(summaries)
 }
 
+/// Every object stored under a disk.
+async fn list_disk(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<Vec<ObjectMeta>> {
+    list_all(storage, &ObjectName::disk_prefix(disk_id, ""))
+        .await
+        .context("cannot list the disk's objects")
+}
+
 /// Bytes stored under a disk (every object kind).
 async fn stored_bytes(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<u64> {
-    let prefix = ObjectName::disk_prefix(disk_id, "");
-    let objects = list_all(storage, &prefix)
-        .await
-        .context("cannot list the disk's objects")?;
-    Ok(objects.iter().map(|o| o.size_bytes).sum())
+    Ok(total_bytes(&list_disk(storage, disk_id).await?))
+}
+
+fn total_bytes(listed: &[ObjectMeta]) -> u64 {
+    listed.iter().map(|o| o.size_bytes).sum()
 }
 
 /// Deletes `names`, `parallel` at once; an object already gone counts as deleted (a repeated
@@ -174,10 +181,19 @@ pub async fn consolidate_disk(
     let parallel = options.parallel.max(1);
     let descriptor: DiskDescriptor =
         crate::sealed::read_json(&*storage, &key, &ObjectName::DiskMeta { disk_id }.to_string()).await?;
+    // The run's one listing of the whole disk: its size before, and what the run deletes
+    // from (bases and chunks, the log of every epoch, pruned-point records). Everything in it
+    // is older than the run, and what the run writes meanwhile is never among what it deletes,
+    // so listing each kind again (a 1 TB base alone is up to 262,144 chunk objects, 53 LIST
+    // calls on Azure) would only find more of what a later run deletes. Points and the log a
+    // new base replays are listed on their own, points first: a point is written only once the
+    // log it needs is stored, so the log listed after a point covers it. Pins are read again
+    // before anything is deleted (step 3).
+    let listed = list_disk(&*storage, disk_id).await?;
     let mut summary = DiskSummary {
         disk_id,
         dry_run: options.dry_run,
-        stored_bytes_before: stored_bytes(&*storage, disk_id).await?,
+        stored_bytes_before: total_bytes(&listed),
         ..Default::default()
     };
 
@@ -199,14 +215,21 @@ pub async fn consolidate_disk(
             source_time_unix_ms: p.source_time_unix_ms,
         })
         .collect();
-    let pins = records::pins(&*storage, disk_id).await?;
+    let pins = records::pins_from_listing(&listed);
     let decided = plan(&refs, &pins, policy, options.now_unix_ms);
     summary.pinned_beyond_window = decided
         .pinned_beyond_window
         .iter()
         .map(|p| p.bookmark_id.clone())
         .collect();
-    let bases = base::list(&*storage, disk_id).await?;
+    let bases = base::from_listing(&listed);
+    let expired_records: Vec<String> = records::pruned_from_listing(&listed)
+        .into_iter()
+        .filter(|r| r.pruned_unix_ms.saturating_add(PRUNED_RECORD_LIFETIME) < options.now_unix_ms)
+        .map(|r| r.name)
+        .collect();
+    let log_of_every_epoch = crate::log::from_listing(&listed, &crate::owners::History::every_epoch());
+    drop(listed);
     summary.previous_base_seq = bases.manifests.last().copied();
 
     // F: the oldest kept point, and for a write-ordered disk (every seq is a point) no later
@@ -257,13 +280,7 @@ pub async fn consolidate_disk(
     }
 
     // 2. Pruned-point records past their lifetime.
-    let expired: Vec<String> = records::pruned_names(&*storage, disk_id)
-        .await?
-        .into_iter()
-        .filter(|r| r.pruned_unix_ms.saturating_add(PRUNED_RECORD_LIFETIME) < options.now_unix_ms)
-        .map(|r| r.name)
-        .collect();
-    summary.objects_deleted += delete_all(&storage, expired, parallel).await?;
+    summary.objects_deleted += delete_all(&storage, expired_records, parallel).await?;
 
     // 3. Dropped points: the record first, then the point. Pins are read again first: one
     // made during this run keeps its point, and if that point lies below F the log it needs
@@ -319,8 +336,7 @@ pub async fn consolidate_disk(
 
     // 4. The log up to F.
     // Every epoch's: a stale owner's objects below the base are as useless as the rest.
-    let old_log: Vec<String> = crate::log::list_every_epoch(&*storage, disk_id)
-        .await?
+    let old_log: Vec<String> = log_of_every_epoch
         .into_iter()
         .filter(|o| o.last_seq <= base_seq)
         .map(|o| o.name)
@@ -334,7 +350,8 @@ pub async fn consolidate_disk(
         .map(|&seq| ObjectName::BaseManifest { disk_id, seq }.to_string())
         .collect();
     summary.objects_deleted += delete_all(&storage, older, parallel).await?;
-    summary.objects_deleted += collect_chunks(&storage, &key, &descriptor, parallel).await?;
+    let manifests_left: BTreeSet<u64> = bases.manifests.range(base_seq..).copied().chain([base_seq]).collect();
+    summary.objects_deleted += collect_chunks(&storage, &key, &descriptor, &bases, &manifests_left, parallel).await?;
 
     summary.stored_bytes_after = stored_bytes(&*storage, disk_id).await?;
     Ok(summary)
@@ -409,20 +426,28 @@ async fn build_base(
     Ok(written.chunks_written + 1)
 }
 
-/// Deletes every chunk object no manifest in storage names. Returns how many.
+/// Deletes every chunk object of the run's listing that no manifest left (`manifests_left`,
+/// the base at F and those newer) names. Returns how many. Chunks written by this run are not
+/// in the listing, and are named by the base at F anyway.
 async fn collect_chunks(
     storage: &Arc<dyn ObjectStorage>,
     key: &ObjectKey,
     descriptor: &DiskDescriptor,
+    bases: &base::Bases,
+    manifests_left: &BTreeSet<u64>,
     parallel: usize,
 ) -> Result<u64> {
     let disk_id = descriptor.disk_id;
-    let bases = base::list(&**storage, disk_id).await?;
     let mut named = BTreeSet::new();
-    for &seq in &bases.manifests {
+    for &seq in manifests_left {
         let manifest = base::read_manifest(&**storage, key, disk_id, seq, descriptor.size_bytes).await?;
         named.extend(manifest.chunks.into_values());
     }
-    let orphans: Vec<String> = bases.chunks.into_keys().filter(|name| !named.contains(name)).collect();
+    let orphans: Vec<String> = bases
+        .chunks
+        .keys()
+        .filter(|name| !named.contains(*name))
+        .cloned()
+        .collect();
     delete_all(storage, orphans, parallel).await
 }

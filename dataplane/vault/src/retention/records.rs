@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::{Pin, PrunedPoint};
 use ferry_format::{BookmarkId, ObjectKey};
-use ferry_storage::{list_all, ObjectStorage};
+use ferry_storage::{list_all, ObjectMeta, ObjectStorage};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -16,16 +16,21 @@ pub type PointId = (u64, String);
 
 /// The points of `disk_id` that are pinned.
 pub async fn pins(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<HashSet<PointId>> {
-    let mut found = HashSet::new();
-    for meta in list_all(storage, &ObjectName::disk_prefix(disk_id, "pins/"))
+    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "pins/"))
         .await
-        .context("cannot list the pins")?
-    {
+        .context("cannot list the pins")?;
+    Ok(pins_from_listing(&listed))
+}
+
+/// The pinned points in a listing of one disk's objects (of `pins/` or of the whole disk).
+pub fn pins_from_listing(listed: &[ObjectMeta]) -> HashSet<PointId> {
+    let mut found = HashSet::new();
+    for meta in listed {
         if let Ok(ObjectName::Pin { seq, bookmark_id, .. }) = ObjectName::parse(&meta.name) {
             found.insert((seq, bookmark_id.as_str().to_string()));
         }
     }
-    Ok(found)
+    found
 }
 
 /// A pruned-point record as its name gives it.
@@ -39,11 +44,17 @@ pub struct PrunedName {
 
 /// Every pruned-point record of `disk_id`, from the listing alone.
 pub async fn pruned_names(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<Vec<PrunedName>> {
-    let mut found = Vec::new();
-    for meta in list_all(storage, &ObjectName::disk_prefix(disk_id, "pruned/"))
+    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "pruned/"))
         .await
-        .context("cannot list the pruned-point records")?
-    {
+        .context("cannot list the pruned-point records")?;
+    Ok(pruned_from_listing(&listed))
+}
+
+/// The pruned-point records in a listing of one disk's objects (of `pruned/` or of the whole
+/// disk).
+pub fn pruned_from_listing(listed: &[ObjectMeta]) -> Vec<PrunedName> {
+    let mut found = Vec::new();
+    for meta in listed {
         if let Ok(ObjectName::Pruned {
             pruned_unix_ms,
             seq,
@@ -52,14 +63,14 @@ pub async fn pruned_names(storage: &dyn ObjectStorage, disk_id: Uuid) -> Result<
         }) = ObjectName::parse(&meta.name)
         {
             found.push(PrunedName {
-                name: meta.name,
+                name: meta.name.clone(),
                 pruned_unix_ms,
                 seq,
                 bookmark_id: bookmark_id.as_str().to_string(),
             });
         }
     }
-    Ok(found)
+    found
 }
 
 /// Pins a point (writing the pin again is harmless).
