@@ -218,7 +218,7 @@ impl Default for RetentionConfig {
             chunk_bytes: policy.chunk_bytes,
             run_every: Span(600),
             parallel: 4,
-            nice: 10,
+            nice: 19,
             disks: BTreeMap::new(),
         }
     }

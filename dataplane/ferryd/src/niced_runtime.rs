@@ -119,4 +119,15 @@ mod tests {
         // The test's own thread is untouched.
         assert!(nice_of_this_thread() < NICE_MAX);
     }
+
+    #[test]
+    fn by_default_consolidation_yields_to_ingest() {
+        // Ingest threads run at INGEST_NICE_OFFSET from ferryd's own nice; consolidation's
+        // default must be lower in priority still, as the documented template says ("under
+        // load ingest and uploads get the CPU first"). Until 2026-12-05 it was 10, an equal
+        // share with ingest, while README and BENCHMARKS said 19.
+        let default = ferry_config::retention::RetentionConfig::default().nice;
+        assert_eq!(default, NICE_MAX as u32);
+        assert!(i32::try_from(default).expect("a nice value") > INGEST_NICE_OFFSET);
+    }
 }
