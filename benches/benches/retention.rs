@@ -277,6 +277,7 @@ async fn run(disk_bytes: u64, checkpoints: &[u64]) {
         let now = START_MS + round * HOUR_MS;
         disk.round(&both, &keyring, disk_bytes / 10, false, now).await;
         let options = ferry_vault::retention::consolidate::Options {
+            known_points: None,
             now_unix_ms: now + 60_000,
             dry_run: false,
             parallel: 4,

@@ -105,6 +105,7 @@ async fn run_now(args: RunArgs, json: bool) -> Result<()> {
                 None => RetentionConfig::default(),
             };
             let options = Options {
+                known_points: None, // one run: nothing to remember for
                 now_unix_ms: ferry_client::clock::now_unix_ms(),
                 dry_run: args.dry_run,
                 parallel: args.parallel.map_or(retention.parallel as usize, usize::from),

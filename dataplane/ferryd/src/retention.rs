@@ -9,7 +9,9 @@
 //!
 //! Its share: `retention.parallel` storage calls and chunk seals at once, on a runtime of its
 //! own whose threads run at nice `retention.nice` (default 19; [`crate::niced_runtime`]), so
-//! under load sealing, uploads and ingest get the CPU first. It has its own storage client
+//! under load sealing, uploads and ingest get the CPU first. Points read by one run are kept
+//! for the next ([`KnownPoints`], at most 100,000 over every disk), so a run reads only the
+//! points written since, not all of every disk's each time. It has its own storage client
 //! too: connections it opens are driven by its low-priority threads, and must not be handed
 //! to the pipeline's uploads from a shared pool.
 
@@ -18,6 +20,7 @@ use ferry_client::control::{RetentionDisk, RetentionStatus};
 use ferry_config::config::ApplianceConfig;
 use ferry_format::Keyring;
 use ferry_storage::ObjectStorage;
+use ferry_vault::points::KnownPoints;
 use ferry_vault::retention::consolidate::{consolidate_all, DiskSummary, Options};
 use ferry_vault::retention::RunRequest;
 use std::path::PathBuf;
@@ -61,6 +64,9 @@ pub struct Retention {
     /// Shared with the run in progress, which records each disk as it finishes.
     last: Arc<Mutex<RetentionStatus>>,
     scratch_dir: PathBuf,
+    /// Points read by earlier runs: a run reads only the points new since (bounded, see
+    /// [`KnownPoints`]).
+    known_points: Arc<KnownPoints>,
 }
 
 impl Retention {
@@ -73,6 +79,7 @@ impl Retention {
             running: tokio::sync::Mutex::new(()),
             last: Arc::new(Mutex::new(RetentionStatus::default())),
             scratch_dir,
+            known_points: Arc::new(KnownPoints::default()),
         })
     }
 
@@ -97,6 +104,7 @@ impl Retention {
                 .unwrap_or(config.retention.parallel as usize)
                 .clamp(1, 64),
             scratch_dir: self.scratch_dir.clone(),
+            known_points: Some(self.known_points.clone()),
         };
         let started = std::time::Instant::now();
         let task = {
@@ -119,6 +127,7 @@ impl Retention {
                         total,
                         base_seq = ?summary.base_seq,
                         kept = summary.points_kept,
+                        points_read = summary.points_read,
                         dropped = summary.points_dropped,
                         deleted = summary.objects_deleted,
                         stored_before = summary.stored_bytes_before,

@@ -7,6 +7,7 @@ use ferry_format::plaintexts::RecoveryPoint;
 use ferry_format::ObjectKey;
 use ferry_storage::{list_all, ObjectMeta, ObjectStorage};
 use futures::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -18,10 +19,20 @@ pub async fn read_all(
     parallel: usize,
 ) -> Result<Vec<(String, RecoveryPoint)>> {
     let history = crate::owners::History::read(&**storage, key, disk_id).await?;
-    let listed = list_all(&**storage, &ObjectName::disk_prefix(disk_id, "points/"))
+    let names = list_names(&**storage, &history, disk_id).await?;
+    read_named(storage, key, names, parallel).await
+}
+
+/// The names of the disk's recovery points that count under `history`.
+pub async fn list_names(
+    storage: &dyn ObjectStorage,
+    history: &crate::owners::History,
+    disk_id: Uuid,
+) -> Result<Vec<String>> {
+    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "points/"))
         .await
         .context("cannot list the recovery points")?;
-    read_named(storage, key, names_from_listing(&listed, &history), parallel).await
+    Ok(names_from_listing(&listed, history))
 }
 
 /// The names of the recovery points in a listing of one disk's objects (of `points/` or of
@@ -93,6 +104,73 @@ pub async fn exists(
         matches!(ObjectName::parse(&meta.name), Ok(ObjectName::Point { epoch, seq: s, bookmark_id: b, .. })
             if s == seq && b.as_str() == bookmark_id && history.counts(epoch, s, s))
     }))
+}
+
+/// Most points [`KnownPoints`] keeps, over every disk: about 350 bytes each (the object name,
+/// the point with its strings, the table's share), so at most about 35 MB. With agents'
+/// default bookmarks (crash every 5 min, app hourly) and the default retention policy a disk
+/// keeps about 174 points: about 570 disks' worth.
+pub const KNOWN_POINTS_MAX: usize = 100_000;
+
+/// Recovery points already read, by object name, for a caller that reads the same disks'
+/// points again and again (ferryd's consolidation, every `run_every`): a point object is
+/// written only where none is and never changed, so a name listed again need not be read
+/// again. After each read a disk's entry holds exactly the points listed (deleted ones are
+/// forgotten). Bounded: a disk whose points would take the whole past [`KNOWN_POINTS_MAX`] is
+/// not kept, and its points are read every time.
+#[derive(Debug, Default)]
+pub struct KnownPoints {
+    disks: std::sync::Mutex<HashMap<Uuid, HashMap<String, RecoveryPoint>>>,
+}
+
+impl KnownPoints {
+    fn disks(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, HashMap<String, RecoveryPoint>>> {
+        self.disks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The points named (of `disk_id`), by seq: those known from memory, the others read from
+    /// storage `parallel` at once. Returns them with how many were read from storage.
+    pub async fn read(
+        &self,
+        storage: &Arc<dyn ObjectStorage>,
+        key: &Arc<ObjectKey>,
+        disk_id: Uuid,
+        names: Vec<String>,
+        parallel: usize,
+    ) -> Result<(Vec<(String, RecoveryPoint)>, usize)> {
+        let (mut points, unknown): (Vec<(String, RecoveryPoint)>, Vec<String>) = {
+            let disks = self.disks();
+            let known = disks.get(&disk_id);
+            let mut points = Vec::new();
+            let mut unknown = Vec::new();
+            for name in names {
+                match known.and_then(|k| k.get(&name)) {
+                    Some(point) => points.push((name, point.clone())),
+                    None => unknown.push(name),
+                }
+            }
+            (points, unknown)
+        };
+        let read = unknown.len();
+        points.extend(read_named(storage, key, unknown, parallel).await?);
+        points.sort_by_key(|(_, point)| point.seq);
+        let mut disks = self.disks();
+        disks.remove(&disk_id);
+        let others: usize = disks.values().map(HashMap::len).sum();
+        if others + points.len() <= KNOWN_POINTS_MAX {
+            disks.insert(disk_id, points.iter().cloned().collect());
+        }
+        Ok((points, read))
+    }
+
+    /// How many points are known, over every disk.
+    pub fn len(&self) -> usize {
+        self.disks().values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Which state of a disk is wanted.

@@ -10,6 +10,7 @@ use ferry_format::plaintexts::{DiskDescriptor, Pin, RecoveryPoint, PLAINTEXT_FOR
 use ferry_format::{BatchEncoder, Keyring, VaultDescriptor, VaultKey};
 use ferry_storage::faults::{Fault, FaultInjecting};
 use ferry_storage::{list_all, LocalTargetConfig, ObjectStorage, Operation, RetryPolicy, TargetConfig};
+use ferry_vault::points::KnownPoints;
 use ferry_vault::retention::consolidate::{consolidate_disk, DiskSummary, Options};
 use ferry_vault::retention::records;
 use std::collections::BTreeMap;
@@ -197,6 +198,7 @@ fn policy() -> DiskPolicy {
 
 fn options(vault: &Vault) -> Options {
     Options {
+        known_points: None,
         now_unix_ms: NOW,
         dry_run: false,
         parallel: 4,
@@ -469,6 +471,55 @@ async fn chunks_named(vault: &Vault) -> Vec<String> {
         named.extend(manifest.chunks.into_values());
     }
     named.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_remember_points_read_only_new_ones_and_decide_the_same() {
+    let vault = vault().await;
+    let known = Arc::new(KnownPoints::default());
+    let remembering = Options {
+        known_points: Some(known.clone()),
+        ..options(&vault)
+    };
+    let first = consolidate_disk(
+        vault.storage.clone(),
+        &vault.keyring,
+        vault.disk_id,
+        &policy(),
+        &remembering,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first.points_read, BATCHES as usize,
+        "nothing known yet: every point is read"
+    );
+    // The same decisions as a run that remembers nothing, on a vault with the same history.
+    let twin = vault_with_same_history(&vault).await;
+    let plain = consolidate(&twin, twin.storage.clone()).await.unwrap();
+    assert_eq!(plain.points_read, BATCHES as usize);
+    assert_eq!(
+        (first.base_seq, first.points_kept, first.points_dropped, &first.dropped),
+        (plain.base_seq, plain.points_kept, plain.points_dropped, &plain.dropped)
+    );
+
+    // The next run reads no point, and finds nothing left to do; what it remembers now is
+    // the kept points only (the dropped ones are gone from storage and from memory).
+    let second = consolidate_disk(
+        vault.storage.clone(),
+        &vault.keyring,
+        vault.disk_id,
+        &policy(),
+        &remembering,
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.points_read, 0);
+    assert_eq!(second.points_kept, first.points_kept);
+    assert_eq!((second.objects_written, second.objects_deleted), (0, 0));
+    assert_eq!(known.len(), first.points_kept);
+    assert_eq!(point_seqs(&vault).await, expected_kept());
+    every_point_restores(&vault, "after two remembering runs").await;
 }
 
 /// A second vault with the same history (the same seeded model).

@@ -31,6 +31,7 @@ use uuid::Uuid;
 use super::plan::{plan, PointKind, PointRef, Verdict};
 use super::records;
 use crate::base;
+use crate::points::KnownPoints;
 
 /// How long a pruned-point record stays: the longest window, so any restore tool asked for a
 /// point the window could have held can say why it is gone.
@@ -48,6 +49,9 @@ pub struct Options {
     /// Where the scratch file of a new base goes (sparse; it holds only the chunks the log
     /// touched since the older base, and is removed at the end, also on failure).
     pub scratch_dir: PathBuf,
+    /// Points read by earlier runs (ferryd keeps them from run to run); without it every
+    /// point of every disk is read from storage each run.
+    pub known_points: Option<Arc<KnownPoints>>,
 }
 
 /// A dropped point, as the summary lists it.
@@ -74,6 +78,9 @@ pub struct DiskSummary {
     pub dropped: Vec<DroppedPoint>,
     /// Pinned points older than the window: the policy cannot be met while they are pinned.
     pub pinned_beyond_window: Vec<String>,
+    /// Points read from storage (the others were known from an earlier run).
+    #[serde(default)]
+    pub points_read: usize,
     pub objects_written: u64,
     pub objects_deleted: u64,
     pub stored_bytes_before: u64,
@@ -205,7 +212,19 @@ pub async fn consolidate_disk(
         summary.deferred = Some("a reprotected disk (replicating back after a failover) is not consolidated".into());
         return Ok(summary);
     }
-    let points = crate::points::read_all(&storage, &key, disk_id, parallel).await?;
+    let history = crate::owners::History::read(&*storage, &key, disk_id).await?;
+    let point_names = crate::points::list_names(&*storage, &history, disk_id).await?;
+    let (points, points_read) = match &options.known_points {
+        Some(known) => known.read(&storage, &key, disk_id, point_names, parallel).await?,
+        None => {
+            let read = point_names.len();
+            (
+                crate::points::read_named(&storage, &key, point_names, parallel).await?,
+                read,
+            )
+        }
+    };
+    summary.points_read = points_read;
     let refs: Vec<PointRef> = points
         .iter()
         .map(|(_, p)| PointRef {
