@@ -206,6 +206,12 @@ fn options(vault: &Vault) -> Options {
     }
 }
 
+async fn consolidate_with(vault: &Vault, options: &Options) -> DiskSummary {
+    consolidate_disk(vault.storage.clone(), &vault.keyring, vault.disk_id, &policy(), options)
+        .await
+        .unwrap()
+}
+
 async fn consolidate(vault: &Vault, storage: Arc<dyn ObjectStorage>) -> anyhow::Result<DiskSummary> {
     consolidate_disk(storage, &vault.keyring, vault.disk_id, &policy(), &options(vault)).await
 }
@@ -481,15 +487,7 @@ async fn runs_that_remember_points_read_only_new_ones_and_decide_the_same() {
         known_points: Some(known.clone()),
         ..options(&vault)
     };
-    let first = consolidate_disk(
-        vault.storage.clone(),
-        &vault.keyring,
-        vault.disk_id,
-        &policy(),
-        &remembering,
-    )
-    .await
-    .unwrap();
+    let first = consolidate_with(&vault, &remembering).await;
     assert_eq!(
         first.points_read, BATCHES as usize,
         "nothing known yet: every point is read"
@@ -505,15 +503,7 @@ async fn runs_that_remember_points_read_only_new_ones_and_decide_the_same() {
 
     // The next run reads no point, and finds nothing left to do; what it remembers now is
     // the kept points only (the dropped ones are gone from storage and from memory).
-    let second = consolidate_disk(
-        vault.storage.clone(),
-        &vault.keyring,
-        vault.disk_id,
-        &policy(),
-        &remembering,
-    )
-    .await
-    .unwrap();
+    let second = consolidate_with(&vault, &remembering).await;
     assert_eq!(second.points_read, 0);
     assert_eq!(second.points_kept, first.points_kept);
     assert_eq!((second.objects_written, second.objects_deleted), (0, 0));
