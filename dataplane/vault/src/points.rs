@@ -1,5 +1,6 @@
-//! A disk's recovery points (FORMATS.md section 4): reading them all, and choosing one the way
-//! `ferryctl restore` and `ferryctl failover` are asked to ([`Selector`]).
+//! A disk's recovery points (FORMATS.md section 4): reading them all (or only those not read
+//! before, [`KnownPoints`]), and choosing one the way `ferryctl restore` and `ferryctl
+//! failover` are asked to ([`Selector`]).
 
 use anyhow::{bail, Context, Result};
 use ferry_format::names::ObjectName;
