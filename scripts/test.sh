@@ -26,6 +26,9 @@ cargo test --workspace --locked --bench '*'
 echo "== doc tests"
 cargo test --workspace --locked --doc
 
+echo "== API docs (broken or private intra-doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 # The Debian packages' whole life (build, lintian, install, init, replicate, upgrade, purge):
 # it installs system-wide, so it runs where this is a Debian-like machine run as root, with
 # the tools it needs installed here first.

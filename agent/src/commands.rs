@@ -3,8 +3,8 @@
 //! command to the run loop, which carries it out as its next round (replicate.rs) and reports
 //! the outcome back.
 //!
-//! Bounded: at most [`BUFFERED`] commands wait for the run loop (the poll waits for room); a
-//! failed poll is retried after [`RETRY`] (after [`RETRY_UNSERVED`] when the appliance does
+//! Bounded: at most `BUFFERED` commands wait for the run loop (the poll waits for room); a
+//! failed poll is retried after `RETRY` (after `RETRY_UNSERVED` when the appliance does
 //! not serve commands at all).
 
 use ferry_client::commands::{Command, CommandOutcome, Commands};

@@ -24,7 +24,7 @@ pub enum RetentionCommand {
     /// Consolidate now: prune points the policy drops, write bases, delete what no kept point
     /// needs (asks ferryd when it runs; works with ferryd stopped).
     Run(RunArgs),
-    /// Override the policy for one disk (unset keys follow [retention]; --clear removes them).
+    /// Override the policy for one disk (unset keys follow `[retention]`; --clear removes them).
     Set(SetArgs),
 }
 
@@ -65,7 +65,7 @@ pub struct SetArgs {
     pub app_every: Option<Span>,
     #[arg(long, value_name = "BYTES")]
     pub chunk_bytes: Option<u64>,
-    /// Remove the disk's overrides (it follows [retention] again).
+    /// Remove the disk's overrides (it follows `[retention]` again).
     #[arg(long, conflicts_with_all = ["window", "keep_all", "crash_every", "app_every", "chunk_bytes"])]
     pub clear: bool,
 }

@@ -118,7 +118,7 @@ pub struct SizeArgs {
     /// holds that much churn).
     #[arg(long, default_value_t = 4.0, value_name = "HOURS")]
     pub outage_hours: f64,
-    /// Hours of changes the vault keeps (ferry.toml [retention] window).
+    /// Hours of changes the vault keeps (ferry.toml `[retention]` window).
     #[arg(long, default_value_t = 24.0, value_name = "HOURS")]
     pub retention_hours: f64,
     /// Cores of one process server VM.

@@ -18,7 +18,7 @@ pub struct TargetArgs {
     /// Azure Blob container.
     #[arg(long, value_name = "NAME", requires = "azure_account")]
     pub azure_container: Option<String>,
-    /// Account URL, e.g. http://127.0.0.1:10000/devstoreaccount1 for Azurite (default https://NAME.blob.core.windows.net).
+    /// Account URL, e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite (default `https://NAME.blob.core.windows.net`).
     #[arg(long, value_name = "URL")]
     pub azure_endpoint: Option<String>,
     /// File holding the storage account key (Shared Key).

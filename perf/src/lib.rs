@@ -6,7 +6,7 @@
 //! - [`scenario`]: a load scenario (TOML, every key also a flag).
 //! - [`server`]: the ferryd under test (started on a temporary appliance, or reached).
 //! - [`load`]: the simulated agents and disks.
-//! - [`histogram`]: bounded latency histograms.
+//! - latency histograms: bounded, from [`ferry_client::histogram`] (used by [`load`]).
 //! - [`run`]: a run from start to drained backlog, and its [`run::Report`].
 //! - [`report`]: the report as a table and an SVG plot.
 

@@ -58,7 +58,7 @@ pub struct Overload {
     /// says nothing about the pipeline). None when no poll saw the backlog that low.
     pub drain_mb_per_s: Option<f64>,
     /// Overload over drain (issue 11's goal: at least 0.9); None when the drain had less than
-    /// [`OVERLOAD_DRAIN_MEASURABLE`] of work.
+    /// `OVERLOAD_DRAIN_MEASURABLE` of work.
     pub vs_drain: Option<f64>,
 }
 
@@ -83,7 +83,7 @@ pub struct Report {
     /// "Sustained": uploaded bytes while the load ran, over the load's duration.
     pub sustained_upload_mb_per_s: f64,
     /// Uploaded bytes after the load stopped, over the drain time: the pipeline alone. None
-    /// when the backlog was too small to measure it (see [`DRAIN_MEASURABLE`]).
+    /// when the backlog was too small to measure it (see `DRAIN_MEASURABLE`).
     pub drain_upload_mb_per_s: Option<f64>,
     /// Sustained over drain (goal: at least 0.9; under 1 when ingest starves the pipeline).
     /// None when uploads were held during the load.

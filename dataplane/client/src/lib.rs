@@ -1,6 +1,6 @@
 //! The Ferry protocol client (PROTOCOL.md), shared by ferry-agent, ferry-perf and the tests.
 //!
-//! - [`register`]: makes a key pair and CSR locally, registers with the management endpoint
+//! - [`register()`]: makes a key pair and CSR locally, registers with the management endpoint
 //!   (pinning its certificate fingerprint, or trusting on first use), and returns the
 //!   machine's [`Identity`]; the private key never leaves this process.
 //! - [`DataClient`]: the data endpoint over HTTPS (HTTP/2 when offered) with the machine's

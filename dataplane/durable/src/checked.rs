@@ -34,7 +34,7 @@ pub fn write<T: Serialize>(path: &Path, magic: [u8; 8], version: u32, value: &T)
     crate::replace(path, &bytes).map_err(io_error)
 }
 
-/// The bytes [`write`] writes: header and JSON body (also one slot of [`crate::two_slots`]).
+/// The bytes [`write()`] writes: header and JSON body (also one slot of [`crate::two_slots`]).
 pub fn encode<T: Serialize>(magic: [u8; 8], version: u32, value: &T) -> io::Result<Vec<u8>> {
     let body = serde_json::to_vec(value).map_err(io::Error::other)?;
     if body.len() > STATE_FILE_MAX_BODY {
@@ -50,7 +50,7 @@ pub fn encode<T: Serialize>(magic: [u8; 8], version: u32, value: &T) -> io::Resu
     Ok(bytes)
 }
 
-/// Reads a file written by [`write`], checking magic, version, length and CRC.
+/// Reads a file written by [`write()`], checking magic, version, length and CRC.
 pub fn read<T: DeserializeOwned>(path: &Path, magic: [u8; 8], version: u32) -> Result<T, StateFileError> {
     let display = path.display().to_string();
     let bytes = fs::read(path).map_err(|source| StateFileError::Io {

@@ -9,7 +9,7 @@
 //!         slot (an older, longer record's tail) is not read: the header gives the length
 //! ```
 //!
-//! Generation g goes to slot g mod 2 and is `fdatasync`ed before [`write`] returns. A crash
+//! Generation g goes to slot g mod 2 and is `fdatasync`ed before [`write()`] returns. A crash
 //! mid-write can tear only the slot being written, whose other slot holds generation g − 1,
 //! the state before this write; [`read_latest`] returns the valid slot with the higher
 //! generation. Generations are the caller's: each write must use the last one written (or

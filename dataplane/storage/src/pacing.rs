@@ -16,7 +16,7 @@
 //! Callers are admitted first come, first served (a fair async lock is held while waiting),
 //! so many concurrent uploads share the rate without starving one another. The rate can change
 //! at any time (`ferryctl tune`, or the schedule's hours); a waiter re-reads it at least every
-//! [`RECHECK`], so lifting the cap releases waiters promptly. It runs on tokio's clock, so unit
+//! `RECHECK`, so lifting the cap releases waiters promptly. It runs on tokio's clock, so unit
 //! tests check it in paused time; an end-to-end test checks the real binary in wall-clock time.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -25,8 +25,8 @@
 //!   epoch the cache holds the disk in; work of an epoch the disk is no longer in (taken over
 //!   meanwhile) is dropped, work waiting on a lapsed renewal waits.
 //! - **Pacing**: while the pipeline is quiet (less than a change set in flight, nothing
-//!   queued, no disk filling change sets by size, [`is_quiet`]) the coordinator's cycles start
-//!   at least [`QUIET_CYCLE`] apart, so many quiet disks' events are served in groups rather
+//!   queued, no disk filling change sets by size, `is_quiet`) the coordinator's cycles start
+//!   at least `QUIET_CYCLE` apart, so many quiet disks' events are served in groups rather
 //!   than one wake-up each.
 //! - **Memory**: change sets between cut and stored (their plaintext until sealed, then their
 //!   sealed bytes) stay within their share of `memory_budget_bytes` ([`crate::memory_budget`];
