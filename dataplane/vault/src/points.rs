@@ -117,14 +117,29 @@ pub const KNOWN_POINTS_MAX: usize = 100_000;
 /// points again and again (ferryd's consolidation, every `run_every`): a point object is
 /// written only where none is and never changed, so a name listed again need not be read
 /// again. After each read a disk's entry holds exactly the points listed (deleted ones are
-/// forgotten). Bounded: a disk whose points would take the whole past [`KNOWN_POINTS_MAX`] is
-/// not kept, and its points are read every time.
-#[derive(Debug, Default)]
+/// forgotten). Bounded: a disk whose points would take the whole past its limit
+/// ([`KNOWN_POINTS_MAX`] by default) is not kept, and its points are read every time.
+#[derive(Debug)]
 pub struct KnownPoints {
     disks: std::sync::Mutex<HashMap<Uuid, HashMap<String, RecoveryPoint>>>,
+    limit: usize,
+}
+
+impl Default for KnownPoints {
+    fn default() -> Self {
+        Self::with_limit(KNOWN_POINTS_MAX)
+    }
 }
 
 impl KnownPoints {
+    /// Keeping at most `limit` points over every disk (tests use a small one).
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            disks: Default::default(),
+            limit,
+        }
+    }
+
     fn disks(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, HashMap<String, RecoveryPoint>>> {
         self.disks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -158,7 +173,7 @@ impl KnownPoints {
         let mut disks = self.disks();
         disks.remove(&disk_id);
         let others: usize = disks.values().map(HashMap::len).sum();
-        if others + points.len() <= KNOWN_POINTS_MAX {
+        if others + points.len() <= self.limit {
             disks.insert(disk_id, points.iter().cloned().collect());
         }
         Ok((points, read))

@@ -510,6 +510,17 @@ async fn runs_that_remember_points_read_only_new_ones_and_decide_the_same() {
     assert_eq!(known.len(), first.points_kept);
     assert_eq!(point_seqs(&vault).await, expected_kept());
     every_point_restores(&vault, "after two remembering runs").await;
+
+    // Past its limit the memory keeps nothing of a disk, and its points are read every run.
+    let small = Arc::new(KnownPoints::with_limit(first.points_kept - 1));
+    let bounded = Options {
+        known_points: Some(small.clone()),
+        ..options(&vault)
+    };
+    for _ in 0..2 {
+        assert_eq!(consolidate_with(&vault, &bounded).await.points_read, first.points_kept);
+        assert!(small.is_empty());
+    }
 }
 
 /// A second vault with the same history (the same seeded model).
