@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use ferry_format::names::ObjectName;
 use ferry_format::plaintexts::RecoveryPoint;
 use ferry_format::ObjectKey;
-use ferry_storage::{list_all, ObjectMeta, ObjectStorage};
+use ferry_storage::{list_all, ObjectStorage};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,29 +24,23 @@ pub async fn read_all(
     read_named(storage, key, names, parallel).await
 }
 
-/// The names of the disk's recovery points that count under `history`.
+/// The names of the disk's recovery points that count: those whose epoch owned their seq
+/// under `history` ([`crate::owners`]).
 pub async fn list_names(
     storage: &dyn ObjectStorage,
     history: &crate::owners::History,
     disk_id: Uuid,
 ) -> Result<Vec<String>> {
-    let listed = list_all(storage, &ObjectName::disk_prefix(disk_id, "points/"))
+    Ok(list_all(storage, &ObjectName::disk_prefix(disk_id, "points/"))
         .await
-        .context("cannot list the recovery points")?;
-    Ok(names_from_listing(&listed, history))
-}
-
-/// The names of the recovery points in a listing of one disk's objects (of `points/` or of
-/// the whole disk): those whose epoch owned their seq ([`crate::owners`]).
-pub fn names_from_listing(listed: &[ObjectMeta], history: &crate::owners::History) -> Vec<String> {
-    listed
-        .iter()
-        .filter(|meta| match ObjectName::parse(&meta.name) {
+        .context("cannot list the recovery points")?
+        .into_iter()
+        .map(|meta| meta.name)
+        .filter(|name| match ObjectName::parse(name) {
             Ok(ObjectName::Point { epoch, seq, .. }) => history.counts(epoch, seq, seq),
             _ => false,
         })
-        .map(|meta| meta.name.clone())
-        .collect()
+        .collect())
 }
 
 /// The recovery points named, read `parallel` at once, by seq.
