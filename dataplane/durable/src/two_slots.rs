@@ -9,7 +9,8 @@
 //!         slot (an older, longer record's tail) is not read: the header gives the length
 //! ```
 //!
-//! Generation g goes to slot g mod 2 and is `fdatasync`ed before [`write()`] returns. A crash
+//! Generation g goes to slot g mod 2 and is `fdatasync`ed before [`write()`] returns (or, with
+//! [`write_unsynced`], made durable by the caller before it writes the file again). A crash
 //! mid-write can tear only the slot being written, whose other slot holds generation g − 1,
 //! the state before this write; [`read_latest`] returns the valid slot with the higher
 //! generation. Generations are the caller's: each write must use the last one written (or
@@ -41,6 +42,36 @@ pub fn write<T: Serialize>(
     generation: u64,
     value: &T,
 ) -> io::Result<bool> {
+    let record = encode(path, slot_bytes, magic, version, generation, value)?;
+    let (file, created) = write_slot(path, slot_bytes, &record, generation)?;
+    file.sync_data()?;
+    Ok(created)
+}
+
+/// [`write()`] without its `fdatasync`, for a caller that makes many such files durable at
+/// once (one `syncfs` of their file system). Until that returns, the record may be lost or
+/// torn by a crash, and the caller must not write `path` again nor act on the new value.
+pub fn write_unsynced<T: Serialize>(
+    path: &Path,
+    slot_bytes: usize,
+    magic: [u8; 8],
+    version: u32,
+    generation: u64,
+    value: &T,
+) -> io::Result<bool> {
+    let record = encode(path, slot_bytes, magic, version, generation, value)?;
+    let (_, created) = write_slot(path, slot_bytes, &record, generation)?;
+    Ok(created)
+}
+
+fn encode<T: Serialize>(
+    path: &Path,
+    slot_bytes: usize,
+    magic: [u8; 8],
+    version: u32,
+    generation: u64,
+    value: &T,
+) -> io::Result<Vec<u8>> {
     let record = checked::encode(magic, version, &Slotted { generation, value })?;
     if record.len() > slot_bytes {
         return Err(io::Error::other(format!(
@@ -49,10 +80,13 @@ pub fn write<T: Serialize>(
             record.len()
         )));
     }
+    Ok(record)
+}
+
+fn write_slot(path: &Path, slot_bytes: usize, record: &[u8], generation: u64) -> io::Result<(File, bool)> {
     let (file, created) = open_or_create(path, slot_bytes)?;
-    file.write_all_at(&record, (generation % 2) * slot_bytes as u64)?;
-    file.sync_data()?;
-    Ok(created)
+    file.write_all_at(record, (generation % 2) * slot_bytes as u64)?;
+    Ok((file, created))
 }
 
 fn open_or_create(path: &Path, slot_bytes: usize) -> io::Result<(File, bool)> {
@@ -116,7 +150,8 @@ mod tests {
         assert!(write(&path, SLOT, MAGIC, 1, 1, &"one".to_string()).unwrap(), "created");
         assert!(!write(&path, SLOT, MAGIC, 1, 2, &"two".to_string()).unwrap());
         assert!(!write(&path, SLOT, MAGIC, 1, 3, &"three, longer".to_string()).unwrap());
-        assert!(!write(&path, SLOT, MAGIC, 1, 4, &"4".to_string()).unwrap());
+        // Unsynced (the caller syncs the file system): placed the same way.
+        assert!(!write_unsynced(&path, SLOT, MAGIC, 1, 4, &"4".to_string()).unwrap());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * SLOT as u64);
         assert_eq!(
             read_latest::<String>(&path, SLOT, MAGIC, 1, |_| true).unwrap(),

@@ -12,7 +12,7 @@
 //! The leased object is created empty when it does not exist. Azure keeps the lease on the blob
 //! itself (Lease Blob, `azure.rs`); the local directory emulates it in the object's content, a
 //! small JSON `{"lease_id", "expires_unix_ms"}` read and rewritten under an exclusive `flock`
-//! (this module). A local target shared by several process servers (NFS) relies on their
+//! (this module), and made durable before a grant by the local writer thread's `syncfs` round. A local target shared by several process servers (NFS) relies on their
 //! clocks agreeing to within a few seconds, as docs/SCALE-OUT.md says.
 
 use serde::{Deserialize, Serialize};
@@ -101,10 +101,25 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The local directory's lease on the object at `path` (made, with its directories, by the
-/// caller's `ensure_parent`), decided under an exclusive `flock` of the file itself and
-/// written back with an fsync before the answer.
-pub(crate) fn local_lease(path: &Path, op: &LeaseOp) -> io::Result<LeaseAnswer> {
+/// What [`local_lease`] decided.
+pub(crate) enum LocalLeaseOutcome {
+    /// Nothing was rewritten (refused, or released already): the answer stands.
+    Final(LeaseAnswer),
+    /// The record was rewritten, not yet durably: `Granted` once a `syncfs` of its file
+    /// system (or an fsync of the file) that started after this call has returned.
+    GrantedOnceDurable,
+}
+
+/// The local directory's lease on the object at `path` (its directories made by the
+/// caller), decided and rewritten under an exclusive `flock` of the file itself. An answer
+/// that changed nothing (refused, or released already) is final; a rewritten record is
+/// granted only once durable, by the caller (the local writer thread: one `syncfs` round for
+/// the leases and puts of a group, see `local_writer.rs`). The lock is not held until then:
+/// holding it across a round could deadlock two writers on one directory, each waiting for a
+/// record the other holds. Another caller may so act on a record that a crash then loses:
+/// refused by an acquire or renewal that never took effect (the caller asks again later), or
+/// granted after a release, in which case its own record, written after, is what stays.
+pub(crate) fn local_lease(path: &Path, op: &LeaseOp) -> io::Result<LocalLeaseOutcome> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -116,7 +131,7 @@ pub(crate) fn local_lease(path: &Path, op: &LeaseOp) -> io::Result<LeaseAnswer> 
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     // An empty or unreadable record holds no lease (a crash while rewriting it is covered by
-    // the fsync below: the record is rewritten whole before any answer is given).
+    // the caller's sync: the record is rewritten whole before any answer is given).
     let held: LocalLease = serde_json::from_str(&text).unwrap_or_default();
     let now = now_unix_ms();
     let active = !held.lease_id.is_empty() && held.expires_unix_ms > now;
@@ -160,16 +175,19 @@ pub(crate) fn local_lease(path: &Path, op: &LeaseOp) -> io::Result<LeaseAnswer> 
             }
         }
     };
-    if let Some(next) = next {
-        write_record(&mut file, &next)?;
+    match next {
+        Some(next) => {
+            write_record(&mut file, &next)?;
+            debug_assert_eq!(answer, LeaseAnswer::Granted);
+            Ok(LocalLeaseOutcome::GrantedOnceDurable)
+        }
+        None => Ok(LocalLeaseOutcome::Final(answer)),
     }
-    Ok(answer)
 }
 
 fn write_record(file: &mut File, record: &LocalLease) -> io::Result<()> {
     let json = serde_json::to_vec(record).map_err(io::Error::other)?;
     file.set_len(0)?;
     file.seek(SeekFrom::Start(0))?;
-    file.write_all(&json)?;
-    file.sync_data()
+    file.write_all(&json)
 }

@@ -14,7 +14,8 @@
 //! Whole objects are written by one writer thread that groups the puts waiting
 //! ([`crate::local_writer`]), with O_DIRECT where the file system allows
 //! ([`crate::direct_write`]); paced puts, written a granted piece at a time, go through the
-//! page cache. Other blocking file I/O runs on tokio's blocking pool. Listing walks the
+//! page cache. Lease calls go through the same writer thread and share its `syncfs` rounds.
+//! Other blocking file I/O runs on tokio's blocking pool. Listing walks the
 //! directory tree below the prefix and sorts; it holds the names below that prefix in memory.
 
 use async_trait::async_trait;
@@ -153,7 +154,7 @@ fn fsync_directory(dir: &Path) -> io::Result<()> {
 
 /// Creates the missing directories between `root` and `dir` (mode 0700), fsyncing each new
 /// one into its parent so the object's path survives a power loss.
-fn create_directories_durably(root: &Path, dir: &Path) -> io::Result<()> {
+pub(crate) fn create_directories_durably(root: &Path, dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -457,15 +458,10 @@ impl ObjectStorage for LocalDirectory {
     async fn lease(&self, name: &str, op: crate::LeaseOp) -> Result<crate::LeaseAnswer, StorageError> {
         op.check(name)?;
         let path = self.path_of(name)?;
-        let root = self.root.clone();
-        blocking(Operation::Lease, name, move || {
-            if let Some(dir) = path.parent() {
-                create_directories_durably(&root, dir)?;
-            }
-            crate::lease::local_lease(&path, &op)
-        })
-        .await
-        .map_err(|(e, n)| map_io(Operation::Lease, &n, e))
+        self.writer
+            .lease(path, op)
+            .await
+            .map_err(|e| map_io(Operation::Lease, name, e))
     }
 
     async fn delete(&self, name: &str) -> Result<(), StorageError> {

@@ -2,19 +2,24 @@
 //! which takes every put waiting, writes each one's temporary file, makes them all durable
 //! with one `syncfs` round, renames (or links) them all, and answers each once a later round
 //! has made the names durable too: the next group's round when more puts are queued (so a
-//! steady flow costs one round per group), a round of its own when none are.
+//! steady flow costs one round per group), a round of its own when none are. Lease calls
+//! ([`crate::lease`]'s local emulation) go through the same queue: each is decided and its
+//! record rewritten in the group, and a rewritten one is answered after the group's round.
 //!
 //! Why a thread of its own: with hundreds of small disks (asr-sizing, issue 11 part 6) each
 //! put ran as a tokio blocking-pool task that waited on [`crate::group_sync`]'s rounds, so the
 //! pool grew to hundreds of threads woken together after every round, and context switches
 //! were a tenth of ferryd's CPU. Here a group of puts costs one or two `syncfs` calls and no
-//! handoffs but the answers.
+//! handoffs but the answers. Leases ran the same way, one blocking-pool thread and one
+//! `fdatasync` per call: ferryd renews every disk's lease every 20 s, which for 675 disks kept
+//! some 190 pool threads and about 360 context switches a second (docs/BENCHMARKS.md,
+//! sixteenth step).
 //!
-//! Durability is [`crate::local`]'s: nothing is renamed before its bytes are durable, and no
-//! put is answered before its name is. Errors are per put (one put's full disk fails that
-//! put), except a failed round, which fails every put it was to cover. Limits: at most
-//! [`QUEUE_DEPTH`] puts wait (a caller past that waits, asynchronously, for room) and a group
-//! takes at most [`GROUP_MAX_PUTS`] puts or [`GROUP_MAX_BYTES`] bytes; the bytes waiting are
+//! Durability is [`crate::local`]'s: nothing is renamed before its bytes are durable, no put is
+//! answered before its name is, and no lease is granted before its record is. Errors are per put (one put's full disk fails that
+//! put), except a failed round, which fails every put and lease it was to cover. Limits: at most
+//! [`QUEUE_DEPTH`] puts and leases wait (a caller past that waits, asynchronously, for room) and a group
+//! takes at most [`GROUP_MAX_PUTS`] calls or [`GROUP_MAX_BYTES`] bytes; the bytes waiting are
 //! the callers' own buffers, not copies. The thread ends when the last handle is dropped.
 
 use bytes::Bytes;
@@ -25,11 +30,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::group_sync::GroupSync;
+use crate::lease::{LeaseAnswer, LeaseOp, LocalLeaseOutcome};
 use crate::local::PendingObject;
 
-/// Puts waiting for the writer at most.
+/// Puts and leases waiting for the writer at most.
 pub const QUEUE_DEPTH: usize = 256;
-/// Puts in one group at most.
+/// Puts and leases in one group at most.
 pub const GROUP_MAX_PUTS: usize = 128;
 /// Bytes in one group at most (a group may pass it by its last put).
 pub const GROUP_MAX_BYTES: usize = 64 << 20;
@@ -51,10 +57,37 @@ struct PutJob {
     answer: oneshot::Sender<io::Result<bool>>,
 }
 
+struct LeaseJob {
+    path: PathBuf,
+    op: LeaseOp,
+    answer: oneshot::Sender<io::Result<LeaseAnswer>>,
+}
+
+#[derive(Debug)]
+enum Job {
+    Put(PutJob),
+    Lease(LeaseJob),
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Put(put) => put.data.len(),
+            Job::Lease(_) => 0,
+        }
+    }
+}
+
 /// A handle to the writer thread; clones share it.
 #[derive(Clone, Debug)]
 pub struct LocalWriter {
-    jobs: mpsc::Sender<PutJob>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for LeaseJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lease {} ({:?})", self.path.display(), self.op)
+    }
 }
 
 impl std::fmt::Debug for PutJob {
@@ -86,12 +119,21 @@ impl LocalWriter {
             answer,
         };
         let stopped = || io::Error::other("the local target's writer thread stopped");
-        self.jobs.send(job).await.map_err(|_| stopped())?;
+        self.jobs.send(Job::Put(job)).await.map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+
+    /// Runs the lease call `op` on the lease record at `path` (below the root), durably.
+    pub async fn lease(&self, path: PathBuf, op: LeaseOp) -> io::Result<LeaseAnswer> {
+        let (answer, answered) = oneshot::channel();
+        let job = LeaseJob { path, op, answer };
+        let stopped = || io::Error::other("the local target's writer thread stopped");
+        self.jobs.send(Job::Lease(job)).await.map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
 }
 
-fn run(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, mut queue: mpsc::Receiver<PutJob>) {
+fn run(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, mut queue: mpsc::Receiver<Job>) {
     // Puts whose names are in place but not yet durable: the next round covers them.
     let mut unsynced_names: Vec<PutJob> = Vec::new();
     loop {
@@ -111,14 +153,14 @@ fn run(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, mut queue:
     }
 }
 
-/// `first` and the puts queued behind it, within a group's limits.
-fn take_group(first: PutJob, queue: &mut mpsc::Receiver<PutJob>) -> Vec<PutJob> {
-    let mut bytes = first.data.len();
+/// `first` and the calls queued behind it, within a group's limits.
+fn take_group(first: Job, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut bytes = first.bytes();
     let mut group = vec![first];
     while group.len() < GROUP_MAX_PUTS && bytes < GROUP_MAX_BYTES {
         match queue.try_recv() {
             Ok(job) => {
-                bytes += job.data.len();
+                bytes += job.bytes();
                 group.push(job);
             }
             Err(_) => break,
@@ -131,35 +173,57 @@ fn take_group(first: PutJob, queue: &mut mpsc::Receiver<PutJob>) -> Vec<PutJob> 
 /// previous group's names (`unsynced_names`) durable, answer the previous group, then rename
 /// (or link) this group's objects into place. Returns the puts whose names now wait for the
 /// next round. Under a steady flow of puts that is one `syncfs` per group instead of two: a
-/// round makes one group's bytes and the group before's names durable at once. A put that
-/// failed on its own is answered at once; a failed round fails every put it was to cover.
+/// round makes one group's bytes and the group before's names durable at once. The group's
+/// leases are decided and their records rewritten before the round and granted after it. A
+/// call that failed on its own is answered at once; a failed round fails every call it was to
+/// cover.
 fn write_group(
     root: &std::path::Path,
     root_dir: &fs::File,
     sync: &GroupSync,
     unsynced_names: Vec<PutJob>,
-    group: Vec<PutJob>,
+    group: Vec<Job>,
 ) -> Vec<PutJob> {
     let mut written = Vec::with_capacity(group.len());
+    let mut leases_written = Vec::new();
     for job in group {
-        let pending = PendingObject::create(root, &job.path).and_then(|mut object| {
-            object.write_whole(&job.data)?;
-            Ok(object)
-        });
-        match pending {
-            Ok(object) => written.push((job, object)),
-            Err(e) => answer(job, Err(e)),
+        match job {
+            Job::Put(job) => {
+                let pending = PendingObject::create(root, &job.path).and_then(|mut object| {
+                    object.write_whole(&job.data)?;
+                    Ok(object)
+                });
+                match pending {
+                    Ok(object) => written.push((job, object)),
+                    Err(e) => answer(job, Err(e)),
+                }
+            }
+            Job::Lease(job) => match decide_lease(root, &job) {
+                Ok(LocalLeaseOutcome::Final(decided)) => {
+                    let _ = job.answer.send(Ok(decided));
+                }
+                Ok(LocalLeaseOutcome::GrantedOnceDurable) => leases_written.push(job),
+                Err(e) => {
+                    let _ = job.answer.send(Err(e));
+                }
+            },
         }
     }
-    if written.is_empty() && unsynced_names.is_empty() {
+    if written.is_empty() && unsynced_names.is_empty() && leases_written.is_empty() {
         return Vec::new();
     }
     if let Err(e) = sync.sync(root_dir) {
         fail_all(unsynced_names.into_iter(), &e);
         fail_all(written.into_iter().map(|(job, _)| job), &e);
+        for job in leases_written {
+            let _ = job.answer.send(Err(io::Error::new(e.kind(), e.to_string())));
+        }
         return Vec::new();
     }
     unsynced_names.into_iter().for_each(|job| answer(job, Ok(true)));
+    for job in leases_written {
+        let _ = job.answer.send(Ok(LeaseAnswer::Granted));
+    }
     // Renames and links, in queue order (two puts of one name: the later one stays).
     let mut named = Vec::with_capacity(written.len());
     for (job, mut object) in written {
@@ -178,6 +242,13 @@ fn write_group(
         }
     }
     named
+}
+
+fn decide_lease(root: &std::path::Path, job: &LeaseJob) -> io::Result<LocalLeaseOutcome> {
+    if let Some(dir) = job.path.parent() {
+        crate::local::create_directories_durably(root, dir)?;
+    }
+    crate::lease::local_lease(&job.path, &job.op)
 }
 
 fn fail_all(jobs: impl Iterator<Item = PutJob>, error: &io::Error) {
@@ -281,14 +352,14 @@ mod tests {
         let (b, mut b_answer) = job(dir.path().join("d/b"), b"b");
 
         // First group: its bytes are made durable, its name is in place, not yet answered.
-        let unsynced = write_group(dir.path(), &root_dir, &sync, Vec::new(), vec![a]);
+        let unsynced = write_group(dir.path(), &root_dir, &sync, Vec::new(), vec![Job::Put(a)]);
         assert_eq!(sync.rounds(), 1);
         assert_eq!(unsynced.len(), 1);
         assert!(a_answer.try_recv().is_err(), "answered before its name was durable");
         assert_eq!(fs::read(dir.path().join("d/a")).unwrap(), b"a");
 
         // The next group's round covers the first group's name: one round, and `a` answered.
-        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, vec![b]);
+        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, vec![Job::Put(b)]);
         assert_eq!(sync.rounds(), 2);
         assert!(a_answer.try_recv().unwrap().unwrap());
         assert!(b_answer.try_recv().is_err());
@@ -303,6 +374,99 @@ mod tests {
         // Nothing waiting, nothing to write: no round at all.
         assert!(write_group(dir.path(), &root_dir, &sync, Vec::new(), Vec::new()).is_empty());
         assert_eq!(sync.rounds(), 3);
+    }
+
+    const LEASE_A: &str = "00000000-0000-4000-8000-00000000000a";
+    const LEASE_B: &str = "00000000-0000-4000-8000-00000000000b";
+
+    fn lease_job(path: PathBuf, op: LeaseOp) -> (Job, oneshot::Receiver<io::Result<LeaseAnswer>>) {
+        let (answer, answered) = oneshot::channel();
+        (Job::Lease(LeaseJob { path, op, answer }), answered)
+    }
+
+    #[test]
+    fn leases_are_decided_in_the_group_and_share_its_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let root_dir = fs::File::open(dir.path()).unwrap();
+        let sync = GroupSync::default();
+        let (a, b) = (LEASE_A.to_string(), LEASE_B.to_string());
+        let acquire = |id: &String| LeaseOp::Acquire {
+            lease_id: id.clone(),
+            duration_secs: 60,
+        };
+        let record = dir.path().join("disks/d/lease");
+        // One group: a put, a's acquire, b's acquire of the same record (refused: a holds it
+        // now, though not yet durably), a's renewal of it, and an acquire of another record.
+        let (put, mut put_answer) = job(dir.path().join("d/o"), b"o");
+        let (first, mut first_answer) = lease_job(record.clone(), acquire(&a));
+        let (other, mut other_answer) = lease_job(record.clone(), acquire(&b));
+        let (renewal, mut renewal_answer) = lease_job(record.clone(), LeaseOp::Renew { lease_id: a.clone() });
+        let (elsewhere, mut elsewhere_answer) = lease_job(dir.path().join("disks/e/lease"), acquire(&b));
+
+        let unsynced = write_group(
+            dir.path(),
+            &root_dir,
+            &sync,
+            Vec::new(),
+            vec![Job::Put(put), first, other, renewal, elsewhere],
+        );
+        assert_eq!(sync.rounds(), 1, "one round for the put and every lease");
+        assert_eq!(unsynced.len(), 1, "the put's name waits for the next round");
+        assert!(put_answer.try_recv().is_err());
+        assert_eq!(first_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Granted);
+        assert_eq!(other_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Refused);
+        assert_eq!(renewal_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Granted);
+        assert_eq!(elsewhere_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Granted);
+        let held = fs::read_to_string(&record).unwrap();
+        assert!(held.contains(&a) && !held.contains(&b), "{held}");
+
+        // A lease whose record changes nothing is answered without a round.
+        let (again, mut again_answer) = lease_job(record.clone(), acquire(&b));
+        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, vec![again]);
+        assert!(unsynced.is_empty());
+        assert_eq!(sync.rounds(), 2, "the round that names the put");
+        assert_eq!(again_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Refused);
+        assert!(put_answer.try_recv().unwrap().unwrap());
+        let (refused, mut refused_answer) = lease_job(record, acquire(&b));
+        assert!(write_group(dir.path(), &root_dir, &sync, Vec::new(), vec![refused]).is_empty());
+        assert_eq!(sync.rounds(), 2, "no round for a refusal alone");
+        assert_eq!(refused_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Refused);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_leases_on_shared_records_through_two_writers_all_answer() {
+        // Two writer threads on one directory (two process servers on one local target), each
+        // with many calls on the same few records in flight: every call is answered (no lock
+        // held across a round, so no writer waits on the other), and each record ends held
+        // by exactly one of them.
+        let dir = tempfile::tempdir().unwrap();
+        let writers = [writer(dir.path()), writer(dir.path())];
+        let ids = [LEASE_A.to_string(), LEASE_B.to_string()];
+        let calls: Vec<_> = (0..200usize)
+            .map(|i| {
+                let writer = writers[i % 2].clone();
+                let lease_id = ids[i % 2].clone();
+                let path = dir.path().join(format!("disks/{}/lease", i % 5));
+                tokio::spawn(async move {
+                    let op = LeaseOp::Acquire {
+                        lease_id,
+                        duration_secs: 60,
+                    };
+                    writer.lease(path, op).await
+                })
+            })
+            .collect();
+        let mut granted = [0usize; 2];
+        for (i, call) in calls.into_iter().enumerate() {
+            if call.await.unwrap().unwrap() == LeaseAnswer::Granted {
+                granted[i % 2] += 1;
+            }
+        }
+        for record in 0..5 {
+            let held = fs::read_to_string(dir.path().join(format!("disks/{record}/lease"))).unwrap();
+            assert!(held.contains(&ids[0]) != held.contains(&ids[1]), "{held}");
+        }
+        assert!(granted[0] + granted[1] >= 5, "{granted:?}");
     }
 
     fn walk(dir: &std::path::Path) -> Vec<String> {

@@ -16,8 +16,9 @@
 //! behind a cut are never overwritten in part and later mistaken for records.
 //!
 //! **Release.** A disk's batches leave the cache only through [`Cache::release`] (the upload
-//! pipeline says they are in storage). The watermark is persisted first; a segment file is
-//! deleted only once every record in it is released.
+//! pipeline says they are in storage). The watermark is persisted first (the watermarks of
+//! disks released together by one `syncfs`); a segment file is deleted only once every record
+//! in it is released.
 //!
 //! **Bounds.** The write queue holds at most [`WRITE_QUEUE_DEPTH`] batches and one group at
 //! most [`GROUP_MAX_BYTES`]; segment files never exceed `limit_bytes` in total (at the limit
@@ -62,6 +63,13 @@ const RELEASE_VERSION: u32 = 1;
 /// One slot of a `.release` file: a record with [`RECENT_CRCS`] pairs of the largest numbers
 /// is about 36 KiB of JSON.
 const RELEASE_SLOT_BYTES: usize = 48 << 10;
+/// Disks released together from which their watermarks are made durable by one `syncfs` of
+/// the cache's file system rather than an `fdatasync` each. Why: with hundreds of small disks
+/// the releaser made about a hundred `fdatasync`s a second, each a journal commit and a sleep
+/// (asr-sizing, docs/BENCHMARKS.md sixteenth step). A `syncfs` writes back whatever else is
+/// dirty on that file system too, which on an appliance is the cache alone (its segments are
+/// written with O_DIRECT and fdatasynced already).
+const RELEASES_SYNCED_TOGETHER: usize = 2;
 
 #[derive(Clone, Debug)]
 pub struct CacheOptions {
@@ -696,8 +704,9 @@ impl Cache {
     }
 
     /// [`Cache::release`] for several disks at once: each disk's watermark is rewritten in
-    /// place in its `.release` file (one `fdatasync` each; no new file, no rename, no
-    /// directory fsync but for a disk's first release). One result per request, in order; a
+    /// place in its `.release` file (no new file, no rename, no directory fsync but for a
+    /// disk's first release), made durable by one `fdatasync` for a lone disk or one `syncfs`
+    /// for several. One result per request, in order; a
     /// disk's failure leaves its batches cached and the others released.
     pub fn release_many(&self, requests: &[Release]) -> Vec<Result<(), CacheError>> {
         let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -744,12 +753,19 @@ impl Cache {
                 ));
             }
         }
-        // The watermarks are durable before any record is forgotten or any file deleted.
+        // The watermarks are durable before any record is forgotten or any file deleted: one
+        // `fdatasync` for a lone disk, one `syncfs` for several (see RELEASES_SYNCED_TOGETHER).
+        let synced_together = planned.len() >= RELEASES_SYNCED_TOGETHER;
         let mut written = Vec::with_capacity(planned.len());
         let mut created = Vec::new();
         for (index, generation, record) in planned {
             let path = disks_dir.join(format!("{}.release", requests[index].disk_id));
-            match ferry_durable::two_slots::write(
+            let write = if synced_together {
+                ferry_durable::two_slots::write_unsynced
+            } else {
+                ferry_durable::two_slots::write
+            };
+            match write(
                 &path,
                 RELEASE_SLOT_BYTES,
                 RELEASE_MAGIC,
@@ -766,7 +782,19 @@ impl Cache {
                 Err(source) => results[index] = Err(CacheError::Io { path, source }),
             }
         }
-        if !created.is_empty() {
+        if synced_together && !written.is_empty() {
+            // One round for the data of every file written above and for their names.
+            let synced = std::fs::File::open(&disks_dir).and_then(|dir| rustix::fs::syncfs(&dir).map_err(Into::into));
+            if let Err(source) = synced {
+                for (index, _, _) in &written {
+                    results[*index] = Err(CacheError::Io {
+                        path: disks_dir.clone(),
+                        source: std::io::Error::new(source.kind(), format!("syncfs: {source}")),
+                    });
+                }
+                written.clear();
+            }
+        } else if !created.is_empty() {
             // A first release's file name, like a rename, is durable with its directory.
             if let Err(source) = ferry_durable::fsync_dir(&disks_dir) {
                 for index in &created {
