@@ -42,8 +42,7 @@ pub fn write<T: Serialize>(
     generation: u64,
     value: &T,
 ) -> io::Result<bool> {
-    let record = encode(path, slot_bytes, magic, version, generation, value)?;
-    let (file, created) = write_slot(path, slot_bytes, &record, generation)?;
+    let (file, created) = place(path, slot_bytes, magic, version, generation, value)?;
     file.sync_data()?;
     Ok(created)
 }
@@ -59,19 +58,18 @@ pub fn write_unsynced<T: Serialize>(
     generation: u64,
     value: &T,
 ) -> io::Result<bool> {
-    let record = encode(path, slot_bytes, magic, version, generation, value)?;
-    let (_, created) = write_slot(path, slot_bytes, &record, generation)?;
-    Ok(created)
+    place(path, slot_bytes, magic, version, generation, value).map(|(_, created)| created)
 }
 
-fn encode<T: Serialize>(
+/// Encodes the record and writes it into its slot: the open file, and whether it was created.
+fn place<T: Serialize>(
     path: &Path,
     slot_bytes: usize,
     magic: [u8; 8],
     version: u32,
     generation: u64,
     value: &T,
-) -> io::Result<Vec<u8>> {
+) -> io::Result<(File, bool)> {
     let record = checked::encode(magic, version, &Slotted { generation, value })?;
     if record.len() > slot_bytes {
         return Err(io::Error::other(format!(
@@ -80,12 +78,8 @@ fn encode<T: Serialize>(
             record.len()
         )));
     }
-    Ok(record)
-}
-
-fn write_slot(path: &Path, slot_bytes: usize, record: &[u8], generation: u64) -> io::Result<(File, bool)> {
     let (file, created) = open_or_create(path, slot_bytes)?;
-    file.write_all_at(record, (generation % 2) * slot_bytes as u64)?;
+    file.write_all_at(&record, (generation % 2) * slot_bytes as u64)?;
     Ok((file, created))
 }
 
