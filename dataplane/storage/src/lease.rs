@@ -12,8 +12,9 @@
 //! The leased object is created empty when it does not exist. Azure keeps the lease on the blob
 //! itself (Lease Blob, `azure.rs`); the local directory emulates it in the object's content, a
 //! small JSON `{"lease_id", "expires_unix_ms"}` read and rewritten under an exclusive `flock`
-//! (this module), and made durable before a grant by the local writer thread's `syncfs` round. A local target shared by several process servers (NFS) relies on their
-//! clocks agreeing to within a few seconds, as docs/SCALE-OUT.md says.
+//! (this module), and made durable before a grant by the local writer thread's `syncfs` round.
+//! A local target shared by several process servers (NFS) relies on their clocks agreeing to
+//! within a few seconds, as docs/SCALE-OUT.md says.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};

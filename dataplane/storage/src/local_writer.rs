@@ -16,11 +16,12 @@
 //! sixteenth step).
 //!
 //! Durability is [`crate::local`]'s: nothing is renamed before its bytes are durable, no put is
-//! answered before its name is, and no lease is granted before its record is. Errors are per put (one put's full disk fails that
-//! put), except a failed round, which fails every put and lease it was to cover. Limits: at most
-//! [`QUEUE_DEPTH`] puts and leases wait (a caller past that waits, asynchronously, for room) and a group
-//! takes at most [`GROUP_MAX_PUTS`] calls or [`GROUP_MAX_BYTES`] bytes; the bytes waiting are
-//! the callers' own buffers, not copies. The thread ends when the last handle is dropped.
+//! answered before its name is, and no lease is granted before its record is. Errors are per
+//! call (one put's full disk fails that put), except a failed round, which fails every put and
+//! lease it was to cover. Limits: at most [`QUEUE_DEPTH`] puts and leases wait (a caller past
+//! that waits, asynchronously, for room) and a group takes at most [`GROUP_MAX_PUTS`] calls or
+//! [`GROUP_MAX_BYTES`] bytes; the bytes waiting are the callers' own buffers, not copies. The
+//! thread ends when the last handle is dropped.
 
 use bytes::Bytes;
 use std::fs;

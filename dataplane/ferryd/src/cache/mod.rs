@@ -63,8 +63,8 @@ const RELEASE_VERSION: u32 = 1;
 /// One slot of a `.release` file: a record with [`RECENT_CRCS`] pairs of the largest numbers
 /// is about 36 KiB of JSON.
 const RELEASE_SLOT_BYTES: usize = 48 << 10;
-/// Disks released together from which their watermarks are made durable by one `syncfs` of
-/// the cache's file system rather than an `fdatasync` each. Why: with hundreds of small disks
+/// How many disks released together make their watermarks durable by one `syncfs` of the
+/// cache's file system rather than an `fdatasync` each. Why: with hundreds of small disks
 /// the releaser made about a hundred `fdatasync`s a second, each a journal commit and a sleep
 /// (asr-sizing, docs/BENCHMARKS.md sixteenth step). A `syncfs` writes back whatever else is
 /// dirty on that file system too, which on an appliance is the cache alone (its segments are
@@ -706,8 +706,8 @@ impl Cache {
     /// [`Cache::release`] for several disks at once: each disk's watermark is rewritten in
     /// place in its `.release` file (no new file, no rename, no directory fsync but for a
     /// disk's first release), made durable by one `fdatasync` for a lone disk or one `syncfs`
-    /// for several. One result per request, in order; a
-    /// disk's failure leaves its batches cached and the others released.
+    /// for several. One result per request, in order; a disk's failure leaves its batches
+    /// cached and the others released.
     pub fn release_many(&self, requests: &[Release]) -> Vec<Result<(), CacheError>> {
         let _releasing = self.shared.release_lock.lock().unwrap_or_else(|p| p.into_inner());
         let disks_dir = self.shared.disks_dir();
