@@ -74,6 +74,7 @@ both_engines!(
     admission_rules,
     release_persists_and_deletes_segments,
     releases_of_many_disks_are_made_durable_together,
+    a_failed_release_sync_keeps_the_batches_and_no_release_file,
     full_cache_refuses_then_resumes,
     torn_tail_is_cut_and_reported,
     second_open_is_locked,
@@ -331,6 +332,53 @@ async fn releases_of_many_disks_are_made_durable_together(engine: CacheEngine) {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(names.is_empty(), "no temporary file stays: {names:?}");
+}
+
+async fn a_failed_release_sync_keeps_the_batches_and_no_release_file(engine: CacheEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let disks: Vec<Uuid> = (1..=2).map(Uuid::from_u128).collect();
+    let release = |disk_id, through_seq| Release {
+        disk_id,
+        through_seq,
+        epoch: 0,
+    };
+    let release_file = |disk: Uuid| dir.path().join(format!("cache/disks/{disk}.release"));
+    {
+        let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+        for disk in &disks {
+            cache.create_disk(meta(*disk)).unwrap();
+            for seq in 1..=5 {
+                store(&cache, *disk, &batch(seq, 8, 0)).await.unwrap();
+            }
+        }
+        // Several disks: their one `syncfs` fails.
+        cache.fail_next_release_sync();
+        let results = cache.release_many(&[release(disks[0], 3), release(disks[1], 3)]);
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        // A lone disk's first release: its directory fsync fails.
+        cache.fail_next_release_sync();
+        assert!(cache.release(disks[0], 2, 0).is_err());
+        for disk in &disks {
+            assert_eq!(cache.disk(*disk).unwrap().released_through, 0, "nothing released");
+            assert!(cache.read_batch(*disk, 1).unwrap().is_some(), "the batches stay cached");
+            assert!(
+                !release_file(*disk).exists(),
+                "no release file whose name may not be durable is left"
+            );
+        }
+        // The next attempts succeed and make the new files' names durable.
+        assert!(cache.release(disks[0], 2, 0).is_ok());
+        let results = cache.release_many(&[release(disks[0], 3), release(disks[1], 4)]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        cache.shutdown();
+    }
+    let (cache, _) = Cache::open(options(dir.path(), engine, 64)).unwrap();
+    let after: Vec<u64> = disks.iter().map(|d| cache.disk(*d).unwrap().released_through).collect();
+    assert_eq!(
+        after,
+        [3, 4],
+        "the watermarks written after the failures survive a restart"
+    );
 }
 
 async fn full_cache_refuses_then_resumes(engine: CacheEngine) {

@@ -327,6 +327,9 @@ pub(crate) struct Shared {
     durable: Arc<tokio::sync::Notify>,
     state: Mutex<State>,
     release_lock: Mutex<()>,
+    /// Fault injection for tests ([`Cache::fail_next_release_sync`]): the next release's
+    /// `syncfs` or directory fsync fails.
+    release_sync_fault: std::sync::atomic::AtomicBool,
     engine_name: &'static str,
 }
 
@@ -401,6 +404,7 @@ impl Cache {
                 advanced: HashSet::new(),
             }),
             release_lock: Mutex::new(()),
+            release_sync_fault: std::sync::atomic::AtomicBool::new(false),
             durable: Arc::new(tokio::sync::Notify::new()),
             engine_name: engine.name(),
             limit_bytes: options.limit_bytes.into(),
@@ -755,11 +759,25 @@ impl Cache {
         }
         // The watermarks are durable before any record is forgotten or any file deleted: one
         // `fdatasync` for a lone disk, one `syncfs` for several (see RELEASES_SYNCED_TOGETHER).
+        // A disk's first release (generation 1, or a file that was missing) must also make the
+        // file's name durable; when that fails the file is removed (best effort), so neither a
+        // later release nor a restart takes a name that a crash could still lose.
         let synced_together = planned.len() >= RELEASES_SYNCED_TOGETHER;
+        let release_path = |index: usize| disks_dir.join(format!("{}.release", requests[index].disk_id));
+        let remove_new_files = |indices: &[usize]| {
+            for index in indices {
+                let _ = std::fs::remove_file(release_path(*index));
+            }
+        };
+        let fault = || {
+            self.shared
+                .release_sync_fault
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+        };
         let mut written = Vec::with_capacity(planned.len());
         let mut created = Vec::new();
         for (index, generation, record) in planned {
-            let path = disks_dir.join(format!("{}.release", requests[index].disk_id));
+            let path = release_path(index);
             let write = if synced_together {
                 ferry_durable::two_slots::write_unsynced
             } else {
@@ -774,17 +792,24 @@ impl Cache {
                 &record,
             ) {
                 Ok(new_file) => {
-                    if new_file {
+                    if new_file || generation == 1 {
                         created.push(index);
                     }
                     written.push((index, generation, record));
                 }
-                Err(source) => results[index] = Err(CacheError::Io { path, source }),
+                Err(source) => {
+                    if generation == 1 {
+                        remove_new_files(&[index]);
+                    }
+                    results[index] = Err(CacheError::Io { path, source });
+                }
             }
         }
         if synced_together && !written.is_empty() {
             // One round for the data of every file written above and for their names.
-            let synced = std::fs::File::open(&disks_dir).and_then(|dir| rustix::fs::syncfs(&dir).map_err(Into::into));
+            let synced = injected(fault(), "syncfs").and_then(|()| {
+                std::fs::File::open(&disks_dir).and_then(|dir| rustix::fs::syncfs(&dir).map_err(Into::into))
+            });
             if let Err(source) = synced {
                 for (index, _, _) in &written {
                     results[*index] = Err(CacheError::Io {
@@ -792,17 +817,20 @@ impl Cache {
                         source: std::io::Error::new(source.kind(), format!("syncfs: {source}")),
                     });
                 }
+                remove_new_files(&created);
                 written.clear();
             }
         } else if !created.is_empty() {
             // A first release's file name, like a rename, is durable with its directory.
-            if let Err(source) = ferry_durable::fsync_dir(&disks_dir) {
+            let synced = injected(fault(), "fsync").and_then(|()| ferry_durable::fsync_dir(&disks_dir));
+            if let Err(source) = synced {
                 for index in &created {
                     results[*index] = Err(CacheError::Io {
                         path: disks_dir.clone(),
                         source: std::io::Error::new(source.kind(), source.to_string()),
                     });
                 }
+                remove_new_files(&created);
                 written.retain(|(index, _, _)| !created.contains(index));
             }
         }
@@ -837,6 +865,16 @@ impl Cache {
             }
         }
         results
+    }
+
+    /// Fault injection, for tests only: the next [`Cache::release_many`] that syncs (a `syncfs`
+    /// for several disks, a directory fsync for a lone disk's first release) fails as if the
+    /// file system had reported an I/O error.
+    #[doc(hidden)]
+    pub fn fail_next_release_sync(&self) {
+        self.shared
+            .release_sync_fault
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Batch bytes of `disk_id` still in the cache (acknowledged, not yet released). Walks the
@@ -930,6 +968,14 @@ fn forget_entry(segments: &mut BTreeMap<u64, SegmentInfo>, resident_bytes: &mut 
 }
 
 /// Removes (from the state) segments with no live record that are not being written.
+/// An injected failure ([`Cache::fail_next_release_sync`]) of the named call, or nothing.
+fn injected(fault: bool, call: &str) -> std::io::Result<()> {
+    if fault {
+        return Err(std::io::Error::other(format!("{call}: injected failure (test)")));
+    }
+    Ok(())
+}
+
 fn take_empty_segments(state: &mut State) -> Vec<PathBuf> {
     let empty: Vec<u64> = state
         .segments
