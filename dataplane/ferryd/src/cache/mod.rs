@@ -967,15 +967,15 @@ fn forget_entry(segments: &mut BTreeMap<u64, SegmentInfo>, resident_bytes: &mut 
     }
 }
 
-/// Removes (from the state) segments with no live record that are not being written.
 /// An injected failure ([`Cache::fail_next_release_sync`]) of the named call, or nothing.
 fn injected(fault: bool, call: &str) -> std::io::Result<()> {
     if fault {
-        return Err(std::io::Error::other(format!("{call}: injected failure (test)")));
+        return Err(std::io::Error::other(format!("injected failure of {call} (test)")));
     }
     Ok(())
 }
 
+/// Removes (from the state) segments with no live record that are not being written.
 fn take_empty_segments(state: &mut State) -> Vec<PathBuf> {
     let empty: Vec<u64> = state
         .segments
