@@ -32,9 +32,13 @@ pub struct LoadArgs {
     /// servers' (default: the project's measured 2-vCPU EPYC machine kind).
     #[arg(long, value_name = "FILE")]
     pub calibration: Option<PathBuf>,
-    /// ferryd's CPU per byte over the calibration's ideal (default 2.0, docs/BENCHMARKS.md).
+    /// ferryd's CPU per byte over the calibration's ideal (default 1.4, docs/SIZING.md).
     #[arg(long, value_name = "FACTOR")]
     pub ferryd_x_ideal: Option<f64>,
+    /// ferryd's CPU per disk beyond its bytes, as bytes per second of the calibration's ideal
+    /// (default 50000, docs/SIZING.md).
+    #[arg(long, value_name = "BYTES_S")]
+    pub ferryd_disk_ideal_bytes_per_s: Option<f64>,
 }
 
 impl LoadArgs {
@@ -101,6 +105,9 @@ impl LoadArgs {
         };
         if let Some(factor) = self.ferryd_x_ideal {
             calibration.ferryd_x_ideal = factor;
+        }
+        if let Some(bytes_per_s) = self.ferryd_disk_ideal_bytes_per_s {
+            calibration.ferryd_disk_ideal_bytes_per_s = bytes_per_s;
         }
         calibration.validate()?;
         Ok(calibration)
@@ -202,10 +209,12 @@ fn print_answer(answer: &Sizing, plan: &Plan) {
         answer.peak_mb_s
     );
     outln!(
-        "Per-core cost: ferryd {:.2} ns/B ({:.2} ideal x {:.2}), compression {:.2}x; {}",
+        "Per-core cost: ferryd {:.2} ns/B ({:.2} ideal x {:.2}) and {:.0} us a second per disk ({:.0} B/s at the ideal), compression {:.2}x; {}",
         calibration.ferryd_ns_per_byte(),
         calibration.ideal_ns_per_byte,
         calibration.ferryd_x_ideal,
+        calibration.ferryd_ns_per_disk_second() / 1e3,
+        calibration.ferryd_disk_ideal_bytes_per_s,
         calibration.compression_ratio,
         calibration.source
     );

@@ -6,7 +6,8 @@
 //! user) can compute it by hand.
 //!
 //! Limits of the model: CPU is scaled from one calibration (`ferry-perf limits` of a machine
-//! like the target's, times ferryd's measured overhead over that ideal); disks' series are
+//! like the target's, times ferryd's measured overhead over that ideal per byte, plus a
+//! measured cost per disk, also in units of that ideal); disks' series are
 //! summed interval by interval as if they peaked together; a change set is one PUT (objects
 //! up to 8 MiB are one Put Blob); base images count once per disk whose size is known.
 
@@ -23,26 +24,42 @@ pub struct Calibration {
     /// ferryd's CPU per byte over the ideal, from a `ferry-perf run` (docs/BENCHMARKS.md).
     #[serde(default = "default_ferryd_x_ideal")]
     pub ferryd_x_ideal: f64,
+    /// ferryd's CPU per disk beyond its bytes (its requests, change sets, points and lease
+    /// renewals, and the thread wake-ups of each), as bytes per second of the ideal hot path.
+    #[serde(default = "default_ferryd_disk_ideal_bytes_per_s")]
+    pub ferryd_disk_ideal_bytes_per_s: f64,
     /// Where the numbers come from, shown in the answer.
     #[serde(default)]
     pub source: String,
 }
 
-/// ferryd's CPU per byte over the ideal in steady load, release build, on the project's machine
-/// kind: 1.75-2.17x in docs/BENCHMARKS.md's last runs; the upper end, rounded.
+/// ferryd's CPU per byte over the ideal in steady load (64 disks, as fast as they go), release
+/// build, on the project's machine kind: 1.32-1.38x in docs/BENCHMARKS.md's seventeenth step;
+/// the upper end, rounded up.
 pub fn default_ferryd_x_ideal() -> f64 {
-    2.0
+    1.4
+}
+
+/// ferryd's CPU per disk beyond [`default_ferryd_x_ideal`]'s per byte, in bytes per second of
+/// the ideal: what many quiet disks cost over the same bytes from a few busy ones. Measured in
+/// one sitting (docs/BENCHMARKS.md, seventeenth step): 43 KB/s per disk with 675 disks at 0.034
+/// MB/s (asr-sizing, its slowest run), 48 KB/s with 1,000 disks at 0.1 MB/s (many-streams);
+/// rounded up.
+pub fn default_ferryd_disk_ideal_bytes_per_s() -> f64 {
+    50_000.0
 }
 
 impl Calibration {
-    /// The project's machine kind (2 vCPU AMD EPYC, KVM), release build: `ferry-perf limits`
-    /// ideal 3.86 ns/B in docs/BENCHMARKS.md, zstd-1 ratio 2.37 on mixed data (LIMITS.md).
+    /// The slower of the project's measured machine kinds (2 vCPU AMD EPYC, KVM), release
+    /// build: `ferry-perf limits` ideal 3.86 ns/B in docs/BENCHMARKS.md, zstd-1 ratio 2.37 on
+    /// mixed data (LIMITS.md); ferryd's factors are ratios to the ideal, the defaults above.
     pub fn builtin() -> Calibration {
         Calibration {
             ideal_ns_per_byte: 3.86,
             compression_ratio: 2.37,
             ferryd_x_ideal: default_ferryd_x_ideal(),
-            source: "built in: the project's 2-vCPU EPYC machine kind (docs/BENCHMARKS.md)".into(),
+            ferryd_disk_ideal_bytes_per_s: default_ferryd_disk_ideal_bytes_per_s(),
+            source: "built in: the project's 2-vCPU EPYC machine kind (docs/SIZING.md)".into(),
         }
     }
 
@@ -51,10 +68,18 @@ impl Calibration {
         self.ideal_ns_per_byte * self.ferryd_x_ideal
     }
 
+    /// ferryd's CPU ns per second for each disk, beyond its bytes.
+    pub fn ferryd_ns_per_disk_second(&self) -> f64 {
+        self.ideal_ns_per_byte * self.ferryd_disk_ideal_bytes_per_s
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         let finite_positive = |v: f64| v.is_finite() && v > 0.0;
         if !finite_positive(self.ideal_ns_per_byte) || !finite_positive(self.ferryd_x_ideal) {
             anyhow::bail!("the calibration's ideal_ns_per_byte and ferryd_x_ideal must be positive numbers");
+        }
+        if !(self.ferryd_disk_ideal_bytes_per_s.is_finite() && self.ferryd_disk_ideal_bytes_per_s >= 0.0) {
+            anyhow::bail!("the calibration's ferryd_disk_ideal_bytes_per_s must be a non-negative number");
         }
         if !(self.compression_ratio.is_finite() && self.compression_ratio >= 1.0) {
             anyhow::bail!("the calibration's compression_ratio must be at least 1");
@@ -281,8 +306,12 @@ pub fn size(load: &Load, plan: &Plan, calibration: &Calibration) -> Sizing {
     let peak = load.peak();
     let settings = &plan.ferryd;
 
-    // CPU: the peak rate at ferryd's cost per byte, within the utilisation share.
-    let cores_needed = peak * calibration.ferryd_ns_per_byte() / 1e9 / plan.cpu_utilisation;
+    // CPU: the peak rate at ferryd's cost per byte, plus every disk's own cost, within the
+    // utilisation share. (Every disk counts as active: an idle one costs less, but is planned
+    // for the day it writes.)
+    let cpu_ns_per_second =
+        peak * calibration.ferryd_ns_per_byte() + load.disks.len() as f64 * calibration.ferryd_ns_per_disk_second();
+    let cores_needed = cpu_ns_per_second / 1e9 / plan.cpu_utilisation;
     let by_cpu = (cores_needed / f64::from(plan.server_cores)).ceil() as u32;
     let by_disks = load.disks.len().div_ceil(plan.server_max_disks.max(1)) as u32;
     let servers = by_cpu.max(by_disks).max(1);
@@ -530,15 +559,9 @@ mod tests {
         assert_eq!(asr_comparison(10.0, 300, 2).process_servers, 2);
     }
 
-    #[test]
-    fn servers_split_by_cpu_and_by_disks() {
-        let calibration = Calibration {
-            ideal_ns_per_byte: 4.0,
-            compression_ratio: 2.0,
-            ferryd_x_ideal: 2.0,
-            source: String::new(),
-        };
-        let plan = Plan {
+    /// 8-core servers planned at 50%.
+    fn half_busy_plan() -> Plan {
+        Plan {
             rpo_secs: 300.0,
             outage_hours: 4.0,
             retention_hours: 24.0,
@@ -547,7 +570,75 @@ mod tests {
             cpu_utilisation: 0.5,
             prices: Prices::hot_lrs(),
             ferryd: FerrydSettings::defaults(),
+        }
+    }
+
+    #[test]
+    fn many_quiet_disks_cost_cores_beyond_their_bytes() {
+        let calibration = Calibration {
+            ideal_ns_per_byte: 4.0,
+            compression_ratio: 2.0,
+            ferryd_x_ideal: 1.5,
+            ferryd_disk_ideal_bytes_per_s: 50_000.0,
+            source: String::new(),
         };
+        let plan = half_busy_plan();
+        // The same 100 MB/s from one disk and from 1,000: 100e6 B/s x 6 ns/B = 0.6 cores busy
+        // either way, plus 4 ns/B x 50,000 B/s = 0.2 ms/s per disk; at 50%.
+        let one = Load {
+            disks: vec![flat(100.0, 100.0)],
+            machines: 1,
+        };
+        let many = Load {
+            disks: (0..1000).map(|_| flat(0.1, 0.1)).collect(),
+            machines: 100,
+        };
+        let one = size(&one, &plan, &calibration).cores_needed;
+        let many = size(&many, &plan, &calibration).cores_needed;
+        assert!((one - (0.6 + 0.0002) / 0.5).abs() < 1e-12, "{one}");
+        assert!((many - (0.6 + 1000.0 * 0.0002) / 0.5).abs() < 1e-12, "{many}");
+        // Without the per-disk cost the two are the same site.
+        let bytes_only = Calibration {
+            ferryd_disk_ideal_bytes_per_s: 0.0,
+            ..calibration
+        };
+        let many_disks = Load {
+            disks: (0..1000).map(|_| flat(0.1, 0.1)).collect(),
+            machines: 100,
+        };
+        assert!((size(&many_disks, &plan, &bytes_only).cores_needed - 1.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_calibration_from_ferry_perf_limits_takes_the_measured_factors() {
+        // `ferry-perf limits --out` writes the ideal and the ratio (and more), not ferryd's own
+        // factors: those default to the measured ones.
+        let limits = r#"{"ideal_ns_per_byte": 3.1, "compression_ratio": 2.4, "cores": 2, "stages": []}"#;
+        let calibration: Calibration = serde_json::from_str(limits).expect("a limits file parses");
+        assert_eq!(calibration.ferryd_x_ideal, default_ferryd_x_ideal());
+        assert_eq!(
+            calibration.ferryd_disk_ideal_bytes_per_s,
+            default_ferryd_disk_ideal_bytes_per_s()
+        );
+        calibration.validate().expect("valid");
+        let negative = Calibration {
+            ferryd_disk_ideal_bytes_per_s: -1.0,
+            ..calibration
+        };
+        let error = negative.validate().expect_err("a negative per-disk cost is refused");
+        assert!(error.to_string().contains("ferryd_disk_ideal_bytes_per_s"), "{error}");
+    }
+
+    #[test]
+    fn servers_split_by_cpu_and_by_disks() {
+        let calibration = Calibration {
+            ideal_ns_per_byte: 4.0,
+            compression_ratio: 2.0,
+            ferryd_x_ideal: 2.0,
+            ferryd_disk_ideal_bytes_per_s: 0.0,
+            source: String::new(),
+        };
+        let plan = half_busy_plan();
         // 500 MB/s peak at 8 ns/B = 4 cores busy, 8 at 50%: one 8-core server.
         let load = Load {
             disks: vec![flat(100.0, 500.0)],
