@@ -42,7 +42,7 @@ pub fn default_ferryd_x_ideal() -> f64 {
 
 /// ferryd's CPU per disk beyond [`default_ferryd_x_ideal`]'s per byte, in bytes per second of
 /// the ideal: what many quiet disks cost over the same bytes from a few busy ones. Measured in
-/// one sitting (docs/BENCHMARKS.md, seventeenth step): 43 KB/s per disk with 675 disks at 0.034
+/// one sitting (docs/BENCHMARKS.md, seventeenth step): 43 KB/s per disk with 675 disks at 0.036
 /// MB/s (asr-sizing, its slowest run), 48 KB/s with 1,000 disks at 0.1 MB/s (many-streams);
 /// rounded up.
 pub fn default_ferryd_disk_ideal_bytes_per_s() -> f64 {
@@ -593,20 +593,19 @@ mod tests {
             disks: (0..1000).map(|_| flat(0.1, 0.1)).collect(),
             machines: 100,
         };
-        let one = size(&one, &plan, &calibration).cores_needed;
-        let many = size(&many, &plan, &calibration).cores_needed;
-        assert!((one - (0.6 + 0.0002) / 0.5).abs() < 1e-12, "{one}");
-        assert!((many - (0.6 + 1000.0 * 0.0002) / 0.5).abs() < 1e-12, "{many}");
+        let one_cores = size(&one, &plan, &calibration).cores_needed;
+        let many_cores = size(&many, &plan, &calibration).cores_needed;
+        assert!((one_cores - (0.6 + 0.0002) / 0.5).abs() < 1e-12, "{one_cores}");
+        assert!(
+            (many_cores - (0.6 + 1000.0 * 0.0002) / 0.5).abs() < 1e-12,
+            "{many_cores}"
+        );
         // Without the per-disk cost the two are the same site.
         let bytes_only = Calibration {
             ferryd_disk_ideal_bytes_per_s: 0.0,
             ..calibration
         };
-        let many_disks = Load {
-            disks: (0..1000).map(|_| flat(0.1, 0.1)).collect(),
-            machines: 100,
-        };
-        assert!((size(&many_disks, &plan, &bytes_only).cores_needed - 1.2).abs() < 1e-12);
+        assert!((size(&many, &plan, &bytes_only).cores_needed - 1.2).abs() < 1e-12);
     }
 
     #[test]

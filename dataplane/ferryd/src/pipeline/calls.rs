@@ -5,8 +5,8 @@
 //! or the disk, and one disk's slow or failing call never holds up another disk's commits.
 //! Releases go to one thread, the releaser, which takes every release queued and makes them
 //! durable together ([`Cache::release_many`]: each disk's watermark rewritten in place, one
-//! `syncfs` for them all) instead of a blocking-pool task per release, serialized on the
-//! cache's release lock.
+//! `syncfs` for several disks, an `fdatasync` for a lone one) instead of a blocking-pool task
+//! per release, serialized on the cache's release lock.
 //!
 //! Ownership: each call is made for the owner epoch the coordinator's disk was in; points are
 //! named with it, and a storage write is made only while [`crate::ownership::Ownership`] says
