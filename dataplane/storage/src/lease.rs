@@ -18,8 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Shortest and longest lease, in seconds (Azure's bounds for a finite lease).
@@ -178,7 +178,7 @@ pub(crate) fn local_lease(path: &Path, op: &LeaseOp) -> io::Result<LocalLeaseOut
     };
     match next {
         Some(next) => {
-            write_record(&mut file, &next)?;
+            write_record(&file, &next, text.len() as u64)?;
             debug_assert_eq!(answer, LeaseAnswer::Granted);
             Ok(LocalLeaseOutcome::GrantedOnceDurable)
         }
@@ -186,9 +186,78 @@ pub(crate) fn local_lease(path: &Path, op: &LeaseOp) -> io::Result<LocalLeaseOut
     }
 }
 
-fn write_record(file: &mut File, record: &LocalLease) -> io::Result<()> {
+/// Rewrites the record (now `old_len` bytes) in place. Why not truncate and write: a renewal
+/// is the same length as the record it replaces, and overwriting its block frees and
+/// allocates nothing (with 675 disks renewing every 20 s, the truncation alone was a fifth
+/// of the lease calls' CPU, issue 11, and the block allocated again at writeback more). Before
+/// a shorter record the file is emptied, so a crash between the two leaves an empty record
+/// (no lease), as truncation did.
+fn write_record(file: &File, record: &LocalLease, old_len: u64) -> io::Result<()> {
     let json = serde_json::to_vec(record).map_err(io::Error::other)?;
-    file.set_len(0)?;
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(&json)
+    if (json.len() as u64) < old_len {
+        file.set_len(0)?;
+    }
+    file.write_all_at(&json, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "00000000-0000-4000-8000-00000000000a";
+    const B: &str = "00000000-0000-4000-8000-00000000000b";
+
+    fn record(path: &Path) -> LocalLease {
+        let text = std::fs::read_to_string(path).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("record {text:?} is not whole JSON: {e}"))
+    }
+
+    #[test]
+    fn records_rewritten_in_place_stay_whole_as_they_grow_and_shrink() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease");
+        let granted =
+            |outcome: io::Result<LocalLeaseOutcome>| matches!(outcome, Ok(LocalLeaseOutcome::GrantedOnceDurable));
+        let acquire = |id: &str, duration_secs| LeaseOp::Acquire {
+            lease_id: id.to_string(),
+            duration_secs,
+        };
+        // Created empty, then the first record.
+        assert!(granted(local_lease(&path, &acquire(A, 15))));
+        let first = record(&path);
+        assert_eq!((first.lease_id.as_str(), first.duration_ms), (A, 15_000));
+        // A renewal of the same length, overwritten in place.
+        assert!(granted(local_lease(
+            &path,
+            &LeaseOp::Renew {
+                lease_id: A.to_string()
+            }
+        )));
+        let renewed = record(&path);
+        assert_eq!((renewed.lease_id.as_str(), renewed.duration_ms), (A, 15_000));
+        assert!(renewed.expires_unix_ms >= first.expires_unix_ms);
+        // A release: a shorter record, with nothing of the longer one left behind it.
+        assert!(granted(local_lease(
+            &path,
+            &LeaseOp::Release {
+                lease_id: A.to_string()
+            }
+        )));
+        assert_eq!(record(&path), LocalLease::default());
+        // Longer again: another holder, with a longer term.
+        assert!(granted(local_lease(&path, &acquire(B, 60))));
+        let taken = record(&path);
+        assert_eq!((taken.lease_id.as_str(), taken.duration_ms), (B, 60_000));
+        // Refused: nothing rewritten.
+        assert!(matches!(
+            local_lease(
+                &path,
+                &LeaseOp::Renew {
+                    lease_id: A.to_string()
+                }
+            ),
+            Ok(LocalLeaseOutcome::Final(LeaseAnswer::Refused))
+        ));
+        assert_eq!(record(&path), taken);
+    }
 }

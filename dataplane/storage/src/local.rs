@@ -180,6 +180,12 @@ pub(crate) fn create_directories_durably(root: &Path, dir: &Path) -> io::Result<
     Ok(())
 }
 
+/// The directory an object or record at `path` lies in.
+pub(crate) fn parent_of(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::other("object path has no parent"))
+}
+
 fn temporary_path(target: &Path) -> io::Result<PathBuf> {
     let mut random = [0u8; 8];
     aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("random generator failed"))?;
@@ -201,10 +207,13 @@ pub(crate) struct PendingObject {
 
 impl PendingObject {
     pub(crate) fn create(root: &Path, path: &Path) -> io::Result<Self> {
-        let dir = path
-            .parent()
-            .ok_or_else(|| io::Error::other("object path has no parent"))?;
-        create_directories_durably(root, dir)?;
+        create_directories_durably(root, parent_of(path)?)?;
+        Self::create_in_existing_directory(path)
+    }
+
+    /// As [`PendingObject::create`], for a path whose directory the caller knows to exist
+    /// durably; `NotFound` when it does not (any more).
+    pub(crate) fn create_in_existing_directory(path: &Path) -> io::Result<Self> {
         let temporary = temporary_path(path)?;
         let file = OpenOptions::new()
             .write(true)

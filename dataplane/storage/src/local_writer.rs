@@ -24,9 +24,10 @@
 //! thread ends when the last handle is dropped.
 
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,6 +41,9 @@ pub const QUEUE_DEPTH: usize = 256;
 pub const GROUP_MAX_PUTS: usize = 128;
 /// Bytes in one group at most (a group may pass it by its last put).
 pub const GROUP_MAX_BYTES: usize = 64 << 20;
+/// Directories remembered as existing at most (about 100 bytes each); past it the set starts
+/// over. A site's disks each have a few (FORMATS.md names), so 16,384 covers thousands.
+pub const KNOWN_DIRECTORIES_MAX: usize = 16_384;
 
 /// Whether a put may replace an existing object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,9 +138,50 @@ impl LocalWriter {
     }
 }
 
-fn run(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, mut queue: mpsc::Receiver<Job>) {
+/// The directories this thread has made durable or found in place, so that a put or lease
+/// into one of them skips the `statx` of [`crate::local::create_directories_durably`] (one
+/// per object was 6% of this thread's CPU under asr-sizing, issue 11). Nothing in Ferry removes
+/// a target directory; one removed behind its back is made again when a create in it finds
+/// it missing.
+#[derive(Default)]
+struct KnownDirectories {
+    dirs: HashSet<PathBuf>,
+}
+
+impl KnownDirectories {
+    /// Makes sure the directory of `path` exists durably.
+    fn ensure(&mut self, root: &Path, path: &Path) -> io::Result<()> {
+        let dir = crate::local::parent_of(path)?;
+        if self.dirs.contains(dir) {
+            return Ok(());
+        }
+        crate::local::create_directories_durably(root, dir)?;
+        if self.dirs.len() >= KNOWN_DIRECTORIES_MAX {
+            self.dirs.clear();
+        }
+        self.dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Runs `create` in the directory of `path`, made first if needed; when the directory was
+    /// remembered but is gone, forgets it, makes it again and tries once more.
+    fn create_in<T>(&mut self, root: &Path, path: &Path, create: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        self.ensure(root, path)?;
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.dirs.remove(crate::local::parent_of(path)?);
+                self.ensure(root, path)?;
+                create()
+            }
+            other => other,
+        }
+    }
+}
+
+fn run(root: &Path, root_dir: &fs::File, sync: &GroupSync, mut queue: mpsc::Receiver<Job>) {
     // Puts whose names are in place but not yet durable: the next round covers them.
     let mut unsynced_names: Vec<PutJob> = Vec::new();
+    let mut known = KnownDirectories::default();
     loop {
         let group = if unsynced_names.is_empty() {
             match queue.blocking_recv() {
@@ -150,7 +195,7 @@ fn run(root: &std::path::Path, root_dir: &fs::File, sync: &GroupSync, mut queue:
                 Err(_) => Vec::new(),
             }
         };
-        unsynced_names = write_group(root, root_dir, sync, unsynced_names, group);
+        unsynced_names = write_group(root, root_dir, sync, &mut known, unsynced_names, group);
     }
 }
 
@@ -179,9 +224,10 @@ fn take_group(first: Job, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
 /// call that failed on its own is answered at once; a failed round fails every call it was to
 /// cover.
 fn write_group(
-    root: &std::path::Path,
+    root: &Path,
     root_dir: &fs::File,
     sync: &GroupSync,
+    known: &mut KnownDirectories,
     unsynced_names: Vec<PutJob>,
     group: Vec<Job>,
 ) -> Vec<PutJob> {
@@ -190,16 +236,21 @@ fn write_group(
     for job in group {
         match job {
             Job::Put(job) => {
-                let pending = PendingObject::create(root, &job.path).and_then(|mut object| {
-                    object.write_whole(&job.data)?;
-                    Ok(object)
-                });
+                let pending = known
+                    .create_in(root, &job.path, || {
+                        PendingObject::create_in_existing_directory(&job.path)
+                    })
+                    .and_then(|mut object| {
+                        object.write_whole(&job.data)?;
+                        Ok(object)
+                    });
                 match pending {
                     Ok(object) => written.push((job, object)),
                     Err(e) => answer(job, Err(e)),
                 }
             }
-            Job::Lease(job) => match decide_lease(root, &job) {
+            Job::Lease(job) => match known.create_in(root, &job.path, || crate::lease::local_lease(&job.path, &job.op))
+            {
                 Ok(LocalLeaseOutcome::Final(decided)) => {
                     let _ = job.answer.send(Ok(decided));
                 }
@@ -243,13 +294,6 @@ fn write_group(
         }
     }
     named
-}
-
-fn decide_lease(root: &std::path::Path, job: &LeaseJob) -> io::Result<LocalLeaseOutcome> {
-    if let Some(dir) = job.path.parent() {
-        crate::local::create_directories_durably(root, dir)?;
-    }
-    crate::lease::local_lease(&job.path, &job.op)
 }
 
 fn fail_all(jobs: impl Iterator<Item = PutJob>, error: &io::Error) {
@@ -330,6 +374,38 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("blocker")).unwrap(), b"x");
     }
 
+    #[tokio::test]
+    async fn a_directory_removed_behind_the_writers_back_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(dir.path());
+        let record = dir.path().join("disks/d/lease");
+        let acquire = LeaseOp::Acquire {
+            lease_id: LEASE_A.to_string(),
+            duration_secs: 60,
+        };
+        // The writer now remembers `d/` and `disks/d/` as there.
+        assert!(writer
+            .put(dir.path().join("d/o1"), Bytes::from_static(b"1"), PutMode::Replace)
+            .await
+            .unwrap());
+        assert_eq!(
+            writer.lease(record.clone(), acquire.clone()).await.unwrap(),
+            LeaseAnswer::Granted
+        );
+        fs::remove_dir_all(dir.path().join("d")).unwrap();
+        fs::remove_dir_all(dir.path().join("disks")).unwrap();
+        assert!(writer
+            .put(dir.path().join("d/o2"), Bytes::from_static(b"2"), PutMode::Replace)
+            .await
+            .unwrap());
+        assert_eq!(fs::read(dir.path().join("d/o2")).unwrap(), b"2");
+        assert_eq!(
+            writer.lease(record.clone(), acquire).await.unwrap(),
+            LeaseAnswer::Granted
+        );
+        assert!(record.is_file());
+    }
+
     fn job(path: PathBuf, data: &'static [u8]) -> (PutJob, oneshot::Receiver<io::Result<bool>>) {
         let (answer, answered) = oneshot::channel();
         let data = Bytes::from_static(data);
@@ -349,31 +425,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root_dir = fs::File::open(dir.path()).unwrap();
         let sync = GroupSync::default();
+        let mut known = KnownDirectories::default();
         let (a, mut a_answer) = job(dir.path().join("d/a"), b"a");
         let (b, mut b_answer) = job(dir.path().join("d/b"), b"b");
 
         // First group: its bytes are made durable, its name is in place, not yet answered.
-        let unsynced = write_group(dir.path(), &root_dir, &sync, Vec::new(), vec![Job::Put(a)]);
+        let unsynced = write_group(dir.path(), &root_dir, &sync, &mut known, Vec::new(), vec![Job::Put(a)]);
         assert_eq!(sync.rounds(), 1);
         assert_eq!(unsynced.len(), 1);
         assert!(a_answer.try_recv().is_err(), "answered before its name was durable");
         assert_eq!(fs::read(dir.path().join("d/a")).unwrap(), b"a");
 
         // The next group's round covers the first group's name: one round, and `a` answered.
-        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, vec![Job::Put(b)]);
+        let unsynced = write_group(dir.path(), &root_dir, &sync, &mut known, unsynced, vec![Job::Put(b)]);
         assert_eq!(sync.rounds(), 2);
         assert!(a_answer.try_recv().unwrap().unwrap());
         assert!(b_answer.try_recv().is_err());
 
         // No more puts: a round of its own for the last names.
-        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, Vec::new());
+        let unsynced = write_group(dir.path(), &root_dir, &sync, &mut known, unsynced, Vec::new());
         assert!(unsynced.is_empty());
         assert_eq!(sync.rounds(), 3);
         assert!(b_answer.try_recv().unwrap().unwrap());
         assert_eq!(fs::read(dir.path().join("d/b")).unwrap(), b"b");
 
         // Nothing waiting, nothing to write: no round at all.
-        assert!(write_group(dir.path(), &root_dir, &sync, Vec::new(), Vec::new()).is_empty());
+        assert!(write_group(dir.path(), &root_dir, &sync, &mut known, Vec::new(), Vec::new()).is_empty());
         assert_eq!(sync.rounds(), 3);
     }
 
@@ -390,6 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root_dir = fs::File::open(dir.path()).unwrap();
         let sync = GroupSync::default();
+        let mut known = KnownDirectories::default();
         let (a, b) = (LEASE_A.to_string(), LEASE_B.to_string());
         let acquire = |id: &String| LeaseOp::Acquire {
             lease_id: id.clone(),
@@ -408,6 +486,7 @@ mod tests {
             dir.path(),
             &root_dir,
             &sync,
+            &mut known,
             Vec::new(),
             vec![Job::Put(put), first, other, renewal, elsewhere],
         );
@@ -423,13 +502,13 @@ mod tests {
 
         // A lease whose record changes nothing is answered without a round.
         let (again, mut again_answer) = lease_job(record.clone(), acquire(&b));
-        let unsynced = write_group(dir.path(), &root_dir, &sync, unsynced, vec![again]);
+        let unsynced = write_group(dir.path(), &root_dir, &sync, &mut known, unsynced, vec![again]);
         assert!(unsynced.is_empty());
         assert_eq!(sync.rounds(), 2, "the round that names the put");
         assert_eq!(again_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Refused);
         assert!(put_answer.try_recv().unwrap().unwrap());
         let (refused, mut refused_answer) = lease_job(record, acquire(&b));
-        assert!(write_group(dir.path(), &root_dir, &sync, Vec::new(), vec![refused]).is_empty());
+        assert!(write_group(dir.path(), &root_dir, &sync, &mut known, Vec::new(), vec![refused]).is_empty());
         assert_eq!(sync.rounds(), 2, "no round for a refusal alone");
         assert_eq!(refused_answer.try_recv().unwrap().unwrap(), LeaseAnswer::Refused);
     }
