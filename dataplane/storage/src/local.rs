@@ -2,8 +2,8 @@
 //! name spells. The embedded default, so a newcomer needs no cloud account.
 //!
 //! Durability of `put`: write a temporary file `.{file}.{random}.tmp` beside the target,
-//! make it durable, rename it over the target, make the rename durable; directories created
-//! on the way are fsync'd into their parents. "Durable" is a `syncfs` round shared with the
+//! make it durable, rename it over the target, make the rename durable (and with it the
+//! directories created on the way). "Durable" is a `syncfs` round shared with the
 //! puts running at the same time ([`crate::group_sync`]) rather than an fsync of the file and
 //! of its directory each. After `put` returns, a power loss keeps the new object; before, the
 //! old one (or none). Temporary files start with '.', which no valid object
@@ -152,9 +152,14 @@ fn fsync_directory(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates the missing directories between `root` and `dir` (mode 0700), fsyncing each new
-/// one into its parent so the object's path survives a power loss.
-pub(crate) fn create_directories_durably(root: &Path, dir: &Path) -> io::Result<()> {
+/// Creates the missing directories between `root` and `dir` (mode 0700). They are durable once
+/// a `syncfs` round of the target's file system has run after this call ([`crate::group_sync`]):
+/// every caller waits for one after its object's rename (or its lease record's rewrite) before
+/// it answers, and that round makes the directories' entries durable with the object's. Why
+/// not an fsync of each new directory's parent: a new disk makes two or three directories, and
+/// each fsync is a journal commit of its own (the local writer thread spent 6% of its CPU on
+/// them in asr-sizing's first minute, issue 11).
+pub(crate) fn create_directories(root: &Path, dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -172,9 +177,6 @@ pub(crate) fn create_directories_durably(root: &Path, dir: &Path) -> io::Result<
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
-        }
-        if let Some(parent) = new_dir.parent() {
-            fsync_directory(parent)?;
         }
     }
     Ok(())
@@ -207,12 +209,12 @@ pub(crate) struct PendingObject {
 
 impl PendingObject {
     pub(crate) fn create(root: &Path, path: &Path) -> io::Result<Self> {
-        create_directories_durably(root, parent_of(path)?)?;
+        create_directories(root, parent_of(path)?)?;
         Self::create_in_existing_directory(path)
     }
 
-    /// As [`PendingObject::create`], for a path whose directory the caller knows to exist
-    /// durably; `NotFound` when it does not (any more).
+    /// As [`PendingObject::create`], for a path whose directory the caller knows to exist;
+    /// `NotFound` when it does not (any more).
     pub(crate) fn create_in_existing_directory(path: &Path) -> io::Result<Self> {
         let temporary = temporary_path(path)?;
         let file = OpenOptions::new()

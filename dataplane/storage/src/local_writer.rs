@@ -138,8 +138,8 @@ impl LocalWriter {
     }
 }
 
-/// The directories this thread has made durable or found in place, so that a put or lease
-/// into one of them skips the `statx` of [`crate::local::create_directories_durably`] (one
+/// The directories this thread has made or found in place, so that a put or lease
+/// into one of them skips the `statx` of [`crate::local::create_directories`] (one
 /// per object was 6% of this thread's CPU under asr-sizing, issue 11). Nothing in Ferry removes
 /// a target directory; one removed behind its back is made again when a create in it finds
 /// it missing.
@@ -149,13 +149,13 @@ struct KnownDirectories {
 }
 
 impl KnownDirectories {
-    /// Makes sure the directory of `path` exists durably.
+    /// Makes sure the directory of `path` exists (durable with the caller's next round).
     fn ensure(&mut self, root: &Path, path: &Path) -> io::Result<()> {
         let dir = crate::local::parent_of(path)?;
         if self.dirs.contains(dir) {
             return Ok(());
         }
-        crate::local::create_directories_durably(root, dir)?;
+        crate::local::create_directories(root, dir)?;
         if self.dirs.len() >= KNOWN_DIRECTORIES_MAX {
             self.dirs.clear();
         }
