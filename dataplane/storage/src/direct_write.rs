@@ -1,6 +1,12 @@
 //! Writing a local-target object without the page cache: its whole 4 KiB blocks go out with
 //! O_DIRECT from a pooled, aligned 1 MiB staging buffer, the last partial block (if any)
-//! through the page cache.
+//! through the page cache, written first.
+//!
+//! Why the partial block first: it sets the file's final size while the file is still small,
+//! so the O_DIRECT writes after it land inside the file and change no size, and XFS gives a
+//! small file no speculative preallocation past its end. Written last, it extended a file
+//! already past 64 KiB, XFS preallocated beyond it, and closing the file trimmed that again in
+//! a transaction of its own: 5% of the local writer thread under asr-sizing (issue 11).
 //!
 //! Why: a buffered `write` copies every byte into freshly allocated page-cache pages. While
 //! a backlog drained into the local target that copy (`copy_folio_from_iter_atomic`) was 13%
@@ -61,7 +67,7 @@ impl Drop for Staging {
 }
 
 /// Switches `file` to O_DIRECT; false (and the file unchanged) where the file system refuses.
-pub fn try_enable(file: &File) -> io::Result<bool> {
+fn try_enable(file: &File) -> io::Result<bool> {
     let flags = rustix::fs::fcntl_getfl(file)?;
     match rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT) {
         Ok(()) => Ok(true),
@@ -70,27 +76,31 @@ pub fn try_enable(file: &File) -> io::Result<bool> {
     }
 }
 
-/// Writes `data` at offset 0 of `file`, which [`try_enable`] switched to O_DIRECT: whole blocks
-/// directly, then the partial last block after switching the file back to buffered writes.
-pub fn write_object(file: &File, data: &[u8]) -> io::Result<()> {
+/// Writes `data` at offset 0 of the empty `file`, opened for buffered writes: the partial last
+/// block first through the page cache, then the whole blocks with O_DIRECT where the file
+/// system takes it (buffered where it refuses). Returns whether O_DIRECT was used.
+pub fn write_object(file: &File, data: &[u8]) -> io::Result<bool> {
     let aligned_len = data.len() / ALIGNMENT * ALIGNMENT;
-    if aligned_len > 0 {
-        let mut staging = Staging::take();
-        let window = staging.window();
-        let mut at = 0;
-        while at < aligned_len {
-            let n = (aligned_len - at).min(STAGING_BYTES);
-            window[..n].copy_from_slice(&data[at..at + n]);
-            file.write_all_at(&window[..n], at as u64)?;
-            at += n;
-        }
-    }
     if aligned_len < data.len() {
-        let flags = rustix::fs::fcntl_getfl(file)?;
-        rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
         file.write_all_at(&data[aligned_len..], aligned_len as u64)?;
     }
-    Ok(())
+    if aligned_len == 0 {
+        return Ok(false);
+    }
+    if !try_enable(file)? {
+        file.write_all_at(&data[..aligned_len], 0)?;
+        return Ok(false);
+    }
+    let mut staging = Staging::take();
+    let window = staging.window();
+    let mut at = 0;
+    while at < aligned_len {
+        let n = (aligned_len - at).min(STAGING_BYTES);
+        window[..n].copy_from_slice(&data[at..at + n]);
+        file.write_all_at(&window[..n], at as u64)?;
+        at += n;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -121,13 +131,7 @@ mod tests {
                 .create_new(true)
                 .open(&path)
                 .unwrap();
-            let direct = try_enable(&file).unwrap();
-            direct_seen |= direct;
-            if direct {
-                write_object(&file, &data[..len]).unwrap();
-            } else {
-                file.write_all_at(&data[..len], 0).unwrap();
-            }
+            direct_seen |= write_object(&file, &data[..len]).unwrap();
             drop(file);
             assert_eq!(std::fs::read(&path).unwrap(), &data[..len], "length {len}");
         }

@@ -237,11 +237,7 @@ impl PendingObject {
     /// Writes the whole object into the empty temporary file, with O_DIRECT where the file
     /// system takes it ([`crate::direct_write`]: no page-cache copy), else buffered.
     pub(crate) fn write_whole(&mut self, data: &[u8]) -> io::Result<()> {
-        if crate::direct_write::try_enable(&self.file)? {
-            crate::direct_write::write_object(&self.file, data)
-        } else {
-            self.append(data)
-        }
+        crate::direct_write::write_object(&self.file, data).map(drop)
     }
 
     pub(crate) fn temporary(&self) -> &Path {
