@@ -202,8 +202,6 @@ mod tests {
                 .open(dir.path().join("segment"))
                 .expect("segment file");
             file.set_len(64 * 4096).expect("segment length");
-            let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-            file.set_modified(long_ago).expect("old modification time");
 
             let (first, second, apart) = (vec![1u8; 8192], vec![2u8; 4096], vec![3u8; 4096]);
             engine
@@ -211,6 +209,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: first group: {e}"));
             std::thread::sleep(Duration::from_millis(30));
             let before_second = SystemTime::now() - Duration::from_secs(1);
+            let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
             file.set_modified(long_ago).expect("old modification time");
             let later = vec![4u8; 4096];
             engine
